@@ -1,0 +1,84 @@
+"""Aggregating the feature maps of several states (DESIGN §3): pure tensor functions.
+
+Shapes: N images, B states per image, C channels, an h x w feature grid, K classes.
+
+- :func:`align_maps` shifts each state's map by its offset so that all maps sit on the grid of the
+  original model (state 0). A state's map value at cell i describes input pixel ``S*i + offset`` of the
+  first searched unit's input grid, where ``S`` is the total stride from that grid to the feature map;
+  the aligned map is the map upsampled by S (nearest), shifted by the offset (zero fill), then
+  average-pooled by S. That equals a per-axis two-tap filter,
+  ``aligned[i] = ((S - r) * m[i - q] + r * m[i - q - 1]) / S`` with ``offset = q*S + r``, which is what
+  is computed here (no S-times larger intermediate).
+- :func:`state_weights`: ``mean`` (uniform) or ``entropy`` (``w_s ∝ 1 - H(softmax(logits_s)) / log K``,
+  H from ``log_softmax`` so no NaN when probabilities underflow; uniform when every weight is 0).
+- :func:`weighted_sum` combines aligned maps with the weights.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["normalized_entropy", "state_weights", "shift_axis", "align_maps", "weighted_sum", "AGGREGATES"]
+
+AGGREGATES = ("mean", "entropy", "attention")
+
+
+def normalized_entropy(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) over the last dim divided by log K; in [0, 1]. Shape: logits.shape[:-1]."""
+    k = logits.shape[-1]
+    if k < 2:
+        return torch.zeros(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
+    logp = torch.log_softmax(logits, dim=-1)
+    h = -(logp.exp() * logp).sum(-1)
+    return (h / math.log(k)).clamp_(0.0, 1.0)
+
+
+def state_weights(logits: Tensor, mode: str) -> Tensor:
+    """Aggregation weights (N, B) summing to 1 over B, from per-state logits (N, B, K)."""
+    n, b = logits.shape[:2]
+    if mode == "mean":
+        return torch.full((n, b), 1.0 / b, dtype=logits.dtype, device=logits.device)
+    if mode == "entropy":
+        w = 1.0 - normalized_entropy(logits)
+        total = w.sum(1, keepdim=True)
+        uniform = torch.full_like(w, 1.0 / b)
+        return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), uniform)
+    raise ValueError(f"unknown weighting {mode!r}: expected 'mean' or 'entropy'")
+
+
+def shift_axis(m: Tensor, offset: Tensor, stride: int, dim: int) -> Tensor:
+    """Shift ``m`` (N, B, ..., L along ``dim``) by a per-(n, b) ``offset`` (N, B) in 1/stride cells.
+
+    ``out[i] = ((S - r) * m[i - q] + r * m[i - q - 1]) / S`` with offset = q*S + r, zero outside.
+    """
+    length = m.shape[dim]
+    q = torch.div(offset, stride, rounding_mode="floor")
+    r = (offset - q * stride).to(m.dtype)
+    view = [offset.shape[0], offset.shape[1]] + [1] * (m.dim() - 2)
+    idx = torch.arange(length, device=m.device)
+    out = torch.zeros_like(m)
+    for lag, coef in ((q, (stride - r) / stride), (q + 1, r / stride)):
+        src = idx.view(*([1] * 2), length) - lag.unsqueeze(-1)  # (N, B, L)
+        valid = (src >= 0) & (src < length)
+        shape = [offset.shape[0], offset.shape[1]] + [1] * (m.dim() - 2)
+        shape[dim] = length
+        gather_idx = src.clamp(0, length - 1).view(shape).expand_as(m)
+        gathered = torch.gather(m, dim, gather_idx)
+        out = out + gathered * (valid.view(shape).to(m.dtype) * coef.view(view))
+    return out
+
+
+def align_maps(maps: Tensor, offsets: Tensor, stride: int) -> Tensor:
+    """Align (N, B, C, h, w) maps by integer offsets (N, B, 2) = (dy, dx) at total stride ``stride``."""
+    if stride <= 1 and bool((offsets == 0).all()):
+        return maps
+    out = shift_axis(maps, offsets[..., 0], stride, dim=3)
+    return shift_axis(out, offsets[..., 1], stride, dim=4)
+
+
+def weighted_sum(maps: Tensor, weights: Tensor) -> Tensor:
+    """Sum over B of (N, B, ...) maps with (N, B) weights -> (N, ...)."""
+    w = weights.to(maps.dtype).view(*weights.shape, *([1] * (maps.dim() - 2)))
+    return (maps * w).sum(1)

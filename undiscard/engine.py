@@ -1,0 +1,174 @@
+"""Evaluating states of one model on one input shape: root pass, batched expansions, cost.
+
+An :class:`Engine` is built once per input shape by :class:`undiscard.wrapper.Undiscard`. It knows
+
+- the searched units, each unit's chain segment (the cut before it), and its rate;
+- how to run the root (the original model, caching the activation at the first searched unit's cut);
+- how to *expand* a batch of nodes at unit u: run the network from u's cut with u in EXPAND mode (all R²
+  phases from one dense pass, the batch grows to M*R²) and with the already-decided phases of units
+  that share u's segment applied per sample; it returns the children's features, logits and the
+  activations cached at the next searched unit's cut;
+- the cost of everything it ran, in FLOPs (convolutions and matrix products, as counted by
+  ``torch.utils.flop_counter``; elementwise ops, normalisation and pooling are not counted), and the
+  ideal cost had every expansion recomputed only from the unit itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .chain import Chain
+from .discovery import Unit
+from .execution import EXPAND, PhaseSpec, phase_plan
+from .split import Split
+
+__all__ = ["Engine", "Expansion"]
+
+
+@dataclass
+class Expansion:
+    """Children of M parents at one unit, in parent-major order (row m*R² + j is child j of parent m)."""
+
+    features: Tensor  # (M*R², *native feature shape)
+    logits: Tensor  # (M*R², K)
+    caches: Tensor | None  # (M*R², ...) activations at the next searched unit's cut; None at the last unit
+
+
+@dataclass
+class _Flops:
+    segment: list[float]  # per sample, per chain segment
+    expanded: dict[int, float]  # per parent sample: the searched unit's segment run in EXPAND mode
+    head: float
+    tail: dict[int, float]  # per sample: everything from the unit's first layer on (ideal expansion)
+    baseline: float = 0.0
+
+
+def _count(fn) -> tuple[float, object]:
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return float(counter.get_total_flops()), out
+
+
+@dataclass
+class Engine:
+    net: nn.Module
+    split: Split
+    chain: Chain
+    units: list[Unit]  # all units of the model (unit index = position here)
+    searched: list[int]  # indices into ``units``
+    cut: list[int] = field(default_factory=list)  # chain segment of each searched unit
+    flops: _Flops | None = None
+    spent: float = 0.0  # FLOPs run since the last reset
+    spent_ideal: float = 0.0
+
+    def __post_init__(self) -> None:
+        modules = dict(self.net.named_modules())
+        self.cut = [self.chain.segment_of(modules[self.units[u].layers[0]]) for u in self.searched]
+        # Segments may only *shrink* along the searched order; a later unit before an earlier cut
+        # cannot happen because units are in execution order and segments are sequential.
+
+    # ------------------------------------------------------------------------------------------
+    def rates(self) -> list[int]:
+        return [self.units[u].rate for u in self.searched]
+
+    def measure(self, x: Tensor) -> None:
+        """Count per-sample FLOPs of each segment, each expansion, and the head, on one sample."""
+        x = x[:1]
+        seg: list[float] = []
+        with torch.no_grad():
+            a = x
+            inputs = []
+            for s in self.chain.segments:
+                inputs.append(a)
+                f, a = _count(lambda s=s, a=a: s(a))
+                seg.append(f)
+            head, _ = _count(lambda: self.split.head(a))
+            expanded: dict[int, float] = {}
+            for i, u in enumerate(self.searched):
+                k = self.cut[i]
+                with phase_plan({u: EXPAND}):
+                    f, _ = _count(lambda k=k: self.chain.segments[k](inputs[k]))
+                rest = sum(seg[k + 1:]) * self.units[u].num_phases
+                expanded[i] = f + rest
+            tail = self._tails(x, sum(seg) + head)
+        self.flops = _Flops(seg, expanded, head, tail, baseline=sum(seg) + head)
+
+    def _tails(self, x: Tensor, total: float) -> dict[int, float]:
+        """FLOPs from each searched unit's first layer to the logits, per sample."""
+        modules = dict(self.net.named_modules())
+        before: dict[int, float] = {}
+        counter = FlopCounterMode(display=False)
+        hooks = []
+        for i, u in enumerate(self.searched):
+            layer = modules[self.units[u].layers[0]]
+
+            def pre_hook(mod: nn.Module, args: tuple, i: int = i) -> None:
+                before.setdefault(i, float(counter.get_total_flops()))
+
+            hooks.append(layer.register_forward_pre_hook(pre_hook))
+        try:
+            with counter:
+                self.split.head(self.chain.run(x)[0])
+        finally:
+            for h in hooks:
+                h.remove()
+        return {i: total - before.get(i, 0.0) for i in range(len(self.searched))}
+
+    def reset_cost(self) -> None:
+        self.spent = 0.0
+        self.spent_ideal = 0.0
+
+    # ------------------------------------------------------------------------------------------
+    def root(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Original-model features and logits for x, and the activation at the first searched cut."""
+        capture = self.cut[0] if self.searched else None
+        with phase_plan(None):
+            feats, cache = self.chain.run(x, capture=capture)
+            logits = self.split.head(feats)
+        assert self.flops is not None
+        self.spent += self.flops.baseline * x.shape[0]
+        self.spent_ideal += self.flops.baseline * x.shape[0]
+        return feats, logits, cache
+
+    def expand(self, depth: int, caches: Tensor, prefix: Tensor) -> Expansion:
+        """Children at searched unit ``depth`` (0-based) of M parents.
+
+        Args:
+            depth: the searched unit to expand (parents have decided units 0..depth-1).
+            caches: (M, ...) parents' activations at this unit's cut.
+            prefix: (M, depth) long tensor, the parents' decided phases.
+        """
+        assert self.flops is not None
+        k = self.cut[depth]
+        unit = self.searched[depth]
+        plan: dict[int, PhaseSpec] = {unit: EXPAND}
+        for i in range(depth):
+            if self.cut[i] == k:  # a decided unit inside the segment we rerun: apply per sample
+                plan[self.searched[i]] = prefix[:, i]
+        nxt = self.cut[depth + 1] if depth + 1 < len(self.searched) else None
+        with phase_plan(plan):
+            x = self.chain.segments[k](caches)
+            captured = None
+            if nxt is not None and nxt == k:
+                r2 = self.units[unit].num_phases
+                captured = caches.repeat_interleave(r2, dim=0)
+            elif nxt == k + 1:
+                captured = x
+            feats, cap2 = self.chain.run(x, start=k + 1, capture=nxt if nxt is not None and nxt > k + 1 else None)
+            if cap2 is not None:
+                captured = cap2
+        with phase_plan(None):
+            logits = self.split.head(feats)
+        m = caches.shape[0]
+        r2 = self.units[unit].num_phases
+        self.spent += m * (self.flops.expanded[depth] + r2 * self.flops.head)
+        self.spent_ideal += m * r2 * self.flops.tail[depth]
+        return Expansion(feats, logits, captured)
+
+    def run_state(self, x: Tensor, phases: dict[int, Tensor]) -> Tensor:
+        """Logits of the network with per-sample phases {unit index: (N,) long}; others at phase 0."""
+        with phase_plan(phases or None):
+            return self.net(x)

@@ -1,0 +1,112 @@
+"""Running a model at chosen phases without touching its modules during forward.
+
+A *phase plan* maps a unit index to what its layers should compute for the current batch:
+
+- absent (or phase 0 for every sample): the layer's own forward, bit for bit;
+- a LongTensor of shape (N,): a per-sample phase (samples are grouped by phase, each group costs one
+  ordinary strided pass);
+- ``EXPAND``: all R² phases from one dense pass; the batch grows from N to N*R² (sample-major:
+  row n*R² + s is sample n at phase s).
+
+The plan lives in a ``ContextVar``, so concurrent threads (each with its own context) never see each
+other's plans, and no module attribute is written while a forward runs. ``PhasedModel`` owns a deep copy
+of the user's network (the network itself is never modified) whose unit layers get a phase-aware
+``forward`` installed once, at construction.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import contextvars
+from typing import Iterator, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .layers import get_adapter
+from .layers.registry import PhaseAdapter
+
+__all__ = ["EXPAND", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers"]
+
+
+class _Expand:
+    def __repr__(self) -> str:
+        return "EXPAND"
+
+
+EXPAND = _Expand()
+PhaseSpec = Union[Tensor, _Expand]
+_PLAN: contextvars.ContextVar[Mapping[int, PhaseSpec] | None] = contextvars.ContextVar(
+    "undiscard_phase_plan", default=None)
+
+
+@contextlib.contextmanager
+def phase_plan(plan: Mapping[int, PhaseSpec] | None) -> Iterator[None]:
+    """Run the enclosed forward passes with ``plan`` (unit index -> phase spec) in effect."""
+    token = _PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _PLAN.reset(token)
+
+
+def current_plan() -> Mapping[int, PhaseSpec] | None:
+    return _PLAN.get()
+
+
+def _per_sample(layer: nn.Module, adapter: PhaseAdapter, x: Tensor, phases: Tensor,
+                forward) -> Tensor:
+    if phases.shape[0] != x.shape[0]:
+        raise RuntimeError(f"phase plan has {phases.shape[0]} phases for a batch of {x.shape[0]}")
+    values = torch.unique(phases)
+    if values.numel() == 1:
+        s = int(values[0])
+        return forward(x) if s == 0 else adapter.one_phase(layer, x, s)
+    out: Tensor | None = None
+    for s in values.tolist():
+        idx = (phases == s).nonzero().flatten()
+        part = forward(x[idx]) if s == 0 else adapter.one_phase(layer, x[idx], s)
+        if out is None:
+            out = part.new_empty((x.shape[0], *part.shape[1:]))
+        out[idx] = part
+    assert out is not None
+    return out
+
+
+class _PhasedForward:
+    """The ``forward`` installed on a unit layer of the private copy: consults the current plan."""
+
+    def __init__(self, layer: nn.Module, adapter: PhaseAdapter, unit: int):
+        self.forward = type(layer).forward.__get__(layer)  # the class's own forward, bound
+        self.layer_ref = layer
+        self.adapter = adapter
+        self.unit = unit
+
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        plan = _PLAN.get()
+        spec = None if plan is None else plan.get(self.unit)
+        if spec is None or args or kwargs:
+            return self.forward(x, *args, **kwargs)
+        if spec is EXPAND:
+            return self.adapter.all_phases(self.layer_ref, x).flatten(0, 1)
+        return _per_sample(self.layer_ref, self.adapter, x, spec, self.forward)
+
+    def __deepcopy__(self, memo):
+        layer = copy.deepcopy(self.layer_ref, memo)
+        return _PhasedForward(layer, self.adapter, self.unit)
+
+
+def install_phased_layers(net: nn.Module, unit_layers: Sequence[Sequence[str]], copy_net: bool = True) -> nn.Module:
+    """``net`` (a deep copy of it unless ``copy_net=False``) with layers ``unit_layers[u]`` following the
+    phase plan for unit ``u``. It computes exactly what ``net`` computes when no plan is active.
+    """
+    clone = copy.deepcopy(net) if copy_net else net
+    modules = dict(clone.named_modules())
+    for u, names in enumerate(unit_layers):
+        for name in names:
+            layer = modules[name]
+            adapter = get_adapter(layer)
+            if adapter is None:  # discovery only hands over supported layers
+                raise RuntimeError(f"layer {name} has no phase adapter")
+            layer.forward = _PhasedForward(layer, adapter, u)  # on the private copy, once
+    return clone

@@ -1,0 +1,131 @@
+"""Exact best-first search over states, batched across images (DESIGN §2).
+
+Per image: the root (all phases 0) is the first candidate and is pushed. While there are fewer than
+``budget`` candidates and the frontier is not empty, the best-scored node (lowest score; ties by
+insertion order) is popped and all R² children at its next unit are computed in one pass. Child 0 equals
+the parent's state: it is pushed (so deeper units can still vary) but is not a new candidate. Children
+j >= 1 join the candidates best-scored first (ties by j) until the budget is reached. Every child that
+still has an undecided unit is pushed, in order of j.
+
+Every image has its own search, but each step pops one node per unfinished image and runs all those
+expansions together, one batched pass per unit depth (chunked to bound memory).
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .aggregate import normalized_entropy
+
+__all__ = ["CRITERIA", "Candidate", "state_offset", "best_first", "score_states"]
+
+CRITERIA = ("entropy", "random", "offset", "learned")
+
+
+def state_offset(state: Sequence[int], rates: Sequence[int], spatial: Sequence[bool] | None = None) -> tuple[int, int]:
+    """Mixed-radix offset (dy, dx) of a state, in pixels of the first searched unit's input grid.
+
+    ``(dy, dx) = Σ_l (dy_l, dx_l) * Π_{l' < l} R_l'`` over spatial units (side units add nothing).
+    """
+    dy = dx = 0
+    scale = 1
+    for l, (s, r) in enumerate(zip(state, rates)):
+        if spatial is not None and not spatial[l]:
+            continue
+        dy += (s // r) * scale
+        dx += (s % r) * scale
+        scale *= r
+    return dy, dx
+
+
+def _random_score(seed: int, state: tuple[int, ...], depth: int) -> float:
+    digest = hashlib.blake2b(f"{seed}|{depth}|{state}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0 ** 64
+
+
+def score_states(criterion: str, logits: Tensor, states: list[tuple[int, ...]], depth: int,
+                 rates: Sequence[int], spatial: Sequence[bool], seed: int) -> list[float]:
+    """Scores (lower = expanded first) for nodes with the given logits and states."""
+    if criterion == "entropy":
+        return normalized_entropy(logits.float()).tolist()
+    if criterion == "offset":
+        return [float(dy * dy + dx * dx) for dy, dx in (state_offset(s, rates, spatial) for s in states)]
+    if criterion == "random":
+        return [_random_score(seed, s, depth) for s in states]
+    raise ValueError(f"unknown criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+
+
+@dataclass
+class Candidate:
+    """A chosen state of one image: its phases, native features and logits."""
+
+    state: tuple[int, ...]
+    features: Tensor
+    logits: Tensor
+
+
+@dataclass(order=True)
+class _Node:
+    score: float
+    order: int
+    state: tuple[int, ...] = field(compare=False)
+    depth: int = field(compare=False)
+    cache: Tensor | None = field(compare=False)
+
+
+# expander(depth, caches (M, ...), prefix (M, depth)) -> (features, logits, child caches) for M*R² children
+Expander = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]]
+Scorer = Callable[[Tensor, list[tuple[int, ...]], int], list[float]]
+
+
+def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | None, rates: Sequence[int],
+               budget: int, expand: Expander, score: Scorer, chunk: int = 256) -> list[list[Candidate]]:
+    """Run the search for N images at once; return each image's candidates in selection order."""
+    n = root_features.shape[0]
+    depth_total = len(rates)
+    zero = tuple([0] * depth_total)
+    root_scores = score(root_logits, [zero] * n, 0)
+    cands: list[list[Candidate]] = [[Candidate(zero, root_features[i], root_logits[i])] for i in range(n)]
+    frontier: list[list[_Node]] = [[] for _ in range(n)]
+    counters = [itertools.count() for _ in range(n)]
+    if depth_total:
+        assert root_cache is not None
+        for i in range(n):
+            heapq.heappush(frontier[i], _Node(root_scores[i], next(counters[i]), zero, 0, root_cache[i]))
+    while True:
+        active = [i for i in range(n) if len(cands[i]) < budget and frontier[i]]
+        if not active:
+            break
+        popped = {i: heapq.heappop(frontier[i]) for i in active}
+        by_depth: dict[int, list[int]] = {}
+        for i in active:
+            by_depth.setdefault(popped[i].depth, []).append(i)
+        for depth, images in sorted(by_depth.items()):
+            r2 = rates[depth] ** 2
+            per_chunk = max(1, chunk // r2)
+            for start in range(0, len(images), per_chunk):
+                group = images[start:start + per_chunk]
+                caches = torch.stack([popped[i].cache for i in group])  # type: ignore[misc]
+                prefix = torch.tensor([list(popped[i].state[:depth]) for i in group], dtype=torch.long,
+                                      device=caches.device).reshape(len(group), depth)
+                feats, logits, child_caches = expand(depth, caches, prefix)
+                for g, i in enumerate(group):
+                    parent = popped[i]
+                    rows = slice(g * r2, (g + 1) * r2)
+                    states = [parent.state[:depth] + (j,) + parent.state[depth + 1:] for j in range(r2)]
+                    scores = score(logits[rows], states, depth + 1)
+                    new = sorted(range(1, r2), key=lambda j: (scores[j], j))
+                    for j in new[:max(0, budget - len(cands[i]))]:
+                        cands[i].append(Candidate(states[j], feats[g * r2 + j], logits[g * r2 + j]))
+                    if depth + 1 < depth_total:
+                        assert child_caches is not None
+                        for j in range(r2):
+                            heapq.heappush(frontier[i], _Node(scores[j], next(counters[i]), states[j], depth + 1,
+                                                              child_caches[g * r2 + j]))
+    return cands

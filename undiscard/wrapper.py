@@ -1,0 +1,295 @@
+"""``wrap(net, budget=...)``: the model users call.
+
+``Undiscard`` holds a private deep copy of ``net`` (``net`` itself is never modified) whose unit layers
+follow phase plans (:mod:`undiscard.execution`). On the first call for an input shape it discovers the
+units, splits the model into features and head, cuts the features into a chain and counts FLOPs
+(:class:`undiscard.engine.Engine`); pass ``example_input=`` to do that eagerly.
+
+A forward call searches ``budget`` states per image (:mod:`undiscard.search`), aligns and aggregates
+their feature maps (:mod:`undiscard.aggregate`) and applies the head. ``budget=1`` returns the copied
+network's own output, bit for bit. A budget larger than the number of states of the searched units is
+an error (it would silently cost more than it can use otherwise).
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .aggregate import AGGREGATES, align_maps, state_weights, weighted_sum
+from .chain import build_chain
+from .discovery import Unit, discover
+from .engine import Engine
+from .errors import PhaseError, UndiscardError, UnsupportedLayerError
+from .execution import install_phased_layers
+from .search import CRITERIA, Candidate, best_first, score_states, state_offset
+from .split import from_map, get_split, to_map
+
+__all__ = ["Undiscard", "wrap"]
+
+UnitSelector = Sequence[int | str] | None
+
+
+def _default_search(units: list[Unit]) -> list[int]:
+    spatial = [i for i, u in enumerate(units) if u.spatial]
+    return spatial if len(spatial) < 3 else spatial[1:-1]
+
+
+def _select(units: list[Unit], selector: UnitSelector) -> list[int]:
+    if selector is None:
+        return _default_search(units)
+    if isinstance(selector, (str, int)):
+        selector = [selector]
+    chosen: list[int] = []
+    names = [u.name for u in units]
+    for s in selector:
+        if isinstance(s, bool):
+            raise PhaseError(f"unit selector must be an index or a name, got {s!r}")
+        if isinstance(s, int):
+            if not -len(units) <= s < len(units):
+                raise PhaseError(f"unit index {s} out of range: the model has {len(units)} units ({', '.join(names)})")
+            idx = s % len(units)
+        elif s in names:
+            idx = names.index(s)
+        else:
+            raise PhaseError(f"unknown unit {s!r}: the model's units are {', '.join(names) or '(none)'}")
+        if idx in chosen:
+            raise PhaseError(f"unit {names[idx]!r} selected twice")
+        chosen.append(idx)
+    return sorted(chosen)
+
+
+class Undiscard(nn.Module):
+    """A classifier that searches discarded phases at test time (see :func:`wrap`)."""
+
+    def __init__(self, net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate: str = "entropy",
+                 align: bool = True, units: UnitSelector = None, *,
+                 features: Callable[[nn.Module, Tensor], Tensor] | None = None,
+                 head: Callable[[nn.Module, Tensor], Tensor] | None = None,
+                 layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0,
+                 example_input: Tensor | None = None):
+        super().__init__()
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise PhaseError(f"budget must be a positive integer, got {budget!r}")
+        if criterion not in CRITERIA:
+            raise UndiscardError(f"unknown criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+        if criterion == "learned":
+            raise UndiscardError("criterion 'learned' needs a trained attention aggregator, not available yet")
+        if aggregate not in AGGREGATES:
+            raise UndiscardError(f"unknown aggregate {aggregate!r}: expected one of {', '.join(AGGREGATES)}")
+        if aggregate == "attention":
+            raise UndiscardError("aggregate 'attention' needs a trained attention aggregator, not available yet")
+        if chunk_size < 1:
+            raise UndiscardError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.net = copy.deepcopy(net)
+        self.budget = budget
+        self.criterion = criterion
+        self.aggregate = aggregate
+        self.align = align
+        self.unit_selector = units
+        self.strict = strict
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self._split_override = (features, head, layout)
+        self._units: list[Unit] | None = None
+        self._searched: list[int] | None = None
+        self._engines: dict[tuple, Engine] = {}
+        self._lock = threading.Lock()
+        self.last_cost: float = 0.0
+        self.last_cost_ideal: float = 0.0
+        if example_input is not None:
+            self.prepare(example_input)
+
+    # --- setup ---------------------------------------------------------------------------------
+    @property
+    def units(self) -> list[Unit]:
+        """All units of the model (after the first call or ``prepare``)."""
+        if self._units is None:
+            raise UndiscardError("units are found on the first call: call the model once or prepare(example_input)")
+        return self._units
+
+    @property
+    def search_units(self) -> list[Unit]:
+        """The units searched, in execution order."""
+        return [self.units[i] for i in self._searched or []]
+
+    @property
+    def num_states(self) -> int:
+        """Number of states of the searched units (Π R_l²)."""
+        total = 1
+        for u in self.search_units:
+            total *= u.num_phases
+        return total
+
+    def prepare(self, x: Tensor) -> Engine:
+        """Discover units and build the engine for inputs shaped like ``x`` (done on first call otherwise)."""
+        if not isinstance(x, Tensor) or x.dim() < 3:
+            raise PhaseError(f"expected a batched image tensor (N, C, H, W), got "
+                             f"{type(x).__name__ if not isinstance(x, Tensor) else tuple(x.shape)}")
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        engine = self._engines.get(key)
+        if engine is not None:
+            return engine
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = self._build(x[:1])
+                self._engines[key] = engine
+        return engine
+
+    def _build(self, x: Tensor) -> Engine:
+        report = discover(self.net, x)
+        if report.unsupported:
+            msg = f"strided layers left at phase 0: {report.describe_unsupported()}"
+            if self.strict:
+                raise UnsupportedLayerError(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+        if self._units is None:
+            self._units = report.units
+            self._searched = _select(report.units, self.unit_selector)
+            install_phased_layers(self.net, [u.layers for u in report.units], copy_net=False)
+            if self.budget > self.num_states:
+                raise PhaseError(f"budget {self.budget} exceeds the {self.num_states} states of the searched units "
+                                 f"({', '.join(u.name for u in self.search_units) or 'none'})")
+        elif [u.layers for u in report.units] != [u.layers for u in self._units]:
+            raise UndiscardError("this input size changes the model's subsampling units; wrap the model per size")
+        features, head, layout = self._split_override
+        split = get_split(self.net, x, features, head, layout)
+        chain = build_chain(split, x, self.net)
+        engine = Engine(self.net, split, chain, self._units, list(self._searched or []))
+        engine.measure(x)
+        return engine
+
+    # --- running -------------------------------------------------------------------------------
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise PhaseError(f"expected an image batch of shape (N, C, H, W), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (N, K): aggregated over ``budget`` searched states; ``budget=1`` is ``net(x)`` exactly."""
+        self._check_input(x)
+        engine = self.prepare(x)
+        engine.reset_cost()
+        if self.budget == 1:
+            with torch.no_grad() if not torch.is_grad_enabled() else torch.enable_grad():
+                out = engine.run_state(x, {})
+            self.last_cost = self.last_cost_ideal = 1.0
+            return out
+        cands = self._search(engine, x)
+        logits = self._aggregate(engine, cands)
+        self._record_cost(engine, x.shape[0])
+        return logits
+
+    def search(self, x: Tensor) -> list[list[tuple[int, ...]]]:
+        """Per image, the chosen states in selection order (the first is the original model)."""
+        self._check_input(x)
+        engine = self.prepare(x)
+        engine.reset_cost()
+        cands = self._search(engine, x)
+        self._record_cost(engine, x.shape[0])
+        return [[c.state for c in per_image] for per_image in cands]
+
+    def run_state(self, x: Tensor, state: Sequence[int]) -> Tensor:
+        """Logits of the network with one fixed state (one phase per searched unit) for every image."""
+        self._check_input(x)
+        engine = self.prepare(x)
+        state = tuple(state)
+        units = self.search_units
+        if len(state) != len(units):
+            raise PhaseError(f"state has {len(state)} phases but {len(units)} units are searched "
+                             f"({', '.join(u.name for u in units) or 'none'})")
+        phases: dict[int, Tensor] = {}
+        for s, u, idx in zip(state, units, self._searched or []):
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < u.num_phases:
+                raise PhaseError(f"phase {s!r} out of range for unit {u.name} (rate {u.rate}): "
+                                 f"expected 0 <= phase < {u.num_phases}")
+            if s:
+                phases[idx] = torch.full((x.shape[0],), s, dtype=torch.long, device=x.device)
+        return engine.run_state(x, phases)
+
+    def _search(self, engine: Engine, x: Tensor) -> list[list[Candidate]]:
+        rates = engine.rates()
+        spatial = [self.units[u].spatial for u in engine.searched]
+
+        def score(logits: Tensor, states: list[tuple[int, ...]], depth: int) -> list[float]:
+            return score_states(self.criterion, logits, states, depth, rates, spatial, self.seed)
+
+        def expand(depth: int, caches: Tensor, prefix: Tensor):
+            e = engine.expand(depth, caches, prefix)
+            return e.features, e.logits, e.caches
+
+        with torch.no_grad():
+            feats, logits, cache = engine.root(x)
+            return best_first(feats, logits, cache, rates, self.budget, expand, score, self.chunk_size)
+
+    def _aggregate(self, engine: Engine, cands: list[list[Candidate]]) -> Tensor:
+        feats = torch.stack([torch.stack([c.features for c in per]) for per in cands])  # (N, B, ...)
+        logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])  # (N, B, K)
+        n, b = feats.shape[:2]
+        layout = engine.split.layout
+        if layout == "nchw" and feats.dim() == 4:  # (N, B, L, C): a token sequence
+            layout = "tokens"
+        elif layout == "nchw" and feats.dim() == 3:  # (N, B, C): a vector
+            layout = "vector"
+        grid = self._feature_grid(engine)
+        maps, extra = to_map(feats.flatten(0, 1), layout, grid)
+        maps = maps.unflatten(0, (n, b))
+        weights = state_weights(logits, self.aggregate)
+        if self.align and maps.shape[-1] * maps.shape[-2] > 1:
+            rates = engine.rates()
+            spatial = [self.units[u].spatial for u in engine.searched]
+            offsets = torch.tensor([[state_offset(c.state, rates, spatial) for c in per] for per in cands],
+                                   dtype=torch.long, device=maps.device)
+            maps = align_maps(maps, offsets, self._feature_stride(engine))
+        agg = weighted_sum(maps, weights)
+        agg_extra = weighted_sum(extra.unflatten(0, (n, b)), weights) if extra is not None else None
+        return engine.split.head(from_map(agg, agg_extra, layout))
+
+    def _feature_grid(self, engine: Engine) -> tuple[int, int] | None:
+        spatial = [u for u in self.units if u.spatial]
+        return spatial[-1].out_size if spatial else None
+
+    def _feature_stride(self, engine: Engine) -> int:
+        """Total stride from the first searched unit's input grid to the feature map."""
+        if not engine.searched:
+            return 1
+        first = engine.searched[0]
+        stride = 1
+        for u in self.units[first:]:
+            if u.spatial:
+                stride *= u.rate
+        return stride
+
+    def _record_cost(self, engine: Engine, n: int) -> None:
+        assert engine.flops is not None
+        base = engine.flops.baseline * n
+        self.last_cost = engine.spent / base if base else 0.0
+        self.last_cost_ideal = engine.spent_ideal / base if base else 0.0
+
+    def extra_repr(self) -> str:
+        return (f"budget={self.budget}, criterion={self.criterion!r}, aggregate={self.aggregate!r}, "
+                f"align={self.align}")
+
+
+def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate: str = "entropy",
+         align: bool = True, units: UnitSelector = None, **kwargs) -> Undiscard:
+    """Wrap a classifier so that it searches ``budget`` states of its subsampling units per image.
+
+    Args:
+        net: any classifier mapping (N, C, H, W) images to (N, K) logits. Not modified.
+        budget: states per image (1 = the original model, bit for bit).
+        criterion: search order, one of ``entropy``, ``random`` (seeded), ``offset``.
+        aggregate: ``mean`` or ``entropy`` weighting of the states' feature maps.
+        align: shift each state's feature map by its offset before aggregating.
+        units: indices or names of the units to search (default: all spatial units but the first and
+            the last; all of them when there are fewer than three).
+        **kwargs: ``features``/``head`` (callables ``(model, x)``) to split an unknown model, ``layout``,
+            ``strict`` (raise on unsupported strided layers), ``chunk_size`` (max samples per expansion
+            pass), ``seed`` (random criterion), ``example_input`` (set up eagerly).
+    """
+    return Undiscard(net, budget, criterion, aggregate, align, units, **kwargs)
