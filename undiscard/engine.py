@@ -7,7 +7,11 @@ An :class:`Engine` is built once per input shape by :class:`undiscard.wrapper.Un
 - how to *expand* a batch of nodes at unit u: run the network from u's cut with u in EXPAND mode (all R²
   phases from one dense pass, the batch grows to M*R²) and with the already-decided phases of units
   that share u's segment applied per sample; it returns the children's features, logits and the
-  activations cached at the next searched unit's cut;
+  activations cached at the next searched unit's cut. A model whose code fixes the batch size before
+  the unit's output is consumed (torchvision's ViT reshapes with the input's batch size) cannot grow
+  its batch inside a layer; for such a unit (detected once, on the example input) the cached
+  activation is replicated R² times and the unit runs per sample at phases 0..R²-1 — same results,
+  and the unit's layers cost the same;
 - the cost of everything it ran, in FLOPs (convolutions and matrix products, as counted by
   ``torch.utils.flop_counter``; elementwise ops, normalisation and pooling are not counted), and the
   ideal cost had every expansion recomputed only from the unit itself.
@@ -60,6 +64,7 @@ class Engine:
     units: list[Unit]  # all units of the model (unit index = position here)
     searched: list[int]  # indices into ``units``
     cut: list[int] = field(default_factory=list)  # chain segment of each searched unit
+    replicate: list[bool] = field(default_factory=list)  # expand by replicating the input (see above)
     flops: _Flops | None = None
     spent: float = 0.0  # FLOPs run since the last reset
     spent_ideal: float = 0.0
@@ -67,6 +72,7 @@ class Engine:
     def __post_init__(self) -> None:
         modules = dict(self.net.named_modules())
         self.cut = [self.chain.segment_of(modules[self.units[u].layers[0]]) for u in self.searched]
+        self.replicate = [False] * len(self.searched)
         # Segments may only *shrink* along the searched order; a later unit before an earlier cut
         # cannot happen because units are in execution order and segments are sequential.
 
@@ -89,10 +95,16 @@ class Engine:
             expanded: dict[int, float] = {}
             for i, u in enumerate(self.searched):
                 k = self.cut[i]
-                with phase_plan({u: EXPAND}):
-                    f, _ = _count(lambda k=k: self.chain.segments[k](inputs[k]))
-                rest = sum(seg[k + 1:]) * self.units[u].num_phases
-                expanded[i] = f + rest
+                r2 = self.units[u].num_phases
+                try:
+                    with phase_plan({u: EXPAND}):
+                        f, out = _count(lambda k=k: self.chain.segments[k](inputs[k]))
+                    self.replicate[i] = out.shape[0] != r2
+                except RuntimeError:
+                    self.replicate[i] = True
+                if self.replicate[i]:
+                    f = seg[k] * r2
+                expanded[i] = f + sum(seg[k + 1:]) * r2
             tail = self._tails(x, sum(seg) + head)
         self.flops = _Flops(seg, expanded, head, tail, baseline=sum(seg) + head)
 
@@ -144,16 +156,22 @@ class Engine:
         assert self.flops is not None
         k = self.cut[depth]
         unit = self.searched[depth]
+        r2 = self.units[unit].num_phases
+        m = caches.shape[0]
+        inputs = caches
         plan: dict[int, PhaseSpec] = {unit: EXPAND}
+        if self.replicate[depth]:
+            inputs = caches.repeat_interleave(r2, dim=0)
+            prefix = prefix.repeat_interleave(r2, dim=0)
+            plan[unit] = torch.arange(r2, device=caches.device).repeat(m)
         for i in range(depth):
             if self.cut[i] == k:  # a decided unit inside the segment we rerun: apply per sample
                 plan[self.searched[i]] = prefix[:, i]
         nxt = self.cut[depth + 1] if depth + 1 < len(self.searched) else None
         with phase_plan(plan):
-            x = self.chain.segments[k](caches)
+            x = self.chain.segments[k](inputs)
             captured = None
             if nxt is not None and nxt == k:
-                r2 = self.units[unit].num_phases
                 captured = caches.repeat_interleave(r2, dim=0)
             elif nxt == k + 1:
                 captured = x
@@ -162,8 +180,6 @@ class Engine:
                 captured = cap2
         with phase_plan(None):
             logits = self.split.head(feats)
-        m = caches.shape[0]
-        r2 = self.units[unit].num_phases
         self.spent += m * (self.flops.expanded[depth] + r2 * self.flops.head)
         self.spent_ideal += m * r2 * self.flops.tail[depth]
         return Expansion(feats, logits, captured)
