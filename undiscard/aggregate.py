@@ -31,7 +31,8 @@ def normalized_entropy(logits: Tensor) -> Tensor:
     if k < 2:
         return torch.zeros(logits.shape[:-1], dtype=logits.dtype, device=logits.device)
     logp = torch.log_softmax(logits, dim=-1)
-    h = -(logp.exp() * logp).sum(-1)
+    p = logp.exp()
+    h = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)  # p = 0 (e.g. a -inf logit) adds 0, not NaN
     return (h / math.log(k)).clamp_(0.0, 1.0)
 
 

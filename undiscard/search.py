@@ -53,7 +53,8 @@ def score_states(criterion: str, logits: Tensor, states: list[tuple[int, ...]], 
                  rates: Sequence[int], spatial: Sequence[bool], seed: int) -> list[float]:
     """Scores (lower = expanded first) for nodes with the given logits and states."""
     if criterion == "entropy":
-        return normalized_entropy(logits.float()).tolist()
+        # at least float32 (half logits), but float64 logits keep their precision
+        return normalized_entropy(logits if logits.dtype == torch.float64 else logits.float()).tolist()
     if criterion == "offset":
         return [float(dy * dy + dx * dx) for dy, dx in (state_offset(s, rates, spatial) for s in states)]
     if criterion == "random":

@@ -137,7 +137,9 @@ class Undiscard(nn.Module):
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
-                engine = self._build(x[:1])
+                # setup traces tensor versions, which inference tensors lack: build outside inference mode
+                with torch.inference_mode(False):
+                    engine = self._build(x[:1].clone())
                 self._engines[key] = engine
         return engine
 
@@ -149,12 +151,15 @@ class Undiscard(nn.Module):
                 raise UnsupportedLayerError(msg)
             warnings.warn(msg, UserWarning, stacklevel=3)
         if self._units is None:
-            self._units = report.units
-            self._searched = _select(report.units, self.unit_selector)
+            searched = _select(report.units, self.unit_selector)
+            states = 1
+            for i in searched:
+                states *= report.units[i].num_phases
+            if self.budget > states:
+                raise PhaseError(f"budget {self.budget} exceeds the {states} states of the searched units "
+                                 f"({', '.join(report.units[i].name for i in searched) or 'none'})")
             install_phased_layers(self.net, [u.layers for u in report.units], copy_net=False)
-            if self.budget > self.num_states:
-                raise PhaseError(f"budget {self.budget} exceeds the {self.num_states} states of the searched units "
-                                 f"({', '.join(u.name for u in self.search_units) or 'none'})")
+            self._units, self._searched = report.units, searched
         elif [u.layers for u in report.units] != [u.layers for u in self._units]:
             raise UndiscardError("this input size changes the model's subsampling units; wrap the model per size")
         features, head, layout = self._split_override

@@ -1,0 +1,443 @@
+"""Best-first search (DESIGN §2) against an independent brute-force reference.
+
+The reference here never calls the library's search: it computes every state's logits with
+``model.run_state`` (one fixed state for the whole batch; images do not interact, and float64 makes the
+result independent of batch composition to far below the gaps between scores), scores them itself, and
+replays DESIGN §2 with a heap of ``(score, insertion order)``:
+
+- the root (all phases 0) is the first candidate and is pushed;
+- while fewer than B candidates and the frontier is not empty: pop the best node (depth d); its children
+  j = 0..R²-1 set unit d+1 to j; child 0 (the parent's own state) is not a candidate; children j >= 1
+  join the candidates best-scored first (ties by j) until the budget is reached; every child with depth
+  < L is pushed, in order of j.
+
+Scores: ``entropy`` is the normalised entropy of the state's softmax (computed here in float64 from
+``log_softmax``); ``offset`` is dy² + dx² of the mixed-radix offset (computed here from DESIGN §1, fact
+4); ``random`` uses the library's seeded hash of (seed, state, depth), since random scores have no other
+definition — the heap replay is still independent.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import os
+from typing import Callable, Sequence
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import undiscard
+from undiscard.search import _random_score, state_offset
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: extra threads only add contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+State = tuple[int, ...]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def tiny_cnn(rates: Sequence[int] = (2, 2, 2), seed: int = 0, head_scale: float = 30.0) -> nn.Module:
+    """Strided convs (one unit each) + ReLU, then global average pool + Linear.
+
+    Input 16x16. ``head_scale`` spreads the random logits so that states' entropies are well apart.
+    """
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    cin = 3
+    for i, r in enumerate(rates):
+        cout = 8 if i < len(rates) - 1 else 16
+        layers += [nn.Conv2d(cin, cout, 3, stride=r, padding=1), nn.ReLU()]
+        cin = cout
+    head = nn.Linear(cin, 10)
+    with torch.no_grad():
+        head.weight.mul_(head_scale)
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    return net.eval()
+
+
+class TinyUnchained(nn.Module):
+    """Three strided convs called from one forward (no module chain): expansion recomputes from the input."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.fc.weight.mul_(30.0)
+
+    def features(self, x: Tensor) -> Tensor:
+        return torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
+
+    def head(self, f: Tensor) -> Tensor:
+        return self.fc(f.mean((2, 3)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def wrap_unchained(net: nn.Module, **kw) -> undiscard.Undiscard:
+    return undiscard.wrap(net, features=lambda m, x: m.features(x), head=lambda m, f: m.head(f), **kw)
+
+
+def resnet18() -> nn.Module:
+    try:
+        from undiscard._compat import import_torchvision
+
+        tv = import_torchvision()
+    except Exception as exc:  # optional extra
+        pytest.skip(f"torchvision unavailable: {exc}")
+    torch.manual_seed(0)
+    net = tv.models.resnet18(num_classes=10).eval()
+    with torch.no_grad():
+        net.fc.weight.mul_(20.0)  # random-init logits are tiny: spread the entropies
+    return net
+
+
+def images(n: int, size: int, seed: int = 1, dtype: torch.dtype = torch.float64) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g).to(dtype)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def all_states(rates: Sequence[int]) -> list[State]:
+    return list(itertools.product(*[range(r * r) for r in rates]))
+
+
+def ref_offset(state: State, rates: Sequence[int], spatial: Sequence[bool]) -> tuple[int, int]:
+    """DESIGN §1 fact 4, written out: offset = Σ_l (dy_l, dx_l) · Π_{l'<l} R_l' over spatial units."""
+    dy = dx = 0
+    place = 1
+    for s, r, sp in zip(state, rates, spatial):
+        if not sp:
+            continue
+        dy, dx = dy + place * (s // r), dx + place * (s % r)
+        place *= r
+    return dy, dx
+
+
+def ref_entropy(logits: Tensor) -> float:
+    logp = torch.log_softmax(logits.double(), -1)
+    return float(-(logp.exp() * logp).sum() / math.log(logits.shape[-1]))
+
+
+def state_table(model: undiscard.Undiscard, x: Tensor) -> dict[State, Tensor]:
+    """Every state's logits (N, K), from ``run_state``."""
+    rates = [u.rate for u in model.search_units]
+    with torch.no_grad():
+        return {s: model.run_state(x, s) for s in all_states(rates)}
+
+
+def reference_search(model: undiscard.Undiscard, table: dict[State, Tensor], i: int, budget: int,
+                     criterion: str, seed: int = 0) -> list[State]:
+    """DESIGN §2 for image i, from the precomputed table of every state's logits."""
+    rates = [u.rate for u in model.search_units]
+    spatial = [u.spatial for u in model.search_units]
+    depth_total = len(rates)
+
+    def score(state: State, depth: int) -> float:
+        if criterion == "entropy":
+            return ref_entropy(table[state][i])
+        if criterion == "offset":
+            dy, dx = ref_offset(state, rates, spatial)
+            return float(dy * dy + dx * dx)
+        if criterion == "random":
+            return _random_score(seed, state, depth)
+        raise AssertionError(criterion)
+
+    root: State = (0,) * depth_total
+    chosen = [root]
+    order = itertools.count()
+    heap: list[tuple[float, int, State, int]] = []
+    if depth_total:
+        heap.append((score(root, 0), next(order), root, 0))
+    while len(chosen) < budget and heap:
+        _, _, state, d = heapq.heappop(heap)
+        children = [state[:d] + (j,) + state[d + 1:] for j in range(rates[d] ** 2)]
+        scores = [score(c, d + 1) for c in children]
+        for j in sorted(range(1, len(children)), key=lambda j: (scores[j], j)):
+            if len(chosen) < budget:
+                chosen.append(children[j])
+        if d + 1 < depth_total:
+            for j, c in enumerate(children):
+                heapq.heappush(heap, (scores[j], next(order), c, d + 1))
+    return chosen
+
+
+# --------------------------------------------------------------------------- reference comparison
+
+
+BUDGETS = (2, 5, 8, 16, "all")
+CRITERIA = (("entropy", 0), ("offset", 0), ("random", 0), ("random", 7))
+
+CASES: dict[str, Callable[[], tuple[nn.Module, Callable[..., undiscard.Undiscard], Tensor]]] = {
+    "tiny-2-2-2": lambda: (tiny_cnn((2, 2, 2)).double(),
+                           lambda net, **kw: undiscard.wrap(net, units=[0, 1, 2], **kw), images(3, 16)),
+    "tiny-4-2": lambda: (tiny_cnn((4, 2)).double(), lambda net, **kw: undiscard.wrap(net, **kw), images(3, 16)),
+    "tiny-unchained": lambda: (TinyUnchained().double(),
+                               lambda net, **kw: wrap_unchained(net, units=[0, 1, 2], **kw), images(2, 16)),
+    "resnet18": lambda: (resnet18().double(), lambda net, **kw: undiscard.wrap(net, **kw), images(2, 32)),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    net, make, x = CASES[request.param]()
+    probe = make(net, budget=1, example_input=x[:1])
+    table = state_table(probe, x)
+    return request.param, net, make, x, probe, table
+
+
+def test_reference_search(case) -> None:
+    name, net, make, x, probe, table = case
+    n_states = probe.num_states
+    assert n_states == len(table) == 64, name
+    budgets = [n_states if b == "all" else b for b in BUDGETS]
+    # resnet18 builds are slow: run the library directly at two budgets; a smaller budget is the same
+    # process stopped earlier, so the other budgets are checked as prefixes of the full search
+    direct = budgets if name.startswith("tiny") else [5, n_states]
+    for criterion, seed in CRITERIA:
+        got = {b: make(net, budget=b, criterion=criterion, seed=seed).search(x) for b in direct}
+        for b in budgets:
+            for i in range(x.shape[0]):
+                want = reference_search(probe, table, i, b, criterion, seed)
+                assert len(want) == b
+                assert got[n_states][i][:b] == want, (name, criterion, seed, b, i)
+                if b in got:
+                    assert got[b][i] == want, (name, criterion, seed, b, i)
+
+
+@pytest.mark.parametrize("budget", [2, 5, 8, 16])
+def test_reference_search_tiny_each_budget(budget: int) -> None:
+    net = tiny_cnn((2, 2, 2)).double()
+    x = images(4, 16, seed=3)
+    for criterion in ("entropy", "offset", "random"):
+        model = undiscard.wrap(net, budget=budget, criterion=criterion, units=[0, 1, 2])
+        got = model.search(x)
+        table = state_table(model, x)
+        for i in range(x.shape[0]):
+            assert got[i] == reference_search(model, table, i, budget, criterion), (criterion, i)
+            assert len(got[i]) == budget and len(set(got[i])) == budget
+
+
+def test_full_budget_returns_every_state_once() -> None:
+    net = tiny_cnn((2, 2, 2)).double()
+    x = images(2, 16)
+    model = undiscard.wrap(net, budget=64, units=[0, 1, 2])
+    for per in model.search(x):
+        assert per[0] == (0, 0, 0)
+        assert len(per) == 64 and set(per) == set(all_states([2, 2, 2]))
+
+
+def test_default_units_resnet18() -> None:
+    net = resnet18()
+    model = undiscard.wrap(net, budget=2)
+    x = images(1, 32, dtype=torch.float32)
+    model(x)
+    assert [u.name for u in model.units] == ["conv1", "maxpool", "layer2.0", "layer3.0", "layer4.0"]
+    assert [u.name for u in model.search_units] == ["maxpool", "layer2.0", "layer3.0"]
+    assert model.num_states == 64
+
+
+# --------------------------------------------------------------------------- budget errors
+
+
+def test_budget_larger_than_state_space_raises() -> None:
+    net = tiny_cnn((2, 2, 2))
+    x = images(2, 16, dtype=torch.float32)
+    model = undiscard.wrap(net, budget=65, units=[0, 1, 2])
+    with pytest.raises(undiscard.PhaseError, match=r"budget 65\b.*\b64 states"):
+        model(x)
+    with pytest.raises(undiscard.PhaseError, match=r"budget 65\b.*\b64 states"):
+        undiscard.wrap(net, budget=65, units=[0, 1, 2]).search(x)
+    with pytest.raises(undiscard.PhaseError, match=r"budget 5\b.*\b4 states"):  # default: middle unit only
+        undiscard.wrap(net, budget=5).search(x)
+    with pytest.raises(undiscard.PhaseError, match=r"budget 65\b.*\b64 states"):
+        undiscard.wrap(net, budget=65, units=[0, 1, 2], example_input=x)
+
+
+def test_budget_error_is_not_forgotten_on_retry() -> None:
+    net = tiny_cnn((2, 2, 2))
+    x = images(1, 16, dtype=torch.float32)
+    model = undiscard.wrap(net, budget=65, units=[0, 1, 2])
+    with pytest.raises(undiscard.PhaseError):
+        model.search(x)
+    with pytest.raises(undiscard.PhaseError):
+        model.search(x)
+
+
+@pytest.mark.parametrize("budget", [0, -1, True, 2.0])
+def test_bad_budget_rejected(budget) -> None:
+    with pytest.raises(undiscard.PhaseError, match="budget"):
+        undiscard.wrap(tiny_cnn(), budget=budget)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_same_result_across_runs() -> None:
+    net = tiny_cnn((2, 2, 2))
+    x = images(5, 16, dtype=torch.float32)
+    a = undiscard.wrap(net, budget=8, units=[0, 1, 2])
+    b = undiscard.wrap(net, budget=8, units=[0, 1, 2])
+    sa, sb, sa2 = a.search(x), b.search(x), a.search(x)
+    assert sa == sb == sa2
+    ya, yb, ya2 = a(x), b(x), a(x)
+    assert torch.equal(ya, yb) and torch.equal(ya, ya2)
+
+
+def _candidates(model: undiscard.Undiscard, x: Tensor):
+    return model._search(model.prepare(x), x)
+
+
+@pytest.mark.parametrize("make", [lambda net: undiscard.wrap(net, budget=8, units=[0, 1, 2]),
+                                  lambda net: undiscard.wrap(net, budget=8, units=[0, 1, 2], chunk_size=1)],
+                         ids=["chunk256", "chunk1"])
+def test_batch_composition_does_not_matter(make) -> None:
+    net = tiny_cnn((2, 2, 2)).double()
+    x = images(5, 16, seed=11)
+    model = make(net)
+    batch = _candidates(model, x)
+    perm = torch.tensor([3, 0, 4, 2, 1])
+    shuffled = _candidates(model, x[perm])
+    for i in range(5):
+        alone = _candidates(model, x[i:i + 1])[0]
+        in_shuffled = shuffled[int((perm == i).nonzero())]
+        for other in (batch[i], in_shuffled):
+            assert [c.state for c in other] == [c.state for c in alone]
+            for c, d in zip(other, alone):
+                torch.testing.assert_close(c.logits, d.logits, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(c.features, d.features, rtol=1e-12, atol=1e-12)
+    # forward too: per-image outputs do not depend on the batch
+    y = model(x)
+    y_shuffled = model(x[perm])
+    torch.testing.assert_close(y[perm], y_shuffled, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y[2:3], model(x[2:3]), rtol=1e-12, atol=1e-12)
+
+
+def test_chunk_size_does_not_matter() -> None:
+    net = tiny_cnn((2, 2, 2)).double()
+    x = images(5, 16, seed=5)
+    ref = undiscard.wrap(net, budget=16, units=[0, 1, 2]).search(x)
+    for chunk in (1, 4, 7):
+        assert undiscard.wrap(net, budget=16, units=[0, 1, 2], chunk_size=chunk).search(x) == ref
+
+
+def test_batch_of_one() -> None:
+    net = tiny_cnn((2, 2, 2))
+    x = images(1, 16, dtype=torch.float32)
+    model = undiscard.wrap(net, budget=8, units=[0, 1, 2])
+    states = model.search(x)
+    assert len(states) == 1 and len(states[0]) == 8 and states[0][0] == (0, 0, 0)
+    assert model(x).shape == (1, 10)
+
+
+# --------------------------------------------------------------------------- cached path == recompute path
+
+
+@pytest.mark.parametrize("which", ["tiny", "unchained", "resnet18"])
+def test_candidate_logits_equal_run_state(which: str) -> None:
+    if which == "tiny":
+        net, x = tiny_cnn((2, 2, 2)).double(), images(3, 16)
+        model = undiscard.wrap(net, budget=16, units=[0, 1, 2])
+    elif which == "unchained":
+        net, x = TinyUnchained().double(), images(3, 16)
+        model = wrap_unchained(net, budget=16, units=[0, 1, 2])
+    else:
+        net, x = resnet18().double(), images(2, 32)
+        model = undiscard.wrap(net, budget=12)
+    engine = model.prepare(x)
+    # the paths covered: a cut before every unit (cached activations), or none (recompute from the input)
+    cuts = engine.cut
+    assert len(set(cuts)) == len(cuts) if which != "unchained" else cuts == [0, 0, 0], cuts
+    cands = _candidates(model, x)
+    with torch.no_grad():
+        root = net(x)
+        for i, per in enumerate(cands):
+            assert len(per) == model.budget
+            torch.testing.assert_close(per[0].logits, root[i], rtol=1e-10, atol=1e-10)
+            for c in per:
+                want = model.run_state(x[i:i + 1], c.state)[0]
+                torch.testing.assert_close(c.logits, want, rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- criteria
+
+
+def test_random_seed_changes_order() -> None:
+    net = tiny_cnn((2, 2, 2))
+    x = images(2, 16, dtype=torch.float32)
+
+    def run(seed: int) -> list[list[State]]:
+        return undiscard.wrap(net, budget=16, criterion="random", units=[0, 1, 2], seed=seed).search(x)
+
+    first = run(0)
+    assert run(0) == first
+    others = [run(seed) for seed in (1, 2, 3)]
+    assert any(o != first for o in others)
+    for per in first:
+        assert per[0] == (0, 0, 0) and len(set(per)) == 16
+
+
+def test_offset_orders_first_unit_children() -> None:
+    net = tiny_cnn((4, 2)).double()
+    x = images(2, 16)
+    model = undiscard.wrap(net, budget=16, criterion="offset")
+    states = model.search(x)
+    assert [u.rate for u in model.search_units] == [4, 2]
+    for per in states:
+        assert per[0] == (0, 0)
+        children = per[1:]
+        assert sorted(s[0] for s in children) == list(range(1, 16)) and all(s[1] == 0 for s in children)
+        keys = [((s[0] // 4) ** 2 + (s[0] % 4) ** 2, s[0]) for s in children]
+        assert keys == sorted(keys)
+    # first four children by hand: offsets (0,1), (1,0) -> 1, then (1,1) -> 2, then (0,2) -> 4
+    assert [s[0] for s in states[0][1:5]] == [1, 4, 5, 2]
+    # R = 2 first unit: (0,1), (1,0), (1,1)
+    tiny = undiscard.wrap(tiny_cnn((2, 2, 2)), budget=4, criterion="offset", units=[0, 1, 2])
+    assert tiny.search(images(1, 16, dtype=torch.float32))[0] == [(0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0)]
+
+
+def test_unknown_criterion() -> None:
+    with pytest.raises(undiscard.UndiscardError, match="criterion"):
+        undiscard.wrap(tiny_cnn(), criterion="nope")
+
+
+# --------------------------------------------------------------------------- state_offset
+
+
+@pytest.mark.parametrize("state, rates, spatial, want", [
+    ((0, 0, 0), (2, 2, 2), None, (0, 0)),
+    ((1, 0, 0), (2, 2, 2), None, (0, 1)),
+    ((2, 0, 0), (2, 2, 2), None, (1, 0)),
+    ((3, 1, 2), (2, 2, 2), None, (1 + 0 + 4, 1 + 2 + 0)),  # (1,1) + 2*(0,1) + 4*(1,0) = (5, 3)
+    ((3, 3, 3), (2, 2, 2), None, (7, 7)),
+    ((6, 3), (4, 2), None, (1 + 4, 2 + 4)),  # s=6 at R=4: (1,2); s=3 at R=2: (1,1)*4
+    ((15, 3), (4, 2), None, (3 + 4, 3 + 4)),
+    ((0, 2), (4, 2), None, (4, 0)),
+    ((1, 5, 3), (2, 3, 2), (True, False, True), (0 + 2, 1 + 2)),  # side unit adds nothing, no scale
+    ((0, 8, 0), (2, 3, 2), (True, False, True), (0, 0)),
+    ((5, 2), (3, 2), (True, True), (1 + 3, 2 + 0)),  # s=5 at R=3: (1,2); s=2 at R=2: (1,0)*3
+])
+def test_state_offset(state, rates, spatial, want) -> None:
+    assert state_offset(state, rates, spatial) == want
+    sp = spatial if spatial is not None else [True] * len(rates)
+    assert ref_offset(state, rates, sp) == want

@@ -1,0 +1,58 @@
+"""Seeded integer translations of image batches: the "accuracy under shift" and "shift consistency"
+evaluations of DESIGN §1b compare a model's prediction on an image with its prediction on a shifted copy.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def translate(x: Tensor, dy: int, dx: int) -> Tensor:
+    """Translate every image of ``x`` (..., H, W) by (dy, dx) pixels (down/right positive), zero fill.
+
+    ``out[..., i + dy, j + dx] = x[..., i, j]`` where both indices are inside the image; everything
+    else is 0. Same shape and dtype as ``x``.
+    """
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    src_y, dst_y = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+    src_x, dst_x = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+    out[..., dst_y, dst_x] = x[..., src_y, src_x]
+    return out
+
+
+def random_offsets(n: int, max_shift: int, seed: int, min_shift: int = 1) -> Tensor:
+    """``n`` seeded integer offsets (dy, dx), int64 (n, 2), uniform over the offsets whose Chebyshev
+    length ``max(|dy|, |dx|)`` lies in [min_shift, max_shift]."""
+    if not 0 <= min_shift <= max_shift:
+        raise ValueError(f"need 0 <= min_shift <= max_shift, got min_shift={min_shift}, max_shift={max_shift}")
+    r = torch.arange(-max_shift, max_shift + 1)
+    grid = torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2)
+    grid = grid[grid.abs().amax(dim=1) >= min_shift]
+    g = torch.Generator().manual_seed(seed)
+    return grid[torch.randint(len(grid), (n,), generator=g)]
+
+
+def shift_images(x: Tensor, max_shift: int, seed: int, min_shift: int = 1) -> tuple[Tensor, Tensor]:
+    """Translate each image of ``x`` (N, C, H, W) by its own seeded random integer offset.
+
+    Offsets (dy, dx) are drawn by :func:`random_offsets` (max(|dy|, |dx|) in [min_shift, max_shift]);
+    image k is moved by ``offsets[k]`` (down/right positive) with zero fill and keeps its size, so
+    ``shifted[k, :, i + dy, j + dx] == x[k, :, i, j]`` wherever both sides are in range. Zero fill is
+    the background of Fashion-MNIST before normalisation: shift raw [0, 1] (or uint8) images, then
+    normalise. The same ``seed`` gives the same offsets for any batch of the same size.
+
+    Returns (shifted (N, C, H, W), offsets int64 (N, 2)).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"shift_images expects (N, C, H, W), got shape {tuple(x.shape)}")
+    offsets = random_offsets(x.shape[0], max_shift, seed, min_shift)
+    out = torch.empty_like(x)
+    # One batched translate per distinct offset (at most (2 * max_shift + 1)^2 of them).
+    uniq, group = torch.unique(offsets, dim=0, return_inverse=True)
+    for g, (dy, dx) in enumerate(uniq.tolist()):
+        idx = (group == g).nonzero().squeeze(1)
+        out[idx] = translate(x[idx], dy, dx)
+    return out, offsets

@@ -1,0 +1,159 @@
+"""The bundled model zoo: small Fashion-MNIST classifiers built from real timm modules, with weights.
+
+Every model takes a (N, 1, 32, 32) Fashion-MNIST batch prepared by
+:func:`undiscard.data.preprocess` (28x28 zero-padded to 32x32, scaled to [0, 1], normalised with the
+data set's mean/std) and returns (N, 10) logits. Each has at least 3 strided layers in sequence and a
+2x2 final feature map, and was trained with translation augmentation (random crops, +-4 px) and
+horizontal flips by ``scripts/train_zoo.py``; its weights (fp16) live in ``zoo/weights/NAME.pt`` and
+its training log in ``zoo/logs/NAME.json``.
+
+    >>> from undiscard import zoo
+    >>> zoo.list_models()
+    ['resnet_basic', 'resnext', 'mobilenetv2', 'convnext', 'swin', 'pvtv2', 'mobilevit']
+    >>> net = zoo.create_model("resnet_basic")          # eval mode, float32
+    >>> zoo.model_config("resnet_basic")["input_size"]  # (1, 32, 32)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ..data.fashion_mnist import CLASS_NAMES, MEAN, NUM_CLASSES, STD
+from ..errors import UndiscardError
+from . import models
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+LOGS_DIR = Path(__file__).with_name("logs")
+PREFIX = "zoo:"
+
+
+class UnknownModelError(UndiscardError, ValueError):
+    """A zoo model name that is not registered."""
+
+
+class MissingWeightsError(UndiscardError, FileNotFoundError):
+    """A zoo model whose weights file is not there (not trained yet, or not installed)."""
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """One zoo entry: builder, input geometry and the recipe ``scripts/train_zoo.py`` trains it with."""
+
+    name: str
+    family: str
+    build: Callable[[], nn.Module]
+    input_size: int = 32
+    in_chans: int = 1
+    train: dict = field(default_factory=dict)  # epochs, lr, weight_decay, batch_size, label_smoothing
+
+
+_DEFAULT_TRAIN = dict(epochs=5, lr=2e-3, weight_decay=0.05, batch_size=128, label_smoothing=0.1, warmup=0.15)
+
+_SPECS: dict[str, ZooSpec] = {
+    s.name: s
+    for s in [
+        ZooSpec("resnet_basic", "ResNet (BasicBlock)", models.resnet_basic, train=dict(epochs=5)),
+        ZooSpec("resnext", "ResNeXt-D (Bottleneck, grouped conv)", models.resnext, train=dict(epochs=6)),
+        ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=5)),
+        ZooSpec("convnext", "ConvNeXt", models.convnext, train=dict(epochs=5)),
+        ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=6, lr=1e-3, batch_size=64)),
+        ZooSpec("pvtv2", "PVT-v2", models.pvtv2, train=dict(epochs=6, lr=1e-3, batch_size=64)),
+        ZooSpec("mobilevit", "MobileViT (timm ByobNet)", models.mobilevit, train=dict(epochs=5)),
+    ]
+}
+
+
+def _spec(name: str) -> ZooSpec:
+    key = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    if key not in _SPECS:
+        raise UnknownModelError(f"unknown zoo model {name!r}; available: {', '.join(_SPECS)}")
+    return _SPECS[key]
+
+
+def list_models() -> list[str]:
+    """Names of the zoo models (without the ``zoo:`` prefix the command line uses)."""
+    return list(_SPECS)
+
+
+def weights_path(name: str) -> Path:
+    """Where the weights of zoo model ``name`` are (or will be) stored."""
+    return WEIGHTS_DIR / f"{_spec(name).name}.pt"
+
+
+def train_recipe(name: str) -> dict[str, Any]:
+    """Training hyper-parameters of zoo model ``name`` (defaults merged with its own)."""
+    return {**_DEFAULT_TRAIN, **_spec(name).train}
+
+
+def build_model(name: str) -> nn.Module:
+    """The untrained architecture of zoo model ``name`` (train mode, random weights)."""
+    return _spec(name).build()
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load an (fp16) state_dict file into ``model``, converting floating tensors to float32."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model
+
+
+def create_model(name: str, pretrained: bool = True) -> nn.Module:
+    """Zoo model ``name`` (``"resnet_basic"`` or ``"zoo:resnet_basic"``) in eval mode, float32.
+
+    ``pretrained=True`` loads ``zoo/weights/NAME.pt`` and raises MissingWeightsError naming the file
+    when it is absent; ``pretrained=False`` gives the randomly initialised architecture.
+    """
+    spec = _spec(name)
+    model = spec.build()
+    if pretrained:
+        path = weights_path(spec.name)
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"weights for zoo model {spec.name!r} not found: {path} "
+                f"(train them with: python scripts/train_zoo.py --model {spec.name})")
+        load_weights(model, path)
+    return model.eval()
+
+
+def training_log(name: str) -> dict[str, Any] | None:
+    """The training log (``zoo/logs/NAME.json``) of zoo model ``name``, or None if it has none."""
+    path = LOGS_DIR / f"{_spec(name).name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """Everything needed to feed and read zoo model ``name``.
+
+    Keys: name, family, input_size (C, H, W), in_chans, mean, std (per channel, for [0, 1] inputs),
+    num_classes, class_names, preprocess (a sentence; :func:`undiscard.data.preprocess` does it),
+    weights (path), test_accuracy (from the training log, or None).
+    """
+    spec = _spec(name)
+    log = training_log(spec.name)
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "input_size": (spec.in_chans, spec.input_size, spec.input_size),
+        "in_chans": spec.in_chans,
+        "mean": (MEAN,) * spec.in_chans,
+        "std": (STD,) * spec.in_chans,
+        "num_classes": NUM_CLASSES,
+        "class_names": list(CLASS_NAMES),
+        "preprocess": (f"28x28 uint8 -> float [0, 1] -> zero-pad 2 px each side to {spec.input_size}x"
+                       f"{spec.input_size} -> (x - mean) / std; "
+                       f"undiscard.data.preprocess(images, input_size={spec.input_size}, in_chans={spec.in_chans})"),
+        "weights": str(weights_path(spec.name)),
+        "test_accuracy": None if log is None else log.get("test_acc"),
+    }
+
+
+__all__ = [
+    "MissingWeightsError", "UnknownModelError", "ZooSpec", "build_model", "create_model", "list_models",
+    "load_weights", "model_config", "train_recipe", "training_log", "weights_path",
+]
