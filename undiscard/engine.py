@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .chain import Chain
 from .discovery import Unit
+from .errors import UndiscardError
 from .execution import EXPAND, PhaseSpec, phase_plan
 from .split import Split
 
@@ -71,7 +72,13 @@ class Engine:
 
     def __post_init__(self) -> None:
         modules = dict(self.net.named_modules())
-        self.cut = [self.chain.segment_of(modules[self.units[u].layers[0]]) for u in self.searched]
+        try:
+            self.cut = [self.chain.segment_of(modules[self.units[u].layers[0]]) for u in self.searched]
+        except KeyError:
+            outside = [self.units[u].name for u in self.searched
+                       if not any(id(modules[self.units[u].layers[0]]) in m for m in self.chain.modules)]
+            raise UndiscardError(f"searched units {', '.join(outside)} run in the model's head, not its features: "
+                                 "choose other units= or pass features=/head=") from None
         self.replicate = [False] * len(self.searched)
         # Segments may only *shrink* along the searched order; a later unit before an earlier cut
         # cannot happen because units are in execution order and segments are sequential.

@@ -164,7 +164,8 @@ def _timm_split(m: nn.Module) -> Split:
 
 
 def _generic_split(model: nn.Module, x: Tensor) -> Split:
-    """Top-level children that run as a chain; features end at the last 4-D activation."""
+    """Top-level children that run as a chain; features end at the last 4-D activation that is not a
+    global pooling."""
     calls: list[tuple[nn.Module, Tensor, Tensor]] = []
     hooks = [c.register_forward_hook(lambda mod, a, o: calls.append((mod, a[0] if a else None, o)))
              for c in model.children()]
@@ -184,7 +185,8 @@ def _generic_split(model: nn.Module, x: Tensor) -> Split:
             break
         chain.append(mod)
         current = out
-    last4d = max((i for i, (_, _, o) in enumerate(calls[:len(chain)]) if o.dim() == 4 and o.shape[-1] > 1),
+    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
+    last4d = max((i for i, (mod, _, o) in enumerate(calls[:len(chain)]) if o.dim() == 4 and not isinstance(mod, pools)),
                  default=None)
     if last4d is None or len(chain) != len(calls):
         raise UndiscardError(f"cannot split {class_path(model)} into features and head automatically: "

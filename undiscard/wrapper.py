@@ -144,7 +144,12 @@ class Undiscard(nn.Module):
         return engine
 
     def _build(self, x: Tensor) -> Engine:
-        report = discover(self.net, x)
+        try:
+            report = discover(self.net, x)
+        except RuntimeError as err:  # the network itself cannot run on this input
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PhaseError(f"the model cannot run on input of shape {tuple(x.shape[1:])} (input too small or "
+                             f"wrong channels?): {first}") from None
         if report.unsupported:
             msg = f"strided layers left at phase 0: {report.describe_unsupported()}"
             if self.strict:
