@@ -163,6 +163,7 @@ def _zoo(name: str) -> LoadedModel:
         raise UndiscardError(f"unknown zoo model {base!r}: available {', '.join(zoo.list_models())}")
     cfg = zoo.model_config(base)
     model = zoo.create_model(base, pretrained=True)
-    pre = Preprocess(input_size=int(cfg["input_size"]), in_chans=int(cfg["in_chans"]), mean=tuple(cfg["mean"]),
-                     std=tuple(cfg["std"]), crop_pct=1.0, pad_to=int(cfg["input_size"]))
+    size = int(cfg["input_size"][-1])
+    pre = Preprocess(input_size=size, in_chans=int(cfg["in_chans"]), mean=tuple(cfg["mean"]),
+                     std=tuple(cfg["std"]), crop_pct=1.0, pad_to=size)
     return LoadedModel(f"zoo:{base}", model, pre, list(cfg.get("class_names", [])))

@@ -73,8 +73,9 @@ class Undiscard(nn.Module):
                  layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0,
                  example_input: Tensor | None = None):
         super().__init__()
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise PhaseError(f"budget must be a positive integer, got {budget!r}")
+        self._units: list[Unit] | None = None
+        self._searched: list[int] | None = None
+        self.budget = budget
         if criterion not in CRITERIA:
             raise UndiscardError(f"unknown criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
         if criterion == "learned":
@@ -86,7 +87,6 @@ class Undiscard(nn.Module):
         if chunk_size < 1:
             raise UndiscardError(f"chunk_size must be >= 1, got {chunk_size}")
         self.net = copy.deepcopy(net)
-        self.budget = budget
         self.criterion = criterion
         self.aggregate = aggregate
         self.align = align
@@ -95,8 +95,6 @@ class Undiscard(nn.Module):
         self.chunk_size = chunk_size
         self.seed = seed
         self._split_override = (features, head, layout)
-        self._units: list[Unit] | None = None
-        self._searched: list[int] | None = None
         self._engines: dict[tuple, Engine] = {}
         self._lock = threading.Lock()
         self.last_cost: float = 0.0
@@ -105,6 +103,20 @@ class Undiscard(nn.Module):
             self.prepare(example_input)
 
     # --- setup ---------------------------------------------------------------------------------
+    @property
+    def budget(self) -> int:
+        """States searched per image; may be changed between calls (the setup is reused)."""
+        return self._budget
+
+    @budget.setter
+    def budget(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PhaseError(f"budget must be a positive integer, got {value!r}")
+        if self._units is not None and value > self.num_states:
+            raise PhaseError(f"budget {value} exceeds the {self.num_states} states of the searched units "
+                             f"({', '.join(u.name for u in self.search_units) or 'none'})")
+        self._budget = value
+
     @property
     def units(self) -> list[Unit]:
         """All units of the model (after the first call or ``prepare``)."""

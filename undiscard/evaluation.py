@@ -1,0 +1,107 @@
+"""Evaluating a classifier with and without the phase search: accuracy, robustness to shifts, cost.
+
+Every evaluation reports the three numbers of DESIGN §1b side by side:
+
+- ``top1`` (and ``top5``): accuracy on the clean images;
+- ``top1_shifted``: accuracy on the same images translated by a seeded random offset (the caller makes
+  the shifted copies, e.g. with :func:`undiscard.data.shift_images`);
+- ``consistency``: the share of images whose top-1 prediction is the same for the image and its
+  shifted copy;
+
+plus ``cost``: the mean cost per image in baseline-forward equivalents (``Undiscard.last_cost``), and
+``cost_ideal``, what it would be if every expansion recomputed only from its unit on.
+
+One :class:`~undiscard.wrapper.Undiscard` serves all budgets (setup happens once); budget 1 is the
+original model exactly.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .wrapper import Undiscard, wrap
+
+__all__ = ["Row", "evaluate", "topk_correct"]
+
+
+@dataclass
+class Row:
+    """One result row: one model at one budget (the JSON schema of ``demo``/``eval``)."""
+
+    model: str
+    budget: int
+    top1: float
+    top5: float | None
+    top1_shifted: float | None
+    consistency: float | None
+    cost: float
+    cost_ideal: float
+    n: int
+    criterion: str
+    aggregate: str
+    align: bool
+    units: list[str]
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def topk_correct(logits: Tensor, labels: Tensor, k: int) -> int:
+    k = min(k, logits.shape[-1])
+    return int((logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum())
+
+
+def _batches(n: int, size: int) -> Iterable[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@torch.no_grad()
+def evaluate(name: str, net: nn.Module | Undiscard, images: Tensor, labels: Tensor, budgets: Sequence[int], *,
+             shifted: Tensor | None = None, criterion: str = "entropy", aggregate: str = "entropy",
+             align: bool = True, units=None, batch_size: int = 128,
+             progress: Callable[[int], None] | None = None, **wrap_kwargs) -> list[Row]:
+    """Evaluate ``net`` at each budget on ``images`` (N, C, H, W) with ``labels`` (N,).
+
+    ``shifted``: the same images translated (same order); enables ``top1_shifted`` and ``consistency``.
+    ``progress``: called with the number of images just processed (for a progress bar).
+    """
+    model = net if isinstance(net, Undiscard) else wrap(net, budget=1, criterion=criterion, aggregate=aggregate,
+                                                       align=align, units=units, **wrap_kwargs)
+    model.eval()
+    model.prepare(images[:1])
+    n = images.shape[0]
+    rows: list[Row] = []
+    for budget in budgets:
+        model.budget = budget
+        t0 = time.perf_counter()
+        c1 = c5 = cs = agree = 0
+        cost = ideal = 0.0
+        for sl in _batches(n, batch_size):
+            logits = model(images[sl])
+            cost += model.last_cost * (sl.stop - sl.start)
+            ideal += model.last_cost_ideal * (sl.stop - sl.start)
+            y = labels[sl]
+            c1 += topk_correct(logits, y, 1)
+            c5 += topk_correct(logits, y, 5)
+            if shifted is not None:
+                logits_s = model(shifted[sl])
+                cs += topk_correct(logits_s, y, 1)
+                agree += int((logits.argmax(-1) == logits_s.argmax(-1)).sum())
+            if progress is not None:
+                progress(sl.stop - sl.start)
+        has_shift = shifted is not None
+        rows.append(Row(
+            model=name, budget=budget, top1=100.0 * c1 / n,
+            top5=100.0 * c5 / n,
+            top1_shifted=100.0 * cs / n if has_shift else None,
+            consistency=100.0 * agree / n if has_shift else None,
+            cost=cost / n, cost_ideal=ideal / n, n=n, criterion=model.criterion, aggregate=model.aggregate,
+            align=model.align, units=[u.name for u in model.search_units],
+            seconds=time.perf_counter() - t0))
+    return rows

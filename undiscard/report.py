@@ -1,0 +1,100 @@
+"""Presenting results: terminal tables, JSON, CSV and plots. Pure formatting; no model code."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["format_table", "write_json", "write_csv", "plot_budgets"]
+
+Rows = Sequence[dict[str, Any]]
+
+COLUMNS = [("model", "model"), ("budget", "B"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
+           ("consistency", "consistency"), ("cost", "cost x")]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.2f}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def format_table(rows: Rows, columns: Sequence[tuple[str, str]] = COLUMNS, markdown: bool = False) -> str:
+    """A fixed-width (or markdown) table of ``rows``, one column per (key, header)."""
+    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)]
+    cells = [[_fmt(r.get(k)) for k, _ in cols] for r in rows]
+    heads = [h for _, h in cols]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    def line(values: Sequence[str]) -> str:
+        parts = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
+        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
+    sep = ("|" + "|".join("-" * (w + 2) for w in widths) + "|") if markdown else "  ".join("-" * w for w in widths)
+    return "\n".join([line(heads), sep, *(line(c) for c in cells)])
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def write_csv(path: Path, rows: Rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _fmt(r.get(k)) if isinstance(r.get(k), list) else r.get(k) for k in keys})
+
+
+def plot_budgets(rows: Rows, out_dir: Path, metrics: Sequence[tuple[str, str]] | None = None) -> list[Path]:
+    """PNG plots: each metric vs budget (one line per model), and clean/shifted accuracy vs cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = metrics or [("top1", "clean top-1 (%)"), ("top1_shifted", "shifted top-1 (%)"),
+                          ("consistency", "shift consistency (%)")]
+    metrics = [(k, label) for k, label in metrics if any(r.get(k) is not None for r in rows)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
+        for m in models:
+            pts = sorted((r["budget"], r[key]) for r in rows if r["model"] == m and r.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("budget (states per image)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "metrics_vs_budget.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    acc = [(k, label) for k, label in metrics if k != "consistency"]
+    fig, axes = plt.subplots(1, len(acc), figsize=(4.2 * len(acc), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], acc):
+        for m in models:
+            pts = sorted((r["cost"], r[key]) for r in rows if r["model"] == m and r.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("cost (baseline forwards per image)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "accuracy_vs_cost.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
