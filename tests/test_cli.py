@@ -1,0 +1,67 @@
+"""The command line: listing, the demo on a small slice, output files, and one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from undiscard import zoo
+from undiscard.cli import main
+from undiscard.data import load_fashion_mnist, normalize, resize, to_float
+
+TRAINED = [n for n in zoo.list_models() if zoo.weights_path(n).exists()]
+needs_weights = pytest.mark.skipif(not TRAINED, reason="no trained zoo weights in this checkout")
+
+
+def test_models_lists_zoo_names(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out == [f"zoo:{n}" for n in zoo.list_models()]
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "undiscard", "models"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split()[0].startswith("zoo:")
+
+
+@needs_weights
+def test_demo_json_rows_and_files(capsys, tmp_path):
+    name = TRAINED[0]
+    code = main(["demo", "--models", name, "--limit", "40", "--budget", "1,2", "--no-lite0", "--quiet", "--json",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    rows = payload["results"]
+    assert [(r["model"], r["budget"]) for r in rows] == [(f"zoo:{name}", 1), (f"zoo:{name}", 2)]
+    for r in rows:
+        for key in ("top1", "top1_shifted", "consistency", "cost"):
+            assert isinstance(r[key], float)
+        assert r["n"] == 40
+    assert rows[0]["cost"] == 1.0 and rows[1]["cost"] > 1.0
+    # budget 1 is the plain model: its accuracy recomputed here without undiscard
+    images, labels = load_fashion_mnist("test")
+    cfg = zoo.model_config(name)
+    x = normalize(resize(to_float(images[:40]), cfg["input_size"][-1]), cfg["in_chans"])
+    with torch.no_grad():
+        pred = zoo.create_model(name)(x).argmax(-1)
+    assert rows[0]["top1"] == pytest.approx(100.0 * (pred == torch.as_tensor(labels[:40])).float().mean().item())
+    for f in ("results.json", "results.csv", "metrics_vs_budget.png", "accuracy_vs_cost.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == rows
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--models", "nope", "--no-lite0"], "unknown zoo model(s) nope"),
+    (["demo", "--budget", "0"], "budgets must be positive"),
+    (["demo", "--budget", "a,b"], "comma-separated integers"),
+    (["demo", "--limit", "0", "--no-lite0"], "--limit must be positive"),
+    (["demo", "--max-shift", "0"], "--max-shift must be >= 1"),
+    (["demo", "--device", "cuda:0"] if not torch.cuda.is_available() else ["demo", "--device", "nope"], "device"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    assert main(argv + ["--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
