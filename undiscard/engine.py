@@ -35,17 +35,21 @@ __all__ = ["Engine", "Expansion"]
 
 @dataclass
 class Expansion:
-    """Children of M parents at one unit, in parent-major order (row m*R² + j is child j of parent m)."""
+    """Children of M parents at one unit, parent-major. Child 0 is the parent's own state: it has a
+    cache (for deeper expansions) but no features or logits of its own (they are the parent's).
 
-    features: Tensor  # (M*R², *native feature shape)
-    logits: Tensor  # (M*R², K)
+    features/logits: row m*(R²-1) + (j-1) is child j >= 1 of parent m; caches: row m*R² + j is child j.
+    """
+
+    features: Tensor  # (M*(R²-1), *native feature shape)
+    logits: Tensor  # (M*(R²-1), K)
     caches: Tensor | None  # (M*R², ...) activations at the next searched unit's cut; None at the last unit
 
 
 @dataclass
 class _Flops:
     segment: list[float]  # per sample, per chain segment
-    expanded: dict[int, float]  # per parent sample: the searched unit's segment run in EXPAND mode
+    expanded: dict[int, float]  # per parent sample: the searched unit's own segment run in EXPAND mode
     head: float
     tail: dict[int, float]  # per sample: everything from the unit's first layer on (ideal expansion)
     baseline: float = 0.0
@@ -111,7 +115,7 @@ class Engine:
                     self.replicate[i] = True
                 if self.replicate[i]:
                     f = seg[k] * r2
-                expanded[i] = f + sum(seg[k + 1:]) * r2
+                expanded[i] = f  # the unit's own segment, all R² rows
             tail = self._tails(x, sum(seg) + head)
         self.flops = _Flops(seg, expanded, head, tail, baseline=sum(seg) + head)
 
@@ -175,20 +179,26 @@ class Engine:
             if self.cut[i] == k:  # a decided unit inside the segment we rerun: apply per sample
                 plan[self.searched[i]] = prefix[:, i]
         nxt = self.cut[depth + 1] if depth + 1 < len(self.searched) else None
+        # rows of child 0 (the parent's own state) are only needed up to the next searched unit's cut,
+        # for their cached activation; they are dropped there, and the rest runs on M*(R²-1) rows
+        stop = nxt if nxt is not None and nxt > k else k + 1
         with phase_plan(plan):
             x = self.chain.segments[k](inputs)
-            captured = None
-            if nxt is not None and nxt == k:
+            x, _ = self.chain.run(x, start=k + 1, stop=stop)
+            if nxt is None:
+                captured = None
+            elif nxt == k:
                 captured = caches.repeat_interleave(r2, dim=0)
-            elif nxt == k + 1:
+            else:
                 captured = x
-            feats, cap2 = self.chain.run(x, start=k + 1, capture=nxt if nxt is not None and nxt > k + 1 else None)
-            if cap2 is not None:
-                captured = cap2
+            keep = torch.arange(m * r2, device=x.device).view(m, r2)[:, 1:].flatten()
+            feats, _ = self.chain.run(x[keep], start=stop)
         with phase_plan(None):
             logits = self.split.head(feats)
-        self.spent += m * (self.flops.expanded[depth] + r2 * self.flops.head)
-        self.spent_ideal += m * r2 * self.flops.tail[depth]
+        seg = self.flops.segment
+        self.spent += m * (self.flops.expanded[depth] + r2 * sum(seg[k + 1:stop])
+                           + (r2 - 1) * (sum(seg[stop:]) + self.flops.head))
+        self.spent_ideal += m * (r2 - 1) * self.flops.tail[depth]
         return Expansion(feats, logits, captured)
 
     def run_state(self, x: Tensor, phases: dict[int, Tensor]) -> Tensor:

@@ -3,7 +3,8 @@
 Per image: the root (all phases 0) is the first candidate and is pushed. While there are fewer than
 ``budget`` candidates and the frontier is not empty, the best-scored node (lowest score; ties by
 insertion order) is popped and all R² children at its next unit are computed in one pass. Child 0 equals
-the parent's state: it is pushed (so deeper units can still vary) but is not a new candidate. Children
+the parent's state: it is pushed (so deeper units can still vary; its logits are the parent's) but is not a
+new candidate, and it is not recomputed past the next unit's cut. Children
 j >= 1 join the candidates best-scored first (ties by j) until the budget is reached. Every child that
 still has an undecided unit is pushed, in order of j.
 
@@ -78,9 +79,11 @@ class _Node:
     state: tuple[int, ...] = field(compare=False)
     depth: int = field(compare=False)
     cache: Tensor | None = field(compare=False)
+    logits: Tensor | None = field(compare=False, default=None)
 
 
-# expander(depth, caches (M, ...), prefix (M, depth)) -> (features, logits, child caches) for M*R² children
+# expander(depth, caches (M, ...), prefix (M, depth)) -> (features (M*(R²-1), ...), logits (M*(R²-1), K),
+# child caches (M*R², ...) or None): children j >= 1 have features and logits, every child has a cache
 Expander = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]]
 Scorer = Callable[[Tensor, list[tuple[int, ...]], int], list[float]]
 
@@ -98,7 +101,8 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
     if depth_total:
         assert root_cache is not None
         for i in range(n):
-            heapq.heappush(frontier[i], _Node(root_scores[i], next(counters[i]), zero, 0, root_cache[i]))
+            heapq.heappush(frontier[i], _Node(root_scores[i], next(counters[i]), zero, 0, root_cache[i],
+                                              root_logits[i]))
     while True:
         active = [i for i in range(n) if len(cands[i]) < budget and frontier[i]]
         if not active:
@@ -118,15 +122,18 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
                 feats, logits, child_caches = expand(depth, caches, prefix)
                 for g, i in enumerate(group):
                     parent = popped[i]
-                    rows = slice(g * r2, (g + 1) * r2)
+                    rows = slice(g * (r2 - 1), (g + 1) * (r2 - 1))  # children j >= 1; child 0 is the parent
                     states = [parent.state[:depth] + (j,) + parent.state[depth + 1:] for j in range(r2)]
-                    scores = score(logits[rows], states, depth + 1)
+                    assert parent.logits is not None  # child 0's logits are the parent's
+                    scores = score(torch.cat([parent.logits[None], logits[rows]]), states, depth + 1)
                     new = sorted(range(1, r2), key=lambda j: (scores[j], j))
                     for j in new[:max(0, budget - len(cands[i]))]:
-                        cands[i].append(Candidate(states[j], feats[g * r2 + j], logits[g * r2 + j]))
+                        row = g * (r2 - 1) + j - 1
+                        cands[i].append(Candidate(states[j], feats[row], logits[row]))
                     if depth + 1 < depth_total:
                         assert child_caches is not None
                         for j in range(r2):
+                            child_logits = parent.logits if j == 0 else logits[g * (r2 - 1) + j - 1]
                             heapq.heappush(frontier[i], _Node(scores[j], next(counters[i]), states[j], depth + 1,
-                                                              child_caches[g * r2 + j]))
+                                                              child_caches[g * r2 + j], child_logits))
     return cands
