@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -20,16 +19,9 @@ from torch import Tensor, nn
 import undiscard
 from undiscard.aggregate import align_maps, normalized_entropy, shift_axis, state_weights, weighted_sum
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LN = math.log

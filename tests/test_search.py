@@ -21,7 +21,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import os
 from typing import Callable, Sequence
 
 import pytest
@@ -31,17 +30,10 @@ from torch import Tensor, nn
 import undiscard
 from undiscard.search import _random_score, state_offset
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 State = tuple[int, ...]

@@ -58,43 +58,32 @@ def plot_budgets(rows: Rows, out_dir: Path, metrics: Sequence[tuple[str, str]] |
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = metrics or [("top1", "clean top-1 (%)"), ("top1_shifted", "shifted top-1 (%)"),
                           ("consistency", "shift consistency (%)")]
     metrics = [(k, label) for k, label in metrics if any(r.get(k) is not None for r in rows)]
-    models = list(dict.fromkeys(r["model"] for r in rows))
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    accuracy = [(k, label) for k, label in metrics if k != "consistency"]
+    return [_panels(rows, metrics, "budget", "budget (states per image)", out_dir / "metrics_vs_budget.png"),
+            _panels(rows, accuracy, "cost", "cost (baseline forwards per image)", out_dir / "accuracy_vs_cost.png")]
+
+
+def _panels(rows: Rows, metrics: Sequence[tuple[str, str]], xkey: str, xlabel: str, path: Path) -> Path:
+    """One panel per metric, one line per model, x on a log2 axis."""
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, (key, label) in zip(axes[0], metrics):
         for m in models:
-            pts = sorted((r["budget"], r[key]) for r in rows if r["model"] == m and r.get(key) is not None)
+            pts = sorted((r[xkey], r[key]) for r in rows if r["model"] == m and r.get(key) is not None)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=m)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("budget (states per image)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(out_dir / "metrics_vs_budget.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    acc = [(k, label) for k, label in metrics if k != "consistency"]
-    fig, axes = plt.subplots(1, len(acc), figsize=(4.2 * len(acc), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], acc):
-        for m in models:
-            pts = sorted((r["cost"], r[key]) for r in rows if r["model"] == m and r.get(key) is not None)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("cost (baseline forwards per image)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out_dir / "accuracy_vs_cost.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
+    return path
