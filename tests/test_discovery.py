@@ -185,3 +185,15 @@ def test_find_units_leaves_the_model_untouched():
 def test_example_input_must_be_a_tensor():
     with pytest.raises(undiscard.PhaseError, match="tensor"):
         undiscard.find_units(nn.Conv2d(3, 3, 3, 2), [torch.randn(1, 3, 8, 8)])
+
+
+def test_units_within_offset_counts_pixels_of_the_input():
+    units = [undiscard.Unit("maxpool", 2, ("maxpool",), True, (32, 32), (16, 16)),
+             undiscard.Unit("sr", 4, ("sr",), False, (16, 16), (4, 4)),
+             undiscard.Unit("layer2", 2, ("layer2",), True, (16, 16), (8, 8)),
+             undiscard.Unit("layer3", 2, ("layer3",), True, (8, 8), (4, 4))]
+    from undiscard.discovery import units_within_offset
+
+    assert units_within_offset(units, (32, 32), 4) == [0, 2]  # reach 1 + 2 = 3 <= 4; + 4 = 7 > 4
+    assert units_within_offset(units, (32, 32), 7) == [0, 2, 3]
+    assert units_within_offset(units, (32, 32), 0) == [0]  # never empty

@@ -38,7 +38,7 @@ from ._compat import class_path
 from .errors import PhaseError, UnsupportedLayerError
 from .layers import get_adapter
 
-__all__ = ["Unit", "find_units", "UnitReport", "discover"]
+__all__ = ["Unit", "find_units", "UnitReport", "discover", "units_within_offset"]
 
 
 @dataclass(frozen=True)
@@ -323,3 +323,25 @@ def find_units(model: nn.Module, example_input: Tensor, strict: bool = False) ->
             raise UnsupportedLayerError(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
     return report.units
+
+
+def units_within_offset(units: list[Unit], image_size: tuple[int, int], max_offset: int) -> list[int]:
+    """Indices of the leading spatial units whose phases together move the input by at most ``max_offset``
+    pixels — the units whose states are translations a model trained with random crops of
+    ±``max_offset`` px has seen.
+
+    A phase dy of a unit whose input grid has g image pixels per cell moves the input by dy*g pixels, so
+    unit l can add up to (R_l - 1)*g_l. Units are taken in execution order while the sum stays within
+    ``max_offset``; side units are skipped. At least the first spatial unit is returned (if any).
+    """
+    chosen: list[int] = []
+    reach = 0
+    for i, u in enumerate(units):
+        if not u.spatial:
+            continue
+        g = max(1, image_size[0] // max(1, u.in_size[0]))
+        reach += (u.rate - 1) * g
+        if chosen and reach > max_offset:
+            break
+        chosen.append(i)
+    return chosen
