@@ -2,7 +2,10 @@
 
 For every zoo model, at budgets 1 (the original model) to 16 with the entropy criterion and entropy
 aggregation: clean top-1, top-1 on shifted copies, shift consistency, and cost — on a fixed subset of
-the bundled Fashion-MNIST test set (``--full``: all 10,000). Shifted copies: each image translated by a
+the bundled Fashion-MNIST test set (``--full``: all 10,000). Zoo models search the leading units whose
+phases move the input by at most the ±4 px of their training crops (measured with
+scripts/unit_sweep.py: deeper units, whose phases are translations the models never saw, lower
+accuracy). Shifted copies: each image translated by a
 seeded random offset with 1 <= max(|dy|, |dx|) <= ``--max-shift`` (default 4) pixels, zero fill.
 When the ``lite0`` extra is installed, EfficientNet-Lite0 (real ImageNet weights) is measured for shift
 consistency on pairs of crops of the bundled natural photos, displaced by 1-32 px.
@@ -17,11 +20,13 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import Row, evaluate, topk_correct
+from ..discovery import find_units, units_within_offset
+from ..evaluation import Row, evaluate
 from ..report import format_table, plot_budgets, write_csv, write_json
 from .common import CLIError, add_output_args, emit_json, parse_budgets, progress_bar, resolve_device
 
 DEFAULT_LIMIT = 500
+TRAIN_TRANSLATION = 4  # the zoo's training crops: zero-pad 4 px, random crop back (scripts/train_zoo.py)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -43,10 +48,18 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
     from .. import zoo
     from ..data import load_fashion_mnist, normalize, resize, shift_images, to_float
 
-    names = zoo.list_models() if args.models is None else [m.strip().removeprefix("zoo:") for m in args.models.split(",")]
+    if args.models is None:
+        names = [m for m in zoo.list_models() if zoo.weights_path(m).exists()]
+        missing = sorted(set(zoo.list_models()) - set(names))
+        if missing:
+            print(f"undiscard demo: skipping zoo models without weights: {', '.join(missing)}", file=sys.stderr)
+    else:
+        names = [m.strip().removeprefix("zoo:") for m in args.models.split(",")]
     unknown = [m for m in names if m not in zoo.list_models()]
     if unknown:
         raise CLIError(f"unknown zoo model(s) {', '.join(unknown)}: available {', '.join(zoo.list_models())}")
+    if not names:
+        raise CLIError("no trained zoo model found (see scripts/train_zoo.py)")
     images, labels = load_fashion_mnist("test")
     n = len(labels) if args.full else min(args.limit, len(labels))
     if n <= 0:
@@ -63,8 +76,9 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
             x, xs = normalize(padded, chans).to(device), normalize(shifted, chans).to(device)
             net = zoo.create_model(name).to(device)
             bar.set_description(f"zoo:{name}")
-            rows += evaluate(f"zoo:{name}", net, x, y.to(device), budgets, shifted=xs, batch_size=args.batch_size,
-                             progress=bar.update)
+            units = units_within_offset(find_units(net, x[:1]), (size, size), TRAIN_TRANSLATION)
+            rows += evaluate(f"zoo:{name}", net, x, y.to(device), budgets, shifted=xs, units=units,
+                             batch_size=args.batch_size, progress=bar.update)
     return rows
 
 
