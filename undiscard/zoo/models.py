@@ -3,7 +3,7 @@
 Each builder returns an untrained ``nn.Module`` (1 input channel, 32x32 input, 10 classes) whose
 subsampling layers are the same classes as in users' ImageNet models (timm ResNet stems and
 downsample blocks, MobileNet inverted residuals, ConvNeXt patchify stems, Swin patch merging, PVT-v2
-overlapping patch embeddings, MobileViT blocks). Every model has at least 3
+overlapping patch embeddings, MobileViT blocks). Every model has at least 3 (here 4)
 strided layers in sequence on its main path and a final feature map of 2x2 (total stride 16) before
 global pooling, so every searched unit has room for its phases. The few changes to timm's defaults
 (a stride-1 3x3 stem conv for the basic ResNet, a 2x2 patchify stem for ConvNeXt, a stride-2 patch
@@ -33,11 +33,13 @@ def resnet_basic() -> nn.Module:
     The 7x7 stride-2 stem conv is replaced by a 3x3 stride-1 nn.Conv2d (a 32x32 input cannot afford
     stride 4 in the stem). Final map 2x2x256.
     """
-    tm = _timm_models()
+    _timm_models()
     from timm.models.resnet import BasicBlock, ResNet
 
+    # stem_type="deep" with stem_width=16 gives the 32-channel stem output (bn1, layer1) that the
+    # replacement conv feeds; the deep stem's convs themselves are then replaced by one 3x3 conv.
     m = ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), in_chans=1,
-               num_classes=10, stem_type="deep", stem_width=16)  # deep stem: 32 stem channels
+               num_classes=10, stem_type="deep", stem_width=16)
     m.conv1 = nn.Conv2d(1, 32, kernel_size=3, stride=1, padding=1, bias=False)
     return m
 
@@ -86,30 +88,40 @@ def convnext() -> nn.Module:
 
     Strided: stem conv (k2 s2, 32->16; timm's patch_size=2 would also make stage 0 downsample, so a
     standard k4 s4 stem is built and its conv swapped for a k2 s2 nn.Conv2d), then the downsample
-    conv (k2 s2, after LayerNorm2d) opening stages 1, 2, 3. Final 2x2x256.
+    conv (k2 s2, after LayerNorm2d) opening stages 1, 2, 3. Final 2x2x256. Layer scale starts at 1
+    (timm's 1e-6 suits 300-epoch ImageNet runs; in a few epochs it left the model at 86%).
     """
     _timm_models()
     from timm.models.convnext import ConvNeXt
 
     m = ConvNeXt(in_chans=1, num_classes=10, depths=(1, 1, 2, 1), dims=(32, 64, 128, 256),
-                 patch_size=4, ls_init_value=1e-6, drop_path_rate=0.0)
+                 patch_size=4, ls_init_value=1.0, drop_path_rate=0.0)
     m.stem[0] = nn.Conv2d(1, 32, kernel_size=2, stride=2)
     return m
 
 
 def swin() -> nn.Module:
     """timm SwinTransformer, 32x32 input, 2x2 patches, window 4, embed 32, depths (1, 1, 2, 1),
-    MLP ratio 2 in the two high-resolution stages (4 after).
+    MLP ratio 2 in the two high-resolution stages (4 after), with a small convolutional stem.
 
     Strided: patch embed (conv k2 s2, 32->16), PatchMerging (2x2 -> channels) before stages 2, 3, 4.
-    Final 2x2x256 (channels-last inside ``forward_features``).
+    Final 2x2x256 (channels-last inside ``forward_features``). The patch embedding's projection is
+    ``Sequential(3x3 conv s1, BatchNorm2d, GELU, 2x2 conv s2)`` ("early convolutions", Xiao et al.
+    2021): with the plain 2x2 linear patch embedding this Swin reached only 84% in the CPU budget.
     """
     _timm_models()
     from timm.models.swin_transformer import SwinTransformer
 
-    return SwinTransformer(img_size=32, patch_size=2, in_chans=1, num_classes=10, embed_dim=32,
-                           depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4,
-                           mlp_ratio=(2.0, 2.0, 4.0, 4.0), drop_path_rate=0.0)
+    m = SwinTransformer(img_size=32, patch_size=2, in_chans=1, num_classes=10, embed_dim=32,
+                        depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4,
+                        mlp_ratio=(2.0, 2.0, 4.0, 4.0), drop_path_rate=0.0)
+    m.patch_embed.proj = nn.Sequential(
+        nn.Conv2d(1, 24, kernel_size=3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(24),
+        nn.GELU(),
+        nn.Conv2d(24, 32, kernel_size=2, stride=2),
+    )
+    return m
 
 
 def pvtv2() -> nn.Module:
