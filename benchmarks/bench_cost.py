@@ -159,17 +159,8 @@ def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Ca
             "flop_x": flop_x, "ideal_x": ideal_x,
             "flop_x_spread": [min(c[0] for c in costs), max(c[0] for c in costs)],
         })
-        flops = engine.flops
-        if flops is not None and b > 1:
-            rates = engine.rates()
+        if engine.flops is not None and b > 1:
             row["expanded_parents_per_image"] = {str(d): m / n for d, m in sorted(counter.parents.items())}
-            # What the same search would cost if the child at phase 0 (a copy of its parent) were not
-            # recomputed in each expansion: (R²-1)/R² of every expansion's cost.
-            dup_free = flops.baseline * n
-            for d, m in counter.parents.items():
-                r2 = rates[d] ** 2
-                dup_free += m * (flops.expanded[d] + r2 * flops.head) * (r2 - 1) / r2
-            row["flop_x_without_child0"] = dup_free / (flops.baseline * n)
         if "info" not in result:
             result["info"] = engine_info(model, engine)
         result["rows"].append(row)
@@ -193,9 +184,8 @@ def engine_info(model: Any, engine: Any) -> dict:
         "replicate": list(engine.replicate),
         "baseline_gflops_per_image": base / 1e9,
         # one expansion of one parent at each searched depth, in baseline-forward equivalents
-        "expansion_x": [(flops.expanded[i] + u.num_phases * flops.head) / base
-                        for i, u in enumerate(model.search_units)] if base else [],
-        "ideal_expansion_x": [flops.tail[i] * u.num_phases / base
+        "expansion_x": [engine.expansion_flops(i) / base for i in range(len(model.search_units))] if base else [],
+        "ideal_expansion_x": [flops.tail[i] * (u.num_phases - 1) / base
                               for i, u in enumerate(model.search_units)] if base else [],
     }
 
@@ -253,7 +243,6 @@ def target_check(results: list[dict], env: dict, size: int) -> dict:
     out.update({
         "evaluated": True,
         "wall_x": row["wall_x"], "flop_x": row["flop_x"], "ideal_x": row["ideal_x"],
-        "flop_x_without_child0": row.get("flop_x_without_child0"),
         "wall_met": row["wall_x"] <= TARGET["max_x"], "flop_met": row["flop_x"] <= TARGET["max_x"],
         "threads_match": env["torch_threads"] == TARGET["threads"],
     })
@@ -319,8 +308,7 @@ def fmt_report(report: dict, markdown: bool) -> str:
                    f"{tgt['size']}, {tgt['threads']} cores): wall {tgt['wall_x']:.2f}x {verdict(tgt['wall_met'])}"
                    + (" (machine busy: not conclusive)" if busy else "") + "; "
                    f"FLOP {tgt['flop_x']:.2f}x {verdict(tgt['flop_met'])} (ideal {tgt['ideal_x']:.2f}x"
-                   + (f"; this search without recomputing each expansion's phase-0 child, a copy of its parent: "
-                      f"{tgt['flop_x_without_child0']:.2f}x" if tgt.get("flop_x_without_child0") else "") + ")"
+                   + ")"
                    + ("" if tgt["threads_match"] else f" -- measured with {env['torch_threads']} threads, "
                       f"not {tgt['threads']}"))
     else:

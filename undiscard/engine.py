@@ -156,6 +156,22 @@ class Engine:
         self.spent_ideal += self.flops.baseline * x.shape[0]
         return feats, logits, cache
 
+    def _stop(self, depth: int) -> int:
+        """The segment at which child 0's rows are dropped: the next searched unit's cut, if later."""
+        k = self.cut[depth]
+        nxt = self.cut[depth + 1] if depth + 1 < len(self.searched) else None
+        return nxt if nxt is not None and nxt > k else k + 1
+
+    def expansion_flops(self, depth: int) -> float:
+        """FLOPs of expanding one parent at searched unit ``depth``: the unit's segment on R² rows, the
+        segments up to the next cut on R² rows, the rest and the head on the R²-1 new children."""
+        assert self.flops is not None
+        k, stop = self.cut[depth], self._stop(depth)
+        r2 = self.units[self.searched[depth]].num_phases
+        seg = self.flops.segment
+        return (self.flops.expanded[depth] + r2 * sum(seg[k + 1:stop])
+                + (r2 - 1) * (sum(seg[stop:]) + self.flops.head))
+
     def expand(self, depth: int, caches: Tensor, prefix: Tensor) -> Expansion:
         """Children at searched unit ``depth`` (0-based) of M parents.
 
@@ -181,7 +197,7 @@ class Engine:
         nxt = self.cut[depth + 1] if depth + 1 < len(self.searched) else None
         # rows of child 0 (the parent's own state) are only needed up to the next searched unit's cut,
         # for their cached activation; they are dropped there, and the rest runs on M*(R²-1) rows
-        stop = nxt if nxt is not None and nxt > k else k + 1
+        stop = self._stop(depth)
         with phase_plan(plan):
             x = self.chain.segments[k](inputs)
             x, _ = self.chain.run(x, start=k + 1, stop=stop)
@@ -195,9 +211,7 @@ class Engine:
             feats, _ = self.chain.run(x[keep], start=stop)
         with phase_plan(None):
             logits = self.split.head(feats)
-        seg = self.flops.segment
-        self.spent += m * (self.flops.expanded[depth] + r2 * sum(seg[k + 1:stop])
-                           + (r2 - 1) * (sum(seg[stop:]) + self.flops.head))
+        self.spent += m * self.expansion_flops(depth)
         self.spent_ideal += m * (r2 - 1) * self.flops.tail[depth]
         return Expansion(feats, logits, captured)
 
