@@ -82,3 +82,28 @@ def test_timm_swin_features_are_nhwc():
     with torch.no_grad():
         f = split.features(torch.randn(1, 3, 32, 32))
     assert f.shape == (1, 2, 2, 128)  # (N, H, W, C): 32 px, patch 2, three merges
+
+
+def test_tokens_without_a_grid_are_never_shifted():
+    """A token sequence whose grid is unknown is aggregated token by token: align on/off agree."""
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 2, 2), nn.Linear(4, 3)
+
+        def forward_features(self, x):  # (N, 8, C) from a 4x4 map: fewer tokens than the grid has cells
+            return self.conv(x).flatten(2).transpose(1, 2)[:, ::2]
+
+        def forward(self, x):
+            return self.fc(self.forward_features(x).mean(1))
+
+    torch.manual_seed(0)
+    net = Tokens().eval().double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    split = dict(features=lambda m, x: m.forward_features(x), head=lambda m, f: m.fc(f.mean(1)))
+    out = {}
+    for align in (True, False):
+        model = undiscard.wrap(net, budget=4, align=align, aggregate="mean", **split)
+        with torch.no_grad():
+            out[align] = model(x)
+    torch.testing.assert_close(out[True], out[False])

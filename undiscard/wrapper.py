@@ -198,8 +198,7 @@ class Undiscard(nn.Module):
         engine = self.prepare(x)
         engine.reset_cost()
         if self.budget == 1:
-            with torch.no_grad() if not torch.is_grad_enabled() else torch.enable_grad():
-                out = engine.run_state(x, {})
+            out = engine.run_state(x, {})  # the network itself, in the caller's grad mode
             self.last_cost = self.last_cost_ideal = 1.0
             return out
         cands = self._search(engine, x)
@@ -262,7 +261,10 @@ class Undiscard(nn.Module):
         maps, extra = to_map(feats.flatten(0, 1), layout, grid)
         maps = maps.unflatten(0, (n, b))
         weights = state_weights(logits, self.aggregate)
-        if self.align and maps.shape[-1] * maps.shape[-2] > 1:
+        # only real grids are aligned: NCHW/NHWC maps, and token sequences whose grid is known
+        gridded = layout in ("nchw", "nhwc") or (layout == "tokens" and grid is not None
+                                                 and tuple(maps.shape[-2:]) == tuple(grid))
+        if self.align and gridded and maps.shape[-1] * maps.shape[-2] > 1:
             rates = engine.rates()
             spatial = [self.units[u].spatial for u in engine.searched]
             offsets = torch.tensor([[state_offset(c.state, rates, spatial) for c in per] for per in cands],
