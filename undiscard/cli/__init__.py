@@ -10,11 +10,11 @@ import sys
 from typing import Callable, Sequence
 
 from ..errors import UndiscardError
-from . import demo, models
+from . import demo, eval, models, predict
 
 __all__ = ["main", "build_parser"]
 
-SUBCOMMANDS = [models, demo]
+SUBCOMMANDS = [models, demo, eval, predict]
 
 
 def build_parser() -> argparse.ArgumentParser:

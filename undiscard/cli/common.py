@@ -71,3 +71,54 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Any]:
 
 def emit_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model and what overrides its weights, classes and preprocessing."""
+    p.add_argument("--model", required=True,
+                   help="zoo:NAME, timm:NAME, torchvision:NAME or efficientnet-lite0 (see `undiscard models`)")
+    p.add_argument("--weights", default=None, help="a state_dict or checkpoint file to load into the model")
+    p.add_argument("--num-classes", type=int, default=None, help="number of classes of the model's head")
+    p.add_argument("--input-size", type=int, default=None, help="override the model's input size")
+    p.add_argument("--mean", default=None, help="override the normalisation mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", default=None, help="override the normalisation std")
+    p.add_argument("--crop-pct", type=float, default=None, help="override the centre-crop fraction")
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CLIError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise CLIError(f"{flag} is empty")
+    return values
+
+
+def load_cli_model(args: argparse.Namespace):
+    """The model named by ``--model`` with ``--weights``/``--num-classes`` and preprocessing overrides."""
+    from ..models import load_model
+
+    if args.num_classes is not None and args.num_classes <= 0:
+        raise CLIError(f"--num-classes must be positive, got {args.num_classes}")
+    loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
+    pre = loaded.preprocess
+    if args.input_size is not None:
+        if args.input_size <= 0:
+            raise CLIError(f"--input-size must be positive, got {args.input_size}")
+        pre.input_size = args.input_size
+        pre.pad_to = args.input_size if pre.pad_to is not None else None
+    if args.mean is not None:
+        pre.mean = _floats(args.mean, "--mean")
+    if args.std is not None:
+        pre.std = _floats(args.std, "--std")
+        if any(s == 0 for s in pre.std):
+            raise CLIError("--std must not contain 0")
+    if args.crop_pct is not None:
+        if not 0 < args.crop_pct <= 1:
+            raise CLIError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+        pre.crop_pct = args.crop_pct
+    for name, values in (("--mean", pre.mean), ("--std", pre.std)):
+        if len(values) not in (1, pre.in_chans):
+            raise CLIError(f"{name} has {len(values)} values but the model takes {pre.in_chans} channels")
+    return loaded

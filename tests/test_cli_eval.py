@@ -1,0 +1,123 @@
+"""`undiscard eval` and `predict` on an image folder made from the bundled test set."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from undiscard import zoo
+from undiscard.cli import main
+from undiscard.data import CLASS_NAMES, load_fashion_mnist, preprocess
+
+MODEL = next((n for n in zoo.list_models() if zoo.weights_path(n).exists()), None)
+pytestmark = pytest.mark.skipif(MODEL is None, reason="no trained zoo weights in this checkout")
+N = 24
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    images, labels = load_fashion_mnist("test")
+    names = [c.replace("/", "_") for c in CLASS_NAMES]
+    for i in range(N):
+        d = root / "data" / names[labels[i]]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(d / f"{i:03d}.png")
+    (root / "data" / names[labels[0]] / "README.txt").write_text("not an image")
+    class_map = root / "classes.json"
+    class_map.write_text(json.dumps({n: i for i, n in enumerate(names)}))
+    return root / "data", class_map, images[:N], labels[:N]
+
+
+def run_json(capsys, argv):
+    assert main(argv + ["--quiet", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eval_budget_one_is_the_plain_model(capsys, folder):
+    data, class_map, images, labels = folder
+    out = run_json(capsys, ["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map", str(class_map),
+                            "--budget", "1,2", "--shift", "3"])
+    assert out["images"] == N and out["skipped"]["non_image_files"] == 1
+    rows = out["results"]
+    assert [r["budget"] for r in rows] == [1, 2]
+    cfg = zoo.model_config(MODEL)
+    with torch.no_grad():
+        pred = zoo.create_model(MODEL)(preprocess(images, cfg["input_size"][-1], cfg["in_chans"])).argmax(-1)
+    # the folder is read in sorted class order; accuracy does not depend on order
+    assert rows[0]["top1"] == pytest.approx(100 * (pred == torch.as_tensor(labels)).float().mean().item())
+    assert all(r["top1_shifted"] is not None and r["consistency"] is not None for r in rows)
+    assert rows[1]["cost"] > 1.0
+
+
+def test_predict_json(capsys, folder):
+    data, _, _, _ = folder
+    files = sorted(str(p) for p in data.rglob("*.png"))[:2]
+    out = run_json(capsys, ["predict", "--model", f"zoo:{MODEL}", "--budget", "2", *files])
+    assert [p["image"] for p in out["predictions"]] == files
+    for p in out["predictions"]:
+        assert len(p["baseline"]) == 5 and len(p["undiscard"]) == 5
+        assert p["baseline"][0]["name"] in CLASS_NAMES
+
+
+def test_weights_that_do_not_fit(capsys, folder, tmp_path):
+    data, class_map, _, _ = folder
+    bad = tmp_path / "bad.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
+    assert main(["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--weights", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit the model" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "/nonexistent/dir"], "data directory not found"),
+    (["--budget", "0"], "budgets must be positive"),
+    (["--budget", "-3"], "budgets must be positive"),
+    (["--criterion", "greedy"], "unknown criterion"),
+    (["--aggregate", "median"], "unknown aggregate"),
+    (["--model", "zoo:nope"], "unknown zoo model"),
+    (["--model", "timm:not_a_model"], "unknown timm model"),
+    (["--weights", "/nonexistent.pt"], "weights file not found"),
+    (["--limit", "0"], "--limit must be positive"),
+])
+def test_eval_bad_input(capsys, folder, extra, message):
+    data, class_map, _, _ = folder
+    argv = ["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--quiet"]
+    for flag in ("--data", "--model"):
+        if flag in extra:
+            i = argv.index(flag)
+            del argv[i:i + 2]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_empty_and_imageless_folders(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--model", f"zoo:{MODEL}", "--data", str(tmp_path / "empty"), "--quiet"]) == 2
+    assert "no class subfolders" in capsys.readouterr().err
+    (tmp_path / "textonly" / "a").mkdir(parents=True)
+    (tmp_path / "textonly" / "a" / "x.txt").write_text("x")
+    assert main(["eval", "--model", f"zoo:{MODEL}", "--data", str(tmp_path / "textonly"), "--quiet"]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_unreadable_image_is_skipped_and_counted(capsys, folder, tmp_path):
+    import shutil
+
+    data, class_map, _, _ = folder
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    broken = next(copy.iterdir()) / "broken.png"
+    broken.write_bytes(b"not a png")
+    out = run_json(capsys, ["eval", "--model", f"zoo:{MODEL}", "--data", str(copy), "--class-map", str(class_map),
+                            "--budget", "1"])
+    assert out["images"] == N and out["skipped"]["unreadable_images"] == [str(broken)]
+
+
+def test_predict_missing_image(capsys):
+    assert main(["predict", "--model", f"zoo:{MODEL}", "/nonexistent.png"]) == 2
+    assert "image not found" in capsys.readouterr().err
