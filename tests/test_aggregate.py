@@ -337,3 +337,33 @@ def test_no_nan_with_huge_logits(aggregate: str, criterion: str) -> None:
     w = state_weights(logits, "entropy")
     assert torch.isfinite(w).all()
     torch.testing.assert_close(w.sum(1), torch.ones(3))
+
+
+def test_phase_is_a_translation_in_the_direction_alignment_undoes() -> None:
+    """On a trained zoo model, phase (dy, dx) of the first unit ~ the original model on the input moved
+    up-left by (dy, dx): that is why align_maps shifts a state's map down-right by its offset."""
+    from undiscard import zoo
+    from undiscard.data import load_fashion_mnist, preprocess, translate
+    from undiscard.execution import phase_plan
+
+    name = next((n for n in zoo.list_models() if zoo.weights_path(n).exists()), None)
+    if name is None:
+        pytest.skip("no trained zoo weights in this checkout")
+    images, _ = load_fashion_mnist("test")
+    cfg = zoo.model_config(name)
+    x = preprocess(images[:64], cfg["input_size"][-1], cfg["in_chans"])
+    model = undiscard.wrap(zoo.create_model(name), budget=1, units=[0], example_input=x[:1])
+    engine = model.prepare(x)
+    unit = model.search_units[0]
+    assert unit.in_size == tuple(x.shape[-2:]), "the first unit must see the input grid for this check"
+    background = x.min()
+    with torch.no_grad():
+        for s in range(1, unit.num_phases):
+            dy, dx = divmod(s, unit.rate)
+            with phase_plan({engine.searched[0]: torch.full((x.shape[0],), s)}):
+                phased = engine.split.features(x)
+            err = {}
+            for sign in (-1, 1):  # -1: content moved up-left by (dy, dx)
+                moved = translate(x - background, sign * dy, sign * dx) + background
+                err[sign] = ((phased - engine.split.features(moved)).norm() / phased.norm()).item()
+            assert err[-1] < 0.5 * err[1], (s, err)
