@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .wrapper import Undiscard, wrap
 
-__all__ = ["Row", "evaluate", "topk_correct"]
+__all__ = ["Row", "evaluate", "row_from_counts", "topk_correct"]
 
 
 @dataclass
@@ -46,9 +46,24 @@ class Row:
     align: bool
     units: list[str]
     seconds: float
+    counts: dict[str, float] | None = None  # exact sums behind the percentages (for sharded evaluation)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def row_from_counts(template: Row, counts: dict[str, float]) -> Row:
+    """A row recomputed from (possibly summed across processes) counts: n, correct1, correct5,
+    correct_shifted, agree, cost_sum, ideal_sum, shifted (0/1)."""
+    n = counts["n"]
+    shifted = counts["shifted"] > 0
+    return Row(model=template.model, budget=template.budget, top1=100.0 * counts["correct1"] / n,
+               top5=100.0 * counts["correct5"] / n,
+               top1_shifted=100.0 * counts["correct_shifted"] / n if shifted else None,
+               consistency=100.0 * counts["agree"] / n if shifted else None,
+               cost=counts["cost_sum"] / n, cost_ideal=counts["ideal_sum"] / n, n=int(n),
+               criterion=template.criterion, aggregate=template.aggregate, align=template.align,
+               units=template.units, seconds=template.seconds, counts=counts)
 
 
 def topk_correct(logits: Tensor, labels: Tensor, k: int) -> int:
@@ -95,13 +110,12 @@ def evaluate(name: str, net: nn.Module | Undiscard, images: Tensor, labels: Tens
                 agree += int((logits.argmax(-1) == logits_s.argmax(-1)).sum())
             if progress is not None:
                 progress(sl.stop - sl.start)
-        has_shift = shifted is not None
-        rows.append(Row(
-            model=name, budget=budget, top1=100.0 * c1 / n,
-            top5=100.0 * c5 / n,
-            top1_shifted=100.0 * cs / n if has_shift else None,
-            consistency=100.0 * agree / n if has_shift else None,
-            cost=cost / n, cost_ideal=ideal / n, n=n, criterion=model.criterion, aggregate=model.aggregate,
-            align=model.align, units=[u.name for u in model.search_units],
-            seconds=time.perf_counter() - t0))
+        counts = {"n": float(n), "correct1": float(c1), "correct5": float(c5), "correct_shifted": float(cs),
+                  "agree": float(agree), "cost_sum": cost, "ideal_sum": ideal,
+                  "shifted": float(shifted is not None)}
+        template = Row(model=name, budget=budget, top1=0.0, top5=None, top1_shifted=None, consistency=None,
+                       cost=0.0, cost_ideal=0.0, n=n, criterion=model.criterion, aggregate=model.aggregate,
+                       align=model.align, units=[u.name for u in model.search_units],
+                       seconds=time.perf_counter() - t0)
+        rows.append(row_from_counts(template, counts))
     return rows

@@ -14,8 +14,9 @@ import torch
 
 from ..aggregate import AGGREGATES
 from ..data.folder import load_class_map, load_image, normalize_batch, scan_folder
-from ..data.shift import shift_images
-from ..evaluation import evaluate
+from ..data.shift import random_offsets, shift_images
+from .. import distributed
+from ..evaluation import evaluate, row_from_counts
 from ..report import COLUMNS, format_table, plot_budgets, write_csv, write_json
 from ..search import CRITERIA
 from .common import (CLIError, add_model_args, add_output_args, emit_json, load_cli_model, parse_budgets,
@@ -60,6 +61,14 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{flag} must be positive, got {value}")
     if args.shift < 0:
         raise CLIError(f"--shift must be >= 0, got {args.shift}")
+    rank, world = distributed.setup(device)
+    try:
+        return _run(args, budgets, device, rank, world)
+    finally:
+        distributed.teardown()
+
+
+def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, rank: int, world: int) -> int:
     class_map = load_class_map(args.class_map) if args.class_map else None
     data = scan_folder(args.data, class_map)
     loaded = load_cli_model(args)
@@ -68,17 +77,24 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < len(order):
         perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(args.seed)).tolist()
         order = sorted(perm[:args.limit])
-    images, labels = [], []
-    with progress_bar(len(order), "loading", enabled=not args.quiet) as bar:
-        for i in order:
+    total_images = len(order)
+    positions = distributed.shard(list(range(total_images)), rank, world)  # torchrun: every world-th image
+    order = [order[p] for p in positions]
+    # shifts are drawn for the whole (global) list, so a sharded run shifts each image as one process would
+    all_offsets = random_offsets(total_images, args.shift, args.seed) if args.shift else None
+    images, labels, kept = [], [], []
+    quiet = args.quiet or rank != 0
+    with progress_bar(len(order), "loading", enabled=not quiet) as bar:
+        for p, i in zip(positions, order):
             try:
                 images.append(load_image(data.paths[i], pre.in_chans, pre.input_size, pre.crop_pct, pre.pad_to))
                 labels.append(data.labels[i])
+                kept.append(p)
             except (OSError, ValueError):
                 data.skipped_unreadable.append(str(data.paths[i]))
             bar.update(1)
     if not images:
-        raise CLIError(f"none of the {len(order)} image files in {args.data} could be read")
+        raise CLIError(f"none of the {len(order)} image files in {args.data} (this process's share) could be read")
     x01 = torch.stack(images)
     y = torch.tensor(labels)
     with torch.no_grad():
@@ -88,15 +104,22 @@ def run(args: argparse.Namespace) -> int:
                        "pass --class-map (or --num-classes with --weights)")
     x = normalize_batch(x01, pre.mean, pre.std).to(device)
     xs = None
-    if args.shift:
-        xs = normalize_batch(shift_images(x01, args.shift, args.seed)[0], pre.mean, pre.std).to(device)
-    with progress_bar(len(y) * len(budgets), loaded.name, enabled=not args.quiet) as bar:
+    if all_offsets is not None:
+        shifted01, _ = shift_images(x01, args.shift, args.seed, offsets=all_offsets[kept])
+        xs = normalize_batch(shifted01, pre.mean, pre.std).to(device)
+    with progress_bar(len(y) * len(budgets), loaded.name, enabled=not quiet) as bar:
         rows = evaluate(loaded.name, loaded.model.to(device), x, y.to(device), budgets, shifted=xs,
                         criterion=args.criterion, aggregate=args.aggregate, align=args.align,
                         units=_units(args.units), batch_size=args.batch_size, progress=bar.update)
+    summed = distributed.sum_counts([r.counts or {} for r in rows])
+    rows = [row_from_counts(r, c) for r, c in zip(rows, summed)]
+    unreadable = distributed.gather_lists(data.skipped_unreadable)
+    if not distributed.is_main():
+        return 0
     result = [r.as_dict() for r in rows]
-    skipped = {"non_image_files": data.skipped_non_image, "unreadable_images": data.skipped_unreadable}
-    payload = {"results": result, "data": str(args.data), "images": len(y), "skipped": skipped}
+    skipped = {"non_image_files": data.skipped_non_image, "unreadable_images": sorted(unreadable)}
+    payload = {"results": result, "data": str(args.data), "images": total_images - len(unreadable),
+               "processes": world, "skipped": skipped}
     if args.out is not None:
         write_json(args.out / "results.json", payload)
         write_csv(args.out / "results.csv", result)
@@ -106,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cols = COLUMNS[:2] + [("top1", "top-1"), ("top5", "top-5")] + COLUMNS[3:]
         print(format_table(result, cols))
-    if data.skipped_non_image or data.skipped_unreadable:
-        print(f"skipped {data.skipped_non_image} non-image files and {len(data.skipped_unreadable)} unreadable "
-              "images", file=sys.stderr)
+    if data.skipped_non_image or unreadable:
+        print(f"skipped {data.skipped_non_image} non-image files and {len(unreadable)} unreadable images",
+              file=sys.stderr)
     return 0

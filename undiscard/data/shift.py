@@ -35,20 +35,25 @@ def random_offsets(n: int, max_shift: int, seed: int, min_shift: int = 1) -> Ten
     return grid[torch.randint(len(grid), (n,), generator=g)]
 
 
-def shift_images(x: Tensor, max_shift: int, seed: int, min_shift: int = 1) -> tuple[Tensor, Tensor]:
+def shift_images(x: Tensor, max_shift: int, seed: int, min_shift: int = 1,
+                 offsets: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Translate each image of ``x`` (N, C, H, W) by its own seeded random integer offset.
 
     Offsets (dy, dx) are drawn by :func:`random_offsets` (max(|dy|, |dx|) in [min_shift, max_shift]);
     image k is moved by ``offsets[k]`` (down/right positive) with zero fill and keeps its size, so
     ``shifted[k, :, i + dy, j + dx] == x[k, :, i, j]`` wherever both sides are in range. Zero fill is
     the background of Fashion-MNIST before normalisation: shift raw [0, 1] (or uint8) images, then
-    normalise. The same ``seed`` gives the same offsets for any batch of the same size.
+    normalise. The same ``seed`` gives the same offsets for any batch of the same size. ``offsets``
+    (N, 2) overrides the draw (e.g. a shard's slice of offsets drawn for a whole data set).
 
     Returns (shifted (N, C, H, W), offsets int64 (N, 2)).
     """
     if x.dim() != 4:
         raise ValueError(f"shift_images expects (N, C, H, W), got shape {tuple(x.shape)}")
-    offsets = random_offsets(x.shape[0], max_shift, seed, min_shift)
+    if offsets is None:
+        offsets = random_offsets(x.shape[0], max_shift, seed, min_shift)
+    elif offsets.shape != (x.shape[0], 2):
+        raise ValueError(f"offsets must have shape ({x.shape[0]}, 2), got {tuple(offsets.shape)}")
     out = torch.empty_like(x)
     # One batched translate per distinct offset (at most (2 * max_shift + 1)^2 of them).
     uniq, group = torch.unique(offsets, dim=0, return_inverse=True)

@@ -1,0 +1,63 @@
+"""Sharding an evaluation across processes with torch.distributed (``torchrun``).
+
+``torchrun --nproc-per-node N -m undiscard eval ...`` starts N processes with ``WORLD_SIZE``/``RANK``
+set; each evaluates every N-th image (the search is per image and independent of batch composition, so
+the union is the single-process evaluation), the exact counts are summed with ``all_reduce``, and only
+rank 0 prints or writes files. Backend: gloo on CPU, nccl on CUDA.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["setup", "teardown", "shard", "sum_counts", "gather_lists", "is_main"]
+
+
+def setup(device: torch.device) -> tuple[int, int]:
+    """Join the process group if launched by torchrun; return (rank, world size) — (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """Every ``world``-th item starting at ``rank``."""
+    return list(items[rank::world])
+
+
+def sum_counts(counts: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Sum each dict of counts over all processes (exact: float64 sums of integers and costs)."""
+    if not dist.is_initialized():
+        return counts
+    keys = list(counts[0])
+    t = torch.tensor([[c[k] for k in keys] for c in counts], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    summed = [dict(zip(keys, row.tolist())) for row in t]
+    for c in summed:  # a flag, not a count
+        if "shifted" in c:
+            c["shifted"] = float(c["shifted"] > 0)
+    return summed
+
+
+def gather_lists(items: list[Any]) -> list[Any]:
+    """Concatenate a list from every process (rank order)."""
+    if not dist.is_initialized():
+        return items
+    out: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
