@@ -121,3 +121,28 @@ def test_unreadable_image_is_skipped_and_counted(capsys, folder, tmp_path):
 def test_predict_missing_image(capsys):
     assert main(["predict", "--model", f"zoo:{MODEL}", "/nonexistent.png"]) == 2
     assert "image not found" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_equal_one(capsys, folder):
+    """`torchrun --nproc-per-node 2 -m undiscard eval` (gloo on CPU) gives the single-process numbers."""
+    import os
+    import subprocess
+    import sys
+
+    data, class_map, _, _ = folder
+    args = ["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map", str(class_map),
+            "--budget", "1,2", "--shift", "3", "--quiet", "--json"]
+    single = run_json(capsys, args[:-2])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29517", "-m", "undiscard", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    multi = json.loads(proc.stdout)  # only rank 0 printed
+    assert multi["processes"] == 2 and multi["images"] == single["images"] == N
+    exact = ("n", "correct1", "correct5", "correct_shifted", "agree")
+    for a, b in zip(single["results"], multi["results"]):
+        assert {k: a["counts"][k] for k in exact} == {k: b["counts"][k] for k in exact}
+        for key in ("top1", "top5", "top1_shifted", "consistency"):
+            assert a[key] == b[key]
+        assert a["cost"] == pytest.approx(b["cost"], rel=1e-9)
