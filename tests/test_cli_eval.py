@@ -146,3 +146,24 @@ def test_torchrun_two_processes_equal_one(capsys, folder):
         for key in ("top1", "top5", "top1_shifted", "consistency"):
             assert a[key] == b[key]
         assert a["cost"] == pytest.approx(b["cost"], rel=1e-9)
+
+
+def test_rgb_model_on_grayscale_images_with_a_text_class_map(capsys, folder, tmp_path):
+    """A timm model (3 channels, ImageNet preprocessing overridden to 32 px) reads the grayscale PNGs as
+    RGB; the class map is a text file, one folder name per line (ImageNet's synset-list format)."""
+    import shutil
+
+    data, _, _, _ = folder
+    names = [c.replace("/", "_") for c in CLASS_NAMES]
+    wnids = [f"n{i:08d}" for i in range(len(names))]  # WordNet-style folder names
+    copy = tmp_path / "wnid"
+    for name, wnid in zip(names, wnids):
+        if (data / name).is_dir():
+            shutil.copytree(data / name, copy / wnid)
+    text_map = tmp_path / "synsets.txt"
+    text_map.write_text("".join(f"{w} {n}, a description\n" for w, n in zip(wnids, names)))
+    out = run_json(capsys, ["eval", "--model", "timm:resnet18", "--num-classes", "10", "--input-size", "32",
+                            "--crop-pct", "1.0", "--data", str(copy), "--class-map", str(text_map),
+                            "--budget", "1,2"])
+    assert out["images"] == N and [r["budget"] for r in out["results"]] == [1, 2]
+    assert all(0.0 <= r["top1"] <= 100.0 for r in out["results"])
