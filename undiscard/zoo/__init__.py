@@ -59,7 +59,7 @@ _SPECS: dict[str, ZooSpec] = {
     for s in [
         ZooSpec("resnet_basic", "ResNet (BasicBlock)", models.resnet_basic, train=dict(epochs=5)),
         ZooSpec("resnext", "ResNeXt-D (Bottleneck, grouped conv)", models.resnext, train=dict(epochs=7)),
-        ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=6)),
+        ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=10)),
         ZooSpec("convnext", "ConvNeXt", models.convnext, train=dict(epochs=7)),
         ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=7, lr=1.5e-3)),
         ZooSpec("pvtv2", "PVT-v2", models.pvtv2, train=dict(epochs=8, lr=1e-3, batch_size=64)),
