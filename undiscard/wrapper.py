@@ -257,7 +257,7 @@ class Undiscard(nn.Module):
             layout = "tokens"
         elif layout == "nchw" and feats.dim() == 3:  # (N, B, C): a vector
             layout = "vector"
-        grid = self._feature_grid(engine)
+        grid = self._feature_grid()
         maps, extra = to_map(feats.flatten(0, 1), layout, grid)
         maps = maps.unflatten(0, (n, b))
         weights = state_weights(logits, self.aggregate)
@@ -274,7 +274,7 @@ class Undiscard(nn.Module):
         agg_extra = weighted_sum(extra.unflatten(0, (n, b)), weights) if extra is not None else None
         return engine.split.head(from_map(agg, agg_extra, layout))
 
-    def _feature_grid(self, engine: Engine) -> tuple[int, int] | None:
+    def _feature_grid(self) -> tuple[int, int] | None:
         spatial = [u for u in self.units if u.spatial]
         return spatial[-1].out_size if spatial else None
 

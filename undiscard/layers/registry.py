@@ -15,7 +15,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable, TypeVar
 
-import torch
 from torch import Tensor, nn
 
 from .._compat import class_path

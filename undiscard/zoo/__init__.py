@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import torch.nn as nn
 
 from ..data.fashion_mnist import CLASS_NAMES, MEAN, NUM_CLASSES, STD
@@ -96,10 +95,10 @@ def build_model(name: str) -> nn.Module:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load an (fp16) state_dict file into ``model``, converting floating tensors to float32."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state)
+    """Load an (fp16) state_dict file into ``model``; ``load_state_dict`` casts to the model's dtype."""
+    from ..models import load_weights as _load
+
+    _load(model, str(path))
     return model
 
 
