@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["normalized_entropy", "state_weights", "shift_axis", "align_maps", "weighted_sum", "AGGREGATES"]
+__all__ = ["normalized_entropy", "uniform_weights", "state_weights", "shift_axis", "align_maps", "weighted_sum", "AGGREGATES"]
 
 AGGREGATES = ("mean", "entropy", "attention")
 
@@ -36,11 +36,16 @@ def normalized_entropy(logits: Tensor) -> Tensor:
     return (h / math.log(k)).clamp_(0.0, 1.0)
 
 
+def uniform_weights(n: int, b: int, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor:
+    """The ``mean`` weights: (N, B), all 1/B (the attention aggregator's residual uses the same)."""
+    return torch.full((n, b), 1.0 / b, dtype=dtype, device=device)
+
+
 def state_weights(logits: Tensor, mode: str) -> Tensor:
     """Aggregation weights (N, B) summing to 1 over B, from per-state logits (N, B, K)."""
     n, b = logits.shape[:2]
     if mode == "mean":
-        return torch.full((n, b), 1.0 / b, dtype=logits.dtype, device=logits.device)
+        return uniform_weights(n, b, logits.dtype, logits.device)
     if mode == "entropy":
         w = 1.0 - normalized_entropy(logits)
         total = w.sum(1, keepdim=True)

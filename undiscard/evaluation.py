@@ -11,8 +11,8 @@ Every evaluation reports the three numbers of DESIGN §1b side by side:
 plus ``cost``: the mean cost per image in baseline-forward equivalents (``Undiscard.last_cost``), and
 ``cost_ideal``, what it would be if every expansion recomputed only from its unit on.
 
-One :class:`~undiscard.wrapper.Undiscard` serves all budgets (setup happens once); budget 1 is the
-original model exactly.
+One search per batch at the largest budget serves every budget and every aggregation variant (the
+search is incremental); budget 1 is the original model exactly.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Row:
     aggregate: str
     align: bool
     units: list[str]
-    seconds: float
+    seconds: float  # wall time of the model's whole evaluation (one search serves all budgets and variants)
     counts: dict[str, float] | None = None  # exact sums behind the percentages (for sharded evaluation)
 
     def as_dict(self) -> dict:
@@ -76,12 +76,20 @@ def _batches(n: int, size: int) -> Iterable[slice]:
         yield slice(start, min(n, start + size))
 
 
+Variant = tuple[str, bool]  # (aggregate, align)
+
+
 @torch.no_grad()
 def evaluate(name: str, net: nn.Module | Undiscard, images: Tensor, labels: Tensor, budgets: Sequence[int], *,
              shifted: Tensor | None = None, criterion: str = "entropy", aggregate: str = "entropy",
-             align: bool = True, units=None, batch_size: int = 128,
+             align: bool = True, units=None, batch_size: int = 128, variants: Sequence[Variant] | None = None,
              progress: Callable[[int], None] | None = None, **wrap_kwargs) -> list[Row]:
     """Evaluate ``net`` at each budget on ``images`` (N, C, H, W) with ``labels`` (N,).
+
+    Each batch is searched once, at the largest budget; every smaller budget uses the first candidates
+    of that search (the search is incremental, so they are exactly the states a search at that budget
+    picks) and its cost is what such a search costs. ``variants``: (aggregate, align) pairs evaluated on
+    the same searches (default: the model's own); rows come budget-major, then variant.
 
     ``shifted``: the same images translated (same order); enables ``top1_shifted`` and ``consistency``.
     ``progress``: called with the number of images just processed (for a progress bar).
@@ -90,32 +98,43 @@ def evaluate(name: str, net: nn.Module | Undiscard, images: Tensor, labels: Tens
                                                        align=align, units=units, **wrap_kwargs)
     model.eval()
     model.prepare(images[:1])
+    variants = list(variants) if variants is not None else [(model.aggregate, model.align)]
+    top = max(budgets)
+    model.budget = top  # validates the budget against the state space
     n = images.shape[0]
+    keys = [(b, v) for b in budgets for v in variants]
+    counts = {k: dict.fromkeys(("correct1", "correct5", "correct_shifted", "agree", "cost_sum", "ideal_sum"), 0.0)
+              for k in keys}
+    t0 = time.perf_counter()
+    for sl in _batches(n, batch_size):
+        m = sl.stop - sl.start
+        runs = [(images[sl], True)] + ([(shifted[sl], False)] if shifted is not None else [])
+        preds: dict[tuple, Tensor] = {}
+        for x, clean in runs:
+            cands = model.candidates(x, top)
+            for b in budgets:
+                cost, ideal = model.candidates_cost(cands, b)
+                for v in variants:
+                    c = counts[(b, v)]
+                    logits = model.aggregate_candidates(cands, b, aggregate=v[0], align=v[1])
+                    y = labels[sl]
+                    if clean:
+                        c["correct1"] += topk_correct(logits, y, 1)
+                        c["correct5"] += topk_correct(logits, y, 5)
+                        c["cost_sum"] += cost * m
+                        c["ideal_sum"] += ideal * m
+                        preds[(b, v)] = logits.argmax(-1)
+                    else:
+                        c["correct_shifted"] += topk_correct(logits, y, 1)
+                        c["agree"] += int((preds[(b, v)] == logits.argmax(-1)).sum())
+        if progress is not None:
+            progress(m)
+    seconds = time.perf_counter() - t0
     rows: list[Row] = []
-    for budget in budgets:
-        model.budget = budget
-        t0 = time.perf_counter()
-        c1 = c5 = cs = agree = 0
-        cost = ideal = 0.0
-        for sl in _batches(n, batch_size):
-            logits = model(images[sl])
-            cost += model.last_cost * (sl.stop - sl.start)
-            ideal += model.last_cost_ideal * (sl.stop - sl.start)
-            y = labels[sl]
-            c1 += topk_correct(logits, y, 1)
-            c5 += topk_correct(logits, y, 5)
-            if shifted is not None:
-                logits_s = model(shifted[sl])
-                cs += topk_correct(logits_s, y, 1)
-                agree += int((logits.argmax(-1) == logits_s.argmax(-1)).sum())
-            if progress is not None:
-                progress(sl.stop - sl.start)
-        counts = {"n": float(n), "correct1": float(c1), "correct5": float(c5), "correct_shifted": float(cs),
-                  "agree": float(agree), "cost_sum": cost, "ideal_sum": ideal,
-                  "shifted": float(shifted is not None)}
-        template = Row(model=name, budget=budget, top1=0.0, top5=None, top1_shifted=None, consistency=None,
-                       cost=0.0, cost_ideal=0.0, n=n, criterion=model.criterion, aggregate=model.aggregate,
-                       align=model.align, units=[u.name for u in model.search_units],
-                       seconds=time.perf_counter() - t0)
-        rows.append(row_from_counts(template, counts))
+    for b, (agg, al) in keys:
+        c = {**counts[(b, (agg, al))], "n": float(n), "shifted": float(shifted is not None)}
+        template = Row(model=name, budget=b, top1=0.0, top5=None, top1_shifted=None, consistency=None,
+                       cost=0.0, cost_ideal=0.0, n=n, criterion=model.criterion, aggregate=agg, align=al,
+                       units=[u.name for u in model.search_units], seconds=seconds)
+        rows.append(row_from_counts(template, c))
     return rows

@@ -41,6 +41,8 @@ class LoadedModel:
     model: nn.Module
     preprocess: Preprocess
     class_names: list[str] = field(default_factory=list)
+    units: list[str] | None = None  # units to search by default (None: the wrapper's default)
+    aggregator: str | None = None  # a shipped attention aggregator file, if any
 
 
 Source = Callable[[str], LoadedModel]
@@ -172,4 +174,6 @@ def _zoo(name: str) -> LoadedModel:
     size = int(cfg["input_size"][-1])
     pre = Preprocess(input_size=size, in_chans=int(cfg["in_chans"]), mean=tuple(cfg["mean"]),
                      std=tuple(cfg["std"]), crop_pct=1.0, pad_to=size)
-    return LoadedModel(f"zoo:{base}", model, pre, list(cfg.get("class_names", [])))
+    agg = zoo.aggregator_path(base)
+    return LoadedModel(f"zoo:{base}", model, pre, list(cfg.get("class_names", [])), units=zoo.search_units(base),
+                       aggregator=str(agg) if agg.is_file() else None)

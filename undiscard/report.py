@@ -7,11 +7,11 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["format_table", "write_json", "write_csv", "plot_budgets"]
+__all__ = ["format_table", "write_json", "write_csv", "plot_budgets", "series_name"]
 
 Rows = Sequence[dict[str, Any]]
 
-COLUMNS = [("model", "model"), ("budget", "B"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
+COLUMNS = [("model", "model"), ("budget", "B"), ("aggregate", "aggregate"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
            ("consistency", "consistency"), ("cost", "cost x")]
 
 
@@ -67,15 +67,23 @@ def plot_budgets(rows: Rows, out_dir: Path, metrics: Sequence[tuple[str, str]] |
             _panels(rows, accuracy, "cost", "cost (baseline forwards per image)", out_dir / "accuracy_vs_cost.png")]
 
 
+def series_name(row: dict[str, Any], rows: Rows) -> str:
+    """A row's line label: its model, plus the settings that differ between rows (aggregate, ...)."""
+    varying = [k for k in ("criterion", "aggregate", "align", "tta") if len({str(r.get(k)) for r in rows}) > 1]
+    extra = ", ".join(f"{k}={row.get(k)}" if k == "align" else str(row.get(k)) for k in varying)
+    return f"{row['model']} ({extra})" if extra else str(row["model"])
+
+
 def _panels(rows: Rows, metrics: Sequence[tuple[str, str]], xkey: str, xlabel: str, path: Path) -> Path:
-    """One panel per metric, one line per model, x on a log2 axis."""
+    """One panel per metric, one line per model (and setting), x on a log2 axis."""
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    names = [series_name(r, rows) for r in rows]
+    series = list(dict.fromkeys(names))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, (key, label) in zip(axes[0], metrics):
-        for m in models:
-            pts = sorted((r[xkey], r[key]) for r in rows if r["model"] == m and r.get(key) is not None)
+        for m in series:
+            pts = sorted((r[xkey], r[key]) for r, nm in zip(rows, names) if nm == m and r.get(key) is not None)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=m)
         ax.set_xscale("log", base=2)

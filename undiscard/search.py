@@ -70,6 +70,7 @@ class Candidate:
     state: tuple[int, ...]
     features: Tensor
     logits: Tensor
+    expansions: tuple[int, ...] = ()  # depths of this image's expansions up to the one that found it (cost)
 
 
 @dataclass(order=True)
@@ -80,12 +81,15 @@ class _Node:
     depth: int = field(compare=False)
     cache: Tensor | None = field(compare=False)
     logits: Tensor | None = field(compare=False, default=None)
+    features: Tensor | None = field(compare=False, default=None)
 
 
 # expander(depth, caches (M, ...), prefix (M, depth)) -> (features (M*(R²-1), ...), logits (M*(R²-1), K),
 # child caches (M*R², ...) or None): children j >= 1 have features and logits, every child has a cache
 Expander = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]]
-Scorer = Callable[[Tensor, list[tuple[int, ...]], int], list[float]]
+# scorer(images, features, logits, states, depth) -> one score per row (lower = expanded first); row r
+# belongs to image images[r]
+Scorer = Callable[[list[int], Tensor, Tensor, list[tuple[int, ...]], int], list[float]]
 
 
 def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | None, rates: Sequence[int],
@@ -94,7 +98,8 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
     n = root_features.shape[0]
     depth_total = len(rates)
     zero = tuple([0] * depth_total)
-    root_scores = score(root_logits, [zero] * n, 0)
+    root_scores = score(list(range(n)), root_features, root_logits, [zero] * n, 0)
+    done: list[tuple[int, ...]] = [() for _ in range(n)]  # depths expanded so far, per image
     cands: list[list[Candidate]] = [[Candidate(zero, root_features[i], root_logits[i])] for i in range(n)]
     frontier: list[list[_Node]] = [[] for _ in range(n)]
     counters = [itertools.count() for _ in range(n)]
@@ -102,7 +107,7 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
         assert root_cache is not None
         for i in range(n):
             heapq.heappush(frontier[i], _Node(root_scores[i], next(counters[i]), zero, 0, root_cache[i],
-                                              root_logits[i]))
+                                              root_logits[i], root_features[i]))
     while True:
         active = [i for i in range(n) if len(cands[i]) < budget and frontier[i]]
         if not active:
@@ -124,16 +129,21 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
                     parent = popped[i]
                     rows = slice(g * (r2 - 1), (g + 1) * (r2 - 1))  # children j >= 1; child 0 is the parent
                     states = [parent.state[:depth] + (j,) + parent.state[depth + 1:] for j in range(r2)]
-                    assert parent.logits is not None  # child 0's logits are the parent's
-                    scores = score(torch.cat([parent.logits[None], logits[rows]]), states, depth + 1)
+                    # child 0's features and logits are the parent's
+                    assert parent.logits is not None and parent.features is not None
+                    scores = score([i] * r2, torch.cat([parent.features[None], feats[rows]]),
+                                   torch.cat([parent.logits[None], logits[rows]]), states, depth + 1)
+                    done[i] = done[i] + (depth,)
                     new = sorted(range(1, r2), key=lambda j: (scores[j], j))
                     for j in new[:max(0, budget - len(cands[i]))]:
                         row = g * (r2 - 1) + j - 1
-                        cands[i].append(Candidate(states[j], feats[row], logits[row]))
+                        cands[i].append(Candidate(states[j], feats[row], logits[row], done[i]))
                     if depth + 1 < depth_total:
                         assert child_caches is not None
                         for j in range(r2):
-                            child_logits = parent.logits if j == 0 else logits[g * (r2 - 1) + j - 1]
+                            row = g * (r2 - 1) + j - 1
+                            child_feats, child_logits = ((parent.features, parent.logits) if j == 0
+                                                         else (feats[row], logits[row]))
                             heapq.heappush(frontier[i], _Node(scores[j], next(counters[i]), states[j], depth + 1,
-                                                              child_caches[g * r2 + j], child_logits))
+                                                              child_caches[g * r2 + j], child_logits, child_feats))
     return cands

@@ -15,17 +15,19 @@ from __future__ import annotations
 import copy
 import threading
 import warnings
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .aggregate import AGGREGATES, align_maps, state_weights, weighted_sum
+from .attention import AggregatorFileError, AttentionAggregator, load_aggregator
 from .chain import build_chain
 from .discovery import Unit, discover
 from .engine import Engine
 from .errors import PhaseError, UndiscardError, UnsupportedLayerError
-from .execution import install_phased_layers
+from .execution import install_phased_layers, phase_plan
 from .search import CRITERIA, Candidate, best_first, score_states, state_offset
 from .split import from_map, get_split, to_map
 
@@ -71,6 +73,7 @@ class Undiscard(nn.Module):
                  features: Callable[[nn.Module, Tensor], Tensor] | None = None,
                  head: Callable[[nn.Module, Tensor], Tensor] | None = None,
                  layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0,
+                 aggregator: AttentionAggregator | str | Path | None = None,
                  example_input: Tensor | None = None):
         super().__init__()
         self._units: list[Unit] | None = None
@@ -78,15 +81,21 @@ class Undiscard(nn.Module):
         self.budget = budget
         if criterion not in CRITERIA:
             raise UndiscardError(f"unknown criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
-        if criterion == "learned":
-            raise UndiscardError("criterion 'learned' needs a trained attention aggregator, not available yet")
         if aggregate not in AGGREGATES:
             raise UndiscardError(f"unknown aggregate {aggregate!r}: expected one of {', '.join(AGGREGATES)}")
-        if aggregate == "attention":
-            raise UndiscardError("aggregate 'attention' needs a trained attention aggregator, not available yet")
         if chunk_size < 1:
             raise UndiscardError(f"chunk_size must be >= 1, got {chunk_size}")
         self.net = copy.deepcopy(net)
+        self.aggregator: AttentionAggregator | None = None
+        self._aggregator_units: list[str] | None = None  # the units a loaded aggregator was trained for
+        if isinstance(aggregator, (str, Path)):
+            self.aggregator, info = load_aggregator(aggregator)
+            self._aggregator_units = info.units
+        elif aggregator is not None:
+            if not isinstance(aggregator, AttentionAggregator):
+                raise UndiscardError(f"aggregator must be an AttentionAggregator or a file path, got "
+                                     f"{type(aggregator).__name__}")
+            self.aggregator = aggregator
         self.criterion = criterion
         self.aggregate = aggregate
         self.align = align
@@ -184,7 +193,35 @@ class Undiscard(nn.Module):
         chain = build_chain(split, x, self.net)
         engine = Engine(self.net, split, chain, self._units, list(self._searched or []))
         engine.measure(x)
+        if self._needs_aggregator():
+            self._setup_aggregator(engine, x)
         return engine
+
+    def _needs_aggregator(self) -> bool:
+        return self.aggregate == "attention" or self.criterion == "learned"
+
+    def _setup_aggregator(self, engine: Engine, x: Tensor) -> None:
+        """Check a given aggregator against the searched units; make an untrained one if none was given."""
+        names = [u.name for u in self.search_units]
+        if self._aggregator_units is not None and self._aggregator_units != names:
+            raise AggregatorFileError(f"the aggregator was trained for units {', '.join(self._aggregator_units)} "
+                                      f"but {', '.join(names) or 'none'} are searched: pass the same units=")
+        offsets = 1
+        for u in self.search_units:
+            if u.spatial:
+                offsets *= u.rate
+        with torch.no_grad(), phase_plan(None):
+            maps, _, _ = self._to_maps(engine, engine.split.features(x))
+        channels = maps.shape[1]
+        if self.aggregator is None:
+            warnings.warn("aggregate='attention'/criterion='learned' with an untrained attention aggregator: it "
+                          "equals aggregate='mean' until trained (undiscard train-aggregator)", UserWarning,
+                          stacklevel=4)
+            self.aggregator = AttentionAggregator(channels, offsets).to(device=x.device).eval()
+        elif (self.aggregator.channels, self.aggregator.offsets) != (channels, offsets):
+            raise AggregatorFileError(
+                f"the aggregator expects {self.aggregator.channels} channels and {self.aggregator.offsets} offsets "
+                f"per axis but this model gives {channels} and {offsets}: it was trained for another model or units")
 
     # --- running -------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
@@ -205,6 +242,58 @@ class Undiscard(nn.Module):
         logits = self._aggregate(engine, cands)
         self._record_cost(engine, x.shape[0])
         return logits
+
+    def candidates(self, x: Tensor, budget: int | None = None) -> list[list[Candidate]]:
+        """Per image, the searched candidates (state, native features, logits) in selection order.
+
+        The search is incremental: the first b candidates of a budget-B search are exactly those of a
+        budget-b search, so one search serves every smaller budget (:meth:`aggregate_candidates`,
+        :meth:`candidates_cost`).
+        """
+        self._check_input(x)
+        engine = self.prepare(x)
+        engine.reset_cost()
+        cands = self._search(engine, x, budget)
+        self._record_cost(engine, x.shape[0])
+        return cands
+
+    def aggregate_candidates(self, cands: list[list[Candidate]], budget: int | None = None,
+                             aggregate: str | None = None, align: bool | None = None) -> Tensor:
+        """Logits (N, K) from the first ``budget`` candidates of each image (default: all of them), with
+        ``aggregate``/``align`` overriding the model's own settings for this call."""
+        engine = self._engine_for(cands)
+        if budget is not None:
+            cands = [per[:budget] for per in cands]
+        if len(cands[0]) == 1:  # budget 1: the original model's logits (its own head output)
+            return torch.stack([per[0].logits for per in cands])
+        return self._aggregate(engine, cands, self.aggregate if aggregate is None else aggregate,
+                               self.align if align is None else align)
+
+    def candidates_cost(self, cands: list[list[Candidate]], budget: int | None = None) -> tuple[float, float]:
+        """Mean cost per image (measured, ideal) in baseline forwards of finding the first ``budget``
+        candidates: what ``last_cost``/``last_cost_ideal`` would be after a search at that budget."""
+        engine = self._engine_for(cands)
+        assert engine.flops is not None
+        base = engine.flops.baseline
+        rates = engine.rates()
+        spent = ideal = 0.0
+        for per in cands:
+            depths = per[:budget][-1].expansions if budget is not None else per[-1].expansions
+            spent += base + sum(engine.expansion_flops(d) for d in depths)
+            ideal += base + sum((rates[d] ** 2 - 1) * engine.flops.tail[d] for d in depths)
+        n = len(cands) * base
+        return (spent / n, ideal / n) if n else (0.0, 0.0)
+
+    def _engine_for(self, cands: list[list[Candidate]]) -> Engine:
+        if not cands or not cands[0]:
+            raise PhaseError("no candidates given")
+        if len(self._engines) == 1:
+            return next(iter(self._engines.values()))
+        root = cands[0][0].features
+        for (shape, dtype, device), engine in self._engines.items():
+            if dtype == root.dtype and device == root.device:
+                return engine
+        raise PhaseError("candidates do not match any prepared input shape")
 
     def search(self, x: Tensor) -> list[list[tuple[int, ...]]]:
         """Per image, the chosen states in selection order (the first is the original model)."""
@@ -233,11 +322,19 @@ class Undiscard(nn.Module):
                 phases[idx] = torch.full((x.shape[0],), s, dtype=torch.long, device=x.device)
         return engine.run_state(x, phases)
 
-    def _search(self, engine: Engine, x: Tensor) -> list[list[Candidate]]:
+    def _search(self, engine: Engine, x: Tensor, budget: int | None = None,
+                scorer: Callable[..., list[float]] | None = None) -> list[list[Candidate]]:
         rates = engine.rates()
         spatial = [self.units[u].spatial for u in engine.searched]
+        learned = self.criterion == "learned"
 
-        def score(logits: Tensor, states: list[tuple[int, ...]], depth: int) -> list[float]:
+        def score(images: list[int], feats: Tensor, logits: Tensor, states: list[tuple[int, ...]],
+                  depth: int) -> list[float]:
+            if scorer is not None or learned:
+                attn = self._attention_scores(engine, anchors[images], feats, states)
+                if scorer is not None:
+                    return scorer(images, attn, logits, states, depth)
+                return (-attn.double()).tolist()
             return score_states(self.criterion, logits, states, depth, rates, spatial, self.seed)
 
         def expand(depth: int, caches: Tensor, prefix: Tensor):
@@ -246,32 +343,79 @@ class Undiscard(nn.Module):
 
         with torch.no_grad():
             feats, logits, cache = engine.root(x)
-            return best_first(feats, logits, cache, rates, self.budget, expand, score, self.chunk_size)
+            anchors = self._to_maps(engine, feats)[0] if (learned or scorer is not None) else feats
+            return best_first(feats, logits, cache, rates, self.budget if budget is None else budget, expand, score,
+                              self.chunk_size)
 
-    def _aggregate(self, engine: Engine, cands: list[list[Candidate]]) -> Tensor:
-        feats = torch.stack([torch.stack([c.features for c in per]) for per in cands])  # (N, B, ...)
-        logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])  # (N, B, K)
-        n, b = feats.shape[:2]
-        layout = engine.split.layout
-        if layout == "nchw" and feats.dim() == 4:  # (N, B, L, C): a token sequence
-            layout = "tokens"
-        elif layout == "nchw" and feats.dim() == 3:  # (N, B, C): a vector
-            layout = "vector"
+    def _attention_scores(self, engine: Engine, anchors: Tensor, feats: Tensor,
+                          states: list[tuple[int, ...]]) -> Tensor:
+        """The aggregator's per-state score (higher = more attention) for M rows of native
+        features with their states, against their images' original maps ``anchors`` (M, C, h, w)."""
+        assert self.aggregator is not None
+        maps, _, gridded = self._to_maps(engine, feats)
+        offsets = self._offsets(engine, [states], feats.device).transpose(0, 1)  # (M, 1, 2)
+        maps = maps[:, None]
+        if self.align and gridded:
+            maps = align_maps(maps, offsets, self._feature_stride(engine))
+        return self.aggregator.state_scores(maps, offsets, anchors)[:, 0]
+
+    def _to_maps(self, engine: Engine, feats: Tensor) -> tuple[Tensor, Tensor | None, bool]:
+        """(M, C, h, w) maps of M native feature tensors, their prefix tokens, and whether the grid is real."""
+        layout = self._layout(engine, feats.dim() + 1)
         grid = self._feature_grid()
-        maps, extra = to_map(feats.flatten(0, 1), layout, grid)
-        maps = maps.unflatten(0, (n, b))
-        weights = state_weights(logits, self.aggregate)
+        maps, extra = to_map(feats, layout, grid)
         # only real grids are aligned: NCHW/NHWC maps, and token sequences whose grid is known
         gridded = layout in ("nchw", "nhwc") or (layout == "tokens" and grid is not None
                                                  and tuple(maps.shape[-2:]) == tuple(grid))
-        if self.align and gridded and maps.shape[-1] * maps.shape[-2] > 1:
-            rates = engine.rates()
-            spatial = [self.units[u].spatial for u in engine.searched]
-            offsets = torch.tensor([[state_offset(c.state, rates, spatial) for c in per] for per in cands],
-                                   dtype=torch.long, device=maps.device)
+        return maps, extra, gridded and maps.shape[-1] * maps.shape[-2] > 1
+
+    @staticmethod
+    def _layout(engine: Engine, dims: int) -> str:
+        """The split's layout, refined by the (N, B, ...) stacked features' number of dims."""
+        layout = engine.split.layout
+        if layout == "nchw" and dims == 4:  # (N, B, L, C): a token sequence
+            return "tokens"
+        if layout == "nchw" and dims == 3:  # (N, B, C): a vector
+            return "vector"
+        return layout
+
+    def _offsets(self, engine: Engine, cands_states: list[list[tuple[int, ...]]], device: torch.device) -> Tensor:
+        """(N, B, 2) offsets (dy, dx) of the states, in pixels of the first searched unit's input."""
+        rates = engine.rates()
+        spatial = [self.units[u].spatial for u in engine.searched]
+        return torch.tensor([[state_offset(s, rates, spatial) for s in per] for per in cands_states],
+                            dtype=torch.long, device=device)
+
+    def _aggregate(self, engine: Engine, cands: list[list[Candidate]], aggregate: str | None = None,
+                   align: bool | None = None) -> Tensor:
+        aggregate = self.aggregate if aggregate is None else aggregate
+        align = self.align if align is None else align
+        feats = torch.stack([torch.stack([c.features for c in per]) for per in cands])  # (N, B, ...)
+        logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])  # (N, B, K)
+        n, b = feats.shape[:2]
+        layout = self._layout(engine, feats.dim())
+        maps, extra, gridded = self._to_maps(engine, feats.flatten(0, 1))
+        maps = maps.unflatten(0, (n, b))
+        offsets = self._offsets(engine, [[c.state for c in per] for per in cands], maps.device)
+        if align and gridded:
             maps = align_maps(maps, offsets, self._feature_stride(engine))
-        agg = weighted_sum(maps, weights)
-        agg_extra = weighted_sum(extra.unflatten(0, (n, b)), weights) if extra is not None else None
+        if aggregate == "attention":
+            if self.aggregator is None:
+                raise UndiscardError("aggregate='attention' needs an aggregator: wrap(..., aggregate='attention', "
+                                     "aggregator=FILE) or call the model once to create an untrained one")
+            agg, attn = self.aggregator(maps, offsets)
+            weights = attn.flatten(2).mean(-1)  # prefix tokens: the location-averaged attention
+            if extra is not None:
+                extra_b = extra.unflatten(0, (n, b))
+                mean_x = weighted_sum(extra_b, state_weights(logits, "mean"))
+                scale = self.aggregator.scale.to(extra_b.dtype)
+                agg_extra = mean_x + scale * (weighted_sum(extra_b, weights) - mean_x)
+            else:
+                agg_extra = None
+        else:
+            weights = state_weights(logits, aggregate)
+            agg = weighted_sum(maps, weights)
+            agg_extra = weighted_sum(extra.unflatten(0, (n, b)), weights) if extra is not None else None
         return engine.split.head(from_map(agg, agg_extra, layout))
 
     def _feature_grid(self) -> tuple[int, int] | None:

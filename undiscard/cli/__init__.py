@@ -10,11 +10,11 @@ import sys
 from typing import Callable, Sequence
 
 from ..errors import UndiscardError
-from . import demo, eval, models, predict
+from . import demo, eval, models, predict, train_aggregator
 
 __all__ = ["main", "build_parser"]
 
-SUBCOMMANDS = [models, demo, eval, predict]
+SUBCOMMANDS = [models, demo, eval, predict, train_aggregator]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch import Tensor
 
 from ..errors import UndiscardError
 
@@ -34,6 +35,24 @@ def parse_budgets(text: str) -> list[int]:
     if not budgets or any(b <= 0 for b in budgets):
         raise CLIError(f"budgets must be positive integers, got {text!r}")
     return budgets
+
+
+def parse_aggregates(text: str) -> list[str]:
+    """``--aggregate``: one or more comma-separated aggregation names."""
+    from ..aggregate import AGGREGATES
+
+    chosen = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in chosen if a not in AGGREGATES]
+    if not chosen or bad:
+        raise CLIError(f"--aggregate must list some of {', '.join(AGGREGATES)}, got {text!r}")
+    return chosen
+
+
+def parse_units(text: str | None) -> list[int | str] | None:
+    """``--units``: comma-separated unit names or indices (None: the default)."""
+    if text is None:
+        return None
+    return [int(u) if u.strip().lstrip("-").isdigit() else u.strip() for u in text.split(",") if u.strip()]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,3 +141,56 @@ def load_cli_model(args: argparse.Namespace):
         if len(values) not in (1, pre.in_chans):
             raise CLIError(f"{name} has {len(values)} values but the model takes {pre.in_chans} channels")
     return loaded
+
+
+def read_folder_images(data, order: list[int], pre, quiet: bool) -> tuple[Tensor, Tensor, list[int]]:
+    """Read images ``order`` (indices into ``data.paths``) of a scanned folder with the model's
+    preprocessing, as [0, 1] tensors (N, C, H, W) and labels (N,); unreadable files are appended to
+    ``data.skipped_unreadable``. Also returns the positions in ``order`` that were read."""
+    from ..data.folder import load_image
+
+    images, labels, kept = [], [], []
+    with progress_bar(len(order), "loading", enabled=not quiet) as bar:
+        for p, i in enumerate(order):
+            try:
+                images.append(load_image(data.paths[i], pre.in_chans, pre.input_size, pre.crop_pct, pre.pad_to))
+                labels.append(data.labels[i])
+                kept.append(p)
+            except (OSError, ValueError):
+                data.skipped_unreadable.append(str(data.paths[i]))
+            bar.update(1)
+    if not images:
+        raise CLIError(f"none of the {len(order)} image files given could be read")
+    return torch.stack(images), torch.tensor(labels), kept
+
+
+def load_labelled(args: argparse.Namespace, loaded, quiet: bool) -> tuple[Tensor, Tensor, str]:
+    """Labelled training images for fitting (never the test set), as [0, 1] tensors and labels.
+
+    ``--data`` is either a directory with the Fashion-MNIST idx files (zoo models: the 5,000-image
+    validation part of the train split, which the zoo never trained on) or an image folder DIR/CLASS/IMAGE.
+    ``--limit N`` keeps a seeded random N of them. Returns images, labels and a description.
+    """
+    from ..data import has_idx_files, load_train_val, resize, to_float
+    from ..data.folder import load_class_map, scan_folder
+
+    root = Path(args.data)
+    if not root.is_dir():
+        raise CLIError(f"--data {root} is not a directory")
+    if has_idx_files(root, "train"):
+        if not loaded.name.startswith("zoo:"):
+            raise CLIError("Fashion-MNIST idx files fit the zoo models only; give an image folder DIR/CLASS/IMAGE")
+        _, (val_images, val_labels) = load_train_val(root)
+        x01 = resize(to_float(val_images), loaded.preprocess.input_size)
+        y = torch.as_tensor(val_labels).long()
+        what = f"Fashion-MNIST train split, held-out validation part ({len(y)} images) of {root}"
+    else:
+        class_map = load_class_map(args.class_map) if getattr(args, "class_map", None) else None
+        data = scan_folder(root, class_map)
+        x01, y, _ = read_folder_images(data, list(range(len(data.paths))), loaded.preprocess, quiet)
+        what = f"image folder {root} ({len(y)} images)"
+    if args.limit is not None and args.limit < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed))[:args.limit].sort().values
+        x01, y = x01[keep], y[keep]
+        what += f", seeded subset of {len(y)}"
+    return x01, y, what

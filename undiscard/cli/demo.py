@@ -1,8 +1,9 @@
 """``undiscard demo``: the embedded default — bundled models on bundled data, baseline vs. ours.
 
-For every zoo model, at budgets 1 (the original model) to 16 with the entropy criterion and entropy
-aggregation: clean top-1, top-1 on shifted copies, shift consistency, and cost — on a fixed subset of
-the bundled Fashion-MNIST test set (``--full``: all 10,000). Zoo models search the leading units whose
+For every zoo model, at budgets 1 (the original model) to 16 with the entropy criterion, aggregated
+by entropy weights and by the model's shipped attention aggregator (both on the same searches): clean
+top-1, top-1 on shifted copies, shift consistency, and cost — on a fixed subset of the bundled
+Fashion-MNIST test set (``--full``: all 10,000). Zoo models search the leading units whose
 phases move the input by at most the ±4 px of their training crops (measured with
 scripts/unit_sweep.py: deeper units, whose phases are translations the models never saw, lower
 accuracy). Shifted copies: each image translated by a
@@ -19,13 +20,13 @@ import time
 
 import torch
 
-from ..discovery import find_units, units_within_offset
 from ..evaluation import Row, evaluate
 from ..report import format_table, plot_budgets, write_csv, write_json
-from .common import CLIError, add_output_args, emit_json, parse_budgets, progress_bar, resolve_device
+from ..wrapper import wrap
+from .common import (CLIError, add_output_args, emit_json, parse_aggregates, parse_budgets, progress_bar,
+                     resolve_device)
 
 DEFAULT_LIMIT = 500
-TRAIN_TRANSLATION = 4  # the zoo's training crops: zero-pad 4 px, random crop back (scripts/train_zoo.py)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -38,6 +39,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-shift", type=int, default=4, help="largest shift in pixels (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shifts (default: 0)")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--aggregate", default="entropy,attention",
+                   help="comma-separated aggregations, all on the same searches (default: entropy,attention; "
+                        "attention uses each zoo model's shipped aggregator)")
+    p.add_argument("--aggregator", default=None, help="attention aggregator file (with a single --models)")
+    p.add_argument("--no-align", dest="align", action="store_false", help="aggregate without offset alignment")
     p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
     add_output_args(p)
     return p
@@ -62,9 +68,11 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
     images, labels = load_fashion_mnist("test")
     n = len(labels) if args.full else min(args.limit, len(labels))
     raw, y = to_float(images[:n]), torch.as_tensor(labels[:n])
+    aggregates = parse_aggregates(args.aggregate)
+    if args.aggregator is not None and len(names) != 1:
+        raise CLIError("--aggregator FILE fits one model: pass --models NAME too")
     rows: list[Row] = []
-    total = n * len(names) * len(budgets)
-    with progress_bar(total, "demo", enabled=not args.quiet) as bar:
+    with progress_bar(n * len(names), "demo", enabled=not args.quiet) as bar:
         for name in names:
             cfg = zoo.model_config(name)
             size, chans = int(cfg["input_size"][-1]), int(cfg["in_chans"])
@@ -73,16 +81,25 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
             x, xs = normalize(padded, chans).to(device), normalize(shifted, chans).to(device)
             net = zoo.create_model(name).to(device)
             bar.set_description(f"zoo:{name}")
-            units = units_within_offset(find_units(net, x[:1]), (size, size), TRAIN_TRANSLATION)
-            rows += evaluate(f"zoo:{name}", net, x, y.to(device), budgets, shifted=xs, units=units,
-                             batch_size=args.batch_size, progress=bar.update)
+            aggregator = args.aggregator or (str(zoo.aggregator_path(name)) if zoo.aggregator_path(name).is_file()
+                                             else None)
+            wanted = aggregates if aggregator is not None else [a for a in aggregates if a != "attention"]
+            if len(wanted) < len(aggregates):
+                print(f"undiscard demo: zoo:{name} has no attention aggregator (undiscard train-aggregator); "
+                      "skipping its attention rows", file=sys.stderr)
+            if not wanted:
+                continue
+            model = wrap(net, budget=1, aggregate=wanted[0], align=args.align, units=zoo.search_units(name),
+                         aggregator=aggregator if "attention" in wanted else None)
+            rows += evaluate(f"zoo:{name}", model, x, y.to(device), budgets, shifted=xs,
+                             variants=[(a, args.align) for a in wanted], batch_size=args.batch_size,
+                             progress=bar.update)
     return rows
 
 
 def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[dict]:
     from ..data.photos import shifted_crops
     from ..models import load_model
-    from ..wrapper import wrap
 
     loaded = load_model("efficientnet-lite0")
     pre = loaded.preprocess

@@ -13,14 +13,15 @@ import sys
 import torch
 
 from ..aggregate import AGGREGATES
-from ..data.folder import load_class_map, load_image, normalize_batch, scan_folder
+from ..data.folder import load_class_map, normalize_batch, scan_folder
 from ..data.shift import random_offsets, shift_images
 from .. import distributed
 from ..evaluation import evaluate, row_from_counts
 from ..report import COLUMNS, format_table, plot_budgets, write_csv, write_json
 from ..search import CRITERIA
+from ..wrapper import wrap
 from .common import (CLIError, add_model_args, add_output_args, emit_json, load_cli_model, parse_budgets,
-                     progress_bar, resolve_device)
+                     parse_aggregates, parse_units, progress_bar, read_folder_images, resolve_device)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -31,8 +32,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--class-map", default=None,
                    help="folder name -> class index: JSON object, or text with one name per line")
     p.add_argument("--budget", default="1,4,8,16", help="comma-separated budgets (default: 1,4,8,16)")
-    p.add_argument("--criterion", default="entropy", help=f"one of {', '.join(c for c in CRITERIA if c != 'learned')}")
-    p.add_argument("--aggregate", default="entropy", help="mean or entropy")
+    p.add_argument("--criterion", default="entropy", help=f"one of {', '.join(CRITERIA)} (learned: needs an aggregator)")
+    p.add_argument("--aggregate", default="entropy",
+                   help=f"one of {', '.join(AGGREGATES)}, or several comma-separated (evaluated on the same searches)")
+    p.add_argument("--aggregator", default=None,
+                   help="attention aggregator file (undiscard train-aggregator; zoo models: the shipped one)")
     p.add_argument("--align", action=argparse.BooleanOptionalAction, default=True, help="align maps by offset")
     p.add_argument("--units", default=None, help="comma-separated unit names or indices to search")
     p.add_argument("--batch-size", type=int, default=32)
@@ -43,19 +47,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _units(text: str | None):
-    if text is None:
-        return None
-    return [int(u) if u.strip().lstrip("-").isdigit() else u.strip() for u in text.split(",") if u.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
     budgets = parse_budgets(args.budget)
     device = resolve_device(args.device)
-    if args.criterion not in CRITERIA or args.criterion == "learned":
-        raise CLIError(f"unknown criterion {args.criterion!r}: expected entropy, random or offset")
-    if args.aggregate not in AGGREGATES or args.aggregate == "attention":
-        raise CLIError(f"unknown aggregate {args.aggregate!r}: expected mean or entropy")
+    if args.criterion not in CRITERIA:
+        raise CLIError(f"unknown criterion {args.criterion!r}: expected one of {', '.join(CRITERIA)}")
+    args.aggregates = parse_aggregates(args.aggregate)
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value <= 0:
             raise CLIError(f"{flag} must be positive, got {value}")
@@ -82,21 +79,9 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     order = [order[p] for p in positions]
     # shifts are drawn for the whole (global) list, so a sharded run shifts each image as one process would
     all_offsets = random_offsets(total_images, args.shift, args.seed) if args.shift else None
-    images, labels, kept = [], [], []
     quiet = args.quiet or rank != 0
-    with progress_bar(len(order), "loading", enabled=not quiet) as bar:
-        for p, i in zip(positions, order):
-            try:
-                images.append(load_image(data.paths[i], pre.in_chans, pre.input_size, pre.crop_pct, pre.pad_to))
-                labels.append(data.labels[i])
-                kept.append(p)
-            except (OSError, ValueError):
-                data.skipped_unreadable.append(str(data.paths[i]))
-            bar.update(1)
-    if not images:
-        raise CLIError(f"none of the {len(order)} image files in {args.data} (this process's share) could be read")
-    x01 = torch.stack(images)
-    y = torch.tensor(labels)
+    x01, y, read = read_folder_images(data, order, pre, quiet)
+    kept = [positions[r] for r in read]
     with torch.no_grad():
         k = loaded.model(normalize_batch(x01[:1], pre.mean, pre.std)).shape[-1]
     if int(y.max()) >= k:
@@ -107,10 +92,18 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     if all_offsets is not None:
         shifted01, _ = shift_images(x01, args.shift, args.seed, offsets=all_offsets[kept])
         xs = normalize_batch(shifted01, pre.mean, pre.std).to(device)
-    with progress_bar(len(y) * len(budgets), loaded.name, enabled=not quiet) as bar:
-        rows = evaluate(loaded.name, loaded.model.to(device), x, y.to(device), budgets, shifted=xs,
-                        criterion=args.criterion, aggregate=args.aggregate, align=args.align,
-                        units=_units(args.units), batch_size=args.batch_size, progress=bar.update)
+    aggregator = args.aggregator or loaded.aggregator
+    if ("attention" in args.aggregates or args.criterion == "learned") and aggregator is None:
+        raise CLIError("--aggregate attention / --criterion learned need --aggregator FILE "
+                       "(train one with: undiscard train-aggregator)")
+    model = wrap(loaded.model.to(device), budget=1, criterion=args.criterion, aggregate=args.aggregates[0],
+                 align=args.align, units=parse_units(args.units) if args.units is not None else loaded.units,
+                 aggregator=aggregator if aggregator is not None and (
+                     "attention" in args.aggregates or args.criterion == "learned") else None, seed=args.seed)
+    with progress_bar(len(y), loaded.name, enabled=not quiet) as bar:
+        rows = evaluate(loaded.name, model, x, y.to(device), budgets, shifted=xs,
+                        variants=[(a, args.align) for a in args.aggregates], batch_size=args.batch_size,
+                        progress=bar.update)
     summed = distributed.sum_counts([r.counts or {} for r in rows])
     rows = [row_from_counts(r, c) for r, c in zip(rows, summed)]
     unreadable = distributed.gather_lists(data.skipped_unreadable)
@@ -127,7 +120,7 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     if args.json:
         emit_json(payload)
     else:
-        cols = COLUMNS[:2] + [("top1", "top-1"), ("top5", "top-5")] + COLUMNS[3:]
+        cols = COLUMNS[:3] + [("top1", "top-1"), ("top5", "top-5")] + COLUMNS[4:]
         print(format_table(result, cols))
     if data.skipped_non_image or unreadable:
         print(f"skipped {data.skipped_non_image} non-image files and {len(unreadable)} unreadable images",

@@ -6,6 +6,7 @@ from .fashion_mnist import (
     MEAN,
     NUM_CLASSES,
     STD,
+    has_idx_files,
     load_fashion_mnist,
     load_train_val,
     read_idx,
@@ -17,7 +18,7 @@ from .shift import random_offsets, shift_images, translate
 
 __all__ = [
     "BUNDLED_TEST", "CLASS_NAMES", "DEBIAN_ROOT", "MEAN", "NUM_CLASSES", "STD",
-    "load_fashion_mnist", "load_train_val", "read_idx", "train_val_split", "write_idx",
+    "has_idx_files", "load_fashion_mnist", "load_train_val", "read_idx", "train_val_split", "write_idx",
     "normalize", "preprocess", "resize", "to_float",
     "random_offsets", "shift_images", "translate",
 ]

@@ -86,6 +86,11 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
+def has_idx_files(root: str | os.PathLike, split: Split = "train") -> bool:
+    """Whether ``root`` holds the Fashion-MNIST idx files of ``split`` (``.gz`` or not)."""
+    return all(_find(Path(root), stem) is not None for stem in _FILES[split])
+
+
 def load_fashion_mnist(split: Split = "test", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load one Fashion-MNIST split.
 

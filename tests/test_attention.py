@@ -1,0 +1,213 @@
+"""The attention aggregator, the learned criterion, incremental search, and aggregator files."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from undiscard import wrap, zoo
+from undiscard.aggregate import align_maps, uniform_weights, weighted_sum
+from undiscard.attention import AggregatorFileError, AttentionAggregator, load_aggregator, save_aggregator
+from undiscard.attention_training import TrainConfig, train_aggregator
+from undiscard.data import load_fashion_mnist, preprocess
+from undiscard.search import state_offset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MODEL = "resnet_basic"
+
+
+def _quiet_wrap(net, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = wrap(net, **kw)
+        model.prepare(X[:1])
+    return model
+
+
+images, labels = load_fashion_mnist("test")
+X = preprocess(images[:12])
+Y = torch.as_tensor(labels[:12])
+
+
+@pytest.fixture(scope="module")
+def net():
+    return zoo.create_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def units():
+    return zoo.search_units(MODEL)
+
+
+def _perturbed(agg: AttentionAggregator, seed: int = 0) -> AttentionAggregator:
+    """An aggregator with non-trivial (random) parameters, as training would leave it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in agg.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    return agg
+
+
+# --- the module -------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_untrained_module_returns_the_mean_exactly(dtype):
+    g = torch.Generator().manual_seed(1)
+    maps = torch.randn(3, 5, 8, 2, 3, generator=g, dtype=dtype) * 10
+    offsets = torch.randint(0, 4, (3, 5, 2), generator=g)
+    offsets[:, 0] = 0
+    agg = AttentionAggregator(8, 4).train()  # dropout on: still exact, the scale is zero
+    out, attn = agg(maps, offsets)
+    assert torch.equal(out, weighted_sum(maps, uniform_weights(3, 5, dtype)))
+    assert attn.shape == (3, 5, 2, 3) and torch.allclose(attn.sum(1), torch.ones(3, 2, 3))
+
+
+def test_trained_module_is_an_attention_weighted_residual():
+    g = torch.Generator().manual_seed(2)
+    maps = torch.randn(2, 4, 6, 2, 2, generator=g)
+    offsets = torch.randint(0, 4, (2, 4, 2), generator=g)
+    agg = _perturbed(AttentionAggregator(6, 4)).eval()
+    out, attn = agg(maps, offsets)
+    mean = maps.mean(1)
+    mixed = (attn[:, :, None] * maps).sum(1)
+    expected = mean + agg.scale.view(1, -1, 1, 1) * (mixed - mean)
+    assert torch.allclose(out, expected, atol=1e-6)
+    # eval mode is deterministic; training mode drops attention weights
+    assert torch.equal(agg(maps, offsets)[0], out)
+    agg.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(agg(maps, offsets)[0], out)
+    # the learned criterion's score is the sigmoid of the location-averaged attention logit
+    scores = agg.eval().state_scores(maps, offsets, maps[:, 0])
+    logits = agg.attention_logits(maps, offsets, maps[:, 0])
+    assert torch.allclose(scores, logits.flatten(2).mean(-1))
+    # softmax per location is monotone in the logit: the top-scored state gets the most attention where
+    # its logit is largest
+    assert torch.equal(attn.argmax(1), logits.argmax(1))
+
+
+def test_module_rejects_maps_and_offsets_that_do_not_fit():
+    agg = AttentionAggregator(6, 4)
+    with pytest.raises(AggregatorFileError, match="expects"):
+        agg(torch.zeros(1, 2, 5, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(AggregatorFileError, match="offsets outside"):
+        agg(torch.zeros(1, 2, 6, 2, 2), torch.full((1, 2, 2), 4, dtype=torch.long))
+
+
+# --- in the wrapper ---------------------------------------------------------------------------
+@pytest.mark.parametrize("align", [True, False])
+def test_attention_at_initialisation_equals_mean_exactly(net, units, align):
+    mean = wrap(net, budget=8, aggregate="mean", align=align, units=units)
+    with pytest.warns(UserWarning, match="untrained attention aggregator"):
+        attn = wrap(net, budget=8, aggregate="attention", align=align, units=units)
+        with torch.no_grad():
+            got = attn(X)
+    with torch.no_grad():
+        assert torch.equal(got, mean(X))
+
+
+def test_attention_equals_mean_at_init_on_token_features():
+    """A timm ViT: a prefix (class) token is aggregated with the same residual form."""
+    from undiscard._compat import import_timm
+
+    timm = import_timm()
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=1, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    mean = wrap(vit, budget=4, aggregate="mean")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        attn = wrap(vit, budget=4, aggregate="attention")
+        with torch.no_grad():
+            assert torch.equal(attn(x), mean(x))
+
+
+def test_learned_criterion_expands_the_states_with_most_attention(net, units):
+    agg = _perturbed(AttentionAggregator(256, 4), seed=3).eval()
+    model = wrap(net, budget=4, criterion="learned", aggregate="attention", units=units, aggregator=agg)
+    full = wrap(net, budget=16, aggregate="mean", units=units)
+    with torch.no_grad():
+        chosen = model.search(X)
+        cands = full.candidates(X)
+    stride = model._feature_stride(next(iter(model._engines.values())))
+    for i, per in enumerate(cands):
+        # the first expansion is at the first unit: children (j, 0), j = 1..3, join by attention score
+        children = sorted((c for c in per if c.state[1] == 0 and c.state[0] != 0), key=lambda c: c.state)
+        maps = torch.stack([c.features for c in children])[None]
+        offsets = torch.tensor([[state_offset(c.state, [2, 2]) for c in children]])
+        maps = align_maps(maps, offsets, stride)
+        with torch.no_grad():
+            scores = agg.state_scores(maps, offsets, per[0].features[None])[0]
+        order = [children[j].state for j in scores.argsort(descending=True, stable=True).tolist()]
+        assert chosen[i] == [(0, 0)] + order
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "learned", "random"])
+def test_search_is_incremental_and_prefix_costs_are_exact(net, units, criterion):
+    agg = _perturbed(AttentionAggregator(256, 4), seed=4).eval()
+    model = wrap(net, budget=16, criterion=criterion, aggregate="attention", units=units, aggregator=agg)
+    with torch.no_grad():
+        cands = model.candidates(X)
+        for b in (1, 2, 5, 8, 16):
+            model.budget = b
+            assert [[c.state for c in per[:b]] for per in cands] == model.search(X)
+            cost, ideal = model.candidates_cost(cands, b)
+            logits = model(X)
+            assert cost == pytest.approx(model.last_cost, rel=1e-9)
+            assert ideal == pytest.approx(model.last_cost_ideal, rel=1e-9)
+            assert torch.allclose(model.aggregate_candidates(cands, b), logits, atol=1e-5)
+    assert model.aggregate_candidates(cands, 1).equal(net(X))
+
+
+def test_learned_criterion_without_an_aggregator_warns_and_uses_an_untrained_one(net, units):
+    with pytest.warns(UserWarning, match="untrained"):
+        model = wrap(net, budget=4, criterion="learned", units=units)
+        with torch.no_grad():
+            states = model.search(X[:2])
+    assert all(len(s) == 4 for s in states) and model.aggregator is not None
+
+
+# --- training and files -------------------------------------------------------------------------
+def test_one_training_step_moves_only_the_aggregator(net, units, tmp_path):
+    model = _quiet_wrap(net, budget=1, aggregate="attention", units=units)
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    result = train_aggregator(model, X, Y, TrainConfig(epochs=1, budget=4, batch_size=12, lr=1e-2),
+                              val=(X[:4], Y[:4]))
+    assert all(torch.equal(before[k], v) for k, v in model.net.state_dict().items())
+    assert all(p.requires_grad for p in model.net.parameters())  # unfrozen again
+    assert float(model.aggregator.scale.detach().abs().sum()) > 0
+    (entry,) = result.history
+    assert set(entry["val"]) == {"mean", "entropy", "attention"} and result.budget == 4
+
+    path = save_aggregator(tmp_path / "agg.pt", model.aggregator, model=f"zoo:{MODEL}", units=units)
+    loaded = wrap(net, budget=8, aggregate="attention", units=units, aggregator=path)
+    model.budget = 8
+    with torch.no_grad():
+        assert torch.equal(loaded(X), model(X))
+    agg, info = load_aggregator(path)
+    assert info.units == units and info.model == f"zoo:{MODEL}"
+
+
+def test_aggregator_that_does_not_fit_the_model(net, units, tmp_path):
+    path = save_aggregator(tmp_path / "agg.pt", AttentionAggregator(256, 4), model="x", units=units)
+    with pytest.raises(AggregatorFileError, match="trained for units"):
+        wrap(net, budget=4, aggregate="attention", units=[units[1]], aggregator=path).prepare(X[:1])
+    other = save_aggregator(tmp_path / "other.pt", AttentionAggregator(17, 4), model="x", units=units)
+    with pytest.raises(AggregatorFileError, match="17 channels"):
+        wrap(net, budget=4, aggregate="attention", units=units, aggregator=other).prepare(X[:1])
+    (tmp_path / "junk.pt").write_bytes(b"not a file")
+    with pytest.raises(AggregatorFileError, match="cannot read"):
+        wrap(net, aggregate="attention", aggregator=tmp_path / "junk.pt")
+    with pytest.raises(AggregatorFileError, match="not found"):
+        wrap(net, aggregate="attention", aggregator=tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.list_models() if zoo.aggregator_path(n).is_file()])
+def test_shipped_aggregators_fit_their_models_and_are_trained(name):
+    agg, info = load_aggregator(zoo.aggregator_path(name))
+    assert info.model == f"zoo:{name}" and info.units == zoo.search_units(name)
+    assert float(agg.scale.abs().max()) > 0  # trained: no longer the mean
+    net = zoo.create_model(name)
+    model = wrap(net, budget=4, aggregate="attention", units=info.units, aggregator=zoo.aggregator_path(name))
+    with torch.no_grad():
+        assert model(X).shape == (12, 10)

@@ -1,0 +1,145 @@
+"""The learned attention aggregator (DESIGN §3) and the files it is saved in.
+
+Given the B aligned feature maps of an image's searched states, per spatial location:
+
+- a scalar **query** from the original model's map (state 0, always the first candidate),
+- a scalar **key** per state from its map plus a learned encoding of its offset (dy, dx),
+- attention ``a_b = softmax_b(q * k_b)`` across the states (dropout on it only while training),
+- output ``mean + scale * (Σ_b a_b m_b - mean)`` with a per-channel ``scale`` initialised to zero.
+
+``mean`` is computed exactly as ``aggregate="mean"`` computes it, so an untrained aggregator returns
+the mean aggregate bit for bit; training moves ``scale`` away from zero only where attention helps.
+Query and key read layer-normalised maps, so their scale does not depend on the backbone's.
+
+The per-state attention logit averaged over locations, ``mean_hw(q * k_b)``, is what
+``criterion="learned"`` ranks by: at every location softmax is monotone in it, so the states expanded
+first are those the aggregator attends to most. It depends only on the state and the original map,
+not on which other states were found, so search order never depends on batch composition.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .aggregate import uniform_weights, weighted_sum
+from .errors import UndiscardError
+
+__all__ = ["AttentionAggregator", "AggregatorFileError", "save_aggregator", "load_aggregator"]
+
+FORMAT = "undiscard-attention-aggregator/1"
+
+
+class AggregatorFileError(UndiscardError, ValueError):
+    """An aggregator file that is missing, unreadable, or does not fit the model it is used with."""
+
+
+class AttentionAggregator(nn.Module):
+    """Attention across B states per location, for (N, B, C, h, w) aligned maps.
+
+    Args:
+        channels: C, the feature map's channels.
+        offsets: T, the number of distinct offsets per axis (offsets are in [0, T)): the product of the
+            searched spatial units' rates.
+        dropout: dropout on the attention weights while training.
+    """
+
+    def __init__(self, channels: int, offsets: int, dropout: float = 0.1):
+        super().__init__()
+        if channels < 1 or offsets < 1:
+            raise ValueError(f"channels and offsets must be positive, got {channels}, {offsets}")
+        self.channels = channels
+        self.offsets = offsets
+        self.norm = nn.LayerNorm(channels)
+        self.query = nn.Linear(channels, 1)
+        self.key = nn.Linear(channels, 1)
+        self.offset_y = nn.Embedding(offsets, channels)
+        self.offset_x = nn.Embedding(offsets, channels)
+        nn.init.normal_(self.offset_y.weight, std=0.02)
+        nn.init.normal_(self.offset_x.weight, std=0.02)
+        self.scale = nn.Parameter(torch.zeros(channels))
+        self.dropout = nn.Dropout(dropout)
+
+    def _check(self, maps: Tensor, offsets: Tensor) -> None:
+        if maps.dim() != 5 or maps.shape[2] != self.channels:
+            raise AggregatorFileError(f"attention aggregator expects (N, B, {self.channels}, h, w) maps, got "
+                                      f"{tuple(maps.shape)}: was it trained for this model?")
+        if offsets.shape != (*maps.shape[:2], 2):
+            raise ValueError(f"offsets must be (N, B, 2) = {(*maps.shape[:2], 2)}, got {tuple(offsets.shape)}")
+        if bool((offsets < 0).any()) or bool((offsets >= self.offsets).any()):
+            raise AggregatorFileError(f"state offsets outside [0, {self.offsets}): the aggregator was trained "
+                                      "for other searched units")
+
+    def attention_logits(self, maps: Tensor, offsets: Tensor, anchor: Tensor) -> Tensor:
+        """Logits ``q * k_b`` (N, B, h, w) of aligned ``maps`` (N, B, C, h, w) with offsets (N, B, 2), where
+        ``anchor`` (N, C, h, w) is the original model's map the queries come from."""
+        self._check(maps, offsets)
+        p = self.query.weight.dtype
+        enc = self.offset_y(offsets[..., 0]) + self.offset_x(offsets[..., 1])  # (N, B, C)
+        keys = self.key(self.norm(maps.to(p).movedim(2, -1) + enc[:, :, None, None])).squeeze(-1)
+        query = self.query(self.norm(anchor.to(p).movedim(1, -1))).squeeze(-1)  # (N, h, w)
+        return query[:, None] * keys
+
+    def forward(self, maps: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+        """Aggregate (N, B, C, h, w) aligned maps (state 0 first) with offsets (N, B, 2).
+
+        Returns the aggregated map (N, C, h, w) and the attention (N, B, h, w).
+        """
+        n, b = maps.shape[:2]
+        mean = weighted_sum(maps, uniform_weights(n, b, maps.dtype, maps.device))
+        attn = torch.softmax(self.attention_logits(maps, offsets, maps[:, 0]), dim=1)
+        mixed = (self.dropout(attn).to(maps.dtype)[:, :, None] * maps).sum(1)
+        scale = self.scale.to(maps.dtype).view(1, -1, *([1] * (maps.dim() - 3)))
+        return mean + scale * (mixed - mean), attn
+
+    def state_scores(self, maps: Tensor, offsets: Tensor, anchor: Tensor) -> Tensor:
+        """Per-state attention score (N, B): the location-averaged attention logit (higher = more attention)."""
+        return self.attention_logits(maps, offsets, anchor).flatten(2).mean(-1)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, offsets={self.offsets}"
+
+
+@dataclass
+class AggregatorInfo:
+    """What an aggregator file says about the model and units it was trained for."""
+
+    model: str
+    units: list[str]
+    channels: int
+    offsets: int
+    dropout: float
+    meta: dict[str, Any]
+
+
+def save_aggregator(path: str | Path, aggregator: AttentionAggregator, *, model: str, units: list[str],
+                    meta: dict[str, Any] | None = None) -> Path:
+    """Save ``aggregator`` with the model name and searched unit names it was trained for."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in aggregator.state_dict().items()}
+    torch.save({"format": FORMAT, "model": model, "units": list(units), "channels": aggregator.channels,
+                "offsets": aggregator.offsets, "dropout": aggregator.dropout.p, "state_dict": state,
+                "meta": dict(meta or {})}, path)
+    return path
+
+
+def load_aggregator(path: str | Path) -> tuple[AttentionAggregator, AggregatorInfo]:
+    """Load a file written by :func:`save_aggregator` (or ``undiscard train-aggregator``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AggregatorFileError(f"aggregator file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise AggregatorFileError(f"cannot read aggregator file {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise AggregatorFileError(f"{path} is not an undiscard attention aggregator file")
+    agg = AttentionAggregator(int(blob["channels"]), int(blob["offsets"]), float(blob["dropout"]))
+    agg.load_state_dict(blob["state_dict"])
+    info = AggregatorInfo(blob["model"], list(blob["units"]), agg.channels, agg.offsets, agg.dropout.p,
+                          dict(blob.get("meta", {})))
+    return agg.eval(), info
