@@ -28,7 +28,9 @@ from . import models
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 LOGS_DIR = Path(__file__).with_name("logs")
+AGGREGATORS_DIR = Path(__file__).with_name("aggregators")
 PREFIX = "zoo:"
+TRAIN_TRANSLATION = 4  # the training crops: zero-pad 4 px, random crop back (scripts/train_zoo.py)
 
 
 class UnknownModelError(UndiscardError, ValueError):
@@ -58,10 +60,10 @@ _SPECS: dict[str, ZooSpec] = {
     for s in [
         ZooSpec("resnet_basic", "ResNet (BasicBlock)", models.resnet_basic, train=dict(epochs=5)),
         ZooSpec("resnext", "ResNeXt-D (Bottleneck, grouped conv)", models.resnext, train=dict(epochs=7)),
-        ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=10)),
-        ZooSpec("convnext", "ConvNeXt", models.convnext, train=dict(epochs=7)),
-        ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=7, lr=1.5e-3)),
-        ZooSpec("pvtv2", "PVT-v2", models.pvtv2, train=dict(epochs=8, lr=1e-3, batch_size=64)),
+        ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=14, lr=3e-3)),
+        ZooSpec("convnext", "ConvNeXt", models.convnext, train=dict(epochs=16)),
+        ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=13, lr=1.5e-3)),
+        ZooSpec("pvtv2", "PVT-v2", models.pvtv2, train=dict(epochs=11, lr=1e-3, batch_size=64)),
         ZooSpec("mobilevit", "MobileViT (timm ByobNet)", models.mobilevit, train=dict(epochs=6)),
     ]
 }
@@ -120,6 +122,27 @@ def create_model(name: str, pretrained: bool = True) -> nn.Module:
     return model.eval()
 
 
+def search_units(name: str) -> list[str]:
+    """The units searched by default for zoo model ``name``: the leading units whose phases move the input
+    by at most the ±TRAIN_TRANSLATION px of its training crops (deeper units' phases are translations the
+    model never saw, and lowered accuracy when searched: scripts/unit_sweep.py)."""
+    import torch
+
+    from ..discovery import find_units, units_within_offset
+
+    spec = _spec(name)
+    model = spec.build().eval()
+    x = torch.zeros(1, spec.in_chans, spec.input_size, spec.input_size)
+    units = find_units(model, x)
+    return [units[i].name for i in units_within_offset(units, (spec.input_size, spec.input_size),
+                                                       TRAIN_TRANSLATION)]
+
+
+def aggregator_path(name: str) -> Path:
+    """Where the shipped attention aggregator of zoo model ``name`` is (``undiscard train-aggregator``)."""
+    return AGGREGATORS_DIR / f"{_spec(name).name}.pt"
+
+
 def training_log(name: str) -> dict[str, Any] | None:
     """The training log (``zoo/logs/NAME.json``) of zoo model ``name``, or None if it has none."""
     path = LOGS_DIR / f"{_spec(name).name}.json"
@@ -153,6 +176,6 @@ def model_config(name: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "MissingWeightsError", "UnknownModelError", "ZooSpec", "build_model", "create_model", "list_models",
-    "load_weights", "model_config", "train_recipe", "training_log", "weights_path",
+    "MissingWeightsError", "TRAIN_TRANSLATION", "UnknownModelError", "ZooSpec", "aggregator_path", "build_model", "create_model", "list_models",
+    "load_weights", "model_config", "search_units", "train_recipe", "training_log", "weights_path",
 ]
