@@ -77,7 +77,7 @@ def test_weights_that_do_not_fit(capsys, folder, tmp_path):
     (["--budget", "0"], "budgets must be positive"),
     (["--budget", "-3"], "budgets must be positive"),
     (["--criterion", "greedy"], "unknown criterion"),
-    (["--aggregate", "median"], "unknown aggregate"),
+    (["--aggregate", "median"], "--aggregate must list some of"),
     (["--model", "zoo:nope"], "unknown zoo model"),
     (["--model", "timm:not_a_model"], "unknown timm model"),
     (["--weights", "/nonexistent.pt"], "weights file not found"),
@@ -167,3 +167,46 @@ def test_rgb_model_on_grayscale_images_with_a_text_class_map(capsys, folder, tmp
                             "--budget", "1,2"])
     assert out["images"] == N and [r["budget"] for r in out["results"]] == [1, 2]
     assert all(0.0 <= r["top1"] <= 100.0 for r in out["results"])
+
+
+def test_eval_with_tta_counts_every_view(capsys, folder):
+    data, class_map, images, labels = folder
+    base = ["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map", str(class_map), "--shift", "2"]
+    plain = run_json(capsys, base + ["--budget", "1,2"])["results"]
+    rows = run_json(capsys, base + ["--budget", "1,2", "--tta", "flip"])["results"]
+    assert [(r["budget"], r["tta"], r["tta_views"], r["total_budget"]) for r in rows] == \
+        [(1, "flip/mean", 2, 2), (2, "flip/mean", 2, 4)]
+    assert rows[0]["cost"] == pytest.approx(2.0)
+    assert rows[1]["cost"] == pytest.approx(2 * plain[1]["cost"], rel=0.25)  # flipped images search differently
+    assert main(base + ["--tta", "flip", "--tta-aggregate", "gps", "--quiet"]) == 2
+    assert "--fit-data" in capsys.readouterr().err
+
+
+def test_fit_tta_then_eval_with_the_file(capsys, folder, tmp_path):
+    data, class_map, _, _ = folder
+    out = tmp_path / "gps.pt"
+    log = run_json(capsys, ["fit-tta", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map", str(class_map),
+                            "--policy", "standard", "--aggregate", "gps", "--tta-budget", "3", "--out", str(out)])
+    assert out.is_file() and len(log["views"]) == 30 and 1 <= len(log["views_used"]) <= 3
+    rows = run_json(capsys, ["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map", str(class_map),
+                             "--budget", "1", "--tta", "standard", "--tta-file", str(out)])["results"]
+    assert rows[0]["tta_views"] == len(log["views_used"]) and rows[0]["cost"] == pytest.approx(len(log["views_used"]))
+    assert main(["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--tta", "flip", "--tta-file", str(out),
+                 "--quiet"]) == 2
+    assert "fitted for views" in capsys.readouterr().err
+
+
+def test_train_aggregator_then_eval_attention(capsys, folder, tmp_path):
+    data, class_map, _, _ = folder
+    out = tmp_path / "attn.pt"
+    log = run_json(capsys, ["train-aggregator", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map",
+                            str(class_map), "--out", str(out), "--epochs", "1", "--budget", "4", "--val-fraction",
+                            "0.25"])
+    assert out.is_file() and log["budget"] == 4 and log["train_images"] == 18 and len(log["history"]) == 1
+    assert set(log["history"][0]["val"]) == {"mean", "entropy", "attention"}
+    rows = run_json(capsys, ["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map", str(class_map),
+                             "--budget", "1,4", "--aggregate", "entropy,attention", "--aggregator", str(out)])["results"]
+    assert [(r["budget"], r["aggregate"]) for r in rows] == [(1, "entropy"), (1, "attention"), (4, "entropy"),
+                                                             (4, "attention")]
+    assert rows[0]["top1"] == rows[1]["top1"]  # budget 1 is the model itself, whatever the aggregation
+    assert rows[2]["cost"] == rows[3]["cost"]  # one search serves both aggregations

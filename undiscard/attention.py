@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .aggregate import uniform_weights, weighted_sum
 from .errors import UndiscardError
+from .files import load_tagged, save_tagged
 
 __all__ = ["AttentionAggregator", "AggregatorFileError", "save_aggregator", "load_aggregator"]
 
@@ -118,26 +119,15 @@ class AggregatorInfo:
 def save_aggregator(path: str | Path, aggregator: AttentionAggregator, *, model: str, units: list[str],
                     meta: dict[str, Any] | None = None) -> Path:
     """Save ``aggregator`` with the model name and searched unit names it was trained for."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in aggregator.state_dict().items()}
-    torch.save({"format": FORMAT, "model": model, "units": list(units), "channels": aggregator.channels,
-                "offsets": aggregator.offsets, "dropout": aggregator.dropout.p, "state_dict": state,
-                "meta": dict(meta or {})}, path)
-    return path
+    return save_tagged(path, FORMAT, {"model": model, "units": list(units), "channels": aggregator.channels,
+                                      "offsets": aggregator.offsets, "dropout": aggregator.dropout.p,
+                                      "state_dict": state, "meta": meta})
 
 
 def load_aggregator(path: str | Path) -> tuple[AttentionAggregator, AggregatorInfo]:
     """Load a file written by :func:`save_aggregator` (or ``undiscard train-aggregator``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AggregatorFileError(f"aggregator file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise AggregatorFileError(f"cannot read aggregator file {path}: {type(err).__name__}: {err}") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise AggregatorFileError(f"{path} is not an undiscard attention aggregator file")
+    blob = load_tagged(path, FORMAT, AggregatorFileError, "aggregator")
     agg = AttentionAggregator(int(blob["channels"]), int(blob["offsets"]), float(blob["dropout"]))
     agg.load_state_dict(blob["state_dict"])
     info = AggregatorInfo(blob["model"], list(blob["units"]), agg.channels, agg.offsets, agg.dropout.p,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .wrapper import Undiscard, wrap
 
-__all__ = ["Row", "evaluate", "row_from_counts", "topk_correct"]
+__all__ = ["Row", "evaluate", "evaluate_tta", "row_from_counts", "topk_correct"]
 
 
 @dataclass
@@ -47,6 +47,9 @@ class Row:
     units: list[str]
     seconds: float  # wall time of the model's whole evaluation (one search serves all budgets and variants)
     counts: dict[str, float] | None = None  # exact sums behind the percentages (for sharded evaluation)
+    tta: str | None = None  # image-space TTA: "policy/aggregate", None without
+    tta_views: int = 1  # views run per image
+    total_budget: int | None = None  # views x budget: states evaluated per image
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +66,8 @@ def row_from_counts(template: Row, counts: dict[str, float]) -> Row:
                consistency=100.0 * counts["agree"] / n if shifted else None,
                cost=counts["cost_sum"] / n, cost_ideal=counts["ideal_sum"] / n, n=int(n),
                criterion=template.criterion, aggregate=template.aggregate, align=template.align,
-               units=template.units, seconds=template.seconds, counts=counts)
+               units=template.units, seconds=template.seconds, counts=counts, tta=template.tta,
+               tta_views=template.tta_views, total_budget=template.tta_views * template.budget)
 
 
 def topk_correct(logits: Tensor, labels: Tensor, k: int) -> int:
@@ -103,38 +107,81 @@ def evaluate(name: str, net: nn.Module | Undiscard, images: Tensor, labels: Tens
     model.budget = top  # validates the budget against the state space
     n = images.shape[0]
     keys = [(b, v) for b in budgets for v in variants]
-    counts = {k: dict.fromkeys(("correct1", "correct5", "correct_shifted", "agree", "cost_sum", "ideal_sum"), 0.0)
-              for k in keys}
+    tallies = {k: _Tally() for k in keys}
     t0 = time.perf_counter()
     for sl in _batches(n, batch_size):
-        m = sl.stop - sl.start
-        runs = [(images[sl], True)] + ([(shifted[sl], False)] if shifted is not None else [])
-        preds: dict[tuple, Tensor] = {}
-        for x, clean in runs:
+        y = labels[sl]
+        for x, clean in [(images[sl], True)] + ([(shifted[sl], False)] if shifted is not None else []):
             cands = model.candidates(x, top)
             for b in budgets:
                 cost, ideal = model.candidates_cost(cands, b)
                 for v in variants:
-                    c = counts[(b, v)]
                     logits = model.aggregate_candidates(cands, b, aggregate=v[0], align=v[1])
-                    y = labels[sl]
-                    if clean:
-                        c["correct1"] += topk_correct(logits, y, 1)
-                        c["correct5"] += topk_correct(logits, y, 5)
-                        c["cost_sum"] += cost * m
-                        c["ideal_sum"] += ideal * m
-                        preds[(b, v)] = logits.argmax(-1)
-                    else:
-                        c["correct_shifted"] += topk_correct(logits, y, 1)
-                        c["agree"] += int((preds[(b, v)] == logits.argmax(-1)).sum())
+                    tallies[(b, v)].add(logits, y, clean, cost, ideal)
         if progress is not None:
-            progress(m)
+            progress(sl.stop - sl.start)
     seconds = time.perf_counter() - t0
+    return [row_from_counts(Row(model=name, budget=b, top1=0.0, top5=None, top1_shifted=None, consistency=None,
+                                cost=0.0, cost_ideal=0.0, n=n, criterion=model.criterion, aggregate=agg, align=al,
+                                units=[u.name for u in model.search_units], seconds=seconds),
+                            tallies[(b, (agg, al))].counts(n, shifted is not None))
+            for b, (agg, al) in keys]
+
+
+class _Tally:
+    """Running sums for one row; clean batches must come before their shifted copies."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(("correct1", "correct5", "correct_shifted", "agree", "cost_sum", "ideal_sum"), 0.0)
+        self._preds: Tensor | None = None
+
+    def add(self, logits: Tensor, y: Tensor, clean: bool, cost: float, ideal: float) -> None:
+        s = self.sums
+        if clean:
+            s["correct1"] += topk_correct(logits, y, 1)
+            s["correct5"] += topk_correct(logits, y, 5)
+            s["cost_sum"] += cost * len(y)
+            s["ideal_sum"] += ideal * len(y)
+            self._preds = logits.argmax(-1)
+        else:
+            assert self._preds is not None
+            s["correct_shifted"] += topk_correct(logits, y, 1)
+            s["agree"] += int((self._preds == logits.argmax(-1)).sum())
+
+    def counts(self, n: int, shifted: bool) -> dict[str, float]:
+        return {**self.sums, "n": float(n), "shifted": float(shifted)}
+
+
+@torch.no_grad()
+def evaluate_tta(name: str, tta, images: Tensor, labels: Tensor, budgets: Sequence[int], *,
+                 shifted: Tensor | None = None, batch_size: int = 128,
+                 progress: Callable[[int], None] | None = None) -> list[Row]:
+    """Evaluate a :class:`~undiscard.tta.TTA` at each phase budget per view (its model must be a
+    ``wrap()``-ed one for budgets other than 1). Rows carry ``tta``, ``tta_views`` and ``total_budget``
+    (views x budget); ``cost`` counts every view's forwards and searches."""
+    inner = tta.model
+    if not isinstance(inner, Undiscard) and any(b != 1 for b in budgets):
+        raise ValueError("phase budgets other than 1 need TTA around a wrap()-ed model")
+    n = images.shape[0]
     rows: list[Row] = []
-    for b, (agg, al) in keys:
-        c = {**counts[(b, (agg, al))], "n": float(n), "shifted": float(shifted is not None)}
-        template = Row(model=name, budget=b, top1=0.0, top5=None, top1_shifted=None, consistency=None,
-                       cost=0.0, cost_ideal=0.0, n=n, criterion=model.criterion, aggregate=agg, align=al,
-                       units=[u.name for u in model.search_units], seconds=seconds)
-        rows.append(row_from_counts(template, c))
+    for b in budgets:
+        if isinstance(inner, Undiscard):
+            inner.budget = b
+        tally = _Tally()
+        t0 = time.perf_counter()
+        for sl in _batches(n, batch_size):
+            y = labels[sl]
+            for x, clean in [(images[sl], True)] + ([(shifted[sl], False)] if shifted is not None else []):
+                logits = tta(x)
+                tally.add(logits, y, clean, tta.last_cost, tta.last_cost)
+            if progress is not None:
+                progress(sl.stop - sl.start)
+        wrapped = isinstance(inner, Undiscard)
+        template = Row(model=name, budget=b, top1=0.0, top5=None, top1_shifted=None, consistency=None, cost=0.0,
+                       cost_ideal=0.0, n=n, criterion=inner.criterion if wrapped else "-",
+                       aggregate=inner.aggregate if wrapped else "-", align=inner.align if wrapped else False,
+                       units=[u.name for u in inner.search_units] if wrapped else [],
+                       seconds=time.perf_counter() - t0, tta=f"{tta.policy_name}/{tta.aggregator.name}",
+                       tta_views=len(tta.views))
+        rows.append(row_from_counts(template, tally.counts(n, shifted is not None)))
     return rows

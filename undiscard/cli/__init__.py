@@ -10,11 +10,11 @@ import sys
 from typing import Callable, Sequence
 
 from ..errors import UndiscardError
-from . import demo, eval, models, predict, train_aggregator
+from . import demo, eval, fit_tta, models, predict, train_aggregator
 
 __all__ = ["main", "build_parser"]
 
-SUBCOMMANDS = [models, demo, eval, predict, train_aggregator]
+SUBCOMMANDS = [models, demo, eval, predict, train_aggregator, fit_tta]
 
 
 def build_parser() -> argparse.ArgumentParser:

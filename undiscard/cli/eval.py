@@ -4,6 +4,11 @@ Reports top-1, top-5 and cost per budget; with ``--shift PIXELS`` also top-1 on 
 copies (each image translated by an offset with 1 <= max(|dy|, |dx|) <= PIXELS, zero fill, before
 normalisation) and shift consistency. Files that are not images are skipped and counted; unreadable
 images likewise (both counts are printed and are in the JSON).
+
+``--aggregate`` may list several aggregations (``mean,entropy,attention``): they are evaluated on the
+same searches. ``attention`` and ``--criterion learned`` use ``--aggregator FILE`` (zoo models: the
+shipped one). ``--tta POLICY`` adds image-space test-time augmentation around the model: each view gets
+its own phase search at each ``--budget``, and cost counts every view.
 """
 from __future__ import annotations
 
@@ -14,14 +19,15 @@ import torch
 
 from ..aggregate import AGGREGATES
 from ..data.folder import load_class_map, normalize_batch, scan_folder
-from ..data.shift import random_offsets, shift_images
 from .. import distributed
-from ..evaluation import evaluate, row_from_counts
+from ..data.shift import random_offsets, shift_images
+from ..evaluation import evaluate, evaluate_tta, row_from_counts
 from ..report import COLUMNS, format_table, plot_budgets, write_csv, write_json
 from ..search import CRITERIA
 from ..wrapper import wrap
 from .common import (CLIError, add_model_args, add_output_args, emit_json, load_cli_model, parse_budgets,
                      parse_aggregates, parse_units, progress_bar, read_folder_images, resolve_device)
+from .fit_tta import add_tta_args, build_tta
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -43,6 +49,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     p.add_argument("--shift", type=int, default=0, help="also evaluate copies shifted by up to PIXELS")
     p.add_argument("--seed", type=int, default=0)
+    add_tta_args(p)
     add_output_args(p)
     return p
 
@@ -100,10 +107,16 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                  align=args.align, units=parse_units(args.units) if args.units is not None else loaded.units,
                  aggregator=aggregator if aggregator is not None and (
                      "attention" in args.aggregates or args.criterion == "learned") else None, seed=args.seed)
-    with progress_bar(len(y), loaded.name, enabled=not quiet) as bar:
-        rows = evaluate(loaded.name, model, x, y.to(device), budgets, shifted=xs,
-                        variants=[(a, args.align) for a in args.aggregates], batch_size=args.batch_size,
-                        progress=bar.update)
+    if args.tta is not None:
+        tta = build_tta(args, loaded, model, quiet)
+        with progress_bar(len(y) * len(budgets), f"{loaded.name} + TTA", enabled=not quiet) as bar:
+            rows = evaluate_tta(loaded.name, tta, x, y.to(device), budgets, shifted=xs, batch_size=args.batch_size,
+                                progress=bar.update)
+    else:
+        with progress_bar(len(y), loaded.name, enabled=not quiet) as bar:
+            rows = evaluate(loaded.name, model, x, y.to(device), budgets, shifted=xs,
+                            variants=[(a, args.align) for a in args.aggregates], batch_size=args.batch_size,
+                            progress=bar.update)
     summed = distributed.sum_counts([r.counts or {} for r in rows])
     rows = [row_from_counts(r, c) for r, c in zip(rows, summed)]
     unreadable = distributed.gather_lists(data.skipped_unreadable)
@@ -120,7 +133,10 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     if args.json:
         emit_json(payload)
     else:
-        cols = COLUMNS[:3] + [("top1", "top-1"), ("top5", "top-5")] + COLUMNS[4:]
+        cols = (COLUMNS[:3] + [("tta", "TTA"), ("tta_views", "views"), ("top1", "top-1"), ("top5", "top-5")]
+                + COLUMNS[4:])
+        if args.tta is None:
+            cols = [c for c in cols if c[0] not in ("tta", "tta_views")]
         print(format_table(result, cols))
     if data.skipped_non_image or unreadable:
         print(f"skipped {data.skipped_non_image} non-image files and {len(unreadable)} unreadable images",

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
            "data": described, "train_images": len(tr), "val_images": n_val, "budget": result.budget,
            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0,
-           "torch": torch.__version__, "history": result.history}
+           "torch": str(torch.__version__), "history": result.history}
     save_aggregator(args.out, model.aggregator, model=loaded.name, units=log["units"], meta=log)
     log_path = args.out.with_suffix(".json")
     log_path.write_text(json.dumps(log, indent=1) + "\n")

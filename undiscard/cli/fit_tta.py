@@ -1,0 +1,123 @@
+"""``undiscard fit-tta``: fit a learned TTA aggregator (gps, classtta, augtta) on labelled images.
+
+Logits of every view of ``--policy`` are computed once on ``--data`` (never the test set; for zoo
+models a Fashion-MNIST idx directory means its held-out validation part), with ``--budget`` phase states
+per view (1 = the plain model; more = the combination with the phase search), and the aggregator is
+fitted on them. The file it writes is what ``undiscard eval --tta POLICY --tta-file FILE`` loads.
+Also holds the ``--tta`` options that ``eval`` shares.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.folder import normalize_batch
+from ..tta import FITTED, TTA, TTA_AGGREGATES
+from ..wrapper import wrap
+from .common import (CLIError, add_model_args, emit_json, load_cli_model, load_labelled, parse_units, progress_bar,
+                     resolve_device)
+
+
+def add_tta_args(p: argparse.ArgumentParser) -> None:
+    """The image-space TTA options of ``eval``."""
+    g = p.add_argument_group("image-space test-time augmentation")
+    g.add_argument("--tta", default=None, metavar="POLICY",
+                   help="flip, standard, expanded, or comma-separated views (e.g. identity,hflip,shift:2,0)")
+    g.add_argument("--tta-aggregate", default="mean", help=f"one of {', '.join(TTA_AGGREGATES)} (default: mean)")
+    g.add_argument("--tta-budget", type=int, default=None, help="views per image (default: all of the policy's)")
+    g.add_argument("--tta-file", default=None, help="a fitted aggregator from `undiscard fit-tta`")
+    g.add_argument("--fit-data", default=None,
+                   help="labelled images to fit gps/classtta/augtta on first (an idx directory or image folder)")
+
+
+def build_tta(args: argparse.Namespace, loaded, model: torch.nn.Module, quiet: bool) -> TTA:
+    """The TTA that ``--tta ...`` asks for around ``model``, fitted or loaded when it must be."""
+    if args.tta_budget is not None and args.tta_budget <= 0:
+        raise CLIError(f"--tta-budget must be positive, got {args.tta_budget}")
+    if args.tta_file is not None:
+        return TTA(model, args.tta, Path(args.tta_file))
+    if args.tta_aggregate not in TTA_AGGREGATES:
+        raise CLIError(f"unknown --tta-aggregate {args.tta_aggregate!r}: expected one of {', '.join(TTA_AGGREGATES)}")
+    tta = TTA(model, args.tta, args.tta_aggregate, budget=args.tta_budget)
+    if args.tta_aggregate in FITTED:
+        if args.fit_data is None:
+            raise CLIError(f"--tta-aggregate {args.tta_aggregate} is fitted: pass --fit-data DIR (labelled, not the "
+                           "test set) or --tta-file FILE from `undiscard fit-tta`")
+        fit_args = copy.copy(args)
+        fit_args.data, fit_args.limit = args.fit_data, getattr(args, "fit_limit", None)
+        x01, y, _ = load_labelled(fit_args, loaded, quiet)
+        pre = loaded.preprocess
+        device = next(iter(model.parameters()), torch.zeros(())).device
+        tta.fit(normalize_batch(x01, pre.mean, pre.std).to(device), y.to(device))
+    return tta
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("fit-tta", help="fit a learned TTA aggregator (gps, classtta, augtta)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="labelled images: an idx directory (zoo) or DIR/CLASS/IMAGE")
+    p.add_argument("--class-map", default=None, help="folder name -> class index (JSON or one name per line)")
+    p.add_argument("--policy", default="standard", help="flip, standard, expanded, or comma-separated views")
+    p.add_argument("--aggregate", default="gps", help=f"one of {', '.join(FITTED)} (default: gps)")
+    p.add_argument("--tta-budget", type=int, default=None, help="views to use (gps: greedy steps); default all")
+    p.add_argument("--budget", type=int, default=1, help="phase states per view (default: 1, the plain model)")
+    p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
+    p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="file to write (.pt); FILE.json gets the log")
+    p.add_argument("--json", action="store_true", help="print the log as JSON on stdout")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.aggregate not in FITTED:
+        raise CLIError(f"--aggregate must be one of {', '.join(FITTED)} (mean and max need no fitting), "
+                       f"got {args.aggregate!r}")
+    for flag, value in (("--budget", args.budget), ("--tta-budget", args.tta_budget), ("--limit", args.limit)):
+        if value is not None and value <= 0:
+            raise CLIError(f"{flag} must be positive, got {value}")
+    device = resolve_device(args.device)
+    loaded = load_cli_model(args)
+    x01, y, described = load_labelled(args, loaded, args.quiet)
+    pre = loaded.preprocess
+    x, y = normalize_batch(x01, pre.mean, pre.std).to(device), y.to(device)
+    net = loaded.model.to(device)
+    model = net if args.budget == 1 else wrap(net, budget=args.budget,
+                                              units=parse_units(args.units) if args.units else loaded.units)
+    t0 = time.perf_counter()
+    tta = TTA(model, args.policy, args.aggregate, budget=args.tta_budget)
+    mean = TTA(model, args.policy, "mean", budget=len(tta.policy))
+    with progress_bar(len(y), f"{loaded.name} views", enabled=not args.quiet) as bar, torch.no_grad():
+        logits = []
+        for s in range(0, len(y), 256):
+            logits.append(tta.view_logits(x[s:s + 256], tta.policy))
+            bar.update(len(y[s:s + 256]))
+        logits = torch.cat(logits)
+    with torch.enable_grad():
+        tta.aggregator.fit(logits, y)
+    with torch.no_grad():
+        fitted_acc = float((tta.aggregator(logits[:, tta.aggregator.views()]).argmax(-1) == y).float().mean()) * 100
+        mean_acc = float((mean.aggregator(logits).argmax(-1) == y).float().mean()) * 100
+    log = {"model": loaded.name, "policy": args.policy, "views": [v.name for v in tta.policy],
+           "aggregate": args.aggregate, "views_used": [v.name for v in tta.views], "budget": args.budget,
+           "data": described, "images": len(y), "seconds": time.perf_counter() - t0,
+           "fit_top1": fitted_acc, "fit_top1_mean_of_all_views": mean_acc}
+    tta.save(args.out, meta=log)
+    log_path = args.out.with_suffix(".json")
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    if args.json:
+        emit_json(log)
+    else:
+        print(f"{args.aggregate} on {len(tta.views)} of {len(tta.policy)} views ({', '.join(log['views_used'])}): "
+              f"top-1 on the fitting data {fitted_acc:.2f} (mean of all views: {mean_acc:.2f})")
+        print(f"wrote {args.out} and {log_path}", file=sys.stderr)
+    return 0
