@@ -30,25 +30,32 @@ def test_python_dash_m_entry_point():
 @needs_weights
 def test_demo_json_rows_and_files(capsys, tmp_path):
     name = TRAINED[0]
-    code = main(["demo", "--models", name, "--limit", "40", "--budget", "1,2", "--no-lite0", "--quiet", "--json",
+    code = main(["demo", "--models", name, "--limit", "40", "--budget", "1,4", "--no-lite0", "--quiet", "--json",
                  "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads(capsys.readouterr().out)
     rows = payload["results"]
-    assert [(r["model"], r["budget"]) for r in rows] == [(f"zoo:{name}", 1), (f"zoo:{name}", 2)]
+    ours = [r for r in rows if r["tta"] is None]
+    aggregates = ["entropy", "attention"] if zoo.aggregator_path(name).is_file() else ["entropy"]
+    assert [(r["model"], r["budget"], r["aggregate"]) for r in ours] == \
+        [(f"zoo:{name}", b, a) for b in (1, 4) for a in aggregates]
     for r in rows:
         for key in ("top1", "top1_shifted", "consistency", "cost"):
             assert isinstance(r[key], float)
         assert r["n"] == 40
-    assert rows[0]["cost"] == 1.0 and rows[1]["cost"] > 1.0
+    assert ours[0]["cost"] == 1.0 and ours[-1]["cost"] > 1.0
     # budget 1 is the plain model: its accuracy recomputed here without undiscard
     images, labels = load_fashion_mnist("test")
     cfg = zoo.model_config(name)
     x = normalize(resize(to_float(images[:40]), cfg["input_size"][-1]), cfg["in_chans"])
     with torch.no_grad():
         pred = zoo.create_model(name)(x).argmax(-1)
-    assert rows[0]["top1"] == pytest.approx(100.0 * (pred == torch.as_tensor(labels[:40])).float().mean().item())
-    for f in ("results.json", "results.csv", "metrics_vs_budget.png", "accuracy_vs_cost.png"):
+    assert ours[0]["top1"] == pytest.approx(100.0 * (pred == torch.as_tensor(labels[:40])).float().mean().item())
+    # TTA alone with 4 views and flip x 2 states: the same total budget, cost counted over all views
+    tta = [(r["tta"], r["budget"], r["tta_views"], r["total_budget"]) for r in rows if r["tta"]]
+    assert tta == [("standard/mean", 1, 4, 4), ("flip/mean", 2, 2, 4)]
+    assert [r["cost"] for r in rows if r["tta"]][0] == 4.0
+    for f in ("results.json", "results.csv", "metrics_vs_budget.png", "accuracy_vs_cost.png", "tta_comparison.png"):
         assert (tmp_path / f).stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["results"] == rows
 
@@ -59,6 +66,11 @@ def test_demo_json_rows_and_files(capsys, tmp_path):
     (["demo", "--budget", "a,b"], "comma-separated integers"),
     (["demo", "--limit", "0", "--no-lite0"], "--limit must be positive"),
     (["demo", "--max-shift", "0"], "--max-shift must be >= 1"),
+    (["demo", "--aggregate", "median", "--no-lite0"], "--aggregate must list some of"),
+    (["demo", "--aggregator", "x.pt", "--no-lite0"], "fits one model"),
+    (["train-aggregator", "--model", "zoo:resnext", "--data", "/nonexistent", "--out", "x.pt"], "not a directory"),
+    (["fit-tta", "--model", "zoo:resnext", "--data", ".", "--aggregate", "mean", "--out", "x.pt"],
+     "need no fitting"),
     (["demo", "--device", "cuda:0"] if not torch.cuda.is_available() else ["demo", "--device", "nope"], "device"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):

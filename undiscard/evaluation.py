@@ -43,7 +43,7 @@ class Row:
     n: int
     criterion: str
     aggregate: str
-    align: bool
+    align: bool | None
     units: list[str]
     seconds: float  # wall time of the model's whole evaluation (one search serves all budgets and variants)
     counts: dict[str, float] | None = None  # exact sums behind the percentages (for sharded evaluation)
@@ -179,7 +179,7 @@ def evaluate_tta(name: str, tta, images: Tensor, labels: Tensor, budgets: Sequen
         wrapped = isinstance(inner, Undiscard)
         template = Row(model=name, budget=b, top1=0.0, top5=None, top1_shifted=None, consistency=None, cost=0.0,
                        cost_ideal=0.0, n=n, criterion=inner.criterion if wrapped else "-",
-                       aggregate=inner.aggregate if wrapped else "-", align=inner.align if wrapped else False,
+                       aggregate=inner.aggregate if wrapped else "-", align=inner.align if wrapped else None,
                        units=[u.name for u in inner.search_units] if wrapped else [],
                        seconds=time.perf_counter() - t0, tta=f"{tta.policy_name}/{tta.aggregator.name}",
                        tta_views=len(tta.views))

@@ -7,12 +7,16 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["format_table", "write_json", "write_csv", "plot_budgets", "series_name"]
+__all__ = ["format_table", "write_json", "write_csv", "plot_budgets", "series_name", "method_name"]
 
 Rows = Sequence[dict[str, Any]]
 
-COLUMNS = [("model", "model"), ("budget", "B"), ("aggregate", "aggregate"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
+COLUMNS = [("model", "model"), ("budget", "B"), ("tta", "TTA"), ("total_budget", "total"), ("criterion", "criterion"),
+           ("aggregate", "aggregate"), ("align", "align"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
            ("consistency", "consistency"), ("cost", "cost x")]
+
+
+_ONLY_IF_VARYING = {"criterion", "align", "total_budget"}  # shown only when rows differ in them
 
 
 def _fmt(v: Any) -> str:
@@ -27,7 +31,8 @@ def _fmt(v: Any) -> str:
 
 def format_table(rows: Rows, columns: Sequence[tuple[str, str]] = COLUMNS, markdown: bool = False) -> str:
     """A fixed-width (or markdown) table of ``rows``, one column per (key, header)."""
-    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)]
+    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)
+            and (k not in _ONLY_IF_VARYING or len({str(r.get(k)) for r in rows}) > 1)]
     cells = [[_fmt(r.get(k)) for k, _ in cols] for r in rows]
     heads = [h for _, h in cols]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
@@ -63,8 +68,45 @@ def plot_budgets(rows: Rows, out_dir: Path, metrics: Sequence[tuple[str, str]] |
     metrics = [(k, label) for k, label in metrics if any(r.get(k) is not None for r in rows)]
     out_dir.mkdir(parents=True, exist_ok=True)
     accuracy = [(k, label) for k, label in metrics if k != "consistency"]
-    return [_panels(rows, metrics, "budget", "budget (states per image)", out_dir / "metrics_vs_budget.png"),
-            _panels(rows, accuracy, "cost", "cost (baseline forwards per image)", out_dir / "accuracy_vs_cost.png")]
+    ours = [r for r in rows if not r.get("tta")]
+    paths = [_panels(ours, metrics, "budget", "budget (states per image)", out_dir / "metrics_vs_budget.png"),
+             _panels(ours, accuracy, "cost", "cost (baseline forwards per image)", out_dir / "accuracy_vs_cost.png")]
+    if any(r.get("tta") for r in rows):
+        paths.append(_method_panels(rows, metrics, out_dir / "tta_comparison.png"))
+    return paths
+
+
+def method_name(row: dict[str, Any]) -> str:
+    """What produced a row, without the model: ``ours (entropy)``, ``TTA standard/mean``, ``TTA flip/mean + ours``."""
+    if not row.get("tta"):
+        return f"ours ({row.get('aggregate')})"
+    return f"TTA {row['tta']}" + (" + ours" if row.get("budget", 1) > 1 else "")
+
+
+def _method_panels(rows: Rows, metrics: Sequence[tuple[str, str]], path: Path) -> Path:
+    """Each metric vs total budget (views x states), one line per method, averaged over the models."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    methods = list(dict.fromkeys(method_name(r) for r in rows))
+    for ax, (key, label) in zip(axes[0], metrics):
+        for m in methods:
+            by_total: dict[int, list[float]] = {}
+            for r in rows:
+                if method_name(r) == m and r.get(key) is not None:
+                    by_total.setdefault(int(r.get("total_budget") or r["budget"]), []).append(r[key])
+            pts = sorted((t, sum(v) / len(v)) for t, v in by_total.items())
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("total budget (views x states)")
+        ax.set_ylabel(f"{label}, mean over models")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def series_name(row: dict[str, Any], rows: Rows) -> str:

@@ -3,7 +3,9 @@
 For every zoo model, at budgets 1 (the original model) to 16 with the entropy criterion, aggregated
 by entropy weights and by the model's shipped attention aggregator (both on the same searches): clean
 top-1, top-1 on shifted copies, shift consistency, and cost — on a fixed subset of the bundled
-Fashion-MNIST test set (``--full``: all 10,000). Zoo models search the leading units whose
+Fashion-MNIST test set (``--full``: all 10,000). Beside them, at the same total budgets t: image-space
+TTA alone (the first t views of the ``standard`` policy, mean of logits; rows with ``tta`` set and
+budget 1) and TTA + phase search (``flip`` x t/2 states per view). Zoo models search the leading units whose
 phases move the input by at most the ±4 px of their training crops (measured with
 scripts/unit_sweep.py: deeper units, whose phases are translations the models never saw, lower
 accuracy). Shifted copies: each image translated by a
@@ -43,7 +45,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="comma-separated aggregations, all on the same searches (default: entropy,attention; "
                         "attention uses each zoo model's shipped aggregator)")
     p.add_argument("--aggregator", default=None, help="attention aggregator file (with a single --models)")
-    p.add_argument("--no-align", dest="align", action="store_false", help="aggregate without offset alignment")
+    p.add_argument("--align", choices=("on", "off", "both"), default="on",
+                   help="offset alignment of the maps before aggregating (default: on)")
+    p.add_argument("--criterion", default="entropy", choices=("entropy", "learned", "random", "offset"),
+                   help="search order (default: entropy; learned uses the shipped aggregator)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="also compare image-space TTA and TTA + phase search at equal total budgets (default: on)")
     p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
     add_output_args(p)
     return p
@@ -71,8 +78,12 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
     aggregates = parse_aggregates(args.aggregate)
     if args.aggregator is not None and len(names) != 1:
         raise CLIError("--aggregator FILE fits one model: pass --models NAME too")
+    aligns = {"on": [True], "off": [False], "both": [True, False]}[args.align]
+    tta_budgets = [t for t in budgets if t > 1] if args.tta else []
+    # per image: one search, then TTA alone with t views and flip x t/2 states for every total budget t
+    work = n * (1 + len(tta_budgets) + len([t for t in tta_budgets if t % 2 == 0 and t >= 4]))
     rows: list[Row] = []
-    with progress_bar(n * len(names), "demo", enabled=not args.quiet) as bar:
+    with progress_bar(work * len(names), "demo", enabled=not args.quiet) as bar:
         for name in names:
             cfg = zoo.model_config(name)
             size, chans = int(cfg["input_size"][-1]), int(cfg["in_chans"])
@@ -87,13 +98,35 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
             if len(wanted) < len(aggregates):
                 print(f"undiscard demo: zoo:{name} has no attention aggregator (undiscard train-aggregator); "
                       "skipping its attention rows", file=sys.stderr)
+            if args.criterion == "learned" and aggregator is None:
+                raise CLIError(f"--criterion learned: zoo:{name} has no attention aggregator")
             if not wanted:
                 continue
-            model = wrap(net, budget=1, aggregate=wanted[0], align=args.align, units=zoo.search_units(name),
-                         aggregator=aggregator if "attention" in wanted else None)
+            learned = "attention" in wanted or args.criterion == "learned"
+            model = wrap(net, budget=1, criterion=args.criterion, aggregate=wanted[0], align=aligns[0],
+                         units=zoo.search_units(name), aggregator=aggregator if learned else None)
             rows += evaluate(f"zoo:{name}", model, x, y.to(device), budgets, shifted=xs,
-                             variants=[(a, args.align) for a in wanted], batch_size=args.batch_size,
+                             variants=[(a, al) for a in wanted for al in aligns], batch_size=args.batch_size,
                              progress=bar.update)
+            rows += _tta_rows(f"zoo:{name}", net, model, x, xs, y.to(device), tta_budgets, args, bar)
+    return rows
+
+
+def _tta_rows(name: str, net, model, x, xs, y, totals: list[int], args: argparse.Namespace, bar) -> list[Row]:
+    """At each total budget t: image-space TTA alone (the first t views of the ``standard`` policy, mean
+    of logits) and, from t = 4, TTA + phase search (``flip`` x t/2 states per view); ``ours`` alone is in the
+    main rows."""
+    from ..evaluation import evaluate_tta
+    from ..tta import TTA
+
+    rows: list[Row] = []
+    for t in totals:
+        rows += evaluate_tta(name, TTA(net, "standard", "mean", budget=t), x, y, [1], shifted=xs,
+                             batch_size=args.batch_size, progress=bar.update)
+        if t % 2 == 0 and t >= 4:
+            model.budget = t // 2
+            rows += evaluate_tta(name, TTA(model, "flip", "mean"), x, y, [t // 2], shifted=xs,
+                                 batch_size=args.batch_size, progress=bar.update)
     return rows
 
 

@@ -133,10 +133,8 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     if args.json:
         emit_json(payload)
     else:
-        cols = (COLUMNS[:3] + [("tta", "TTA"), ("tta_views", "views"), ("top1", "top-1"), ("top5", "top-5")]
-                + COLUMNS[4:])
-        if args.tta is None:
-            cols = [c for c in cols if c[0] not in ("tta", "tta_views")]
+        top1 = [k for k, _ in COLUMNS].index("top1")
+        cols = COLUMNS[:top1 + 1] + [("top5", "top-5")] + COLUMNS[top1 + 1:]
         print(format_table(result, cols))
     if data.skipped_non_image or unreadable:
         print(f"skipped {data.skipped_non_image} non-image files and {len(unreadable)} unreadable images",
