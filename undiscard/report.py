@@ -85,28 +85,19 @@ def method_name(row: dict[str, Any]) -> str:
 
 def _method_panels(rows: Rows, metrics: Sequence[tuple[str, str]], path: Path) -> Path:
     """Each metric vs total budget (views x states), one line per method, averaged over the models."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     methods = list(dict.fromkeys(method_name(r) for r in rows))
-    for ax, (key, label) in zip(axes[0], metrics):
+    lines = []
+    for key, _ in metrics:
+        per: dict[str, list] = {}
         for m in methods:
             by_total: dict[int, list[float]] = {}
             for r in rows:
                 if method_name(r) == m and r.get(key) is not None:
                     by_total.setdefault(int(r.get("total_budget") or r["budget"]), []).append(r[key])
-            pts = sorted((t, sum(v) / len(v)) for t, v in by_total.items())
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("total budget (views x states)")
-        ax.set_ylabel(f"{label}, mean over models")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+            per[m] = sorted((t, sum(v) / len(v)) for t, v in by_total.items())
+        lines.append(per)
+    labels = [(k, f"{label}, mean over models") for k, label in metrics]
+    return _draw(lines, labels, "total budget (views x states)", path)
 
 
 def series_name(row: dict[str, Any], rows: Rows) -> str:
@@ -118,16 +109,22 @@ def series_name(row: dict[str, Any], rows: Rows) -> str:
 
 def _panels(rows: Rows, metrics: Sequence[tuple[str, str]], xkey: str, xlabel: str, path: Path) -> Path:
     """One panel per metric, one line per model (and setting), x on a log2 axis."""
-    import matplotlib.pyplot as plt
-
     names = [series_name(r, rows) for r in rows]
     series = list(dict.fromkeys(names))
+    lines = [{m: sorted((r[xkey], r[key]) for r, nm in zip(rows, names) if nm == m and r.get(key) is not None)
+              for m in series} for key, _ in metrics]
+    return _draw(lines, metrics, xlabel, path)
+
+
+def _draw(lines: list[dict[str, list]], metrics: Sequence[tuple[str, str]], xlabel: str, path: Path) -> Path:
+    """One panel per metric; ``lines[i]`` maps a line label to its (x, y) points in panel i."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], metrics):
-        for m in series:
-            pts = sorted((r[xkey], r[key]) for r, nm in zip(rows, names) if nm == m and r.get(key) is not None)
+    for ax, (_, label), per in zip(axes[0], metrics, lines):
+        for name, pts in per.items():
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
+                ax.plot(*zip(*pts), marker="o", label=name)
         ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)

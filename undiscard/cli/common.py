@@ -37,6 +37,13 @@ def parse_budgets(text: str) -> list[int]:
     return budgets
 
 
+def add_fit_output_args(p: argparse.ArgumentParser) -> None:
+    """--json, --device, --quiet for commands that write one file (``--out FILE``) rather than a directory."""
+    p.add_argument("--json", action="store_true", help="print the log as JSON on stdout")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def parse_aggregates(text: str) -> list[str]:
     """``--aggregate``: one or more comma-separated aggregation names."""
     from ..aggregate import AGGREGATES

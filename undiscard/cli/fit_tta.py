@@ -20,8 +20,8 @@ import torch
 from ..data.folder import normalize_batch
 from ..tta import FITTED, TTA, TTA_AGGREGATES
 from ..wrapper import wrap
-from .common import (CLIError, add_model_args, emit_json, load_cli_model, load_labelled, parse_units, progress_bar,
-                     resolve_device)
+from .common import (CLIError, add_fit_output_args, add_model_args, emit_json, load_cli_model, load_labelled,
+                     parse_units, progress_bar, resolve_device)
 
 
 def add_tta_args(p: argparse.ArgumentParser) -> None:
@@ -72,9 +72,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="file to write (.pt); FILE.json gets the log")
-    p.add_argument("--json", action="store_true", help="print the log as JSON on stdout")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_fit_output_args(p)
     return p
 
 

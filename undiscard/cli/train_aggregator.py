@@ -22,8 +22,8 @@ from ..attention import save_aggregator
 from ..attention_training import TrainConfig, train_aggregator
 from ..data.folder import normalize_batch
 from ..wrapper import wrap
-from .common import (CLIError, add_model_args, emit_json, load_cli_model, load_labelled, parse_units, progress_bar,
-                     resolve_device)
+from .common import (CLIError, add_fit_output_args, add_model_args, emit_json, load_cli_model, load_labelled,
+                     parse_units, progress_bar, resolve_device)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -46,9 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-align", dest="align", action="store_false", help="train without offset alignment")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", action="store_true", help="print the training log as JSON on stdout")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_fit_output_args(p)
     return p
 
 
