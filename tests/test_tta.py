@@ -132,3 +132,22 @@ def test_fitted_aggregator_needs_fitting_and_round_trips(net, tmp_path):
     (tmp_path / "junk.pt").write_text("junk")
     with pytest.raises(TTAFileError, match="cannot read"):
         TTA(net, "flip", tmp_path / "junk.pt")
+
+
+def test_tta_grid_equals_separate_runs(net):
+    """One search per view at the largest budget gives what a TTA run at each budget gives."""
+    from undiscard.evaluation import evaluate_tta, evaluate_tta_grid
+
+    x = preprocess(images[:24])
+    y = torch.as_tensor(labels[:24])
+    xs = x.roll(1, -1)
+    wrapped = wrap(net, budget=1, units=zoo.search_units(MODEL))
+    views = policy_views("standard")
+    grid = evaluate_tta_grid("m", wrapped, views, x, y, [(4, 1, "standard/mean"), (2, 2, "flip/mean"),
+                                                         (2, 4, "flip/mean")], shifted=xs, batch_size=10)
+    alone = evaluate_tta("m", TTA(net, "standard", "mean", budget=4), x, y, [1], shifted=xs, batch_size=10)
+    both = evaluate_tta("m", TTA(wrapped, "flip", "mean"), x, y, [2, 4], shifted=xs, batch_size=10)
+    for g, r in zip(grid, alone + both):
+        assert (g.top1, g.top1_shifted, g.consistency, g.tta_views, g.total_budget) == \
+            (r.top1, r.top1_shifted, r.consistency, r.tta_views, r.total_budget)
+        assert g.cost == pytest.approx(r.cost, rel=1e-9)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .wrapper import Undiscard, wrap
 
-__all__ = ["Row", "evaluate", "evaluate_tta", "row_from_counts", "topk_correct"]
+__all__ = ["Row", "evaluate", "evaluate_tta", "evaluate_tta_grid", "row_from_counts", "topk_correct"]
 
 
 @dataclass
@@ -185,3 +185,41 @@ def evaluate_tta(name: str, tta, images: Tensor, labels: Tensor, budgets: Sequen
                        tta_views=len(tta.views))
         rows.append(row_from_counts(template, tally.counts(n, shifted is not None)))
     return rows
+
+
+@torch.no_grad()
+def evaluate_tta_grid(name: str, model: Undiscard, views: Sequence, images: Tensor, labels: Tensor,
+                      configs: Sequence[tuple[int, int, str]], *, shifted: Tensor | None = None,
+                      batch_size: int = 128, progress: Callable[[int], None] | None = None) -> list[Row]:
+    """Mean-of-logits TTA over the first V ``views`` with b phase states per view, for every
+    ``(V, b, label)`` in ``configs``, from one search per view at the largest b it needs (the search is
+    incremental, so each prefix is exactly a run at that budget). Costs add up over the views."""
+    need = [max((b for v_count, b, _ in configs if v < v_count), default=0) for v in range(len(views))]
+    model.eval()
+    model.prepare(images[:1])
+    n = images.shape[0]
+    tallies = {c: _Tally() for c in configs}
+    t0 = time.perf_counter()
+    for sl in _batches(n, batch_size):
+        y = labels[sl]
+        for x, clean in [(images[sl], True)] + ([(shifted[sl], False)] if shifted is not None else []):
+            per_view: list[dict[int, tuple[Tensor, float, float]]] = []
+            for v, top in enumerate(need):
+                if top == 0:
+                    break
+                cands = model.candidates(views[v](x), top)
+                per_view.append({b: (model.aggregate_candidates(cands, b), *model.candidates_cost(cands, b))
+                                 for b in {b for v_count, b, _ in configs if v < v_count}})
+            for c in configs:
+                v_count, b, _ = c
+                outs = [per_view[v][b] for v in range(v_count)]
+                logits = torch.stack([o[0] for o in outs]).mean(0)
+                tallies[c].add(logits, y, clean, sum(o[1] for o in outs), sum(o[2] for o in outs))
+        if progress is not None:
+            progress(sl.stop - sl.start)
+    seconds = time.perf_counter() - t0
+    return [row_from_counts(Row(model=name, budget=b, top1=0.0, top5=None, top1_shifted=None, consistency=None,
+                                cost=0.0, cost_ideal=0.0, n=n, criterion=model.criterion, aggregate=model.aggregate,
+                                align=model.align, units=[u.name for u in model.search_units], seconds=seconds,
+                                tta=label, tta_views=v_count), tallies[(v_count, b, label)].counts(n, shifted is not None))
+            for v_count, b, label in configs]

@@ -80,8 +80,7 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
         raise CLIError("--aggregator FILE fits one model: pass --models NAME too")
     aligns = {"on": [True], "off": [False], "both": [True, False]}[args.align]
     tta_budgets = [t for t in budgets if t > 1] if args.tta else []
-    # per image: one search, then TTA alone with t views and flip x t/2 states for every total budget t
-    work = n * (1 + len(tta_budgets) + len([t for t in tta_budgets if t % 2 == 0 and t >= 4]))
+    work = n * (2 if tta_budgets else 1)  # per image: one search, then the TTA views
     rows: list[Row] = []
     with progress_bar(work * len(names), "demo", enabled=not args.quiet) as bar:
         for name in names:
@@ -108,26 +107,24 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
             rows += evaluate(f"zoo:{name}", model, x, y.to(device), budgets, shifted=xs,
                              variants=[(a, al) for a in wanted for al in aligns], batch_size=args.batch_size,
                              progress=bar.update)
-            rows += _tta_rows(f"zoo:{name}", net, model, x, xs, y.to(device), tta_budgets, args, bar)
+            rows += _tta_rows(f"zoo:{name}", model, x, xs, y.to(device), tta_budgets, args, bar)
     return rows
 
 
-def _tta_rows(name: str, net, model, x, xs, y, totals: list[int], args: argparse.Namespace, bar) -> list[Row]:
+def _tta_rows(name: str, model, x, xs, y, totals: list[int], args: argparse.Namespace, bar) -> list[Row]:
     """At each total budget t: image-space TTA alone (the first t views of the ``standard`` policy, mean
-    of logits) and, from t = 4, TTA + phase search (``flip`` x t/2 states per view); ``ours`` alone is in the
-    main rows."""
-    from ..evaluation import evaluate_tta
-    from ..tta import TTA
+    of logits) and, from t = 4, TTA + phase search (``flip`` x t/2 states per view: flip is the first two
+    views of ``standard``); ``ours`` alone is in the main rows. One search per view serves every budget."""
+    from ..evaluation import evaluate_tta_grid
+    from ..tta import policy_views
 
-    rows: list[Row] = []
-    for t in totals:
-        rows += evaluate_tta(name, TTA(net, "standard", "mean", budget=t), x, y, [1], shifted=xs,
-                             batch_size=args.batch_size, progress=bar.update)
-        if t % 2 == 0 and t >= 4:
-            model.budget = t // 2
-            rows += evaluate_tta(name, TTA(model, "flip", "mean"), x, y, [t // 2], shifted=xs,
-                                 batch_size=args.batch_size, progress=bar.update)
-    return rows
+    views = policy_views("standard")
+    configs = [(t, 1, "standard/mean") for t in totals if t <= len(views)]
+    configs += [(2, t // 2, "flip/mean") for t in totals if t >= 4 and t % 2 == 0 and t // 2 <= model.num_states]
+    if not configs:
+        return []
+    return evaluate_tta_grid(name, model, views, x, y, configs, shifted=xs, batch_size=args.batch_size,
+                             progress=bar.update)
 
 
 def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[dict]:
