@@ -1,8 +1,7 @@
 """Markdown tables for the README from ``undiscard demo --json`` results files.
 
     python scripts/results_tables.py zoo results/demo_full/results.json
-        model x budget: clean top-1, shifted top-1, consistency, cost (entropy criterion, the first
-        aggregate and alignment setting found in the file), plus TTA rows when present
+        model x budget: clean top-1, shifted top-1, consistency, cost (entropy aggregation, aligned)
     python scripts/results_tables.py aggregators results/agg_*/results.json
         per model and budget: every (criterion, aggregate, align) found across the files
 """
@@ -25,10 +24,10 @@ def load(paths: list[str]) -> list[dict]:
     return rows
 
 
-def zoo_table(rows: list[dict]) -> str:
+def zoo_table(rows: list[dict], aggregate: str = "entropy") -> str:
+    """Rows of one aggregation with alignment on (and the label-free EfficientNet-Lite0 rows)."""
     ours = [r for r in rows if not r.get("tta")]
-    first = next(((r.get("aggregate"), r.get("align")) for r in ours if r.get("top1") is not None), None)
-    keep = [r for r in ours if (r.get("aggregate"), r.get("align")) == first or r.get("top1") is None]
+    keep = [r for r in ours if (r.get("aggregate"), r.get("align")) == (aggregate, True) or r.get("top1") is None]
     cols = [("model", "model"), ("budget", "B"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
             ("consistency", "consistency"), ("cost", "cost x")]
     return format_table(keep, cols, markdown=True)
