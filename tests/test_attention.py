@@ -11,6 +11,7 @@ from undiscard.aggregate import align_maps, uniform_weights, weighted_sum
 from undiscard.attention import AggregatorFileError, AttentionAggregator, load_aggregator, save_aggregator
 from undiscard.attention_training import TrainConfig, train_aggregator
 from undiscard.data import load_fashion_mnist, preprocess
+from undiscard.errors import PhaseError, UndiscardError
 from undiscard.search import state_offset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,18 +78,19 @@ def test_trained_module_is_an_attention_weighted_residual():
     agg.train()
     torch.manual_seed(0)
     assert not torch.allclose(agg(maps, offsets)[0], out)
-    # the learned criterion's score is the sigmoid of the location-averaged attention logit
+    # the learned criterion's score is the location-averaged attention logit q * k_b, the key reading the
+    # layer-normalised map plus the offset encoding and the query the original (state 0) map
     scores = agg.eval().state_scores(maps, offsets, maps[:, 0])
-    logits = agg.attention_logits(maps, offsets, maps[:, 0])
-    assert torch.allclose(scores, logits.flatten(2).mean(-1))
-    # softmax per location is monotone in the logit: the top-scored state gets the most attention where
-    # its logit is largest
-    assert torch.equal(attn.argmax(1), logits.argmax(1))
+    enc = agg.offset_y(offsets[..., 0]) + agg.offset_x(offsets[..., 1])
+    keys = agg.key(agg.norm(maps.movedim(2, -1) + enc[:, :, None, None])).squeeze(-1)
+    query = agg.query(agg.norm(maps[:, 0].movedim(1, -1))).squeeze(-1)
+    assert torch.allclose(scores, (query[:, None] * keys).flatten(2).mean(-1), atol=1e-6)
+    assert torch.allclose(attn, torch.softmax(query[:, None] * keys, dim=1), atol=1e-6)
 
 
 def test_module_rejects_maps_and_offsets_that_do_not_fit():
     agg = AttentionAggregator(6, 4)
-    with pytest.raises(AggregatorFileError, match="expects"):
+    with pytest.raises(ValueError, match="expects"):
         agg(torch.zeros(1, 2, 5, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(AggregatorFileError, match="offsets outside"):
         agg(torch.zeros(1, 2, 6, 2, 2), torch.full((1, 2, 2), 4, dtype=torch.long))
@@ -159,12 +161,41 @@ def test_search_is_incremental_and_prefix_costs_are_exact(net, units, criterion)
     assert model.aggregate_candidates(cands, 1).equal(net(X))
 
 
-def test_learned_criterion_without_an_aggregator_warns_and_uses_an_untrained_one(net, units):
+def test_learned_criterion_without_an_aggregator_is_seeded_and_leaves_the_rng_alone(net, units):
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
     with pytest.warns(UserWarning, match="untrained"):
-        model = wrap(net, budget=4, criterion="learned", units=units)
+        model = wrap(net, budget=4, criterion="learned", units=units, seed=7)
         with torch.no_grad():
             states = model.search(X[:2])
-    assert all(len(s) == 4 for s in states) and model.aggregator is not None
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is untouched
+    with pytest.warns(UserWarning, match="untrained"):
+        again = wrap(net, budget=4, criterion="learned", units=units, seed=7)
+        with torch.no_grad():
+            assert again.search(X[:2]) == states  # the same seed, the same order
+    assert all(len(s) == 4 for s in states)
+
+
+def test_attention_variant_of_an_entropy_model_uses_the_checked_aggregator(net, units, tmp_path):
+    """eval/demo wrap with aggregate='entropy' and ask for 'attention' as a variant: the file is still
+    checked against the searched units and used."""
+    from undiscard.evaluation import evaluate
+
+    agg = _perturbed(AttentionAggregator(256, 4), seed=5)
+    path = save_aggregator(tmp_path / "a.pt", agg, model="m", units=units)
+    with pytest.raises(AggregatorFileError, match="trained for units"):
+        wrap(net, budget=4, aggregate="entropy", units=[units[0]], aggregator=path).prepare(X[:1])
+    model = wrap(net, budget=1, aggregate="entropy", units=units, aggregator=path)
+    rows = evaluate("m", model, X, Y, [4], variants=[("entropy", True), ("attention", True)])
+    direct = wrap(net, budget=4, aggregate="attention", units=units, aggregator=path)
+    with torch.no_grad():
+        expected = (direct(X).argmax(-1) == Y).float().mean().item() * 100
+    assert rows[1].aggregate == "attention" and rows[1].top1 == pytest.approx(expected)
+    with pytest.raises(PhaseError, match="exceeds"):
+        model.candidates(X, 17)
+    with pytest.raises(UndiscardError, match="unknown aggregate"):
+        model.aggregate_candidates(model.candidates(X[:2], 2), aggregate="median")
 
 
 # --- training and files -------------------------------------------------------------------------
@@ -202,11 +233,11 @@ def test_aggregator_that_does_not_fit_the_model(net, units, tmp_path):
         wrap(net, aggregate="attention", aggregator=tmp_path / "missing.pt")
 
 
-@pytest.mark.parametrize("name", [n for n in zoo.list_models() if zoo.aggregator_path(n).is_file()])
+@pytest.mark.parametrize("name", zoo.list_models())
 def test_shipped_aggregators_fit_their_models_and_are_trained(name):
     agg, info = load_aggregator(zoo.aggregator_path(name))
     assert info.model == f"zoo:{name}" and info.units == zoo.search_units(name)
-    assert float(agg.scale.abs().max()) > 0  # trained: no longer the mean
+    assert float(agg.scale.detach().abs().max()) > 0  # trained: no longer the mean
     net = zoo.create_model(name)
     model = wrap(net, budget=4, aggregate="attention", units=info.units, aggregator=zoo.aggregator_path(name))
     with torch.no_grad():

@@ -147,6 +147,7 @@ def test_tta_grid_equals_separate_runs(net):
                                                          (2, 4, "flip/mean")], shifted=xs, batch_size=10)
     alone = evaluate_tta("m", TTA(net, "standard", "mean", budget=4), x, y, [1], shifted=xs, batch_size=10)
     both = evaluate_tta("m", TTA(wrapped, "flip", "mean"), x, y, [2, 4], shifted=xs, batch_size=10)
+    assert len(grid) == len(alone + both) == 3
     for g, r in zip(grid, alone + both):
         assert (g.top1, g.top1_shifted, g.consistency, g.tta_views, g.total_budget) == \
             (r.top1, r.top1_shifted, r.consistency, r.tta_views, r.total_budget)

@@ -12,9 +12,10 @@ the mean aggregate bit for bit; training moves ``scale`` away from zero only whe
 Query and key read layer-normalised maps, so their scale does not depend on the backbone's.
 
 The per-state attention logit averaged over locations, ``mean_hw(q * k_b)``, is what
-``criterion="learned"`` ranks by: at every location softmax is monotone in it, so the states expanded
-first are those the aggregator attends to most. It depends only on the state and the original map,
-not on which other states were found, so search order never depends on batch composition.
+``criterion="learned"`` ranks by: at each location the softmax is monotone in the logit, so this is a
+cheap proxy for "the states the aggregator would attend to most" (a heuristic: the average of logits
+is not the average of attention). It depends only on the state and the original map, not on which
+other states were found, so search order never depends on batch composition.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class AttentionAggregator(nn.Module):
 
     def _check(self, maps: Tensor, offsets: Tensor) -> None:
         if maps.dim() != 5 or maps.shape[2] != self.channels:
-            raise AggregatorFileError(f"attention aggregator expects (N, B, {self.channels}, h, w) maps, got "
+            raise ValueError(f"attention aggregator expects (N, B, {self.channels}, h, w) maps, got "
                                       f"{tuple(maps.shape)}: was it trained for this model?")
         if offsets.shape != (*maps.shape[:2], 2):
             raise ValueError(f"offsets must be (N, B, 2) = {(*maps.shape[:2], 2)}, got {tuple(offsets.shape)}")
@@ -114,22 +115,27 @@ class AggregatorInfo:
     offsets: int
     dropout: float
     meta: dict[str, Any]
+    align: bool = True  # trained on aligned maps
 
 
 def save_aggregator(path: str | Path, aggregator: AttentionAggregator, *, model: str, units: list[str],
-                    meta: dict[str, Any] | None = None) -> Path:
+                    align: bool = True, meta: dict[str, Any] | None = None) -> Path:
     """Save ``aggregator`` with the model name and searched unit names it was trained for."""
     state = {k: v.detach().cpu() for k, v in aggregator.state_dict().items()}
     return save_tagged(path, FORMAT, {"model": model, "units": list(units), "channels": aggregator.channels,
                                       "offsets": aggregator.offsets, "dropout": aggregator.dropout.p,
-                                      "state_dict": state, "meta": meta})
+                                      "align": align, "state_dict": state, "meta": meta})
 
 
 def load_aggregator(path: str | Path) -> tuple[AttentionAggregator, AggregatorInfo]:
     """Load a file written by :func:`save_aggregator` (or ``undiscard train-aggregator``)."""
     blob = load_tagged(path, FORMAT, AggregatorFileError, "aggregator")
-    agg = AttentionAggregator(int(blob["channels"]), int(blob["offsets"]), float(blob["dropout"]))
-    agg.load_state_dict(blob["state_dict"])
-    info = AggregatorInfo(blob["model"], list(blob["units"]), agg.channels, agg.offsets, agg.dropout.p,
-                          dict(blob.get("meta", {})))
+    try:
+        agg = AttentionAggregator(int(blob["channels"]), int(blob["offsets"]), float(blob["dropout"]))
+        agg.load_state_dict(blob["state_dict"])
+        info = AggregatorInfo(blob["model"], list(blob["units"]), agg.channels, agg.offsets, agg.dropout.p,
+                              dict(blob.get("meta", {})), bool(blob.get("align", True)))
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise AggregatorFileError(f"{path}: damaged aggregator file ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return agg.eval(), info

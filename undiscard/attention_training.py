@@ -73,7 +73,7 @@ def evaluate_aggregates(model: Undiscard, images: Tensor, labels: Tensor, budget
     return {agg: 100.0 * c / max(1, len(labels)) for agg, c in correct.items()}
 
 
-def train_aggregator(model: Undiscard, images: Tensor, labels: Tensor, config: TrainConfig = TrainConfig(), *,
+def train_aggregator(model: Undiscard, images: Tensor, labels: Tensor, config: TrainConfig | None = None, *,
                      val: tuple[Tensor, Tensor] | None = None,
                      progress: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train ``model.aggregator`` (created untrained on first use) on ``images`` (N, C, H, W), ``labels`` (N,).
@@ -82,17 +82,25 @@ def train_aggregator(model: Undiscard, images: Tensor, labels: Tensor, config: T
     (images, labels) is evaluated after every epoch at the training budget (mean / entropy / attention).
     ``progress(n_images, stats)`` is called after each step. Returns the per-epoch history.
     """
+    config = config or TrainConfig()
     if model.aggregate != "attention":
         raise UndiscardError(f"train_aggregator needs a model wrapped with aggregate='attention', got "
                              f"{model.aggregate!r}")
     if len(images) != len(labels) or len(labels) == 0:
         raise UndiscardError(f"need as many labels as images (and at least one), got {len(images)} and {len(labels)}")
     engine = model.prepare(images[:1])
-    assert model.aggregator is not None
+    if model.aggregator is None:
+        raise UndiscardError("the model has no attention aggregator: wrap it with aggregate='attention' before its "
+                             "first call")
     budget = min(config.budget, model.num_states)
+    if budget < 2:
+        raise UndiscardError(f"training needs at least 2 states per image, got budget {budget} "
+                             f"({model.num_states} states in the searched units)")
     frozen = [p for p in model.net.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
+    net_was_training = model.net.training
+    model.net.eval()  # frozen means frozen: no batch statistics, no running-stat updates
     agg = model.aggregator
     decay = [p for n, p in agg.named_parameters() if p.dim() >= 2 and "offset" not in n]
     other = [p for n, p in agg.named_parameters() if not (p.dim() >= 2 and "offset" not in n)]
@@ -142,6 +150,7 @@ def train_aggregator(model: Undiscard, images: Tensor, labels: Tensor, config: T
     finally:
         for p in frozen:
             p.requires_grad_(True)
+        model.net.train(net_was_training)
         agg.eval()
     result.seconds = time.perf_counter() - t0
     return result

@@ -173,7 +173,7 @@ def evaluate_tta(name: str, tta, images: Tensor, labels: Tensor, budgets: Sequen
             y = labels[sl]
             for x, clean in [(images[sl], True)] + ([(shifted[sl], False)] if shifted is not None else []):
                 logits = tta(x)
-                tally.add(logits, y, clean, tta.last_cost, tta.last_cost)
+                tally.add(logits, y, clean, tta.last_cost, tta.last_cost_ideal)
             if progress is not None:
                 progress(sl.stop - sl.start)
         wrapped = isinstance(inner, Undiscard)
@@ -194,9 +194,13 @@ def evaluate_tta_grid(name: str, model: Undiscard, views: Sequence, images: Tens
     """Mean-of-logits TTA over the first V ``views`` with b phase states per view, for every
     ``(V, b, label)`` in ``configs``, from one search per view at the largest b it needs (the search is
     incremental, so each prefix is exactly a run at that budget). Costs add up over the views."""
-    need = [max((b for v_count, b, _ in configs if v < v_count), default=0) for v in range(len(views))]
     model.eval()
     model.prepare(images[:1])
+    for v_count, b, label in configs:
+        if not 1 <= v_count <= len(views):
+            raise ValueError(f"TTA config {label!r} asks for {v_count} views; there are {len(views)}")
+        model._check_budget(b)
+    need = [max((b for v_count, b, _ in configs if v < v_count), default=0) for v in range(len(views))]
     n = images.shape[0]
     tallies = {c: _Tally() for c in configs}
     t0 = time.perf_counter()

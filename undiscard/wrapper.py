@@ -31,9 +31,16 @@ from .execution import install_phased_layers, phase_plan
 from .search import CRITERIA, Candidate, best_first, score_states, state_offset
 from .split import from_map, get_split, to_map
 
-__all__ = ["Undiscard", "wrap"]
+__all__ = ["Undiscard", "Candidates", "wrap"]
 
 UnitSelector = Sequence[int | str] | None
+
+
+class Candidates(list):
+    """Per image, the list of :class:`~undiscard.search.Candidate` chosen in selection order; knows the
+    engine (input shape) it was searched with."""
+
+    engine: Engine | None = None
 
 
 def _default_search(units: list[Unit]) -> list[int]:
@@ -91,6 +98,9 @@ class Undiscard(nn.Module):
         if isinstance(aggregator, (str, Path)):
             self.aggregator, info = load_aggregator(aggregator)
             self._aggregator_units = info.units
+            if info.align != align:
+                warnings.warn(f"the aggregator in {aggregator} was trained with align={info.align}, used with "
+                              f"align={align}", UserWarning, stacklevel=3)
         elif aggregator is not None:
             if not isinstance(aggregator, AttentionAggregator):
                 raise UndiscardError(f"aggregator must be an AttentionAggregator or a file path, got "
@@ -119,12 +129,7 @@ class Undiscard(nn.Module):
 
     @budget.setter
     def budget(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PhaseError(f"budget must be a positive integer, got {value!r}")
-        if self._units is not None and value > self.num_states:
-            raise PhaseError(f"budget {value} exceeds the {self.num_states} states of the searched units "
-                             f"({', '.join(u.name for u in self.search_units) or 'none'})")
-        self._budget = value
+        self._budget = self._check_budget(value)
 
     @property
     def units(self) -> list[Unit]:
@@ -198,7 +203,7 @@ class Undiscard(nn.Module):
         return engine
 
     def _needs_aggregator(self) -> bool:
-        return self.aggregate == "attention" or self.criterion == "learned"
+        return self.aggregate == "attention" or self.criterion == "learned" or self.aggregator is not None
 
     def _setup_aggregator(self, engine: Engine, x: Tensor) -> None:
         """Check a given aggregator against the searched units; make an untrained one if none was given."""
@@ -215,13 +220,16 @@ class Undiscard(nn.Module):
         channels = maps.shape[1]
         if self.aggregator is None:
             warnings.warn("aggregate='attention'/criterion='learned' with an untrained attention aggregator: it "
-                          "equals aggregate='mean' until trained (undiscard train-aggregator)", UserWarning,
-                          stacklevel=4)
-            self.aggregator = AttentionAggregator(channels, offsets).to(device=x.device).eval()
+                          "aggregates like 'mean' and ranks states by its random initial weights (seeded) until "
+                          "trained (undiscard train-aggregator)", UserWarning, stacklevel=4)
+            with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left alone
+                torch.manual_seed(self.seed)
+                self.aggregator = AttentionAggregator(channels, offsets).eval()
         elif (self.aggregator.channels, self.aggregator.offsets) != (channels, offsets):
             raise AggregatorFileError(
                 f"the aggregator expects {self.aggregator.channels} channels and {self.aggregator.offsets} offsets "
                 f"per axis but this model gives {channels} and {offsets}: it was trained for another model or units")
+        self.aggregator.to(device=x.device)
 
     # --- running -------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
@@ -243,7 +251,7 @@ class Undiscard(nn.Module):
         self._record_cost(engine, x.shape[0])
         return logits
 
-    def candidates(self, x: Tensor, budget: int | None = None) -> list[list[Candidate]]:
+    def candidates(self, x: Tensor, budget: int | None = None) -> "Candidates":
         """Per image, the searched candidates (state, native features, logits) in selection order.
 
         The search is incremental: the first b candidates of a budget-B search are exactly those of a
@@ -252,28 +260,42 @@ class Undiscard(nn.Module):
         """
         self._check_input(x)
         engine = self.prepare(x)
+        budget = self.budget if budget is None else self._check_budget(budget)
         engine.reset_cost()
-        cands = self._search(engine, x, budget)
+        cands = Candidates(self._search(engine, x, budget))
+        cands.engine = engine
         self._record_cost(engine, x.shape[0])
         return cands
 
-    def aggregate_candidates(self, cands: list[list[Candidate]], budget: int | None = None,
+    def _check_budget(self, budget: int) -> int:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise PhaseError(f"budget must be a positive integer, got {budget!r}")
+        if self._units is not None and budget > self.num_states:
+            raise PhaseError(f"budget {budget} exceeds the {self.num_states} states of the searched units "
+                             f"({', '.join(u.name for u in self.search_units) or 'none'})")
+        return budget
+
+    def aggregate_candidates(self, cands: "Candidates", budget: int | None = None,
                              aggregate: str | None = None, align: bool | None = None) -> Tensor:
         """Logits (N, K) from the first ``budget`` candidates of each image (default: all of them), with
         ``aggregate``/``align`` overriding the model's own settings for this call."""
         engine = self._engine_for(cands)
+        if aggregate is not None and aggregate not in AGGREGATES:
+            raise UndiscardError(f"unknown aggregate {aggregate!r}: expected one of {', '.join(AGGREGATES)}")
         if budget is not None:
-            cands = [per[:budget] for per in cands]
+            cands = [per[:self._check_budget(budget)] for per in cands]
         if len(cands[0]) == 1:  # budget 1: the original model's logits (its own head output)
             return torch.stack([per[0].logits for per in cands])
         return self._aggregate(engine, cands, self.aggregate if aggregate is None else aggregate,
                                self.align if align is None else align)
 
-    def candidates_cost(self, cands: list[list[Candidate]], budget: int | None = None) -> tuple[float, float]:
+    def candidates_cost(self, cands: "Candidates", budget: int | None = None) -> tuple[float, float]:
         """Mean cost per image (measured, ideal) in baseline forwards of finding the first ``budget``
         candidates: what ``last_cost``/``last_cost_ideal`` would be after a search at that budget."""
         engine = self._engine_for(cands)
         assert engine.flops is not None
+        if budget is not None:
+            self._check_budget(budget)
         base = engine.flops.baseline
         rates = engine.rates()
         spent = ideal = 0.0
@@ -284,16 +306,15 @@ class Undiscard(nn.Module):
         n = len(cands) * base
         return (spent / n, ideal / n) if n else (0.0, 0.0)
 
-    def _engine_for(self, cands: list[list[Candidate]]) -> Engine:
+    def _engine_for(self, cands: "Candidates") -> Engine:
         if not cands or not cands[0]:
             raise PhaseError("no candidates given")
-        if len(self._engines) == 1:
-            return next(iter(self._engines.values()))
-        root = cands[0][0].features
-        for (shape, dtype, device), engine in self._engines.items():
-            if dtype == root.dtype and device == root.device:
-                return engine
-        raise PhaseError("candidates do not match any prepared input shape")
+        engine = getattr(cands, "engine", None)
+        if engine is None:
+            if len(self._engines) != 1:
+                raise PhaseError("pass the candidates as returned by model.candidates(x)")
+            engine = next(iter(self._engines.values()))
+        return engine
 
     def search(self, x: Tensor) -> list[list[tuple[int, ...]]]:
         """Per image, the chosen states in selection order (the first is the original model)."""
@@ -324,6 +345,8 @@ class Undiscard(nn.Module):
 
     def _search(self, engine: Engine, x: Tensor, budget: int | None = None,
                 scorer: Callable[..., list[float]] | None = None) -> list[list[Candidate]]:
+        """Best-first search. ``scorer(images, attention_scores, logits, states, depth)`` overrides the
+        criterion (training uses it); it gets the aggregator's per-state scores, not the features."""
         rates = engine.rates()
         spatial = [self.units[u].spatial for u in engine.searched]
         learned = self.criterion == "learned"
@@ -401,8 +424,8 @@ class Undiscard(nn.Module):
             maps = align_maps(maps, offsets, self._feature_stride(engine))
         if aggregate == "attention":
             if self.aggregator is None:
-                raise UndiscardError("aggregate='attention' needs an aggregator: wrap(..., aggregate='attention', "
-                                     "aggregator=FILE) or call the model once to create an untrained one")
+                raise UndiscardError("aggregate='attention' needs an aggregator: wrap(..., aggregator=FILE) "
+                                     "(undiscard train-aggregator) or wrap(..., aggregate='attention')")
             agg, attn = self.aggregator(maps, offsets)
             weights = attn.flatten(2).mean(-1)  # prefix tokens: the location-averaged attention
             if extra is not None:
@@ -451,12 +474,15 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
     Args:
         net: any classifier mapping (N, C, H, W) images to (N, K) logits. Not modified.
         budget: states per image (1 = the original model, bit for bit).
-        criterion: search order, one of ``entropy``, ``random`` (seeded), ``offset``.
-        aggregate: ``mean`` or ``entropy`` weighting of the states' feature maps.
+        criterion: search order, one of ``entropy``, ``random`` (seeded), ``offset``, ``learned``
+            (states with the largest attention logit of the attention aggregator first).
+        aggregate: ``mean`` or ``entropy`` weighting of the states' feature maps, or ``attention`` (the
+            learned aggregator; untrained it equals ``mean``).
         align: shift each state's feature map by its offset before aggregating.
         units: indices or names of the units to search (default: all spatial units but the first and
             the last; all of them when there are fewer than three).
-        **kwargs: ``features``/``head`` (callables ``(model, x)``) to split an unknown model, ``layout``,
+        **kwargs: ``aggregator`` (an AttentionAggregator or a file from ``undiscard train-aggregator``),
+            ``features``/``head`` (callables ``(model, x)``) to split an unknown model, ``layout``,
             ``strict`` (raise on unsupported strided layers), ``chunk_size`` (max samples per expansion
             pass), ``seed`` (random criterion), ``example_input`` (set up eagerly).
     """

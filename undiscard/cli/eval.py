@@ -108,6 +108,9 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                  aggregator=aggregator if aggregator is not None and (
                      "attention" in args.aggregates or args.criterion == "learned") else None, seed=args.seed)
     if args.tta is not None:
+        if len(args.aggregates) > 1:
+            raise CLIError("--tta takes one --aggregate (each view's phase aggregation), got "
+                           f"{', '.join(args.aggregates)}")
         tta = build_tta(args, loaded, model, quiet)
         with progress_bar(len(y) * len(budgets), f"{loaded.name} + TTA", enabled=not quiet) as bar:
             rows = evaluate_tta(loaded.name, tta, x, y.to(device), budgets, shifted=xs, batch_size=args.batch_size,

@@ -41,6 +41,8 @@ def build_tta(args: argparse.Namespace, loaded, model: torch.nn.Module, quiet: b
     if args.tta_budget is not None and args.tta_budget <= 0:
         raise CLIError(f"--tta-budget must be positive, got {args.tta_budget}")
     if args.tta_file is not None:
+        if args.tta_budget is not None or args.fit_data is not None:
+            raise CLIError("--tta-file holds a fitted aggregator: --tta-budget and --fit-data do not apply")
         return TTA(model, args.tta, Path(args.tta_file))
     if args.tta_aggregate not in TTA_AGGREGATES:
         raise CLIError(f"unknown --tta-aggregate {args.tta_aggregate!r}: expected one of {', '.join(TTA_AGGREGATES)}")

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0,
            "torch": str(torch.__version__), "history": result.history}
-    save_aggregator(args.out, model.aggregator, model=loaded.name, units=log["units"], meta=log)
+    save_aggregator(args.out, model.aggregator, model=loaded.name, units=log["units"], align=args.align, meta=log)
     log_path = args.out.with_suffix(".json")
     log_path.write_text(json.dumps(log, indent=1) + "\n")
     if args.json:

@@ -42,6 +42,10 @@ class TTA(nn.Module):
         self.model = model
         self.policy = policy_views(policy)
         self.policy_name = policy if isinstance(policy, str) else "custom"
+        if not isinstance(aggregate, str) or aggregate.endswith(".pt"):
+            if budget is not None:
+                raise UndiscardError("budget= applies to a new aggregator; a fitted one keeps the views it was "
+                                     "fitted with")
         if isinstance(aggregate, TTAAggregator):
             agg = aggregate
         elif isinstance(aggregate, Path) or (isinstance(aggregate, str) and aggregate.endswith(".pt")):
@@ -55,7 +59,8 @@ class TTA(nn.Module):
             raise UndiscardError(f"the aggregator is for {agg.num_views} views, the policy has {len(self.policy)}")
         self.aggregator = agg
         self.chunk_size = chunk_size
-        self.last_cost: float = 0.0
+        self.last_cost: float = 0.0  # baseline forwards per input image, all views (and searches) counted
+        self.last_cost_ideal: float = 0.0
 
     @property
     def views(self) -> list[View]:
@@ -67,12 +72,14 @@ class TTA(nn.Module):
         one batched (chunked) forward; sets ``last_cost`` (baseline forwards per input image)."""
         views = self.views if views is None else list(views)
         batch = torch.cat([v(x) for v in views])  # view-major: rows v*N .. (v+1)*N-1
-        outs, cost = [], 0.0
+        outs, cost, ideal = [], 0.0, 0.0
+        wrapped = isinstance(self.model, Undiscard)
         for start in range(0, batch.shape[0], self.chunk_size):
             chunk = batch[start:start + self.chunk_size]
             outs.append(self.model(chunk))
-            cost += (self.model.last_cost if isinstance(self.model, Undiscard) else 1.0) * chunk.shape[0]
-        self.last_cost = cost / x.shape[0]
+            cost += (self.model.last_cost if wrapped else 1.0) * chunk.shape[0]
+            ideal += (self.model.last_cost_ideal if wrapped else 1.0) * chunk.shape[0]
+        self.last_cost, self.last_cost_ideal = cost / x.shape[0], ideal / x.shape[0]
         return torch.cat(outs).unflatten(0, (len(views), x.shape[0])).transpose(0, 1)
 
     def forward(self, x: Tensor) -> Tensor:
