@@ -2,8 +2,12 @@
 
     python scripts/results_tables.py zoo results/demo_full/results.json
         model x budget: clean top-1, shifted top-1, consistency, cost (entropy aggregation, aligned)
-    python scripts/results_tables.py aggregators results/agg_*/results.json
+    python scripts/results_tables.py aggregators results/*/results.json
         per model and budget: every (criterion, aggregate, align) found across the files
+    python scripts/results_tables.py summary results/*/results.json
+        the same averaged over the models
+    python scripts/results_tables.py attention-vs-entropy results/demo_full/results.json
+        per model and budget: attention minus entropy aggregation (entropy criterion, aligned), points
 """
 from __future__ import annotations
 
@@ -51,13 +55,60 @@ def aggregator_table(rows: list[dict]) -> str:
     return format_table(unique, cols, markdown=True)
 
 
+def summary_table(rows: list[dict]) -> str:
+    """Per (criterion, aggregate, align, budget): clean / shifted / consistency averaged over the models."""
+    rows = [r for r in rows if not r.get("tta") and r.get("top1") is not None and r["budget"] > 1]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["criterion"], r["aggregate"], r["align"], r["budget"]), []).append(r)
+    seen_models = {r["model"] for r in rows}
+    out = []
+    for (crit, agg, align, b), rs in sorted(groups.items(), key=lambda kv: (kv[0][3], kv[0][0], kv[0][1],
+                                                                               not kv[0][2])):
+        by_model = {r["model"]: r for r in rs}  # one row per model (files may repeat a setting)
+        if set(by_model) != seen_models:
+            continue
+        vals = list(by_model.values())
+        out.append({"budget": b, "criterion": crit, "aggregate": agg, "align": "on" if align else "off",
+                    **{k: sum(v[k] for v in vals) / len(vals) for k in ("top1", "top1_shifted", "consistency",
+                                                                         "cost")}})
+    cols = [("budget", "B"), ("criterion", "criterion"), ("aggregate", "aggregate"), ("align", "align"),
+            ("top1", "top-1"), ("top1_shifted", "top-1 shifted"), ("consistency", "consistency"), ("cost", "cost x")]
+    return format_table(out, cols, markdown=True)
+
+
+def versus_table(rows: list[dict], a: tuple[str, str, bool], b: tuple[str, str, bool]) -> str:
+    """Per model and budget: setting ``a`` minus setting ``b`` (criterion, aggregate, align), in points."""
+    index = {(r["model"], r["budget"], r["criterion"], r["aggregate"], r["align"]): r for r in rows
+             if not r.get("tta") and r.get("top1") is not None}
+    out = []
+    for (model, budget, *setting), r in sorted(index.items()):
+        if tuple(setting) != a or budget == 1:
+            continue
+        other = index.get((model, budget, *b))
+        if other is None:
+            continue
+        out.append({"model": model, "budget": budget,
+                    **{k: r[k] - other[k] for k in ("top1", "top1_shifted", "consistency")}})
+    cols = [("model", "model"), ("budget", "B"), ("top1", "Δ top-1"), ("top1_shifted", "Δ top-1 shifted"),
+            ("consistency", "Δ consistency")]
+    return format_table(out, cols, markdown=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("zoo", "aggregators"))
+    ap.add_argument("kind", choices=("zoo", "aggregators", "summary", "attention-vs-entropy"))
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     rows = load(args.files)
-    print(zoo_table(rows) if args.kind == "zoo" else aggregator_table(rows))
+    if args.kind == "zoo":
+        print(zoo_table(rows))
+    elif args.kind == "aggregators":
+        print(aggregator_table(rows))
+    elif args.kind == "summary":
+        print(summary_table(rows))
+    else:
+        print(versus_table(rows, ("entropy", "attention", True), ("entropy", "entropy", True)))
     return 0
 
 
