@@ -38,9 +38,10 @@ UnitSelector = Sequence[int | str] | None
 
 class Candidates(list):
     """Per image, the list of :class:`~undiscard.search.Candidate` chosen in selection order; knows the
-    engine (input shape) it was searched with."""
+    engine (input shape) it was searched with, and caches the stacked tensors of its candidates."""
 
     engine: Engine | None = None
+    stacked: tuple[Tensor, Tensor, Tensor] | None = None
 
 
 def _default_search(units: list[Unit]) -> list[int]:
@@ -283,11 +284,13 @@ class Undiscard(nn.Module):
         if aggregate is not None and aggregate not in AGGREGATES:
             raise UndiscardError(f"unknown aggregate {aggregate!r}: expected one of {', '.join(AGGREGATES)}")
         if budget is not None:
-            cands = [per[:self._check_budget(budget)] for per in cands]
-        if len(cands[0]) == 1:  # budget 1: the original model's logits (its own head output)
+            self._check_budget(budget)
+        lengths = {len(per) for per in cands}
+        if budget is not None and len(lengths) > 1:  # ragged: images found different numbers of states
+            cands, budget = [per[:budget] for per in cands], None
+        if (budget or max(lengths)) == 1:  # budget 1: the original model's logits (its own head output)
             return torch.stack([per[0].logits for per in cands])
-        return self._aggregate(engine, cands, self.aggregate if aggregate is None else aggregate,
-                               self.align if align is None else align)
+        return self._aggregate(engine, cands, aggregate, align, budget)
 
     def candidates_cost(self, cands: "Candidates", budget: int | None = None) -> tuple[float, float]:
         """Mean cost per image (measured, ideal) in baseline forwards of finding the first ``budget``
@@ -409,17 +412,30 @@ class Undiscard(nn.Module):
         return torch.tensor([[state_offset(s, rates, spatial) for s in per] for per in cands_states],
                             dtype=torch.long, device=device)
 
-    def _aggregate(self, engine: Engine, cands: list[list[Candidate]], aggregate: str | None = None,
-                   align: bool | None = None) -> Tensor:
-        aggregate = self.aggregate if aggregate is None else aggregate
-        align = self.align if align is None else align
+    def _stack(self, engine: Engine, cands: list[list[Candidate]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Features (N, B, ...), logits (N, B, K) and offsets (N, B, 2) of the candidates; cached on a
+        :class:`Candidates` so that every budget prefix and aggregation of one search stacks once."""
+        cached = getattr(cands, "stacked", None)
+        if cached is not None:
+            return cached
         feats = torch.stack([torch.stack([c.features for c in per]) for per in cands])  # (N, B, ...)
         logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])  # (N, B, K)
+        offsets = self._offsets(engine, [[c.state for c in per] for per in cands], feats.device)
+        if isinstance(cands, Candidates):
+            cands.stacked = (feats, logits, offsets)
+        return feats, logits, offsets
+
+    def _aggregate(self, engine: Engine, cands: list[list[Candidate]], aggregate: str | None = None,
+                   align: bool | None = None, budget: int | None = None) -> Tensor:
+        aggregate = self.aggregate if aggregate is None else aggregate
+        align = self.align if align is None else align
+        feats, logits, offsets = self._stack(engine, cands)
+        if budget is not None:
+            feats, logits, offsets = feats[:, :budget], logits[:, :budget], offsets[:, :budget]
         n, b = feats.shape[:2]
         layout = self._layout(engine, feats.dim())
         maps, extra, gridded = self._to_maps(engine, feats.flatten(0, 1))
         maps = maps.unflatten(0, (n, b))
-        offsets = self._offsets(engine, [[c.state for c in per] for per in cands], maps.device)
         if align and gridded:
             maps = align_maps(maps, offsets, self._feature_stride(engine))
         if aggregate == "attention":
