@@ -129,8 +129,13 @@ def _draw(lines: list[dict[str, list]], metrics: Sequence[tuple[str, str]], xlab
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if len(names) <= 8:
+        axes[0][0].legend(fontsize=7)
+    else:  # many lines: one legend beside the panels, in columns
+        fig.legend(handles, names, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   ncol=1 + len(names) // 24)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
