@@ -8,6 +8,8 @@
         the same averaged over the models
     python scripts/results_tables.py attention-vs-entropy results/demo_full/results.json
         per model and budget: attention minus entropy aggregation (entropy criterion, aligned), points
+    python scripts/results_tables.py tta results/tta/results.json
+        per model and total budget: the best TTA alone, ours alone and TTA + ours (by shifted top-1)
 """
 from __future__ import annotations
 
@@ -95,9 +97,37 @@ def versus_table(rows: list[dict], a: tuple[str, str, bool], b: tuple[str, str, 
     return format_table(out, cols, markdown=True)
 
 
+def tta_table(rows: list[dict], metric: str = "top1_shifted") -> str:
+    """From scripts/compare_tta.py results: per model and total budget T, the best of each family of
+    methods by ``metric`` (TTA alone over its five aggregators, ours alone, flip + ours), with its cost."""
+    def family(method: str) -> str | None:
+        if method.startswith("TTA"):
+            return "TTA alone"
+        if method.startswith("ours"):
+            return "ours alone"
+        if method.startswith("flip"):
+            return "TTA + ours"
+        return None
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        f = family(r["method"])
+        if f is None:
+            continue
+        key = (r["model"], r["total_budget"], f)
+        if key not in best or r[metric] > best[key][metric]:
+            best[key] = r
+    out = []
+    for (model, t, f), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        out.append({"model": model, "T": t, "family": f, "method": r["method"], "top1": r["top1"],
+                    "top1_shifted": r["top1_shifted"], "consistency": r["consistency"], "cost": r["cost"]})
+    cols = [("model", "model"), ("T", "T"), ("family", "family"), ("method", f"best by {metric}"), ("top1", "top-1"),
+            ("top1_shifted", "top-1 shifted"), ("consistency", "consistency"), ("cost", "cost x")]
+    return format_table(out, cols, markdown=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("zoo", "aggregators", "summary", "attention-vs-entropy"))
+    ap.add_argument("kind", choices=("zoo", "aggregators", "summary", "attention-vs-entropy", "tta"))
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     rows = load(args.files)
@@ -105,6 +135,8 @@ def main() -> int:
         print(zoo_table(rows))
     elif args.kind == "aggregators":
         print(aggregator_table(rows))
+    elif args.kind == "tta":
+        print(tta_table(rows))
     elif args.kind == "summary":
         print(summary_table(rows))
     else:
