@@ -34,8 +34,10 @@ def test_views_by_hand():
     assert torch.equal(parse_view("crop:br")(y), parse_view("shift:-2,-2")(y))
     assert torch.allclose(parse_view("scale:1")(y), y, atol=1e-6)
     assert torch.allclose(parse_view("rotate:0")(y), y, atol=1e-6)
-    assert torch.allclose(parse_view("rotate:90")(y), y.rot90(1, (-2, -1)), atol=1e-5) or \
-        torch.allclose(parse_view("rotate:90")(y), y.rot90(-1, (-2, -1)), atol=1e-5)
+    assert torch.allclose(parse_view("rotate:90")(y), y.rot90(1, (-2, -1)), atol=1e-5)  # counter-clockwise
+    dot = torch.zeros(1, 1, 8, 8)
+    dot[..., 3:5, 3:5] = 1.0
+    assert parse_view("scale:2")(dot).sum() > 3 * dot.sum()  # F > 1 zooms in: the centre square grows
     assert torch.allclose(parse_view("brightness:0.5")(y), y + 0.5)
     c = parse_view("contrast:2")(y)
     assert torch.allclose(c.mean((1, 2, 3)), y.mean((1, 2, 3)), atol=1e-5)

@@ -247,10 +247,7 @@ class Undiscard(nn.Module):
             out = engine.run_state(x, {})  # the network itself, in the caller's grad mode
             self.last_cost = self.last_cost_ideal = 1.0
             return out
-        cands = self._search(engine, x)
-        logits = self._aggregate(engine, cands)
-        self._record_cost(engine, x.shape[0])
-        return logits
+        return self._aggregate(engine, self.candidates(x))
 
     def candidates(self, x: Tensor, budget: int | None = None) -> "Candidates":
         """Per image, the searched candidates (state, native features, logits) in selection order.
@@ -321,12 +318,7 @@ class Undiscard(nn.Module):
 
     def search(self, x: Tensor) -> list[list[tuple[int, ...]]]:
         """Per image, the chosen states in selection order (the first is the original model)."""
-        self._check_input(x)
-        engine = self.prepare(x)
-        engine.reset_cost()
-        cands = self._search(engine, x)
-        self._record_cost(engine, x.shape[0])
-        return [[c.state for c in per_image] for per_image in cands]
+        return [[c.state for c in per_image] for per_image in self.candidates(x)]
 
     def run_state(self, x: Tensor, state: Sequence[int]) -> Tensor:
         """Logits of the network with one fixed state (one phase per searched unit) for every image."""

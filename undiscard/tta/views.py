@@ -7,7 +7,7 @@ ops shift or scale values. Every view has a text form, so policies can be writte
 on the command line and saved with fitted aggregators::
 
     identity | hflip | vflip | shift:DY,DX | crop:CORNER (tl, tr, bl, br, shift by H/16 toward it)
-    scale:F (zoom about the centre; F > 1 zooms in) | rotate:DEG | brightness:D | contrast:F
+    scale:F (zoom about the centre; F > 1 zooms in) | rotate:DEG (counter-clockwise) | brightness:D | contrast:F
 
 and views combine with ``+`` (applied left to right): ``hflip+scale:1.1+crop:tl``.
 
