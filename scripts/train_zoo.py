@@ -6,7 +6,9 @@ Recipe (per-model values in ``undiscard.zoo.train_recipe``): 55k training images
 images split from the train set with the seed; AdamW, one-cycle schedule (linear warm-up, cosine
 decay, stepped per batch), label smoothing; augmentation on whole batches of tensors: the 32x32
 zero-padded image is padded 4 px more and randomly cropped back to 32x32 (translations of -4..+4 px
-in each direction) and flipped horizontally with probability 1/2. Validation accuracy every epoch;
+in each direction) and flipped horizontally with probability 1/2. Recipes with ``amp="bf16"`` run the
+forward pass under CPU bfloat16 autocast (fp32 weights and optimizer; about 2x faster on CPUs with
+AVX512-BF16, exact fp32 evaluation). Validation accuracy every epoch;
 test accuracy (10k test set, reporting only) once at the end, measured with the saved fp16 weights.
 Everything is seeded (torch.manual_seed and one torch.Generator for data order and augmentation).
 Outputs: undiscard/zoo/weights/NAME.pt (fp16 state_dict), undiscard/zoo/logs/NAME.json.
@@ -71,6 +73,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--amp", choices=["fp32", "bf16"], default=None,
+                    help="forward-pass precision while training (default: the model's recipe)")
     ap.add_argument("--max-batches", type=int, default=None, help="smoke test: stop each epoch after this many batches")
     ap.add_argument("--no-save", action="store_true", help="do not write weights/log (smoke tests)")
     ap.add_argument("--data", default=None, help="directory with the Fashion-MNIST idx files (default: Debian path)")
@@ -84,6 +88,9 @@ def main() -> int:
         recipe["epochs"] = args.epochs
     if args.lr is not None:
         recipe["lr"] = args.lr
+    if args.amp is not None:
+        recipe["amp"] = args.amp
+    use_bf16 = recipe["amp"] == "bf16"
     cfg = zoo.model_config(args.model)
     size = cfg["input_size"][-1]
 
@@ -122,8 +129,9 @@ def main() -> int:
             xb, yb = normalize(augment(xtr[idx], gen)), ytr[idx]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, recipe["lr"], recipe["warmup"])
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=recipe["label_smoothing"])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=recipe["label_smoothing"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

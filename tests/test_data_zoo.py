@@ -218,3 +218,16 @@ def test_zoo_weights(name):
     with torch.no_grad():
         acc = (model(x).argmax(1).numpy() == labels[:256]).mean()
     assert acc > 0.85, f"{name}: {acc:.3f} on 256 test images"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_zoo_training_log_matches_recipe(name):
+    """The committed log belongs to the committed recipe and meets the zoo's bar (>= 90% test top-1)."""
+    log = zoo.training_log(name)
+    if log is None or not zoo.weights_path(name).is_file():
+        pytest.skip(f"{name} not trained yet")
+    recorded = {"amp": "fp32", **log["recipe"]}  # logs written before `amp` existed trained in fp32
+    assert recorded == zoo.train_recipe(name)
+    assert len(log["history"]) == log["recipe"]["epochs"]
+    assert log["test_acc"] >= 0.90, f"{name}: {log['test_acc']:.4f}"
+    assert log["weights_bytes"] == zoo.weights_path(name).stat().st_size

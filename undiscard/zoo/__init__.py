@@ -50,10 +50,12 @@ class ZooSpec:
     build: Callable[[], nn.Module]
     input_size: int = 32
     in_chans: int = 1
-    train: dict = field(default_factory=dict)  # epochs, lr, weight_decay, batch_size, label_smoothing
+    train: dict = field(default_factory=dict)  # epochs, lr, weight_decay, batch_size, label_smoothing, amp
 
 
-_DEFAULT_TRAIN = dict(epochs=5, lr=2e-3, weight_decay=0.05, batch_size=128, label_smoothing=0.1, warmup=0.15)
+# amp: "fp32" or "bf16" (CPU autocast of the forward pass; fp32 master weights and optimizer state).
+_DEFAULT_TRAIN = dict(epochs=5, lr=2e-3, weight_decay=0.05, batch_size=128, label_smoothing=0.1, warmup=0.15,
+                      amp="fp32")
 
 _SPECS: dict[str, ZooSpec] = {
     s.name: s
@@ -62,7 +64,7 @@ _SPECS: dict[str, ZooSpec] = {
         ZooSpec("resnext", "ResNeXt-D (Bottleneck, grouped conv)", models.resnext, train=dict(epochs=7)),
         ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=14, lr=3e-3)),
         ZooSpec("convnext", "ConvNeXt", models.convnext, train=dict(epochs=16)),
-        ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=13, lr=1.5e-3)),
+        ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=24, lr=1.5e-3, amp="bf16")),
         ZooSpec("pvtv2", "PVT-v2", models.pvtv2, train=dict(epochs=11, lr=1e-3, batch_size=64)),
         ZooSpec("mobilevit", "MobileViT (timm ByobNet)", models.mobilevit, train=dict(epochs=6)),
     ]
