@@ -433,3 +433,26 @@ def test_state_offset(state, rates, spatial, want) -> None:
     assert state_offset(state, rates, spatial) == want
     sp = spatial if spatial is not None else [True] * len(rates)
     assert ref_offset(state, rates, sp) == want
+
+
+def test_evaluate_states_scores_every_state_alone() -> None:
+    """evaluate_states: one row per state in state-space order, top-1 of run_state, offsets, deltas."""
+    from undiscard.evaluation import evaluate_states
+
+    net = tiny_cnn((2, 2)).double()
+    x = images(10, 16)
+    model = undiscard.wrap(net, budget=1, units=[0, 1])
+    rows_before_prepare = evaluate_states(model, x, torch.zeros(10, dtype=torch.long))  # prepares itself
+    assert len(rows_before_prepare) == 16
+    table = state_table(model, x)
+    labels = table[(1, 2)].argmax(-1)  # state (1, 2) is right on every image
+    rows = evaluate_states(model, x, labels, batch_size=3)
+    assert [r["state"] for r in rows] == all_states([2, 2])
+    for r in rows:
+        want = 100.0 * (table[r["state"]].argmax(-1) == labels).double().mean().item()
+        assert r["top1"] == pytest.approx(want)
+        assert (r["dy"], r["dx"]) == ref_offset(r["state"], [2, 2], [True, True])
+        assert r["delta"] == pytest.approx(r["top1"] - rows[0]["top1"])
+    assert rows[6]["state"] == (1, 2) and rows[6]["top1"] == 100.0
+    plain = (net(x).argmax(-1) == labels).double().mean().item() * 100
+    assert rows[0]["top1"] == pytest.approx(plain)  # state 0 is the original model

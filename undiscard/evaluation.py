@@ -12,10 +12,12 @@ plus ``cost``: the mean cost per image in baseline-forward equivalents (``Undisc
 ``cost_ideal``, what it would be if every expansion recomputed only from its unit on.
 
 One search per batch at the largest budget serves every budget and every aggregation variant (the
-search is incremental); budget 1 is the original model exactly.
+search is incremental); budget 1 is the original model exactly. :func:`evaluate_states` scores every
+single state on its own: the diagnostic for a model on which the search loses.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Sequence
@@ -23,9 +25,10 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .search import state_offset
 from .wrapper import Undiscard, wrap
 
-__all__ = ["Row", "evaluate", "evaluate_tta", "evaluate_tta_grid", "row_from_counts", "topk_correct"]
+__all__ = ["Row", "evaluate", "evaluate_states", "evaluate_tta", "evaluate_tta_grid", "row_from_counts", "topk_correct"]
 
 
 @dataclass
@@ -227,3 +230,25 @@ def evaluate_tta_grid(name: str, model: Undiscard, views: Sequence, images: Tens
                                 align=model.align, units=[u.name for u in model.search_units], seconds=seconds,
                                 tta=label, tta_views=v_count), tallies[(v_count, b, label)].counts(n, shifted is not None))
             for v_count, b, label in configs]
+
+
+@torch.no_grad()
+def evaluate_states(model: Undiscard, images: Tensor, labels: Tensor, *, batch_size: int = 250) -> list[dict]:
+    """Top-1 of the network run at each single state of ``model``'s searched units (``run_state``).
+
+    One dict per state, in the order of the state space (the first is the all-zero state, the original
+    model): ``state`` (tuple), ``dy``/``dx`` (offset in pixels of the first searched unit's input),
+    ``top1`` and ``delta`` (points against the original model). Costs one forward per state per image.
+    """
+    model.prepare(images[:1])
+    units = model.search_units
+    rates, spatial = [u.rate for u in units], [u.spatial for u in units]
+    rows = []
+    for state in itertools.product(*(range(u.num_phases) for u in units)):
+        correct = sum(topk_correct(model.run_state(images[sl], state), labels[sl], 1)
+                      for sl in _batches(len(images), batch_size))
+        dy, dx = state_offset(state, rates, spatial)
+        rows.append({"state": state, "dy": int(dy), "dx": int(dx), "top1": 100.0 * correct / max(1, len(images))})
+    for r in rows:
+        r["delta"] = r["top1"] - rows[0]["top1"]
+    return rows
