@@ -3,8 +3,11 @@
 Every state (one phase per searched unit) is a network the model was never evaluated as. This runs
 each of them alone (``model.run_state``) on validation images held out from the Fashion-MNIST *train*
 split (never the test set) and prints its top-1 beside the original model's (the all-zero state), with
-its offset in pixels of the first searched unit's input. States far below state 0 are what a search
-over those units has to aggregate away; they explain a model on which the search loses.
+its offset in pixels of the first searched unit's input. Beside each state, ``translated`` is the
+original model on the same images translated up/left by that offset in image pixels (zero fill, as in
+training): where a state is far below its translation, the state is not a shift the model has learnt
+to handle. States far below state 0 are what a search over those units has to aggregate away; they
+explain a model on which the search loses.
 
     python scripts/state_accuracy.py --model swin --limit 1000 [--units a,b] [--json]
 """
@@ -14,6 +17,7 @@ import argparse
 import json
 
 import torch
+import torch.nn.functional as F
 
 from undiscard import zoo
 from undiscard.data import load_train_val, normalize, resize, to_float
@@ -35,21 +39,34 @@ def main() -> None:
 
     (_, _), (xv, yv) = load_train_val(args.data)
     cfg = zoo.model_config(args.model)
-    x = normalize(resize(to_float(xv[:args.limit]), int(cfg["input_size"][-1])), int(cfg["in_chans"]))
+    raw = resize(to_float(xv[:args.limit]), int(cfg["input_size"][-1]))  # [0, 1]; 0 is the background
+    x = normalize(raw, int(cfg["in_chans"]))
     y = torch.as_tensor(yv[:args.limit])
     units = args.units.split(",") if args.units else zoo.search_units(args.model)
-    model = wrap(zoo.create_model(args.model), budget=1, units=units, example_input=x[:1])
+    net = zoo.create_model(args.model)
+    model = wrap(net, budget=1, units=units, example_input=x[:1])
     searched = model.search_units
     rows = evaluate_states(model, x, y)
+    scale = raw.shape[-1] // searched[0].in_size[-1] if searched else 1  # image px per first-unit input px
     for r in rows:
         r["state"] = ",".join(map(str, r["state"]))
+        r["translated"] = _translated_top1(net, raw, y, r["dy"] * scale, r["dx"] * scale, int(cfg["in_chans"]))
     if args.json:
         print(json.dumps({"model": args.model, "units": [u.name for u in searched], "n": len(x), "rows": rows},
                          indent=1))
         return
     print(f"{args.model}: units {', '.join(u.name for u in searched)}; {len(x)} validation images")
     print(format_table(rows, [("state", "state"), ("dy", "dy"), ("dx", "dx"), ("top1", "top-1"),
-                              ("delta", "vs state 0")]))
+                              ("delta", "vs state 0"), ("translated", "translated")]))
+
+
+@torch.no_grad()
+def _translated_top1(net: torch.nn.Module, raw: torch.Tensor, y: torch.Tensor, dy: int, dx: int, chans: int) -> float:
+    """Top-1 of the plain network on ``raw`` moved up by ``dy`` and left by ``dx`` pixels, zero fill."""
+    moved = F.pad(raw, (0, dx, 0, dy))[..., dy:, dx:]
+    correct = sum((net(normalize(moved[i:i + 250], chans)).argmax(1) == y[i:i + 250]).sum().item()
+                  for i in range(0, len(raw), 250))
+    return 100.0 * correct / len(raw)
 
 
 if __name__ == "__main__":
