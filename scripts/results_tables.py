@@ -10,6 +10,10 @@
         per model and budget: attention minus entropy aggregation (entropy criterion, aligned), points
     python scripts/results_tables.py tta results/tta/results.json
         per model and total budget: the best TTA alone, ours alone and TTA + ours (by shifted top-1)
+    python scripts/results_tables.py tta-summary results/tta/results.json
+        per total budget and method: clean / shifted / consistency / cost averaged over the models
+    python scripts/results_tables.py tta-delta results/tta/results.json
+        per model and total budget: the best "TTA + ours" row minus the best "TTA alone" row, per measure
 """
 from __future__ import annotations
 
@@ -97,17 +101,23 @@ def versus_table(rows: list[dict], a: tuple[str, str, bool], b: tuple[str, str, 
     return format_table(out, cols, markdown=True)
 
 
+METRICS = ("top1", "top1_shifted", "consistency")
+
+
+def family(method: str) -> str | None:
+    """The family of a scripts/compare_tta.py method: TTA alone, ours alone or TTA + ours."""
+    if method.startswith("TTA"):
+        return "TTA alone"
+    if method.startswith("ours"):
+        return "ours alone"
+    if method.startswith("flip"):
+        return "TTA + ours"
+    return None
+
+
 def tta_table(rows: list[dict], metric: str = "top1_shifted") -> str:
     """From scripts/compare_tta.py results: per model and total budget T, the best of each family of
     methods by ``metric`` (TTA alone over its five aggregators, ours alone, flip + ours), with its cost."""
-    def family(method: str) -> str | None:
-        if method.startswith("TTA"):
-            return "TTA alone"
-        if method.startswith("ours"):
-            return "ours alone"
-        if method.startswith("flip"):
-            return "TTA + ours"
-        return None
     best: dict[tuple, dict] = {}
     for r in rows:
         f = family(r["method"])
@@ -125,9 +135,43 @@ def tta_table(rows: list[dict], metric: str = "top1_shifted") -> str:
     return format_table(out, cols, markdown=True)
 
 
+def tta_summary_table(rows: list[dict]) -> str:
+    """Per total budget and method, every measure and the cost averaged over the models."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["total_budget"], r["method"]), []).append(r)
+    out = [{"T": t, "method": m, **{k: sum(r[k] for r in rs) / len(rs) for k in (*METRICS, "cost")}}
+           for (t, m), rs in sorted(groups.items())]
+    cols = [("T", "T"), ("method", "method"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
+            ("consistency", "consistency"), ("cost", "cost x")]
+    return format_table(out, cols, markdown=True)
+
+
+def tta_delta_table(rows: list[dict]) -> str:
+    """Per model and total budget: for each measure, the best "TTA + ours" row minus the best "TTA alone"
+    row (points; each measure picks its own best), and the largest cost of each family."""
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        f = family(r["method"])
+        if f in ("TTA alone", "TTA + ours"):
+            groups.setdefault((r["model"], r["total_budget"]), {}).setdefault(f, []).append(r)
+    out = []
+    for (model, t), fam in sorted(groups.items()):
+        if len(fam) < 2:
+            continue
+        both, alone = fam["TTA + ours"], fam["TTA alone"]
+        out.append({"model": model, "T": t,
+                    **{k: max(r[k] for r in both) - max(r[k] for r in alone) for k in METRICS},
+                    "cost": f"{max(r['cost'] for r in both):.1f} vs {max(r['cost'] for r in alone):.0f}"})
+    cols = [("model", "model"), ("T", "T"), ("top1", "Δ top-1"), ("top1_shifted", "Δ top-1 shifted"),
+            ("consistency", "Δ consistency"), ("cost", "cost: both vs TTA")]
+    return format_table(out, cols, markdown=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("zoo", "aggregators", "summary", "attention-vs-entropy", "tta"))
+    ap.add_argument("kind", choices=("zoo", "aggregators", "summary", "attention-vs-entropy", "tta",
+                                           "tta-summary", "tta-delta"))
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     rows = load(args.files)
@@ -137,6 +181,10 @@ def main() -> int:
         print(aggregator_table(rows))
     elif args.kind == "tta":
         print(tta_table(rows))
+    elif args.kind == "tta-summary":
+        print(tta_summary_table(rows))
+    elif args.kind == "tta-delta":
+        print(tta_delta_table(rows))
     elif args.kind == "summary":
         print(summary_table(rows))
     else:
