@@ -168,27 +168,24 @@ def tta_delta_table(rows: list[dict]) -> str:
     return format_table(out, cols, markdown=True)
 
 
+TABLES = {  # kind on the command line -> table from the loaded rows
+    "zoo": zoo_table,
+    "aggregators": aggregator_table,
+    "summary": summary_table,
+    "attention-vs-entropy": lambda rows: versus_table(rows, ("entropy", "attention", True),
+                                                      ("entropy", "entropy", True)),
+    "tta": tta_table,
+    "tta-summary": tta_summary_table,
+    "tta-delta": tta_delta_table,
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("zoo", "aggregators", "summary", "attention-vs-entropy", "tta",
-                                           "tta-summary", "tta-delta"))
+    ap.add_argument("kind", choices=list(TABLES))
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
-    rows = load(args.files)
-    if args.kind == "zoo":
-        print(zoo_table(rows))
-    elif args.kind == "aggregators":
-        print(aggregator_table(rows))
-    elif args.kind == "tta":
-        print(tta_table(rows))
-    elif args.kind == "tta-summary":
-        print(tta_summary_table(rows))
-    elif args.kind == "tta-delta":
-        print(tta_delta_table(rows))
-    elif args.kind == "summary":
-        print(summary_table(rows))
-    else:
-        print(versus_table(rows, ("entropy", "attention", True), ("entropy", "entropy", True)))
+    print(TABLES[args.kind](load(args.files)))
     return 0
 
 
