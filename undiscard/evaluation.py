@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from .search import state_offset
 from .wrapper import Undiscard, wrap
 
-__all__ = ["Row", "evaluate", "evaluate_states", "evaluate_tta", "evaluate_tta_grid", "row_from_counts", "topk_correct"]
+__all__ = ["Row", "evaluate", "evaluate_states", "evaluate_tta", "evaluate_tta_grid", "row_from_counts",
+           "topk_correct"]
 
 
 @dataclass
