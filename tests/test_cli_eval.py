@@ -126,6 +126,7 @@ def test_predict_missing_image(capsys):
 def test_torchrun_two_processes_equal_one(capsys, folder):
     """`torchrun --nproc-per-node 2 -m undiscard eval` (gloo on CPU) gives the single-process numbers."""
     import os
+    import socket
     import subprocess
     import sys
 
@@ -134,10 +135,14 @@ def test_torchrun_two_processes_equal_one(capsys, folder):
             "--budget", "1,2", "--shift", "3", "--quiet", "--json"]
     single = run_json(capsys, args[:-2])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port, not a fixed one another job may hold
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", "29517", "-m", "undiscard", *args],
+                           "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "undiscard", *args],
                           capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error:" in line]
+    assert proc.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + proc.stderr[-1500:]
     multi = json.loads(proc.stdout)  # only rank 0 printed
     assert multi["processes"] == 2 and multi["images"] == single["images"] == N
     exact = ("n", "correct1", "correct5", "correct_shifted", "agree")
