@@ -22,12 +22,26 @@ def setup(device: torch.device) -> tuple[int, int]:
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
+        # torch.distributed.nn.functional binds ``group=group.WORLD`` as default arguments when first imported
+        # (torch._dynamo imports it, so loading a timm/torchvision model does). Imported after the group
+        # exists, it holds the group forever: destroy_process_group then cannot free it, its gloo worker
+        # threads outlive the interpreter, and one that releases a finished collective's Python tensors
+        # during shutdown is killed while holding C++ frames -> "terminate called without an active
+        # exception" (SIGABRT) in a run that had already printed its results. Import it first.
+        import torch.distributed.nn.functional  # noqa: F401
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
-def teardown() -> None:
+def teardown(wait: bool = True) -> None:
+    """Leave the process group, which frees it and joins its worker threads.
+
+    ``wait`` first waits for every process to get here (pass False on an error path, where the others may
+    never arrive and torchrun stops them instead).
+    """
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -67,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--shift must be >= 0, got {args.shift}")
     rank, world = distributed.setup(device)
     try:
-        return _run(args, budgets, device, rank, world)
-    finally:
-        distributed.teardown()
+        code = _run(args, budgets, device, rank, world)
+    except BaseException:
+        distributed.teardown(wait=False)
+        raise
+    distributed.teardown()
+    return code
 
 
 def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, rank: int, world: int) -> int:
