@@ -100,6 +100,7 @@ def _trace(split: Split, x: Tensor, model: nn.Module) -> tuple[list[list[_Call]]
                 v_in = x._version
                 before = len(roots)
                 x = stage(x)
+                _close_open_calls(stack)
                 per_stage.append(roots[before:])
                 versions.append((v_in, x._version))
     finally:
@@ -107,6 +108,18 @@ def _trace(split: Split, x: Tensor, model: nn.Module) -> tuple[list[list[_Call]]
             h.remove()
     inputs.append(x)
     return per_stage, inputs, versions
+
+
+def _close_open_calls(stack: list[_Call]) -> None:
+    """Calls a stage left without returning (a stage that stops the model's forward part-way, see
+    :mod:`undiscard.hook_split`): they get no output, and their modules still count as run by the stage."""
+    while stack:
+        call = stack.pop()
+        call.subtree = call.subtree | {id(call.module)}
+        for c in call.children:
+            call.subtree |= c.subtree
+        if stack:
+            stack[-1].subtree |= call.subtree
 
 
 def _is_chain(calls: list[_Call], start: Tensor, end: Any, start_version: int, end_version: int) -> bool:

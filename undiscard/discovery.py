@@ -194,9 +194,12 @@ class _Tracer(TorchFunctionMode):
         stride = _functional_stride(func, args, kwargs) if self.adapter_depth == 0 else None
         if stride is not None and max(stride) > 1:
             name, module = self.stack[-1] if self.stack else ("<model>", None)
-            call = self.new_call(name, class_path(module) if module is not None else "function", 0, union,
-                                 f"{getattr(func, '__name__', func)} with stride {stride} has no phase adapter"
-                                 " (its module class is not registered)")
+            fname = getattr(func, '__name__', str(func))
+            pool = {"max_pool2d": "MaxPool2d", "max_pool2d_with_indices": "MaxPool2d", "avg_pool2d": "AvgPool2d",
+                    "lp_pool2d": "LPPool2d"}.get(fname, "Conv2d")
+            call = self.new_call(name or "forward", class_path(module) if module is not None else "function", 0, union,
+                                 f"F.{fname} with stride {stride} is a function call in the model's code, which "
+                                 f"has no phase adapter (an nn.{pool} module would be searchable)")
             union = union | {call.tag}
         self.mark(out, union)
         return out

@@ -12,29 +12,52 @@ every supported model needs ``logits == head(features(x))``. A :class:`Split` sa
   1x1 maps that cannot be aligned; ``"tokens"`` for (N, P + h*w, C) token sequences (timm ViT-style
   models, EfficientFormer) — the last h*w tokens become a map (h, w from the last unit's output size),
   the P prefix tokens are aggregated with the same weights but never shifted.
+- ``method``: which of the rules below made it (for reports).
 
-Splits are found, in order: an explicit ``features=``/``head=`` override; the registry below, keyed by
-the model's exact class (torchvision classifiers, EfficientNet-Lite); any timm model
-(``forward_features``/``forward_head``); a generic rule for plain nets whose top-level children run as a
-chain (features end at the last 4-D activation, the rest is the head, with ``flatten`` where a Linear
-follows). Every split is checked once against ``model(x)`` on the first input, bit for bit where the
-model computes the same ops (see ``verify``).
+Splits are tried in order, and the first that reproduces the model is used:
+
+1. ``features=``/``head=`` given to ``wrap()`` (used as given; an error if they do not reproduce it);
+2. the registry below, keyed by the model's exact class (torchvision classifiers, EfficientNet-Lite);
+3. any timm model (``forward_features``/``forward_head``);
+4. graph capture (:mod:`undiscard.graph_split`): the model's ``torch.fx`` graph, cut after the last
+   spatial feature map; the head is the rest of the graph, whatever the model's code does there;
+5. the hook fallback (:mod:`undiscard.hook_split`) for models fx cannot trace: the model's own forward,
+   stopped at / resumed from its last module that returns a feature map (each head call then costs
+   about a full forward, and the search cannot cache activations).
+
+Every split is verified once on the first input: ``head(features(x))`` must equal the model's logits
+bit for bit (same shape, dtype and values); a split that crashes or differs is skipped, and when none is
+left :class:`SplitError` says what was tried and what to pass. The logits are the model's output
+selected by :mod:`undiscard.outputs` (a dict's ``"logits"``, a tuple's element 0, ``output=``).
+
+Flatten + fully-connected heads (``x.view(x.size(0), -1)`` then Linear) are not translation-invariant:
+aligned aggregation (the default) shifts each state's map back by its offset before averaging, so the
+head sees every state's features at the positions the original model computes them at (see
+:mod:`undiscard.graph_split`).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ._compat import class_path
 from .errors import UndiscardError
+from .execution import phase_plan
+from .graph_split import GraphSplitError, graph_split
+from .hook_split import HookSplitError, hook_split
+from .outputs import OutputError, OutputSelector, select_output
 
-__all__ = ["Split", "get_split", "register_split", "to_map", "from_map"]
+__all__ = ["Split", "SplitError", "get_split", "register_split", "to_map", "from_map"]
 
 Stage = Callable[[Tensor], Tensor]
+
+
+class SplitError(UndiscardError):
+    """No split of the model into features and head reproduces it (budget 1 still works)."""
 
 
 @dataclass
@@ -42,6 +65,7 @@ class Split:
     stages: list[Stage]
     head: Callable[[Tensor], Tensor]
     layout: str = "nchw"
+    method: str = ""
 
     def features(self, x: Tensor) -> Tensor:
         for stage in self.stages:
@@ -163,62 +187,90 @@ def _timm_split(m: nn.Module) -> Split:
     return Split([m.forward_features], m.forward_head, layout=layout)  # 3-D outputs become "tokens" in use
 
 
-def _generic_split(model: nn.Module, x: Tensor) -> Split:
-    """Top-level children that run as a chain; features end at the last 4-D activation that is not a
-    global pooling."""
-    calls: list[tuple[nn.Module, Tensor, Tensor]] = []
-    hooks = [c.register_forward_hook(lambda mod, a, o: calls.append((mod, a[0] if a else None, o)))
-             for c in model.children()]
+def _checked(split: Split, model: nn.Module, x: Tensor, expected: Tensor, output: OutputSelector) -> str | None:
+    """None when ``head(features(x))`` is ``expected`` bit for bit; otherwise why not (one line)."""
     try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    chain: list[nn.Module] = []
-    current = x
-    for mod, inp, out in calls:
-        if inp is None or not isinstance(out, Tensor):
-            break
-        if inp is not current and not (inp.dim() == 2 and current.dim() > 2
-                                       and torch.equal(inp, torch.flatten(current, 1))):
-            break
-        chain.append(mod)
-        current = out
-    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
-    last4d = max((i for i, (mod, _, o) in enumerate(calls[:len(chain)]) if o.dim() == 4 and not isinstance(mod, pools)),
-                 default=None)
-    if last4d is None or len(chain) != len(calls):
-        raise UndiscardError(f"cannot split {class_path(model)} into features and head automatically: "
-                             "pass features=(model, x) -> maps and head=(model, maps) -> logits to wrap()")
-    feats, rest = chain[:last4d + 1], chain[last4d + 1:]
+        with torch.no_grad(), phase_plan(None):
+            got = split.head(split.features(x))  # a head returns the selected logits itself
+    except OutputError:
+        raise
+    except Exception as err:  # a split that crashes on the model is not its split
+        text = str(err).strip()
+        return f"it fails ({type(err).__name__}: {text.splitlines()[0] if text else ''})"
+    if not isinstance(got, Tensor):
+        return f"its head returns {type(got).__name__}, not the logits tensor"
+    if got.shape != expected.shape or got.dtype != expected.dtype:
+        return f"it gives {tuple(got.shape)} {got.dtype} instead of {tuple(expected.shape)} {expected.dtype}"
+    if not torch.equal(got, expected):
+        diff = (got.double() - expected.double()).abs().nan_to_num(nan=float("inf")).max()
+        return f"it differs from the model's output by up to {float(diff):.3g}"
+    return None
 
-    def head(f: Tensor) -> Tensor:
-        for mod in rest:
-            if isinstance(mod, nn.Linear) and f.dim() > 2:
-                f = torch.flatten(f, 1)
-            f = mod(f)
-        return f
 
-    return Split(list(feats), head)
+def _factories(model: nn.Module) -> list[tuple[str, Callable[[nn.Module, Tensor, OutputSelector], Split]]]:
+    """The automatic splits to try for ``model``, in order (see module docstring)."""
+    found: list[tuple[str, Callable[[nn.Module, Tensor, OutputSelector], Split]]] = []
+    factory = _SPLITS.get(class_path(model))
+    if factory is not None:
+        found.append(("registry", lambda m, x, o: factory(m)))
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head") and \
+            type(model).__module__.startswith("timm."):
+        found.append(("timm", lambda m, x, o: _timm_split(m)))
+    found.append(("graph capture", graph_split))
+    found.append(("hook fallback", hook_split))
+    return found
 
 
 def get_split(model: nn.Module, x: Tensor,
               features: Callable[[nn.Module, Tensor], Tensor] | None = None,
               head: Callable[[nn.Module, Tensor], Tensor] | None = None,
-              layout: str = "nchw") -> Split:
-    """The split of ``model`` (see module docstring). ``x`` is a sample input for the generic rule."""
+              layout: str = "nchw", output: OutputSelector = None) -> Split:
+    """The split of ``model`` (see module docstring), verified bit for bit on the sample input ``x``.
+
+    ``output`` selects the logits from the model's output (:mod:`undiscard.outputs`). Raises
+    :class:`SplitError` (one line: what was tried, why each failed, what to pass) when no split
+    reproduces ``model(x)``.
+    """
     if (features is None) != (head is None):
         raise UndiscardError("pass both features= and head=, or neither")
+    with torch.no_grad(), phase_plan(None):
+        expected = select_output(model(x), output)
+    if expected.dim() < 2 or expected.shape[0] != x.shape[0]:
+        raise SplitError(f"the model's logits for a batch of {x.shape[0]} have shape {tuple(expected.shape)}: a "
+                         "budget above 1 needs (N, ...) outputs that keep the batch dimension (a squeeze() drops "
+                         "it, flatten(1) keeps it); budget=1 works as it is")
     if features is not None and head is not None:
-        return Split([functools.partial(features, model)], functools.partial(head, model), layout=layout)
-    factory = _SPLITS.get(class_path(model))
-    if factory is not None:
-        return factory(model)
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head") and \
-            type(model).__module__.startswith("timm."):
-        return _timm_split(model)
-    return _generic_split(model, x)
+        split = Split([functools.partial(features, model)], _SelectedHead(functools.partial(head, model), output),
+                      layout=layout)
+        why = _checked(split, model, x, expected, output)
+        if why is not None:
+            raise SplitError(f"features=/head= do not reproduce the model: head(features(x)) != model(x), {why}")
+        split.method = "features=/head="
+        return split
+    reasons: list[str] = []
+    for method, make in _factories(model):
+        try:
+            split = make(model, x, output)
+        except (GraphSplitError, HookSplitError) as err:
+            reasons.append(f"{method}: {err}")
+            continue
+        why = _checked(split, model, x, expected, output)
+        if why is None:
+            split.method = method
+            return split
+        reasons.append(f"{method}: {why}")
+    raise SplitError(f"cannot split {class_path(model)} into features and head ({'; '.join(reasons)}): pass "
+                     "features=(model, x) -> maps and head=(model, maps) -> logits to wrap(); budget=1 needs no split")
+
+
+class _SelectedHead:
+    """A head whose output goes through the output rule (a user's head may return a dict too)."""
+
+    def __init__(self, head: Callable[[Tensor], Any], output: OutputSelector):
+        self.head, self.output = head, output
+
+    def __call__(self, f: Tensor) -> Tensor:
+        return select_output(self.head(f), self.output)
 
 
 def to_map(f: Tensor, layout: str, grid: tuple[int, int] | None = None) -> tuple[Tensor, Tensor | None]:
