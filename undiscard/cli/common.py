@@ -102,7 +102,7 @@ def emit_json(payload: dict[str, Any]) -> None:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model and what overrides its weights, classes and preprocessing."""
     p.add_argument("--model", required=True,
-                   help="zoo:NAME, timm:NAME, torchvision:NAME or efficientnet-lite0 (see `undiscard models`)")
+                   help="zoo:NAME, timm:NAME, torchvision:NAME or efficientnet-lite0/1/2 (see `undiscard models`)")
     p.add_argument("--weights", default=None, help="a state_dict or checkpoint file to load into the model")
     p.add_argument("--num-classes", type=int, default=None, help="number of classes of the model's head")
     p.add_argument("--input-size", type=int, default=None, help="override the model's input size")
@@ -160,7 +160,7 @@ def read_folder_images(data, order: list[int], pre, quiet: bool) -> tuple[Tensor
     with progress_bar(len(order), "loading", enabled=not quiet) as bar:
         for p, i in enumerate(order):
             try:
-                images.append(load_image(data.paths[i], pre.in_chans, pre.input_size, pre.crop_pct, pre.pad_to))
+                images.append(load_image(data.paths[i], **pre.image_kwargs()))
                 labels.append(data.labels[i])
                 kept.append(p)
             except (OSError, ValueError):

@@ -5,6 +5,11 @@ copies (each image translated by an offset with 1 <= max(|dy|, |dx|) <= PIXELS, 
 normalisation) and shift consistency. Files that are not images are skipped and counted; unreadable
 images likewise (both counts are printed and are in the JSON).
 
+Labels: the sorted folder names (0, 1, ...), or ``--class-map`` (a file, or ``imagenet``). A folder whose
+subfolders are all ImageNet-1k WordNet ids (``n01440764``, ...) evaluated with a 1000-class model is
+labelled with the standard ImageNet indices without a map; that is said on stderr and in the JSON.
+
+
 ``--aggregate`` may list several aggregations (``mean,entropy,attention``): they are evaluated on the
 same searches. ``attention`` and ``--criterion learned`` use ``--aggregator FILE`` (zoo models: the
 shipped one). ``--tta POLICY`` adds image-space test-time augmentation around the model: each view gets
@@ -18,7 +23,7 @@ import sys
 import torch
 
 from ..aggregate import AGGREGATES
-from ..data.folder import load_class_map, normalize_batch, scan_folder
+from ..data.folder import detect_imagenet_classes, load_class_map, normalize_batch, scan_folder
 from .. import distributed
 from ..data.shift import random_offsets, shift_images
 from ..evaluation import evaluate, evaluate_tta, row_from_counts
@@ -36,7 +41,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--data", required=True, help="image folder: DIR/CLASS/IMAGE")
     p.add_argument("--class-map", default=None,
-                   help="folder name -> class index: JSON object, or text with one name per line")
+                   help="folder name -> class index: JSON object, text with one name per line, or 'imagenet' "
+                        "(WordNet-id folders n01440764, ... -> standard ImageNet indices; detected by itself "
+                        "when every folder is an ImageNet wnid and the model has 1000 classes)")
     p.add_argument("--budget", default="1,4,8,16", help="comma-separated budgets (default: 1,4,8,16)")
     p.add_argument("--criterion", default="entropy", help=f"one of {', '.join(CRITERIA)} (learned: needs an aggregator)")
     p.add_argument("--aggregate", default="entropy",
@@ -94,6 +101,14 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     kept = [positions[r] for r in read]
     with torch.no_grad():
         k = loaded.model(normalize_batch(x01[:1], pre.mean, pre.std)).shape[-1]
+    labels_from = f"class map {args.class_map}" if args.class_map else "sorted folder names"
+    imagenet_index = detect_imagenet_classes(data.classes, k) if class_map is None else None
+    if imagenet_index is not None:  # WordNet-id folders: the standard ImageNet indices, not sorted positions
+        y = torch.tensor(imagenet_index)[y]
+        labels_from = "ImageNet WordNet ids (detected)"
+        if rank == 0:
+            print(f"class folders are ImageNet WordNet ids: labelled with the standard 1000-class indices "
+                  f"({len(data.classes)} classes; --class-map FILE overrides)", file=sys.stderr)
     if int(y.max()) >= k:
         raise CLIError(f"labels go up to {int(y.max())} but the model has {k} classes: "
                        "pass --class-map (or --num-classes with --weights)")
@@ -130,7 +145,7 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
         return 0
     result = [r.as_dict() for r in rows]
     skipped = {"non_image_files": data.skipped_non_image, "unreadable_images": sorted(unreadable)}
-    payload = {"results": result, "data": str(args.data), "images": total_images - len(unreadable),
+    payload = {"results": result, "data": str(args.data), "labels": labels_from, "images": total_images - len(unreadable),
                "processes": world, "skipped": skipped}
     if args.out is not None:
         write_json(args.out / "results.json", payload)

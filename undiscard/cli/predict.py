@@ -1,4 +1,15 @@
-"""``undiscard predict``: top-5 classes of some images, with and without the phase search."""
+"""``undiscard predict``: the top-k classes of some images, by name, with and without the phase search.
+
+Class names come with the model: the shipped ImageNet names for the EfficientNet-Lite models and for
+timm/torchvision ImageNet architectures (1000 classes), the Fashion-MNIST names for the zoo; a model
+without names (``--num-classes`` other than 1000) shows class indices. Text output, one line per class::
+
+    photo.jpg
+      baseline    37.6%  tiger cat
+                  37.2%  Egyptian cat
+      budget 8    40.3%  Egyptian cat
+                  ...
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,10 +23,11 @@ from .common import CLIError, add_model_args, emit_json, load_cli_model, resolve
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("predict", help="top-5 classes of images, baseline vs. undiscard")
+    p = sub.add_parser("predict", help="top-k classes of images by name, baseline vs. undiscard")
     add_model_args(p)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--budget", type=int, default=8, help="states per image for undiscard (default: 8)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="accepted for symmetry; predict shows no progress bar")
@@ -25,6 +37,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.budget <= 0:
         raise CLIError(f"budget must be positive, got {args.budget}")
+    if args.top_k <= 0:
+        raise CLIError(f"--top-k must be positive, got {args.top_k}")
     device = resolve_device(args.device)
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
@@ -32,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_cli_model(args)
     pre = loaded.preprocess
     try:
-        x01 = torch.stack([load_image(Path(p), pre.in_chans, pre.input_size, pre.crop_pct, pre.pad_to)
-                           for p in args.images])
+        x01 = torch.stack([load_image(Path(p), **pre.image_kwargs()) for p in args.images])
     except (OSError, ValueError) as err:
         raise CLIError(f"cannot read image: {err}") from None
     x = normalize_batch(x01, pre.mean, pre.std).to(device)
@@ -44,17 +57,19 @@ def run(args: argparse.Namespace) -> int:
         ours = model(x).softmax(-1)
     names = loaded.class_names
 
-    def top5(p: torch.Tensor) -> list[dict]:
-        v, i = p.topk(min(5, p.shape[-1]))
+    def topk(p: torch.Tensor) -> list[dict]:
+        v, i = p.topk(min(args.top_k, p.shape[-1]))
         return [{"class": int(c), "name": names[int(c)] if int(c) < len(names) else str(int(c)),
                  "prob": round(float(q), 4)} for q, c in zip(v, i)]
 
-    out = [{"image": p, "baseline": top5(base[k]), "undiscard": top5(ours[k])} for k, p in enumerate(args.images)]
+    out = [{"image": p, "baseline": topk(base[k]), "undiscard": topk(ours[k])} for k, p in enumerate(args.images)]
     if args.json:
         emit_json({"budget": args.budget, "cost": model.last_cost, "predictions": out})
         return 0
     for rec in out:
         print(rec["image"])
-        for label, key in (("  baseline ", "baseline"), (f"  budget {args.budget}", "undiscard")):
-            print(label + ": " + ", ".join(f"{t['name']} {100 * t['prob']:.1f}%" for t in rec[key]))
+        for label, key in (("baseline", "baseline"), (f"budget {args.budget}", "undiscard")):
+            for r, t in enumerate(rec[key]):
+                print(f"  {label if r == 0 else '':<10}  {100 * t['prob']:5.1f}%  {t['name']}")
+
     return 0

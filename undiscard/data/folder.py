@@ -7,8 +7,10 @@ skipped and counted too. Both counts are reported, so nothing is dropped silentl
 
 Preprocessing (:class:`undiscard.models.Preprocess`): convert to RGB or grayscale as the model's input
 channels require; if ``pad_to`` is set and the image is no larger, zero-pad it to that size (the zoo's
-Fashion-MNIST convention), otherwise resize the short side to ``input_size / crop_pct`` (bilinear) and
-centre-crop ``input_size``; scale to [0, 1]; normalise with the model's mean and std.
+Fashion-MNIST convention), otherwise resize the short side to ``input_size / crop_pct`` and centre-crop
+``input_size`` (or, for TensorFlow-trained models, ``crop_first``: crop the centre ``crop_pct`` of the short
+side, then resize), with the model's interpolation (bilinear or bicubic); scale to [0, 1]; normalise with
+the model's mean and std.
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ from torch import Tensor
 
 from ..errors import UndiscardError
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderData", "scan_folder", "load_image", "load_class_map", "normalize_batch"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderData", "scan_folder", "load_image", "resize_and_crop", "load_class_map",
+           "detect_imagenet_classes", "IMAGENET_CLASS_MAP", "normalize_batch"]
+
+IMAGENET_CLASS_MAP = "imagenet"  # --class-map imagenet: the shipped WordNet id -> index map
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -43,7 +48,13 @@ class FolderData:
 def load_class_map(path: str | Path) -> dict[str, int]:
     """Folder name -> class index: a JSON object, or a text file with one name per line (the line number
     is the index; only the first whitespace-separated word of a line is used, so ImageNet's
-    ``n01440764 tench, Tinca tinca`` lines work)."""
+    ``n01440764 tench, Tinca tinca`` lines work; lines starting with ``#`` are comments). The word
+    ``imagenet`` names the shipped ImageNet-1k map, WordNet id -> standard index (a file called
+    ``imagenet`` is given as ``./imagenet``)."""
+    if str(path) == IMAGENET_CLASS_MAP:
+        from .imagenet import imagenet_class_map
+
+        return imagenet_class_map()
     p = Path(path)
     if not p.is_file():
         raise UndiscardError(f"class map not found: {p}")
@@ -56,8 +67,21 @@ def load_class_map(path: str | Path) -> dict[str, int]:
         if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
             raise UndiscardError(f"class map {p} must be a JSON object of folder name -> integer index")
         return {str(k): int(v) for k, v in data.items()}
-    names = [line.split()[0] for line in text.splitlines() if line.strip()]
+    names = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     return {name: i for i, name in enumerate(names)}
+
+
+def detect_imagenet_classes(classes: list[str], num_classes: int) -> list[int] | None:
+    """When no class map was given: if the model has 1000 outputs and every class folder is the WordNet
+    id of an ImageNet-1k class (``n01440764``, ...), the standard class index of each folder (in the
+    order of ``classes``), else None. Sorted folder indices are right only for the full 1000-folder set;
+    any subset needs this map."""
+    from .imagenet import NUM_IMAGENET_CLASSES, imagenet_class_map, is_imagenet_folder
+
+    if num_classes != NUM_IMAGENET_CLASSES or not is_imagenet_folder(classes):
+        return None
+    index = imagenet_class_map()
+    return [index[c] for c in classes]
 
 
 def scan_folder(root: str | Path, class_map: dict[str, int] | None = None) -> FolderData:
@@ -90,8 +114,10 @@ def scan_folder(root: str | Path, class_map: dict[str, int] | None = None) -> Fo
     return FolderData(paths, labels, classes, skipped_non_image=skipped)
 
 
-def load_image(path: Path, in_chans: int, input_size: int, crop_pct: float, pad_to: int | None) -> Tensor:
-    """One image as float (in_chans, input_size, input_size) in [0, 1] (see module docstring)."""
+def load_image(path: Path, in_chans: int, input_size: int, crop_pct: float, pad_to: int | None, *,
+               interpolation: str = "bilinear", crop_first: bool = False) -> Tensor:
+    """One image as float (in_chans, input_size, input_size) in [0, 1] (see module docstring; the resize
+    and crop are :func:`resize_and_crop`). ``Preprocess.image_kwargs()`` gives all arguments but the path."""
     from PIL import Image
 
     with Image.open(path) as img:
@@ -102,17 +128,42 @@ def load_image(path: Path, in_chans: int, input_size: int, crop_pct: float, pad_
             x = torch.from_numpy(arr).reshape(h, w, -1).permute(2, 0, 1)
             top, left = (pad_to - h) // 2, (pad_to - w) // 2
             return F.pad(x, (left, pad_to - w - left, top, pad_to - h - top))
-        short = max(input_size, int(math.floor(input_size / crop_pct)))
-        scale = short / min(w, h)
-        img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
-        w, h = img.size
-        left, top = (w - input_size) // 2, (h - input_size) // 2
-        img = img.crop((left, top, left + input_size, top + input_size))
+        img = resize_and_crop(img, input_size, crop_pct, interpolation, crop_first)
         arr = np.asarray(img, dtype=np.float32) / 255.0
     x = torch.from_numpy(arr).reshape(input_size, input_size, -1).permute(2, 0, 1)
     if in_chans == 3 and x.shape[0] == 1:
         x = x.expand(3, -1, -1)
     return x.contiguous()
+
+
+_RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}  # PIL.Image.Resampling names
+
+
+def resize_and_crop(img, input_size: int, crop_pct: float, interpolation: str = "bilinear",
+                    crop_first: bool = False):
+    """A PIL image -> its centre ``input_size`` x ``input_size`` crop, resampled with ``interpolation``.
+
+    ``crop_first=False`` (timm/torchvision eval): resize the short side to ``floor(input_size / crop_pct)``
+    (aspect kept), then crop the centre. ``crop_first=True`` (TensorFlow EfficientNet eval,
+    ``_decode_and_center_crop``): crop the centre square of side ``int(crop_pct * short side)`` from the
+    image as decoded (offsets ``(h - side + 1) // 2``), then resize that square to ``input_size``.
+    """
+    if interpolation not in _RESAMPLE:
+        raise UndiscardError(f"unknown interpolation {interpolation!r}: expected one of {', '.join(_RESAMPLE)}")
+    from PIL import Image
+
+    resample = getattr(Image.Resampling, _RESAMPLE[interpolation])
+    w, h = img.size
+    if crop_first:
+        side = max(1, int(crop_pct * min(w, h)))
+        top, left = (h - side + 1) // 2, (w - side + 1) // 2
+        return img.crop((left, top, left + side, top + side)).resize((input_size, input_size), resample)
+    short = max(input_size, int(math.floor(input_size / crop_pct)))
+    scale = short / min(w, h)
+    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), resample)
+    w, h = img.size
+    left, top = (w - input_size) // 2, (h - input_size) // 2
+    return img.crop((left, top, left + input_size, top + input_size))
 
 
 def normalize_batch(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

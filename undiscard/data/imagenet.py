@@ -1,0 +1,55 @@
+"""The 1000 ImageNet-1k classes, shipped with the package: WordNet ids and names in the standard order.
+
+``imagenet_classes.tsv`` (next to this module; made by ``scripts/make_imagenet_classes.py`` from timm's
+ImageNet synset info) holds one ``WNID<TAB>names`` line per class, class k on data line k. The standard
+index order is the sorted WordNet ids, the output order of every ImageNet-1k classifier. This lets
+``predict`` name ImageNet classes and ``eval`` label an ImageNet-style folder (subfolders named by
+WordNet id, e.g. ``n01440764``) with the model's class indices, without timm or a hand-made map.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["IMAGENET_CLASSES_FILE", "NUM_IMAGENET_CLASSES", "imagenet_wnids", "imagenet_class_names",
+           "imagenet_class_map", "is_wnid", "is_imagenet_folder"]
+
+IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
+NUM_IMAGENET_CLASSES = 1000
+_WNID = re.compile(r"n\d{8}")
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    rows = [line.split("\t", 1) for line in IMAGENET_CLASSES_FILE.read_text().splitlines()
+            if line and not line.startswith("#")]
+    if len(rows) != NUM_IMAGENET_CLASSES or any(len(r) != 2 for r in rows):
+        raise RuntimeError(f"{IMAGENET_CLASSES_FILE} is damaged: expected {NUM_IMAGENET_CLASSES} 'WNID<TAB>names' lines")
+    return tuple(r[0] for r in rows), tuple(r[1] for r in rows)
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 WordNet ids, index k = class k (``n01440764`` = 0, tench)."""
+    return list(_table()[0])
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 class names (WordNet lemmas, e.g. ``'tabby, tabby cat'``), index k = class k."""
+    return list(_table()[1])
+
+
+def imagenet_class_map() -> dict[str, int]:
+    """WordNet id -> standard class index, for labelling an ImageNet-style folder."""
+    return {w: i for i, w in enumerate(_table()[0])}
+
+
+def is_wnid(name: str) -> bool:
+    """``name`` has the form of a WordNet noun id (``n`` and 8 digits)."""
+    return _WNID.fullmatch(name) is not None
+
+
+def is_imagenet_folder(class_folders: list[str]) -> bool:
+    """All folder names are WordNet ids of ImageNet-1k classes (and there is at least one)."""
+    known = imagenet_class_map()
+    return bool(class_folders) and all(c in known for c in class_folders)
