@@ -95,6 +95,11 @@ class _PhasedForward:
         layer = copy.deepcopy(self.layer_ref, memo)
         return _PhasedForward(layer, self.adapter, self.unit)
 
+    def __reduce__(self):
+        # pickle rebuilds the bound class forward from the layer (a bound method would pickle as
+        # getattr(layer, "forward"), which is this object again)
+        return _PhasedForward, (self.layer_ref, self.adapter, self.unit)
+
 
 def install_phased_layers(net: nn.Module, unit_layers: Sequence[Sequence[str]], copy_net: bool = True) -> nn.Module:
     """``net`` (a deep copy of it unless ``copy_net=False``) with layers ``unit_layers[u]`` following the

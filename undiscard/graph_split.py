@@ -73,6 +73,23 @@ class _LeafTracer(fx.Tracer):
     """fx tracer whose leaves are undiscard's phase-aware layers, layers with a phase adapter, and the
     ``torch.nn`` built-ins (as fx's default), but never a container (Sequential, DataParallel)."""
 
+    # fx patches torch.nn.Module.__call__ and __getattr__ process-wide while it traces: a module run (or a
+    # parameter read) by another thread meanwhile would reach this tracer and get proxies. Calls from
+    # other threads pass through untouched, so tracing one model never disturbs a forward elsewhere.
+    def trace(self, root, concrete_args=None):
+        self._thread = threading.get_ident()
+        return super().trace(root, concrete_args)
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != getattr(self, "_thread", None):
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != getattr(self, "_thread", None):
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m.__dict__.get("forward"), _PhasedForward) or get_adapter(m) is not None:
             return True
