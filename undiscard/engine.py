@@ -14,10 +14,12 @@ An :class:`Engine` is built once per input shape by :class:`undiscard.wrapper.Un
   and the unit's layers cost the same;
 - the cost of everything it ran, in FLOPs (convolutions and matrix products, as counted by
   ``torch.utils.flop_counter``; elementwise ops, normalisation and pooling are not counted), and the
-  ideal cost had every expansion recomputed only from the unit itself.
+  ideal cost had every expansion recomputed only from the unit itself. The count is kept per thread,
+  so threads sharing one engine each see the cost of their own calls.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -71,8 +73,8 @@ class Engine:
     cut: list[int] = field(default_factory=list)  # chain segment of each searched unit
     replicate: list[bool] = field(default_factory=list)  # expand by replicating the input (see above)
     flops: _Flops | None = None
-    spent: float = 0.0  # FLOPs run since the last reset
-    spent_ideal: float = 0.0
+    # FLOPs run since the last reset, per thread: concurrent calls on one engine count their own work
+    _cost: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         modules = dict(self.net.named_modules())
@@ -139,6 +141,24 @@ class Engine:
             for h in hooks:
                 h.remove()
         return {i: total - before.get(i, 0.0) for i in range(len(self.searched))}
+
+    @property
+    def spent(self) -> float:
+        """FLOPs this thread ran on the engine since its last :meth:`reset_cost`."""
+        return getattr(self._cost, "spent", 0.0)
+
+    @spent.setter
+    def spent(self, value: float) -> None:
+        self._cost.spent = value
+
+    @property
+    def spent_ideal(self) -> float:
+        """This thread's ideal FLOPs (every expansion recomputed only from its unit) since the last reset."""
+        return getattr(self._cost, "ideal", 0.0)
+
+    @spent_ideal.setter
+    def spent_ideal(self, value: float) -> None:
+        self._cost.ideal = value
 
     def reset_cost(self) -> None:
         self.spent = 0.0
