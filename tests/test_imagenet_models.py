@@ -232,7 +232,16 @@ def test_eval_without_an_imagenet_model_keeps_folder_order(capsys, wnid_folder):
     if name is None:
         pytest.skip("no trained zoo weights")
     out, err = _eval(capsys, ["--model", f"zoo:{name}", "--data", str(wnid_folder)])
-    assert out["labels"] == "sorted folder names" and "WordNet" not in err
+    assert out["labels"] == "sorted folder names" and "the model has 10 classes, not 1000" in err
+
+
+@needs_lite0
+def test_eval_says_why_wnid_like_folders_are_not_mapped(capsys, wnid_folder, tmp_path):
+    data = tmp_path / "val"
+    shutil.copytree(wnid_folder, data)
+    (data / "n02123045").rename(data / "n99999999")  # not an ImageNet-1k class
+    out, err = _eval(capsys, ["--model", "efficientnet-lite0", "--data", str(data)])
+    assert out["labels"] == "sorted folder names" and "1 of them are not ImageNet-1k WordNet ids (n99999999)" in err
 
 
 # ---------------------------------------------------------------- predict names classes

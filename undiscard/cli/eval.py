@@ -24,6 +24,7 @@ import torch
 
 from ..aggregate import AGGREGATES
 from ..data.folder import detect_imagenet_classes, load_class_map, normalize_batch, scan_folder
+from ..data.imagenet import imagenet_class_map, is_wnid
 from .. import distributed
 from ..data.shift import random_offsets, shift_images
 from ..evaluation import evaluate, evaluate_tta, row_from_counts
@@ -109,6 +110,12 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
         if rank == 0:
             print(f"class folders are ImageNet WordNet ids: labelled with the standard 1000-class indices "
                   f"({len(data.classes)} classes; --class-map FILE overrides)", file=sys.stderr)
+    elif class_map is None and rank == 0 and any(is_wnid(c) for c in data.classes):  # say why not detected
+        odd = [c for c in data.classes if c not in imagenet_class_map()]
+        why = (f"{len(odd)} of them are not ImageNet-1k WordNet ids ({', '.join(odd[:3])}{' ...' * (len(odd) > 3)})"
+               if odd else f"the model has {k} classes, not 1000")
+        print(f"class folders look like WordNet ids, but {why}: labels are the sorted folder positions "
+              "(pass --class-map to choose)", file=sys.stderr)
     if int(y.max()) >= k:
         raise CLIError(f"labels go up to {int(y.max())} but the model has {k} classes: "
                        "pass --class-map (or --num-classes with --weights)")
