@@ -153,7 +153,8 @@ def _timm(name: str) -> LoadedModel:
     pre = Preprocess(input_size=int(cfg["input_size"][-1]), in_chans=int(cfg["input_size"][0]),
                      mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), crop_pct=float(cfg.get("crop_pct", 0.875)),
                      interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear")
-    names = _imagenet_names(model) if timm.data.infer_imagenet_subset(model) == "imagenet-1k" else []
+    subset = getattr(timm.data, "infer_imagenet_subset", None)  # timm >= 0.9.8; older: judge by the class count
+    names = _imagenet_names(model) if subset is None or subset(model) == "imagenet-1k" else []
     return LoadedModel(f"timm:{base}", model, pre, names)
 
 
