@@ -37,11 +37,11 @@ import warnings
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import undiscard
-from undiscard._compat import import_timm, import_torchvision
 from undiscard.errors import UndiscardError
+from undiscard.models import load_model
 
 DEFAULT_MODELS = "resnet18,mobilenet_v2,convnext_atto"
 PAPER_CODE_COST_B16 = 30.0  # the paper's released code, measured here on ResNet-18/224 at budget 16 (not re-measured)
@@ -52,23 +52,22 @@ TARGET = {"model": "resnet18", "size": 224, "budget": 16, "max_x": 11.0, "thread
 
 # --- models ------------------------------------------------------------------------------------
 def build_model(spec: str) -> tuple[str, nn.Module]:
-    """A randomly initialised model in eval mode from ``name``, ``torchvision:name`` or ``timm:name``.
+    """A randomly initialised model in eval mode from ``name``, ``torchvision:name`` or ``timm:name``
+    (:func:`undiscard.models.load_model`; ``tv:`` is short for ``torchvision:``).
 
     A bare name is looked up in torchvision first, then timm.
     """
     source, _, name = spec.rpartition(":")
-    if source in ("tv", "torchvision", ""):
-        tv = import_torchvision()
-        if name in tv.models.list_models():
-            return f"{name}", tv.models.get_model(name, weights=None).eval()
-        if source:
-            raise SystemExit(f"bench_cost: unknown torchvision model {name!r}")
-    if source in ("timm", ""):
-        timm = import_timm()
-        if name in timm.list_models():
-            return f"{name}", timm.create_model(name, pretrained=False).eval()
-        raise SystemExit(f"bench_cost: unknown model {spec!r} (not in torchvision or timm)")
-    raise SystemExit(f"bench_cost: unknown model source {source!r} in {spec!r} (use torchvision: or timm:)")
+    source = {"tv": "torchvision"}.get(source, source)
+    if source not in ("torchvision", "timm", ""):
+        raise SystemExit(f"bench_cost: unknown model source {source!r} in {spec!r} (use torchvision: or timm:)")
+    for src in [source] if source else ["torchvision", "timm"]:
+        try:
+            return name, load_model(f"{src}:{name}").model
+        except UndiscardError as err:
+            if source:
+                raise SystemExit(f"bench_cost: {err}") from None
+    raise SystemExit(f"bench_cost: unknown model {spec!r} (not in torchvision or timm)")
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -82,24 +81,24 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 class ExpansionCounter:
     """Counts, during one call, how many parents the engine expands at each searched-unit depth.
 
-    Installed on the engine *instance* for the untimed warm-up call only, so timed calls are untouched.
+    A cost hook (``Engine.register_cost_hook``) installed for the untimed warm-up call only, so timed
+    calls are untouched.
     """
 
     def __init__(self, engine: Any):
         self.engine = engine
         self.parents: dict[int, int] = {}
-        self._orig = engine.expand
 
     def __enter__(self) -> "ExpansionCounter":
-        def counting(depth: int, caches: Tensor, prefix: Tensor):
-            self.parents[depth] = self.parents.get(depth, 0) + int(caches.shape[0])
-            return self._orig(depth, caches, prefix)
+        def counting(depth: int | None, rows: int, flops: float, ideal: float) -> None:
+            if depth is not None:  # None: the root pass
+                self.parents[depth] = self.parents.get(depth, 0) + rows
 
-        self.engine.expand = counting
+        self._handle = self.engine.register_cost_hook(counting)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        del self.engine.expand  # back to the class method
+        self._handle.remove()
 
 
 def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Callable[[str], None]) -> dict:

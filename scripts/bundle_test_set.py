@@ -1,6 +1,7 @@
 """Write the bundled Fashion-MNIST test set, undiscard/data/fashion_mnist_test.npz (np.savez_compressed).
 
 Usage: python scripts/bundle_test_set.py [--root /usr/share/datasets/fashion-mnist]
+(from the checkout, with the package installed: ``pip install -e .``)
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))  # run from a checkout
 from undiscard.data.fashion_mnist import BUNDLED_TEST, DEBIAN_ROOT, load_fashion_mnist
 
 

@@ -16,6 +16,10 @@ baseline forwards per image. One search per image and view at the largest budget
 budgets (the search is incremental), so every number is what a run at that budget gives.
 
     python scripts/compare_tta.py --out results/tta            # about 3-5 min per model on 2 cores
+
+Run from the checkout with the package installed (``pip install -e .``). The searches and their costs
+come from :func:`undiscard.evaluation.search_predictions` (what ``undiscard demo`` and ``eval`` run);
+this script keeps the logits to combine views and aggregators.
 """
 from __future__ import annotations
 
@@ -27,45 +31,43 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from undiscard import zoo  # noqa: E402
-from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float  # noqa: E402
-from undiscard.evaluation import topk_correct  # noqa: E402
-from undiscard.report import format_table  # noqa: E402
-from undiscard.tta import TTA, make_aggregator, policy_views  # noqa: E402
-from undiscard.wrapper import wrap  # noqa: E402
+from undiscard import zoo
+from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
+from undiscard.evaluation import batches, search_predictions
+from undiscard.metrics import topk_correct
+from undiscard.models import load_model
+from undiscard.report import format_table
+from undiscard.tta import TTA, make_aggregator, policy_views
+from undiscard.wrapper import wrap
 
 FITTED = ("gps", "classtta", "augtta")
 
 
-def batched(fn, x: torch.Tensor, size: int) -> list:
-    return [fn(x[s:s + size]) for s in range(0, len(x), size)]
-
-
 def view_logits(net, views, x: torch.Tensor, size: int) -> torch.Tensor:
+    """Logits (N, V, K) of every view of ``x``, ``size`` images at a time."""
     tta = TTA(net, views, "mean")
     with torch.no_grad():
-        return torch.cat(batched(lambda b: tta.view_logits(b), x, size))
+        return torch.cat([tta.view_logits(x[s]) for s in batches(len(x), size)])
 
 
 def search_logits(model, x: torch.Tensor, budgets: list[int], aggregates: list[str], size: int):
     """{(budget, aggregate): logits (N, K)} and {budget: mean cost} from one search per batch."""
+    predict = search_predictions(model, budgets, [(a, model.align) for a in aggregates])
     out: dict[tuple[int, str], list[torch.Tensor]] = {}
     cost: dict[int, float] = dict.fromkeys(budgets, 0.0)
-    top = max(budgets)
     with torch.no_grad():
-        for s in range(0, len(x), size):
-            cands = model.candidates(x[s:s + size], top)
-            for b in budgets:
-                cost[b] += model.candidates_cost(cands, b)[0] * len(cands)
-                for a in aggregates:
-                    out.setdefault((b, a), []).append(model.aggregate_candidates(cands, b, aggregate=a))
+        for s in batches(len(x), size):
+            for (b, (a, _)), (logits, c, _) in predict(x[s]).items():
+                out.setdefault((b, a), []).append(logits)
+                if a == aggregates[0]:  # the cost of a search does not depend on the aggregation
+                    cost[b] += c * (s.stop - s.start)
     return {k: torch.cat(v) for k, v in out.items()}, {b: c / len(x) for b, c in cost.items()}
 
 
 def row(model: str, method: str, total: int, clean: torch.Tensor, shifted: torch.Tensor, y: torch.Tensor,
         cost: float) -> dict:
+    # consistency is the float32 mean of the agreements, as results/tta was computed (the library's
+    # Tally counts them exactly: the same to about 1e-6 points)
     n = len(y)
     return {"model": model, "method": method, "total_budget": total, "top1": 100.0 * topk_correct(clean, y, 1) / n,
             "top1_shifted": 100.0 * topk_correct(shifted, y, 1) / n,
@@ -73,8 +75,8 @@ def row(model: str, method: str, total: int, clean: torch.Tensor, shifted: torch
 
 
 def run_model(name: str, totals: list[int], args: argparse.Namespace) -> list[dict]:
-    cfg = zoo.model_config(name)
-    size, chans = int(cfg["input_size"][-1]), int(cfg["in_chans"])
+    loaded = load_model(f"zoo:{name}")
+    size, chans = loaded.preprocess.input_size, loaded.preprocess.in_chans
     images, labels = load_fashion_mnist("test")
     n = min(args.limit, len(labels))
     padded = resize(to_float(images[:n]), size)
@@ -83,7 +85,7 @@ def run_model(name: str, totals: list[int], args: argparse.Namespace) -> list[di
     (_, _), (xv, yv) = load_train_val()
     xf = normalize(resize(to_float(xv[:args.fit_images]), size), chans)
     yf = torch.as_tensor(yv[:args.fit_images])
-    net = zoo.create_model(name)
+    net = loaded.model
     policy = policy_views("standard")
     rows: list[dict] = []
 
@@ -109,10 +111,9 @@ def run_model(name: str, totals: list[int], args: argparse.Namespace) -> list[di
         rows.append(row(f"zoo:{name}", f"TTA standard/{a}", t, *outs, y, float(len(used))))
 
     # --- ours alone, and flip x ours: one search per view at the largest budget
-    shipped = zoo.aggregator_path(name)
-    aggregates = ["entropy", "attention"] if shipped.is_file() else ["entropy"]
-    model = wrap(net, budget=1, units=zoo.search_units(name), aggregate=aggregates[-1],
-                 aggregator=str(shipped) if shipped.is_file() else None, example_input=x[:1])
+    aggregates = ["entropy", "attention"] if loaded.aggregator is not None else ["entropy"]
+    model = wrap(net, budget=1, units=loaded.units, aggregate=aggregates[-1], aggregator=loaded.aggregator,
+                 example_input=x[:1])
     states = model.num_states
     ours_b = [t for t in totals if t <= states]
     half = sorted({t // 2 for t in totals if t // 2 <= states and t >= 4})

@@ -14,17 +14,16 @@
         per total budget and method: clean / shifted / consistency / cost averaged over the models
     python scripts/results_tables.py tta-delta results/tta/results.json
         per model and total budget: the best "TTA + ours" row minus the best "TTA alone" row, per measure
+
+Run from the checkout with the package installed (``pip install -e .``).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from undiscard.report import format_table  # noqa: E402
+from undiscard.report import format_table
 
 
 def load(paths: list[str]) -> list[dict]:

@@ -10,6 +10,8 @@ to handle. States far below state 0 are what a search over those units has to ag
 explain a model on which the search loses.
 
     python scripts/state_accuracy.py --model swin --limit 1000 [--units a,b] [--json]
+
+Run from the checkout with the package installed (``pip install -e .``).
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ import json
 import torch
 import torch.nn.functional as F
 
-from undiscard import zoo
 from undiscard.data import load_train_val, normalize, resize, to_float
-from undiscard.evaluation import evaluate_states
+from undiscard.evaluation import batches, evaluate_states
+from undiscard.metrics import topk_correct
+from undiscard.models import load_model
 from undiscard.report import format_table
 from undiscard.wrapper import wrap
 
@@ -38,19 +41,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     (_, _), (xv, yv) = load_train_val(args.data)
-    cfg = zoo.model_config(args.model)
-    raw = resize(to_float(xv[:args.limit]), int(cfg["input_size"][-1]))  # [0, 1]; 0 is the background
-    x = normalize(raw, int(cfg["in_chans"]))
+    loaded = load_model(f"zoo:{args.model.removeprefix('zoo:')}")
+    chans = loaded.preprocess.in_chans
+    raw = resize(to_float(xv[:args.limit]), loaded.preprocess.input_size)  # [0, 1]; 0 is the background
+    x = normalize(raw, chans)
     y = torch.as_tensor(yv[:args.limit])
-    units = args.units.split(",") if args.units else zoo.search_units(args.model)
-    net = zoo.create_model(args.model)
+    units = args.units.split(",") if args.units else loaded.units
+    net = loaded.model
     model = wrap(net, budget=1, units=units, example_input=x[:1])
     searched = model.search_units
     rows = evaluate_states(model, x, y)
     scale = raw.shape[-1] // searched[0].in_size[-1] if searched else 1  # image px per first-unit input px
     for r in rows:
         r["state"] = ",".join(map(str, r["state"]))
-        r["translated"] = _translated_top1(net, raw, y, r["dy"] * scale, r["dx"] * scale, int(cfg["in_chans"]))
+        r["translated"] = _translated_top1(net, raw, y, r["dy"] * scale, r["dx"] * scale, chans)
     if args.json:
         print(json.dumps({"model": args.model, "units": [u.name for u in searched], "n": len(x), "rows": rows},
                          indent=1))
@@ -64,8 +68,7 @@ def main() -> None:
 def _translated_top1(net: torch.nn.Module, raw: torch.Tensor, y: torch.Tensor, dy: int, dx: int, chans: int) -> float:
     """Top-1 of the plain network on ``raw`` moved up by ``dy`` and left by ``dx`` pixels, zero fill."""
     moved = F.pad(raw, (0, dx, 0, dy))[..., dy:, dx:]
-    correct = sum((net(normalize(moved[i:i + 250], chans)).argmax(1) == y[i:i + 250]).sum().item()
-                  for i in range(0, len(raw), 250))
+    correct = sum(topk_correct(net(normalize(moved[s], chans)), y[s], 1) for s in batches(len(raw), 250))
     return 100.0 * correct / len(raw)
 
 

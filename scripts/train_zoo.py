@@ -12,6 +12,7 @@ AVX512-BF16, exact fp32 evaluation). Validation accuracy every epoch;
 test accuracy (10k test set, reporting only) once at the end, measured with the saved fp16 weights.
 Everything is seeded (torch.manual_seed and one torch.Generator for data order and augmentation).
 Outputs: undiscard/zoo/weights/NAME.pt (fp16 state_dict), undiscard/zoo/logs/NAME.json.
+Run from the checkout with the package installed (``pip install -e .``).
 """
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from undiscard._compat import import_timm  # noqa: E402
-from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, to_float  # noqa: E402
-from undiscard import zoo  # noqa: E402
+from undiscard import zoo
+from undiscard._compat import import_timm
+from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, to_float
+from undiscard.evaluation import batches
+from undiscard.metrics import topk_correct
 
 CROP_PAD = 4
 
@@ -51,11 +52,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
+    """Top-1 (a fraction) of ``model`` on [0, 1] images ``x``; leaves ``model`` in eval mode."""
     model.eval()
-    correct = 0
-    for i in range(0, len(x), bs):
-        correct += (model(normalize(x[i:i + bs])).argmax(1) == y[i:i + bs]).sum().item()
-    return correct / len(x)
+    return sum(topk_correct(model(normalize(x[s])), y[s], 1) for s in batches(len(x), bs)) / len(x)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: float) -> float:

@@ -5,6 +5,8 @@ set), reports clean top-1, shifted top-1 and shift consistency at the given budg
 so the default searched units (``ZooSpec.search_units``) are chosen by measurement.
 
     python scripts/unit_sweep.py --model resnet_basic --limit 1000 --budgets 1,4,16
+
+Run from the checkout with the package installed (``pip install -e .``).
 """
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import itertools
 
 import torch
 
-from undiscard import zoo
 from undiscard.data import load_train_val, normalize, resize, shift_images, to_float
 from undiscard.evaluation import evaluate
+from undiscard.models import load_model
 from undiscard.report import format_table
 from undiscard.wrapper import wrap
 
@@ -31,22 +33,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     budgets = [int(b) for b in args.budgets.split(",")]
     (_, _), (xv, yv) = load_train_val()
-    cfg = zoo.model_config(args.model)
-    size, chans = int(cfg["input_size"][-1]), int(cfg["in_chans"])
+    loaded = load_model(f"zoo:{args.model.removeprefix('zoo:')}")
+    size, chans = loaded.preprocess.input_size, loaded.preprocess.in_chans
     raw = resize(to_float(xv[:args.limit]), size)
     shifted, _ = shift_images(raw, args.max_shift, seed=1)
     x, xs, y = normalize(raw, chans), normalize(shifted, chans), torch.as_tensor(yv[:args.limit])
-    net = zoo.create_model(args.model)
+    net = loaded.model
     probe = wrap(net, budget=1, example_input=x[:1])
     spatial = [i for i, u in enumerate(probe.units) if u.spatial]
     rows = []
     for lo, hi in itertools.combinations(range(len(spatial) + 1), 2):
         sel = spatial[lo:hi]
-        states = 1
-        for i in sel:
-            states *= probe.units[i].num_phases
-        bs = [b for b in budgets if b <= states]
-        for r in evaluate(args.model, net, x, y, bs, shifted=xs, units=sel, batch_size=250):
+        model = wrap(net, budget=1, units=sel, example_input=x[:1])
+        bs = [b for b in budgets if b <= model.num_states]
+        for r in evaluate(args.model, model, x, y, bs, shifted=xs, batch_size=250):
             d = r.as_dict()
             d["units"] = "+".join(probe.units[i].name for i in sel)
             rows.append(d)

@@ -20,11 +20,14 @@ An :class:`Engine` is built once per input shape by :class:`undiscard.wrapper.Un
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.hooks import RemovableHandle
 
 from .chain import Chain
 from .discovery import Unit
@@ -32,7 +35,9 @@ from .errors import UndiscardError
 from .execution import EXPAND, PhaseSpec, phase_plan
 from .split import Split
 
-__all__ = ["Engine", "Expansion"]
+__all__ = ["CostHook", "Engine", "Expansion"]
+
+CostHook = Callable[[int | None, int, float, float], None]  # (depth or None for the root, rows, flops, ideal)
 
 
 @dataclass
@@ -75,6 +80,8 @@ class Engine:
     flops: _Flops | None = None
     # FLOPs run since the last reset, per thread: concurrent calls on one engine count their own work
     _cost: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+    # register_cost_hook; an OrderedDict because RemovableHandle keeps a weak reference to it
+    _hooks: OrderedDict[int, CostHook] = field(default_factory=OrderedDict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         modules = dict(self.net.named_modules())
@@ -160,6 +167,19 @@ class Engine:
     def spent_ideal(self, value: float) -> None:
         self._cost.ideal = value
 
+    def register_cost_hook(self, hook: CostHook) -> RemovableHandle:
+        """Call ``hook(depth, rows, flops, ideal_flops)`` after every pass the engine runs: the root
+        (``depth`` None, ``rows`` images) and each expansion (``depth`` the searched unit, ``rows`` the
+        parents expanded), with the FLOPs it charged. For measuring (``benchmarks/bench_cost.py``); the
+        handle's ``remove()`` takes the hook off again."""
+        handle = RemovableHandle(self._hooks)
+        self._hooks[handle.id] = hook
+        return handle
+
+    def _report(self, depth: int | None, rows: int, flops: float, ideal: float) -> None:
+        for hook in list(self._hooks.values()):
+            hook(depth, rows, flops, ideal)
+
     def reset_cost(self) -> None:
         self.spent = 0.0
         self.spent_ideal = 0.0
@@ -174,6 +194,7 @@ class Engine:
         assert self.flops is not None
         self.spent += self.flops.baseline * x.shape[0]
         self.spent_ideal += self.flops.baseline * x.shape[0]
+        self._report(None, x.shape[0], self.flops.baseline * x.shape[0], self.flops.baseline * x.shape[0])
         return feats, logits, cache
 
     def _stop(self, depth: int) -> int:
@@ -231,8 +252,10 @@ class Engine:
             feats, _ = self.chain.run(x[keep], start=stop)
         with phase_plan(None):
             logits = self.split.head(feats)
-        self.spent += m * self.expansion_flops(depth)
-        self.spent_ideal += m * (r2 - 1) * self.flops.tail[depth]
+        cost, ideal = m * self.expansion_flops(depth), m * (r2 - 1) * self.flops.tail[depth]
+        self.spent += cost
+        self.spent_ideal += ideal
+        self._report(depth, m, cost, ideal)
         return Expansion(feats, logits, captured)
 
     def run_state(self, x: Tensor, phases: dict[int, Tensor]) -> Tensor:

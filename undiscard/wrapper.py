@@ -238,16 +238,18 @@ class Undiscard(nn.Module):
             raise PhaseError(f"expected an image batch of shape (N, C, H, W), got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits (N, K): aggregated over ``budget`` searched states; ``budget=1`` is ``net(x)`` exactly."""
+    def forward(self, x: Tensor, budget: int | None = None) -> Tensor:
+        """Logits (N, K): aggregated over ``budget`` searched states (default: the model's own; a per-call
+        budget leaves the model's setting alone); ``budget=1`` is ``net(x)`` exactly."""
         self._check_input(x)
+        budget = self.budget if budget is None else self._check_budget(budget)
         engine = self.prepare(x)
         engine.reset_cost()
-        if self.budget == 1:
+        if budget == 1:
             out = engine.run_state(x, {})  # the network itself, in the caller's grad mode
             self.last_cost = self.last_cost_ideal = 1.0
             return out
-        return self._aggregate(engine, self.candidates(x))
+        return self._aggregate(engine, self.candidates(x, budget))
 
     def candidates(self, x: Tensor, budget: int | None = None) -> "Candidates":
         """Per image, the searched candidates (state, native features, logits) in selection order.
@@ -264,6 +266,11 @@ class Undiscard(nn.Module):
         cands.engine = engine
         self._record_cost(engine, x.shape[0])
         return cands
+
+    def check_budget(self, budget: int) -> int:
+        """``budget`` if it is a positive integer within the searched units' states (known after the first
+        call or ``prepare``); otherwise a one-line :class:`~undiscard.errors.PhaseError`."""
+        return self._check_budget(budget)
 
     def _check_budget(self, budget: int) -> int:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:

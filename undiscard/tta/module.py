@@ -67,26 +67,34 @@ class TTA(nn.Module):
         """The views that are run (those the aggregator needs), in order."""
         return [self.policy[i] for i in self.aggregator.views()]
 
-    def view_logits(self, x: Tensor, views: Sequence[View] | None = None) -> Tensor:
+    def view_logits(self, x: Tensor, views: Sequence[View] | None = None, phase_budget: int | None = None) -> Tensor:
         """Logits (N, V, K) of ``views`` (default: those the aggregator needs) of ``x`` (N, C, H, W), from
-        one batched (chunked) forward; sets ``last_cost`` (baseline forwards per input image)."""
+        one batched (chunked) forward; sets ``last_cost`` (baseline forwards per input image).
+
+        ``phase_budget``: states a ``wrap()``-ed model searches per view in this call (default: its own
+        ``budget``, which this never changes)."""
         views = self.views if views is None else list(views)
         batch = torch.cat([v(x) for v in views])  # view-major: rows v*N .. (v+1)*N-1
         outs, cost, ideal = [], 0.0, 0.0
         wrapped = isinstance(self.model, Undiscard)
+        if phase_budget is not None and not wrapped and phase_budget != 1:
+            raise UndiscardError(f"phase_budget={phase_budget} needs TTA around a wrap()-ed model")
+        call = {"budget": phase_budget} if wrapped and phase_budget is not None else {}
         for start in range(0, batch.shape[0], self.chunk_size):
             chunk = batch[start:start + self.chunk_size]
-            outs.append(self.model(chunk))
+            outs.append(self.model(chunk, **call))
             cost += (self.model.last_cost if wrapped else 1.0) * chunk.shape[0]
             ideal += (self.model.last_cost_ideal if wrapped else 1.0) * chunk.shape[0]
         self.last_cost, self.last_cost_ideal = cost / x.shape[0], ideal / x.shape[0]
         return torch.cat(outs).unflatten(0, (len(views), x.shape[0])).transpose(0, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, phase_budget: int | None = None) -> Tensor:
+        """Aggregated logits (N, K) of the views of ``x`` (N, C, H, W); ``phase_budget`` as in
+        :meth:`view_logits`."""
         if self.aggregator.name in FITTED and not self.aggregator.fitted:
             raise UndiscardError(f"TTA aggregate {self.aggregator.name!r} must be fitted first: TTA.fit(images, "
                                  "labels) or a file from `undiscard fit-tta`")
-        return self.aggregator(self.view_logits(x))
+        return self.aggregator(self.view_logits(x, phase_budget=phase_budget))
 
     @torch.no_grad()
     def fit(self, images: Tensor, labels: Tensor, batch_size: int = 256) -> "TTA":
