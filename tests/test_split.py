@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import undiscard
-from undiscard._compat import import_timm
-from undiscard.split import from_map, get_split, to_map
+from undiscard._compat import class_path, import_timm
+from undiscard.split import Split, SplitError, from_map, get_split, register_split, to_map
 
 
 @pytest.mark.parametrize("layout, shape, grid", [
@@ -35,17 +35,162 @@ def test_generic_split_of_a_plain_sequential():
         assert torch.equal(split.head(f), net(x))
 
 
-def test_generic_split_refuses_what_it_cannot_cut():
-    class Odd(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Conv2d(3, 3, 3, 2, 1), nn.Linear(3, 2)
+class Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 3, 3, 2, 1), nn.Linear(3, 2)
 
+    def forward(self, x):
+        return self.b((self.a(x) * 2).mean((2, 3)))
+
+
+def test_graph_capture_cuts_after_the_last_spatial_activation():
+    """The features end at ``a(x) * 2`` (functional work after the last module included); the head is the
+    mean and the Linear."""
+    net = Odd().eval()
+    x = torch.randn(2, 3, 8, 8)
+    split = get_split(net, x[:1])
+    assert split.method == "graph capture"
+    with torch.no_grad():
+        f = split.features(x)
+        assert torch.equal(f, net.a(x) * 2)
+        assert torch.equal(split.head(f), net(x))
+
+
+class BatchFirst(nn.Module):
+    """Reads the batch size at the top of forward and a default argument, mutates in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 2, 1), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x, return_features: bool = False):
+        b = x.shape[0]
+        x = self.c1(x)
+        x.relu_()
+        x = torch.relu(self.c2(x))
+        if return_features:
+            return x
+        return self.fc(x.reshape(b, -1))
+
+
+def test_graph_capture_reads_the_batch_size_from_the_features():
+    net = BatchFirst().eval()
+    x = torch.randn(3, 3, 16, 16)
+    split = get_split(net, x[:1])
+    assert split.method == "graph capture"
+    with torch.no_grad():
+        assert torch.equal(split.head(split.features(x)), net(x))
+
+
+class Channels(nn.Module):
+    """Features end in NHWC: permute, LayerNorm over channels, mean over (1, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.fc = nn.Conv2d(3, 4, 3, 2, 1), nn.LayerNorm(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.conv(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+def test_graph_capture_knows_nhwc_maps():
+    net = Channels().eval()
+    split = get_split(net, torch.randn(1, 3, 8, 8))
+    assert split.layout == "nhwc"
+    with torch.no_grad():
+        assert split.features(torch.randn(1, 3, 8, 8)).shape == (1, 4, 4, 4)
+
+
+class Pre(nn.Module):
+    """Pre-activation residual stages: the cut before each strided conv is at the stage's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, 1, 1)
+        self.bn1, self.conv1, self.short1 = nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, 2, 1), nn.Conv2d(4, 4, 1, 2)
+        self.bn2, self.conv2, self.short2 = nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, 2, 1), nn.Conv2d(4, 4, 1, 2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a = torch.relu(self.bn1(x))
+        x = self.conv1(a) + self.short1(x)
+        a = torch.relu(self.bn2(x))
+        x = self.conv2(a) + self.short2(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_graph_capture_cuts_where_one_tensor_flows_before_each_unit():
+    torch.manual_seed(0)
+    net = Pre().eval()
+    x = torch.randn(2, 3, 16, 16)
+    model = undiscard.wrap(net, budget=4, units=[1], example_input=x[:1])
+    engine = next(iter(model._engines.values()))
+    assert model.split_method == "graph capture"
+    assert len(engine.split.stages) == 3  # stem | stage 1 | stage 2
+    assert engine.cut == [2]  # the searched second stage is rerun from its cached input
+    with torch.no_grad():
+        assert torch.equal(model(x, budget=1), net(x))
+        model(x)
+    assert model.last_cost < 4.0
+
+
+class ReadsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, 2, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3))) + x.mean()
+
+
+def test_a_model_no_split_reproduces_is_refused_in_one_line():
+    with pytest.raises(SplitError) as err:
+        get_split(ReadsInput().eval(), torch.randn(1, 3, 8, 8))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "graph capture: no activation is a cut: the head after" in msg and "reads the model's input" in msg
+    assert "hook fallback: it differs from the model's output" in msg
+    assert msg.endswith("pass features=(model, x) -> maps and head=(model, maps) -> logits to wrap(); "
+                        "budget=1 needs no split")
+
+
+def test_a_split_that_does_not_reproduce_the_model_is_skipped():
+    """A registry split is verified too: a wrong one gives way to graph capture."""
+
+    class Registered(Odd):
+        pass
+
+    register_split(class_path(Registered))(lambda m: Split([m.a], lambda f: m.b(f.amax((2, 3)))))
+    split = get_split(Registered().eval(), torch.randn(1, 3, 8, 8))
+    assert split.method == "graph capture"
+
+
+def test_a_wrong_override_is_an_error():
+    net = Odd().eval()
+    with pytest.raises(SplitError, match="features=/head= do not reproduce the model"):
+        get_split(net, torch.randn(1, 3, 8, 8), features=lambda m, x: m.a(x), head=lambda m, f: m.b(f.mean((2, 3))))
+
+
+def test_hook_fallback_survives_copies():
+    """The hook split's tap is installed once per module; a deep copy of a wrapped model finds its own."""
+    import copy
+
+    class Guarded(Odd):
         def forward(self, x):
-            return self.b((self.a(x) * 2).mean((2, 3)))
+            if x.shape[1] != 3:
+                raise ValueError("RGB only")
+            return super().forward(x)
 
-    with pytest.raises(undiscard.UndiscardError, match="features=.*head="):
-        get_split(Odd().eval(), torch.randn(1, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    model = undiscard.wrap(Guarded().eval(), budget=4, example_input=x[:1])
+    assert model.split_method == "hook fallback"
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(clone(x), model(x))
+        assert torch.equal(clone(x, budget=1), model.net(x))
+    assert len(clone.net.a._forward_hooks) == 1
 
 
 def _vit() -> nn.Module:

@@ -35,9 +35,8 @@ state's features at the positions the original model computes them at: the FC se
 trained on, and the all-zero state alone gives the original logits. Without alignment a state's map is
 used as computed, i.e. translated, which a pooled head forgives but a flatten + FC head does not.
 
-Tracing patches ``torch.nn.Module.__call__`` process-wide for its duration (an fx limitation); undiscard
-serialises its own traces, but a model running in another thread while one is traced may be disturbed.
-Set models up before starting threads (``wrap(..., example_input=x)`` or ``model.prepare(x)``).
+fx patches ``torch.nn.Module.__call__`` and ``__getattr__`` process-wide while it traces; the tracer
+lets calls from other threads pass through unchanged, and undiscard runs one trace at a time.
 """
 from __future__ import annotations
 
