@@ -12,12 +12,14 @@ __all__ = ["save_tagged", "load_tagged"]
 
 def save_tagged(path: str | Path, fmt: str, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (tensors, numbers, strings, lists; ``meta`` made JSON-safe) tagged with ``fmt``."""
+    from .report import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {**payload, "format": fmt}
     if "meta" in blob:
         blob["meta"] = json.loads(json.dumps(blob["meta"] or {}, default=str))
-    torch.save(blob, path)
+    with atomic_path(path) as tmp:  # never a half-written file, even on Ctrl-C
+        torch.save(blob, tmp)
     return path
 
 

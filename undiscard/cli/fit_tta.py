@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,10 +17,11 @@ from pathlib import Path
 import torch
 
 from ..data.folder import normalize_batch
+from ..report import write_json
 from ..tta import FITTED, TTA, TTA_AGGREGATES
 from ..wrapper import wrap
-from .common import (CLIError, add_fit_output_args, add_model_args, emit_json, load_cli_model, load_labelled,
-                     parse_units, progress_bar, resolve_device)
+from .common import (CLIError, add_fit_output_args, add_model_args, check_out_file, emit_json, load_cli_model,
+                     load_labelled, parse_units, progress_bar, resolve_device)
 
 
 def add_tta_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +73,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
     p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="file to write (.pt); FILE.json gets the log")
+    p.add_argument("--out", type=Path, required=True,
+                   help="file to write (.pt; a missing directory is created); FILE.json gets the log")
     add_fit_output_args(p)
     return p
 
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise CLIError(f"{flag} must be positive, got {value}")
     device = resolve_device(args.device)
+    log_path = check_out_file(args.out)
     loaded = load_cli_model(args)
     x01, y, described = load_labelled(args, loaded, args.quiet)
     pre = loaded.preprocess
@@ -112,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
            "data": described, "images": len(y), "seconds": time.perf_counter() - t0,
            "fit_top1": fitted_acc, "fit_top1_mean_of_all_views": mean_acc}
     tta.save(args.out, meta=log)
-    log_path = args.out.with_suffix(".json")
-    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    write_json(log_path, log, indent=1)
     if args.json:
         emit_json(log)
     else:

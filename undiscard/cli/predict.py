@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.folder import load_image, normalize_batch
+from ..data.folder import ImageReadError, load_image, normalize_batch
 from ..wrapper import wrap
 from .common import CLIError, add_model_args, emit_json, load_cli_model, resolve_device
 
@@ -42,13 +42,20 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
+        if Path(missing[0]).is_dir():
+            raise CLIError(f"{missing[0]} is a directory, not an image file (undiscard eval reads folders)")
         raise CLIError(f"image not found: {missing[0]}")
     loaded = load_cli_model(args)
     pre = loaded.preprocess
-    try:
-        x01 = torch.stack([load_image(Path(p), **pre.image_kwargs()) for p in args.images])
-    except (OSError, ValueError) as err:
-        raise CLIError(f"cannot read image: {err}") from None
+    images = []
+    for p in args.images:  # one unreadable image is the whole command's error, naming the file
+        try:
+            images.append(load_image(Path(p), **pre.image_kwargs()))
+        except ImageReadError:
+            raise
+        except (OSError, ValueError) as err:
+            raise CLIError(f"cannot read image {p}: {err}") from None
+    x01 = torch.stack(images)
     x = normalize_batch(x01, pre.mean, pre.std).to(device)
     net = loaded.model.to(device)
     model = wrap(net, budget=args.budget)

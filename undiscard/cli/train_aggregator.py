@@ -10,7 +10,6 @@ load, plus ``FILE.json`` with the settings and the history.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -21,9 +20,10 @@ import torch
 from ..attention import save_aggregator
 from ..attention_training import TrainConfig, train_aggregator
 from ..data.folder import normalize_batch
+from ..report import write_json
 from ..wrapper import wrap
-from .common import (CLIError, add_fit_output_args, add_model_args, emit_json, load_cli_model, load_labelled,
-                     parse_units, progress_bar, resolve_device)
+from .common import (CLIError, add_fit_output_args, add_model_args, check_out_file, emit_json, load_cli_model,
+                     load_labelled, parse_units, progress_bar, resolve_device)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -34,7 +34,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="labelled training images: a Fashion-MNIST idx directory (zoo models: its held-out "
                         "validation part) or an image folder DIR/CLASS/IMAGE")
     p.add_argument("--class-map", default=None, help="folder name -> class index (JSON or one name per line)")
-    p.add_argument("--out", type=Path, required=True, help="aggregator file to write (.pt)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="aggregator file to write (.pt; a missing directory is created); FILE.json gets the log")
     d = TrainConfig()
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"default: {d.epochs}")
     p.add_argument("--budget", type=int, default=d.budget, help=f"states per image while training (default: {d.budget})")
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    log_path = check_out_file(args.out)
     loaded = load_cli_model(args)
     x01, y, described = load_labelled(args, loaded, args.quiet)
     pre = loaded.preprocess
@@ -101,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0,
            "torch": str(torch.__version__), "history": result.history}
     save_aggregator(args.out, model.aggregator, model=loaded.name, units=log["units"], align=args.align, meta=log)
-    log_path = args.out.with_suffix(".json")
-    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    write_json(log_path, log, indent=1)
     if args.json:
         emit_json(log)
     else:

@@ -108,7 +108,8 @@ def load_fashion_mnist(split: Split = "test", root: str | os.PathLike | None = N
     paths = [_find(root_path, stem) for stem in _FILES[split]]
     if any(p is None for p in paths):
         missing = [s for s, p in zip(_FILES[split], paths) if p is None]
-        hint = " (apt-get install dataset-fashion-mnist)" if root is None else ""
+        debian = root_path.resolve() == Path(DEBIAN_ROOT).resolve()
+        hint = " (the Debian package installs them there: apt-get install dataset-fashion-mnist)" if debian else ""
         raise FileNotFoundError(f"Fashion-MNIST {split} files {', '.join(missing)}[.gz] not found in {root_path}{hint}")
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

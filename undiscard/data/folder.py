@@ -2,8 +2,9 @@
 
 Layout: ``DIR/CLASS/IMAGE`` — one subfolder per class, labels from the sorted folder names (0, 1, ...),
 or from a class map that names each folder's index in the model's output (e.g. ImageNet WordNet ids).
-Files whose extension is not an image type are **skipped and counted**; images PIL cannot read are
-skipped and counted too. Both counts are reported, so nothing is dropped silently.
+Files whose extension is not an image type are **skipped and counted**; images PIL cannot read
+(corrupt, truncated, over PIL's decompression-bomb pixel limit) are skipped and counted too. Both counts
+are reported, so nothing is dropped silently.
 
 Preprocessing (:class:`undiscard.models.Preprocess`): convert to RGB or grayscale as the model's input
 channels require; if ``pad_to`` is set and the image is no larger, zero-pad it to that size (the zoo's
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +30,8 @@ from torch import Tensor
 
 from ..errors import UndiscardError
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderData", "scan_folder", "load_image", "resize_and_crop", "load_class_map",
-           "detect_imagenet_classes", "IMAGENET_CLASS_MAP", "normalize_batch"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderData", "ImageReadError", "scan_folder", "load_image", "resize_and_crop",
+           "load_class_map", "detect_imagenet_classes", "IMAGENET_CLASS_MAP", "normalize_batch"]
 
 IMAGENET_CLASS_MAP = "imagenet"  # --class-map imagenet: the shipped WordNet id -> index map
 
@@ -58,7 +62,10 @@ def load_class_map(path: str | Path) -> dict[str, int]:
     p = Path(path)
     if not p.is_file():
         raise UndiscardError(f"class map not found: {p}")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise UndiscardError(f"class map {p} is not a text file (JSON, or one folder name per line)") from None
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -114,26 +121,103 @@ def scan_folder(root: str | Path, class_map: dict[str, int] | None = None) -> Fo
     return FolderData(paths, labels, classes, skipped_non_image=skipped)
 
 
+class ImageReadError(UndiscardError, ValueError):
+    """An image file that cannot be decoded, or not safely (over PIL's pixel limit); one line naming it."""
+
+
+# how PIL fails on a broken or truncated file, besides its own UnidentifiedImageError (an OSError)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError)
+
+
 def load_image(path: Path, in_chans: int, input_size: int, crop_pct: float, pad_to: int | None, *,
                interpolation: str = "bilinear", crop_first: bool = False) -> Tensor:
     """One image as float (in_chans, input_size, input_size) in [0, 1] (see module docstring; the resize
-    and crop are :func:`resize_and_crop`). ``Preprocess.image_kwargs()`` gives all arguments but the path."""
+    and crop are :func:`resize_and_crop`). ``Preprocess.image_kwargs()`` gives all arguments but the path.
+
+    Colour modes (:func:`_decoded`): 8-bit images go through PIL's own conversion to L or RGB, as
+    torchvision and timm do (alpha dropped, palettes expanded, CMYK converted, grayscale repeated to
+    RGB); 16-bit grayscale (``I;16``, ``I``) is scaled by 1/65535 and float (``F``) taken as [0, 1],
+    both kept at full precision. Raises :class:`ImageReadError` (one line naming ``path``) for a file PIL
+    cannot decode (corrupt, truncated), one over PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS`` pixels, which a Python caller may raise), and one whose resize to
+    ``input_size`` would exceed that limit (an extreme aspect ratio).
+    """
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("L" if in_chans == 1 else "RGB")
-        w, h = img.size
-        if pad_to is not None and max(w, h) <= pad_to:
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-            x = torch.from_numpy(arr).reshape(h, w, -1).permute(2, 0, 1)
-            top, left = (pad_to - h) // 2, (pad_to - w) // 2
-            return F.pad(x, (left, pad_to - w - left, top, pad_to - h - top))
-        img = resize_and_crop(img, input_size, crop_pct, interpolation, crop_first)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refuse, not warn
+            with Image.open(path) as img:
+                img, white = _decoded(img, in_chans, path)
+                w, h = img.size
+                if pad_to is not None and max(w, h) <= pad_to:
+                    arr = np.asarray(img, dtype=np.float32) / white
+                    x = torch.from_numpy(arr).reshape(h, w, -1).permute(2, 0, 1)
+                    top, left = (pad_to - h) // 2, (pad_to - w) // 2
+                    x = F.pad(x, (left, pad_to - w - left, top, pad_to - h - top))
+                    return x.expand(3, -1, -1).contiguous() if in_chans == 3 and x.shape[0] == 1 else x
+                _check_resize(path, w, h, input_size, crop_pct, crop_first)
+                img = resize_and_crop(img, input_size, crop_pct, interpolation, crop_first)
+                arr = np.asarray(img, dtype=np.float32) / white
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        size = re.search(r"\((\d+) pixels\)", str(err))
+        raise ImageReadError(f"image {path} has {size.group(1) if size else 'too many'} pixels, over PIL's "
+                             f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)"
+                             ) from None
+    except _DECODE_ERRORS as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ImageReadError(f"cannot read image {path}: {first}") from None
     x = torch.from_numpy(arr).reshape(input_size, input_size, -1).permute(2, 0, 1)
     if in_chans == 3 and x.shape[0] == 1:
         x = x.expand(3, -1, -1)
     return x.contiguous()
+
+
+def _decoded(img, in_chans: int, path: Path):
+    """``img`` in the mode the model reads, and the pixel value that means white (1.0 after dividing).
+
+    8-bit modes -> PIL ``L`` (1 channel) or ``RGB`` (3), white 255: PIL's conversion, so the result is
+    torchvision's/timm's (a palette with transparency is expanded through RGBA first, which PIL asks for).
+    16-bit grayscale (``I;16*``, and ``I``, which is how PIL opens 16-bit PGM) -> float ``F`` scaled by
+    1/65535, white 1.0 (PIL's ``L`` conversion would clip every value above 255 to white). Float ``F`` ->
+    as is, white 1.0; values outside [0, 1] (or not finite) are refused rather than clipped. A 16-bit or
+    float image for a 3-channel model stays one channel here and is repeated to 3 by the caller.
+    """
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.float32)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ImageReadError(f"image {path}: 32-bit integer values {a.min():.0f}..{a.max():.0f} are outside "
+                                 "the 16-bit range undiscard reads (0..65535)")
+        return Image.fromarray(a / np.float32(65535.0)), 1.0
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+            raise ImageReadError(f"image {path}: float pixel values must be finite and in [0, 1], "
+                                 f"got {a.min():g}..{a.max():g}")
+        return img.copy(), 1.0
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("L" if in_chans == 1 else "RGB"), 255.0
+
+
+def _check_resize(path: Path, w: int, h: int, input_size: int, crop_pct: float, crop_first: bool) -> None:
+    """Refuse a resize (short side to ``input_size / crop_pct``, aspect kept) that would exceed PIL's pixel
+    limit: a 1 x 100,000 strip would otherwise become a multi-gigabyte image before its centre crop."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if crop_first or limit is None:
+        return
+    short = max(input_size, int(math.floor(input_size / crop_pct)))
+    scale = short / min(w, h)
+    pixels = max(short, round(w * scale)) * max(short, round(h * scale))
+    if pixels > limit:
+        raise ImageReadError(f"image {path} ({w}x{h}) is too elongated: resizing its short side to {short} px "
+                             f"would make {pixels} pixels, over PIL's limit of {limit}")
 
 
 _RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}  # PIL.Image.Resampling names

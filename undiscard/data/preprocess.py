@@ -16,12 +16,18 @@ from .fashion_mnist import IMAGE_SIZE, MEAN, STD
 
 
 def to_float(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 (N, 28, 28) or (N, 1, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]."""
+    """uint8 (N, 28, 28) or (N, 1, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]; float input is taken as
+    already in [0, 1]. Other integer types (uint16, int64, ...) raise ValueError: their white is not
+    known, and passing them through unscaled would give silently wrong inputs."""
     x = torch.as_tensor(images)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dtype == torch.uint8:
         return x.float().div_(255.0)
+    if x.dtype == torch.bool:
+        return x.float()
+    if not x.is_floating_point():
+        raise ValueError(f"images must be uint8 (0..255) or float in [0, 1], got {x.dtype}: scale them first")
     return x.float()
 
 
