@@ -340,6 +340,22 @@ def test_which_split_is_used(one_thread):
                        "control flow (hook fallback)": "hook fallback"}
 
 
+def test_hook_fallback_cost_is_counted(one_thread):
+    """Its head re-runs the network's forward: the search's first state costs two forwards, not one, and
+    last_cost (in plain forwards of the network) says so."""
+    x = _inputs((3, 16, 16))
+    costs = {}
+    for factory in (MeanHead, Guarded):  # the same network; fx cannot trace Guarded
+        model = undiscard.wrap(_seed(factory)(), budget=4)
+        with torch.no_grad():
+            model(x)
+        flops = next(iter(model._engines.values())).flops
+        costs[model.split_method] = (model.last_cost, flops.root / flops.baseline)
+    assert costs["graph capture"][1] == 1.0
+    assert costs["hook fallback"][1] > 1.9
+    assert costs["hook fallback"][0] > costs["graph capture"][0] + 1.0
+
+
 @pytest.mark.parametrize("when", ["budget 1", "before setup"])
 def test_units_before_setup_say_how_to_get_them(when, one_thread):
     model = undiscard.wrap(_seed(MeanHead)(), budget=4)

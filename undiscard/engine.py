@@ -59,7 +59,9 @@ class _Flops:
     expanded: dict[int, float]  # per parent sample: the searched unit's own segment run in EXPAND mode
     head: float
     tail: dict[int, float]  # per sample: everything from the unit's first layer on (ideal expansion)
-    baseline: float = 0.0
+    baseline: float = 0.0  # per sample: one plain forward of the network, the unit of every cost
+    root: float = 0.0  # per sample: features + head as the split runs them (more than baseline only for a
+    # split whose head re-runs the network's forward, undiscard.hook_split)
 
 
 def _count(fn) -> tuple[float, object]:
@@ -126,7 +128,9 @@ class Engine:
                     f = seg[k] * r2
                 expanded[i] = f  # the unit's own segment, all R² rows
             tail = self._tails(x, sum(seg) + head)
-        self.flops = _Flops(seg, expanded, head, tail, baseline=sum(seg) + head)
+            plain, _ = _count(lambda: self.net(x))
+        root = sum(seg) + head
+        self.flops = _Flops(seg, expanded, head, tail, baseline=plain or root, root=root)
 
     def _tails(self, x: Tensor, total: float) -> dict[int, float]:
         """FLOPs from each searched unit's first layer to the logits, per sample."""
@@ -192,9 +196,9 @@ class Engine:
             feats, cache = self.chain.run(x, capture=capture)
             logits = self.split.head(feats)
         assert self.flops is not None
-        self.spent += self.flops.baseline * x.shape[0]
+        self.spent += self.flops.root * x.shape[0]
         self.spent_ideal += self.flops.baseline * x.shape[0]
-        self._report(None, x.shape[0], self.flops.baseline * x.shape[0], self.flops.baseline * x.shape[0])
+        self._report(None, x.shape[0], self.flops.root * x.shape[0], self.flops.baseline * x.shape[0])
         return feats, logits, cache
 
     def _stop(self, depth: int) -> int:
