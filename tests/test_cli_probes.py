@@ -212,6 +212,19 @@ def test_budget_above_the_state_count_names_it(capsys, images):
     assert "budget 9999 exceeds the 16 states" in one_line_error(capsys, code)
 
 
+@needs_model
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--data", "FOLDER", "--shift", "1000"], "--shift 1000 is not smaller than the 32-pixel input"),
+    (["demo", "--models", "resnet_basic", "--max-shift", "32", "--no-lite0"], "--max-shift 32 is not smaller"),
+    (["train-aggregator", "--data", "FOLDER", "--threads", "0", "--out", "x.pt"], "--threads must be positive"),
+])
+def test_settings_that_would_give_meaningless_numbers(capsys, folder, argv, message):
+    argv = [str(folder) if a == "FOLDER" else a for a in argv]
+    if argv[0] != "demo":
+        argv[1:1] = ["--model", ZOO]
+    assert message in one_line_error(capsys, cli(argv + ["--quiet"]))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="probes a machine without CUDA")
 @pytest.mark.parametrize("name, message", [
     ("cuda", "CUDA is not available"), ("cuda:0", "CUDA is not available"), ("banana", "unknown device"),

@@ -86,6 +86,9 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
         for name in names:
             cfg = zoo.model_config(name)
             size, chans = int(cfg["input_size"][-1]), int(cfg["in_chans"])
+            if args.max_shift >= size:
+                raise CLIError(f"--max-shift {args.max_shift} is not smaller than zoo:{name}'s {size}-pixel "
+                               "input: every shifted copy would be blank")
             padded = resize(raw, size)
             shifted, _ = shift_images(padded, args.max_shift, args.seed)
             x, xs = normalize(padded, chans).to(device), normalize(shifted, chans).to(device)

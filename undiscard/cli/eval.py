@@ -89,6 +89,9 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     data = scan_folder(args.data, class_map)
     loaded = load_cli_model(args)
     pre = loaded.preprocess
+    if args.shift >= pre.input_size:
+        raise CLIError(f"--shift {args.shift} is not smaller than the {pre.input_size}-pixel input: "
+                       "every shifted copy would be blank")
     order = list(range(len(data.paths)))
     if args.limit is not None and args.limit < len(order):
         perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(args.seed)).tolist()

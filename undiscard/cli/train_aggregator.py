@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.lr <= 0:
         raise CLIError(f"--lr must be positive, got {args.lr}")
     if args.threads is not None:
+        if args.threads <= 0:
+            raise CLIError(f"--threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     log_path = check_out_file(args.out)
