@@ -140,6 +140,16 @@ def test_evaluation_leaves_the_model_alone(data, training: bool) -> None:
     assert _settings(model) == before
 
 
+def test_evaluate_tta_rows_name_the_units_at_budget_one(data) -> None:
+    """A TTA row carries the searched units even when only budget 1 (the plain network) was run."""
+    x, y, xs = data
+    model = undiscard.wrap(tiny(), budget=1)  # not set up yet
+    rows = evaluate_tta("m", TTA(model, "flip", "mean"), x, y, [1], shifted=xs)
+    assert rows[0].units == [u.name for u in model.search_units] != []
+    with pytest.raises(undiscard.PhaseError, match="exceeds"):
+        evaluate_tta("m", TTA(model, "flip", "mean"), x, y, [1, 99])
+
+
 def test_tta_phase_budget_is_per_call(data) -> None:
     """``tta(x, phase_budget=b)`` runs the wrapped model at b for that call only, and equals a TTA around
     the same model whose budget is b."""

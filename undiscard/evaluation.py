@@ -164,6 +164,10 @@ def evaluate_tta(name: str, tta, images: Tensor, labels: Tensor, budgets: Sequen
     wrapped = isinstance(inner, Undiscard)
     if not wrapped and any(b != 1 for b in budgets):
         raise ValueError("phase budgets other than 1 need TTA around a wrap()-ed model")
+    if wrapped:  # units known (for the rows) and every budget checked before any work
+        inner.prepare(images[:1])
+        for b in budgets:
+            inner.check_budget(b)
     n = images.shape[0]
     rows: list[Row] = []
     for b in budgets:
