@@ -296,6 +296,7 @@ def _reference(model: undiscard.Undiscard, x: Tensor, reference) -> Tensor:
     return torch.stack(rows)
 
 
+@pytest.mark.filterwarnings("ignore:strided layers left at phase 0")  # reported: tested below
 @pytest.mark.parametrize("name", list(MODELS))
 def test_budget_4_equals_a_reference_or_refuses(name, one_thread):
     factory, shape, reference, match = MODELS[name]

@@ -140,7 +140,7 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     c, s = ((centres - mean) / std).to(device), ((shifted - mean) / std).to(device)
-    model = wrap(loaded.model.to(device), budget=1)
+    model = wrap(loaded.model.to(device), budget=1, example_input=c[:1])  # units known for every row
     rows = []
     with progress_bar(len(budgets) * (len(c) + len(s)), "efficientnet-lite0", enabled=not args.quiet) as bar, \
             torch.no_grad():
