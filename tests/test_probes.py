@@ -122,6 +122,29 @@ def test_empty_batch(net, budget, prepared):
     assert model.run_state(empty, (0,) * searched).shape == (0, k)
 
 
+class DictNet(nn.Module):
+    """Hugging Face style: returns {"logits": ..., "aux": ...}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = tiny()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.body(x), "aux": x.mean()}
+
+
+@pytest.mark.parametrize("net", [tiny, DictNet], ids=["tensor", "dict"])
+@pytest.mark.parametrize("budget", [1, 4])
+def test_batches_of_zero_and_one(net, budget):
+    model = undiscard.wrap(net().eval(), budget=budget)
+    with torch.no_grad():
+        batch = model(X)
+        one = model(X[:1])
+        empty = model(X[:0])
+    assert one.shape == (1, 5) and empty.shape == (0, 5)
+    torch.testing.assert_close(one, batch[:1])  # each image has its own search
+
+
 def test_prepare_needs_an_image():
     with pytest.raises(PhaseError, match="at least one example image"):
         undiscard.wrap(tiny(), budget=2, example_input=X[:0])
