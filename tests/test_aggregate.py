@@ -332,7 +332,7 @@ def test_no_nan_with_huge_logits(aggregate: str, criterion: str) -> None:
     y = model(x)
     assert torch.isfinite(y).all()
     # weights are not NaN even though softmax probabilities underflow
-    cands = model._search(model.prepare(x), x)
+    cands = model.candidates(x)
     logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])
     w = state_weights(logits, "entropy")
     assert torch.isfinite(w).all()

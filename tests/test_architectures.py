@@ -94,7 +94,7 @@ def test_search_path_matches_run_state(arch):
         pytest.skip("one rate-16 unit: 256 full forwards; tv_vit_tiny covers this path")
     engine = model.prepare(x)
     with torch.no_grad():
-        cands = model._search(engine, x)
+        cands = model.candidates(x)
         for i, per_image in enumerate(cands):
             assert len(per_image) == 3 and len({c.state for c in per_image}) == 3
             for c in per_image[1:]:

@@ -131,7 +131,7 @@ def test_learned_criterion_expands_the_states_with_most_attention(net, units):
     with torch.no_grad():
         chosen = model.search(X)
         cands = full.candidates(X)
-    stride = model._feature_stride(next(iter(model._engines.values())))
+    stride = model.prepare(X).feature_stride
     for i, per in enumerate(cands):
         # the first expansion is at the first unit: children (j, 0), j = 1..3, join by attention score
         children = sorted((c for c in per if c.state[1] == 0 and c.state[0] != 0), key=lambda c: c.state)

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 import undiscard
-from undiscard.search import _random_score, state_offset
+from undiscard.criteria import random_score as _random_score
+from undiscard.search import state_offset
 
 
 
@@ -297,7 +298,7 @@ def test_same_result_across_runs() -> None:
 
 
 def _candidates(model: undiscard.Undiscard, x: Tensor):
-    return model._search(model.prepare(x), x)
+    return model.candidates(x)
 
 
 @pytest.mark.parametrize("make", [lambda net: undiscard.wrap(net, budget=8, units=[0, 1, 2]),

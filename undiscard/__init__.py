@@ -6,13 +6,21 @@ Public API (DESIGN §5)::
     undiscard.find_units(model, example_input)  # the model's subsampling units
     undiscard.wrap(net, budget=8, ...)          # a classifier that searches and aggregates phases
     undiscard.TTA(model, policy="flip")         # image-space test-time augmentation (composes with wrap)
+
+Extension points: ``register_adapter`` (a layer type), ``register_aggregate`` (an aggregation),
+``register_criterion`` (a search criterion), ``register_task`` (a kind of prediction);
+``undiscard.models.register_source`` (a model source).
 """
+from .aggregate import register_aggregate
+from .criteria import register_criterion
 from .discovery import Unit, find_units
 from .errors import PhaseError, UndiscardError, UnsupportedLayerError
 from .layers import polyphase, register_adapter
+from .task import Task, register_task
 from .tta import TTA
 from .wrapper import Undiscard, wrap
 
 __version__ = "0.1.0"
-__all__ = ["polyphase", "find_units", "wrap", "TTA", "Unit", "Undiscard", "register_adapter",
-           "UndiscardError", "PhaseError", "UnsupportedLayerError", "__version__"]
+__all__ = ["polyphase", "find_units", "wrap", "TTA", "Unit", "Undiscard", "Task", "register_adapter",
+           "register_aggregate", "register_criterion", "register_task", "UndiscardError", "PhaseError",
+           "UnsupportedLayerError", "__version__"]

@@ -12,17 +12,28 @@ Shapes: N images, B states per image, C channels, an h x w feature grid, K class
 - :func:`state_weights`: ``mean`` (uniform) or ``entropy`` (``w_s ∝ 1 - H(softmax(logits_s)) / log K``,
   H from ``log_softmax`` so no NaN when probabilities underflow; uniform when every weight is 0).
 - :func:`weighted_sum` combines aligned maps with the weights.
+
+The aggregations a wrapped model can use (``wrap(..., aggregate=NAME)``) are a registry of small
+:class:`Aggregation` classes, :func:`register_aggregate`: ``mean``, ``entropy`` and ``attention`` (the
+learned aggregator of :mod:`undiscard.attention`) below; a new one is one class. Each says whether it
+needs a trained aggregator (``needs_aggregator``) and combines the aligned maps of N images' B states.
+``AGGREGATES`` is the tuple of registered names.
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["normalized_entropy", "uniform_weights", "state_weights", "shift_axis", "align_maps", "weighted_sum", "AGGREGATES"]
+from .errors import UndiscardError
 
-AGGREGATES = ("mean", "entropy", "attention")
+if TYPE_CHECKING:  # type hints only (the task module builds on this one)
+    from .task import StateMaps, Task
+
+__all__ = ["normalized_entropy", "uniform_weights", "entropy_weights", "state_weights", "shift_axis", "align_maps",
+           "weighted_sum", "Aggregation", "register_aggregate", "get_aggregate", "AGGREGATES"]
 
 
 def normalized_entropy(logits: Tensor) -> Tensor:
@@ -41,16 +52,22 @@ def uniform_weights(n: int, b: int, dtype: torch.dtype, device: torch.device | s
     return torch.full((n, b), 1.0 / b, dtype=dtype, device=device)
 
 
+def entropy_weights(entropy: Tensor) -> Tensor:
+    """Weights ``1 - entropy`` normalised over dim 1 (B), from normalised entropies (N, B, ...); uniform
+    where every state's weight is 0."""
+    w = 1.0 - entropy
+    total = w.sum(1, keepdim=True)
+    uniform = torch.full_like(w, 1.0 / w.shape[1])
+    return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), uniform)
+
+
 def state_weights(logits: Tensor, mode: str) -> Tensor:
-    """Aggregation weights (N, B) summing to 1 over B, from per-state logits (N, B, K)."""
+    """Aggregation weights (N, B) summing to 1 over B, from per-state classification logits (N, B, K)."""
     n, b = logits.shape[:2]
     if mode == "mean":
         return uniform_weights(n, b, logits.dtype, logits.device)
     if mode == "entropy":
-        w = 1.0 - normalized_entropy(logits)
-        total = w.sum(1, keepdim=True)
-        uniform = torch.full_like(w, 1.0 / b)
-        return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), uniform)
+        return entropy_weights(normalized_entropy(logits))
     raise ValueError(f"unknown weighting {mode!r}: expected 'mean' or 'entropy'")
 
 
@@ -85,6 +102,99 @@ def align_maps(maps: Tensor, offsets: Tensor, stride: int) -> Tensor:
 
 
 def weighted_sum(maps: Tensor, weights: Tensor) -> Tensor:
-    """Sum over B of (N, B, ...) maps with (N, B) weights -> (N, ...)."""
-    w = weights.to(maps.dtype).view(*weights.shape, *([1] * (maps.dim() - 2)))
+    """Sum over B of (N, B, ...) maps with (N, B) weights -> (N, ...). Per-location weights (N, B, h, w)
+    of (N, B, C, h, w) maps apply to every channel."""
+    if weights.dim() == 4 and maps.dim() == 5:
+        weights = weights[:, :, None]
+    w = weights.to(maps.dtype).view(*weights.shape, *([1] * (maps.dim() - weights.dim())))
     return (maps * w).sum(1)
+
+
+# --------------------------------------------------------------------------------------- registry
+class Aggregation:
+    """One way to combine the states of each image: ``wrap(..., aggregate=name)``.
+
+    ``needs_aggregator``: it needs an attention aggregator (trained: ``wrap(..., aggregator=FILE)``; an
+    untrained one is made, with a warning, when none is given).
+    """
+
+    name: ClassVar[str] = ""
+    needs_aggregator: ClassVar[bool] = False
+
+    def combine(self, states: "StateMaps", logits: Tensor, offsets: Tensor, task: "Task",
+                aggregator: nn.Module | None) -> tuple[Tensor, Tensor | None]:
+        """Combined ``(maps (N, C, h, w), extra (N, P, C) or None)`` of aligned ``states`` (N, B, ...),
+        given the states' ``logits`` (N, B, *output) and ``offsets`` (N, B, 2)."""
+        weights = self.weights(logits, task)
+        extra = weighted_sum(states.extra, weights) if states.extra is not None else None
+        return weighted_sum(states.maps, weights), extra
+
+    def weights(self, logits: Tensor, task: "Task") -> Tensor:
+        """Per-state weights (N, B, ...) summing to 1 over B."""
+        raise NotImplementedError
+
+
+_AGGREGATES: dict[str, type[Aggregation]] = {}
+
+
+def register_aggregate(name: str) -> Callable[[type[Aggregation]], type[Aggregation]]:
+    """Class decorator: make ``wrap(..., aggregate=name)`` use this :class:`Aggregation` subclass."""
+
+    def deco(cls: type[Aggregation]) -> type[Aggregation]:
+        cls.name = name
+        _AGGREGATES[name] = cls
+        return cls
+
+    return deco
+
+
+def get_aggregate(name: str) -> Aggregation:
+    """The registered aggregation ``name``; an unknown name is one :class:`UndiscardError`."""
+    cls = _AGGREGATES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise UndiscardError(f"unknown aggregate {name!r}: expected one of {', '.join(_AGGREGATES)}")
+    return cls()
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    if name == "AGGREGATES":  # the registered names, current at the time of asking
+        return tuple(_AGGREGATES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@register_aggregate("mean")
+class Mean(Aggregation):
+    """The plain average of the aligned maps."""
+
+    def weights(self, logits: Tensor, task: "Task") -> Tensor:
+        return uniform_weights(logits.shape[0], logits.shape[1], logits.dtype, logits.device)
+
+
+@register_aggregate("entropy")
+class Entropy(Aggregation):
+    """States weighted by ``1 - H/log K`` of their predictions (the task says of which: per image, or
+    per pixel)."""
+
+    def weights(self, logits: Tensor, task: "Task") -> Tensor:
+        return task.entropy_weights(logits)
+
+
+@register_aggregate("attention")
+class Attention(Aggregation):
+    """The learned attention aggregator (:class:`~undiscard.attention.AttentionAggregator`); prefix
+    tokens are combined with its location-averaged attention, scaled like its maps."""
+
+    needs_aggregator = True
+
+    def combine(self, states: "StateMaps", logits: Tensor, offsets: Tensor, task: "Task",
+                aggregator: nn.Module | None) -> tuple[Tensor, Tensor | None]:
+        if aggregator is None:
+            raise UndiscardError("aggregate='attention' needs an aggregator: wrap(..., aggregator=FILE) "
+                                 "(undiscard train-aggregator) or wrap(..., aggregate='attention')")
+        agg, attn = aggregator(states.maps, offsets)
+        if states.extra is None:
+            return agg, None
+        weights = attn.flatten(2).mean(-1)  # prefix tokens: the location-averaged attention
+        mean_x = weighted_sum(states.extra, Mean().weights(logits, task))
+        scale = aggregator.scale.to(states.extra.dtype)
+        return agg, mean_x + scale * (weighted_sum(states.extra, weights) - mean_x)

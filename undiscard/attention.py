@@ -16,21 +16,33 @@ The per-state attention logit averaged over locations, ``mean_hw(q * k_b)``, is 
 cheap proxy for "the states the aggregator would attend to most" (a heuristic: the average of logits
 is not the average of attention). It depends only on the state and the original map, not on which
 other states were found, so search order never depends on batch composition.
+
+The aggregator's life in a wrapped model is here too: :func:`resolve_aggregator` takes what
+``wrap(aggregator=...)`` was given (a module or a file), :func:`fit_aggregator` checks it against the
+searched units and the feature maps at setup (or makes an untrained one, seeded), and
+:class:`AttentionScorer` gives the ``learned`` criterion its per-state scores during a search.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from .aggregate import uniform_weights, weighted_sum
+from .aggregate import align_maps, uniform_weights, weighted_sum
 from .errors import UndiscardError
 from .files import load_tagged, save_tagged
+from .execution import phase_plan
+from .geometry import offsets_per_axis, state_offsets
 
-__all__ = ["AttentionAggregator", "AggregatorFileError", "save_aggregator", "load_aggregator"]
+if TYPE_CHECKING:  # type hints only
+    from .engine import Engine
+
+__all__ = ["AttentionAggregator", "AggregatorFileError", "AttentionScorer", "save_aggregator", "load_aggregator",
+           "resolve_aggregator", "fit_aggregator"]
 
 FORMAT = "undiscard-attention-aggregator/1"
 
@@ -139,3 +151,74 @@ def load_aggregator(path: str | Path) -> tuple[AttentionAggregator, AggregatorIn
         raise AggregatorFileError(f"{path}: damaged aggregator file ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return agg.eval(), info
+
+
+# --------------------------------------------------------------------------------------- in a wrapped model
+def resolve_aggregator(aggregator: "AttentionAggregator | str | Path | None",
+                       align: bool) -> tuple["AttentionAggregator | None", list[str] | None]:
+    """What ``wrap(aggregator=...)`` was given, as ``(aggregator, the unit names it was trained for)``: a
+    file is loaded (the units are those it names; a warning when it was trained with another ``align``),
+    a module is taken as it is (units unknown), anything else is one :class:`UndiscardError`."""
+    if isinstance(aggregator, (str, Path)):
+        agg, info = load_aggregator(aggregator)
+        if info.align != align:
+            warnings.warn(f"the aggregator in {aggregator} was trained with align={info.align}, used with "
+                          f"align={align}", UserWarning, stacklevel=4)
+        return agg, info.units
+    if aggregator is not None and not isinstance(aggregator, AttentionAggregator):
+        raise UndiscardError(f"aggregator must be an AttentionAggregator or a file path, got {type(aggregator).__name__}")
+    return aggregator, None
+
+
+def fit_aggregator(aggregator: "AttentionAggregator | None", trained_units: list[str] | None, engine: "Engine",
+                   x: Tensor, seed: int) -> AttentionAggregator:
+    """The aggregator to use with ``engine`` (set up on the example input ``x``): ``aggregator`` when it
+    was trained for the searched units and fits the feature maps' channels and the states' offsets per
+    axis (moved to x's device), else one :class:`AggregatorFileError` saying what differs; without one,
+    an untrained aggregator made with ``seed`` (leaving the caller's RNG alone), with a warning."""
+    names = [u.name for u in engine.search_units]
+    if trained_units is not None and trained_units != names:
+        raise AggregatorFileError(f"the aggregator was trained for units {', '.join(trained_units)} "
+                                  f"but {', '.join(names) or 'none'} are searched: pass the same units=")
+    with torch.no_grad(), phase_plan(None):
+        channels = engine.split.to_maps(engine.split.features(x))[0].shape[1]
+    offsets = offsets_per_axis(engine.search_units)
+    if aggregator is None:
+        warnings.warn("aggregate='attention'/criterion='learned' with an untrained attention aggregator: it "
+                      "aggregates like 'mean' and ranks states by its random initial weights (seeded) until "
+                      "trained (undiscard train-aggregator)", UserWarning, stacklevel=5)
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left alone
+            torch.manual_seed(seed)
+            aggregator = AttentionAggregator(channels, offsets).eval()
+    elif (aggregator.channels, aggregator.offsets) != (channels, offsets):
+        raise AggregatorFileError(
+            f"the aggregator expects {aggregator.channels} channels and {aggregator.offsets} offsets "
+            f"per axis but this model gives {channels} and {offsets}: it was trained for another model or units")
+    return aggregator.to(device=x.device)
+
+
+class AttentionScorer:
+    """Per-state attention scores during one search (the ``learned`` criterion, training's scorer).
+
+    Built on the root's native features (N, ...) of one engine: the original maps are the queries'
+    anchors. Called with M nodes (their images' indices, native features (M, ...) and states), it returns
+    the aggregator's (M,) score of each state on its own, its map aligned by its offset when ``align``.
+    """
+
+    def __init__(self, aggregator: AttentionAggregator, engine: "Engine", root_features: Tensor, align: bool):
+        self.aggregator, self.engine, self.align = aggregator, engine, align
+        self.anchors = engine.split.to_maps(root_features)[0]
+
+    @classmethod
+    def factory(cls, aggregator: AttentionAggregator | None, align: bool):
+        """``(engine, root_features) -> AttentionScorer`` for a search (None without an aggregator)."""
+        if aggregator is None:
+            return None
+        return lambda engine, root_features: cls(aggregator, engine, root_features, align)
+
+    def __call__(self, images: list[int], features: Tensor, states: list[tuple[int, ...]]) -> Tensor:
+        maps = self.engine.split.to_maps(features)[0][:, None]  # (M, 1, C, h, w)
+        offsets = state_offsets([states], self.engine.search_units, features.device).transpose(0, 1)  # (M, 1, 2)
+        if self.align and self.engine.split.alignable:
+            maps = align_maps(maps, offsets, self.engine.feature_stride)
+        return self.aggregator.state_scores(maps, offsets, self.anchors[images])[:, 0]

@@ -88,7 +88,7 @@ def train_aggregator(model: Undiscard, images: Tensor, labels: Tensor, config: T
                              f"{model.aggregate!r}")
     if len(images) != len(labels) or len(labels) == 0:
         raise UndiscardError(f"need as many labels as images (and at least one), got {len(images)} and {len(labels)}")
-    engine = model.prepare(images[:1])
+    model.prepare(images[:1])
     if model.aggregator is None:
         raise UndiscardError("the model has no attention aggregator: wrap it with aggregate='attention' before its "
                              "first call")
@@ -127,9 +127,9 @@ def train_aggregator(model: Undiscard, images: Tensor, labels: Tensor, config: T
                 for group in opt.param_groups:
                     group["lr"] = config.lr * _lr_factor(step, total, config.warmup)
                 agg.eval()  # the search uses the deterministic attention scores
-                cands = model._search(engine, x, budget, scorer)
+                cands = model.candidates(x, budget, scorer=scorer)
                 agg.train()
-                logits = model._aggregate(engine, cands, "attention", model.align)
+                logits = model.aggregate_candidates(cands, aggregate="attention")  # gradients reach agg
                 loss = F.cross_entropy(logits.float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -54,24 +54,24 @@ class Chain:
 
 
 @dataclass
-class _Call:
+class _ModuleCall:
     module: nn.Module
     args: tuple
     kwargs: dict
     output: Any = None
     in_version: int = -1  # tensor version counters: an in-place op between calls breaks the chain
     out_version: int = -1
-    children: list["_Call"] = field(default_factory=list)
+    children: list["_ModuleCall"] = field(default_factory=list)
     subtree: set[int] = field(default_factory=set)
 
 
-def _trace(split: Split, x: Tensor, model: nn.Module) -> tuple[list[list[_Call]], list[Tensor], list[tuple[int, int]]]:
+def _trace(split: Split, x: Tensor, model: nn.Module) -> tuple[list[list[_ModuleCall]], list[Tensor], list[tuple[int, int]]]:
     """Run the stages once, recording the module call tree of each stage and each stage's input."""
-    roots: list[_Call] = []
-    stack: list[_Call] = []
+    roots: list[_ModuleCall] = []
+    stack: list[_ModuleCall] = []
 
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        call = _Call(module, args, kwargs)
+        call = _ModuleCall(module, args, kwargs)
         if args and isinstance(args[0], Tensor):
             call.in_version = args[0]._version
         (stack[-1].children if stack else roots).append(call)
@@ -90,7 +90,7 @@ def _trace(split: Split, x: Tensor, model: nn.Module) -> tuple[list[list[_Call]]
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
-    per_stage: list[list[_Call]] = []
+    per_stage: list[list[_ModuleCall]] = []
     inputs: list[Tensor] = []
     versions: list[tuple[int, int]] = []  # (input version before, output version after) per stage
     try:
@@ -110,7 +110,7 @@ def _trace(split: Split, x: Tensor, model: nn.Module) -> tuple[list[list[_Call]]
     return per_stage, inputs, versions
 
 
-def _close_open_calls(stack: list[_Call]) -> None:
+def _close_open_calls(stack: list[_ModuleCall]) -> None:
     """Calls a stage left without returning (a stage that stops the model's forward part-way, see
     :mod:`undiscard.hook_split`): they get no output, and their modules still count as run by the stage."""
     while stack:
@@ -122,7 +122,7 @@ def _close_open_calls(stack: list[_Call]) -> None:
             stack[-1].subtree |= call.subtree
 
 
-def _is_chain(calls: list[_Call], start: Tensor, end: Any, start_version: int, end_version: int) -> bool:
+def _is_chain(calls: list[_ModuleCall], start: Tensor, end: Any, start_version: int, end_version: int) -> bool:
     """Each call consumes exactly the previous output, unmodified (same object, same version)."""
     if not calls:
         return False
@@ -136,7 +136,7 @@ def _is_chain(calls: list[_Call], start: Tensor, end: Any, start_version: int, e
     return current is end and version == end_version
 
 
-def _refine(call: _Call) -> list[tuple[Segment, set[int]]]:
+def _refine(call: _ModuleCall) -> list[tuple[Segment, set[int]]]:
     if _is_chain(call.children, call.args[0] if call.args else None, call.output, call.in_version,
                  call.out_version):
         return [seg for child in call.children for seg in _refine(child)]

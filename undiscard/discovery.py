@@ -132,7 +132,7 @@ class _UnionFind:
 
 
 @dataclass
-class _Call:
+class _StridedCall:
     tag: int
     name: str
     cls: str
@@ -149,7 +149,7 @@ class _Tracer(TorchFunctionMode):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.tags: dict[int, frozenset] = {}
-        self.calls: list[_Call] = []
+        self.calls: list[_StridedCall] = []
         self.merges = _UnionFind()
         self.stack: list[tuple[str, nn.Module]] = []
         self.adapter_depth = 0
@@ -178,8 +178,8 @@ class _Tracer(TorchFunctionMode):
                 if not (a <= b or b <= a):
                     self.merges.union(a ^ b)
 
-    def new_call(self, name: str, cls: str, rate: int, in_tags: frozenset, reason: str = "") -> _Call:
-        call = _Call(len(self.calls), name, cls, rate, in_tags, reason=reason)
+    def new_call(self, name: str, cls: str, rate: int, in_tags: frozenset, reason: str = "") -> _StridedCall:
+        call = _StridedCall(len(self.calls), name, cls, rate, in_tags, reason=reason)
         self.calls.append(call)
         self.merges.find(call.tag)
         return call
@@ -274,11 +274,11 @@ def discover(model: nn.Module, example_input: Tensor) -> UnitReport:
 
 
 def _group(tracer: _Tracer) -> UnitReport:
-    groups: dict[int, list[_Call]] = {}
+    groups: dict[int, list[_StridedCall]] = {}
     for call in tracer.calls:
         groups.setdefault(tracer.merges.find(call.tag), []).append(call)
     unsupported: list[tuple[str, str, str]] = []
-    candidates: list[tuple[list[_Call], str]] = []
+    candidates: list[tuple[list[_StridedCall], str]] = []
     for members in sorted(groups.values(), key=lambda g: g[0].tag):
         bad = [c for c in members if c.rate == 0]
         unsupported += [(c.name, c.cls, c.reason) for c in bad]

@@ -1,6 +1,6 @@
 """Evaluating states of one model on one input shape: root pass, batched expansions, cost.
 
-An :class:`Engine` is built once per input shape by :class:`undiscard.wrapper.Undiscard`. It knows
+An :class:`Engine` is built once per input shape (:mod:`undiscard.setup`). It knows
 
 - the searched units, each unit's chain segment (the cut before it), and its rate;
 - how to run the root (the original model, caching the activation at the first searched unit's cut);
@@ -31,8 +31,9 @@ from torch.utils.hooks import RemovableHandle
 
 from .chain import Chain
 from .discovery import Unit
-from .errors import UndiscardError
+from .errors import PhaseError, UndiscardError
 from .execution import EXPAND, PhaseSpec, phase_plan
+from .geometry import feature_stride
 from .split import Split
 
 __all__ = ["CostHook", "Engine", "Expansion"]
@@ -100,7 +101,18 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------
     def rates(self) -> list[int]:
+        """The searched units' rates, in search order."""
         return [self.units[u].rate for u in self.searched]
+
+    @property
+    def search_units(self) -> list[Unit]:
+        """The searched units, in search order."""
+        return [self.units[u] for u in self.searched]
+
+    @property
+    def feature_stride(self) -> int:
+        """Total stride from the first searched unit's input grid to the feature map (alignment)."""
+        return feature_stride(self.units, self.searched)
 
     def measure(self, x: Tensor) -> None:
         """Count per-sample FLOPs of each segment, each expansion, and the head, on one sample."""
@@ -188,6 +200,27 @@ class Engine:
         self.spent = 0.0
         self.spent_ideal = 0.0
 
+    def cost_since_reset(self, images: int) -> tuple[float, float]:
+        """This thread's (measured, ideal) cost since :meth:`reset_cost`, per image of ``images``, in
+        baseline forwards (0 for no images)."""
+        assert self.flops is not None
+        base = self.flops.baseline * images
+        return (self.spent / base, self.spent_ideal / base) if base else (0.0, 0.0)
+
+    def search_cost(self, expansions: list[tuple[int, ...]]) -> tuple[float, float]:
+        """Mean (measured, ideal) cost per image, in baseline forwards, of searches that ran the root and
+        then expanded at the given depths (one tuple per image, :attr:`~undiscard.search.Candidate.expansions`
+        of its last candidate): what :meth:`cost_since_reset` reads after such a search."""
+        assert self.flops is not None
+        base = self.flops.baseline
+        rates = self.rates()
+        spent = ideal = 0.0
+        for depths in expansions:
+            spent += self.flops.root + sum(self.expansion_flops(d) for d in depths)
+            ideal += base + sum((rates[d] ** 2 - 1) * self.flops.tail[d] for d in depths)
+        n = len(expansions) * base
+        return (spent / n, ideal / n) if n else (0.0, 0.0)
+
     # ------------------------------------------------------------------------------------------
     def root(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Original-model features and logits for x, and the activation at the first searched cut."""
@@ -261,6 +294,22 @@ class Engine:
         self.spent_ideal += ideal
         self._report(depth, m, cost, ideal)
         return Expansion(feats, logits, captured)
+
+    def state_phases(self, state: tuple[int, ...], n: int, device: torch.device) -> dict[int, Tensor]:
+        """The phase plan {unit index: (n,) long} of one state (one phase per searched unit) for n images;
+        a state of the wrong length or a phase out of range is one :class:`~undiscard.errors.PhaseError`."""
+        units = self.search_units
+        if len(state) != len(units):
+            raise PhaseError(f"state has {len(state)} phases but {len(units)} units are searched "
+                             f"({', '.join(u.name for u in units) or 'none'})")
+        phases: dict[int, Tensor] = {}
+        for s, u, idx in zip(state, units, self.searched):
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < u.num_phases:
+                raise PhaseError(f"phase {s!r} out of range for unit {u.name} (rate {u.rate}): "
+                                 f"expected 0 <= phase < {u.num_phases}")
+            if s:
+                phases[idx] = torch.full((n,), s, dtype=torch.long, device=device)
+        return phases
 
     def run_state(self, x: Tensor, phases: dict[int, Tensor]) -> Tensor:
         """Logits of the network with per-sample phases {unit index: (N,) long}; others at phase 0."""

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .layers import get_adapter
 from .layers.registry import PhaseAdapter
 
-__all__ = ["EXPAND", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers"]
+__all__ = ["EXPAND", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
 
 
 class _Expand:
@@ -99,6 +99,11 @@ class _PhasedForward:
         # pickle rebuilds the bound class forward from the layer (a bound method would pickle as
         # getattr(layer, "forward"), which is this object again)
         return _PhasedForward, (self.layer_ref, self.adapter, self.unit)
+
+
+def is_phased(module: object) -> bool:
+    """Whether ``module`` is a unit layer that follows phase plans (:func:`install_phased_layers`)."""
+    return isinstance(getattr(module, "__dict__", {}).get("forward"), _PhasedForward)
 
 
 def install_phased_layers(net: nn.Module, unit_layers: Sequence[Sequence[str]], copy_net: bool = True) -> nn.Module:

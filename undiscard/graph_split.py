@@ -50,7 +50,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .errors import UndiscardError
-from .execution import _PhasedForward
+from .execution import is_phased
 from .layers import get_adapter
 from .outputs import OutputSelector, select_output
 
@@ -90,7 +90,7 @@ class _LeafTracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m.__dict__.get("forward"), _PhasedForward) or get_adapter(m) is not None:
+        if is_phased(m) or get_adapter(m) is not None:
             return True
         if isinstance(m, (nn.Sequential, *_PARALLEL)):
             return False
@@ -237,8 +237,7 @@ def _feature_maps(gm: fx.GraphModule, order: list[fx.Node], shapes: dict[fx.Node
         if _spatial(shapes[n], layout):
             maps.add(n)
             continue
-        phased = n.op == "call_module" and isinstance(
-            getattr(modules.get(n.target), "__dict__", {}).get("forward"), _PhasedForward)
+        phased = n.op == "call_module" and is_phased(modules.get(n.target))
         inputs = [a for a in n.all_input_nodes if len(shapes.get(a, ())) == 4]
         if phased or (inputs and inputs[0] in maps and not _spatial(shapes[inputs[0]], layout)):
             maps.add(n)
@@ -426,8 +425,7 @@ def _feature_stages(gm: fx.GraphModule, order: list[fx.Node], pos: dict[fx.Node,
             open_values.add(n)
     starts = {0}
     for k, n in enumerate(body):
-        if n.op == "call_module" and isinstance(getattr(modules.get(n.target), "__dict__", {}).get("forward"),
-                                                _PhasedForward):
+        if n.op == "call_module" and is_phased(modules.get(n.target)):
             best = max((b for b in single if b <= k), default=None)
             if best is not None:
                 starts.add(best)

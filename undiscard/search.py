@@ -10,10 +10,12 @@ still has an undecided unit is pushed, in order of j.
 
 Every image has its own search, but each step pops one node per unfinished image and runs all those
 expansions together, one batched pass per unit depth (chunked to bound memory).
+
+The search knows nothing about models or tasks: nodes are scored by a ``score`` function (a criterion
+of :mod:`undiscard.criteria`) and expanded by an ``expand`` function (:meth:`undiscard.engine.Engine.expand`).
 """
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 from dataclasses import dataclass, field
@@ -22,45 +24,17 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .aggregate import normalized_entropy
+from .geometry import state_offset
 
-__all__ = ["CRITERIA", "Candidate", "state_offset", "best_first", "score_states"]
-
-CRITERIA = ("entropy", "random", "offset", "learned")
+__all__ = ["Candidate", "state_offset", "best_first", "Expander", "Scorer"]
 
 
-def state_offset(state: Sequence[int], rates: Sequence[int], spatial: Sequence[bool] | None = None) -> tuple[int, int]:
-    """Mixed-radix offset (dy, dx) of a state, in pixels of the first searched unit's input grid.
+def __getattr__(name: str) -> tuple[str, ...]:
+    if name == "CRITERIA":  # kept importable from here: the criteria live in undiscard.criteria
+        from . import criteria
 
-    ``(dy, dx) = Σ_l (dy_l, dx_l) * Π_{l' < l} R_l'`` over spatial units (side units add nothing).
-    """
-    dy = dx = 0
-    scale = 1
-    for l, (s, r) in enumerate(zip(state, rates)):
-        if spatial is not None and not spatial[l]:
-            continue
-        dy += (s // r) * scale
-        dx += (s % r) * scale
-        scale *= r
-    return dy, dx
-
-
-def _random_score(seed: int, state: tuple[int, ...], depth: int) -> float:
-    digest = hashlib.blake2b(f"{seed}|{depth}|{state}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2.0 ** 64
-
-
-def score_states(criterion: str, logits: Tensor, states: list[tuple[int, ...]], depth: int,
-                 rates: Sequence[int], spatial: Sequence[bool], seed: int) -> list[float]:
-    """Scores (lower = expanded first) for nodes with the given logits and states."""
-    if criterion == "entropy":
-        # at least float32 (half logits), but float64 logits keep their precision
-        return normalized_entropy(logits if logits.dtype == torch.float64 else logits.float()).tolist()
-    if criterion == "offset":
-        return [float(dy * dy + dx * dx) for dy, dx in (state_offset(s, rates, spatial) for s in states)]
-    if criterion == "random":
-        return [_random_score(seed, s, depth) for s in states]
-    raise ValueError(f"unknown criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+        return criteria.CRITERIA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

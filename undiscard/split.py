@@ -11,7 +11,10 @@ every supported model needs ``logits == head(features(x))``. A :class:`Split` sa
   ``"nchw"``; ``"nhwc"`` (Swin); ``"vector"`` for (N, C) features (a ViT's class token), treated as
   1x1 maps that cannot be aligned; ``"tokens"`` for (N, P + h*w, C) token sequences (timm ViT-style
   models, EfficientFormer) — the last h*w tokens become a map (h, w from the last unit's output size),
-  the P prefix tokens are aggregated with the same weights but never shifted.
+  the P prefix tokens are aggregated with the same weights but never shifted. It is decided once, when
+  the split is verified (:meth:`Split.settle`): a split that says ``"nchw"`` but gives 3-D features is
+  ``"tokens"``, 2-D ones ``"vector"``; ``alignable`` says whether its maps are a real grid to align.
+  :meth:`Split.to_maps`/:meth:`Split.from_maps` convert with it.
 - ``method``: which of the rules below made it (for reports).
 
 Splits are tried in order, and the first that reproduces the model is used:
@@ -66,11 +69,36 @@ class Split:
     head: Callable[[Tensor], Tensor]
     layout: str = "nchw"
     method: str = ""
+    grid: tuple[int, int] | None = None  # (h, w) of a ``tokens`` layout's map (see :func:`to_map`)
+    alignable: bool = False  # the maps are a real grid with more than one cell (set by settle)
 
     def features(self, x: Tensor) -> Tensor:
         for stage in self.stages:
             x = stage(x)
         return x
+
+    def settle(self, features: Tensor, grid: tuple[int, int] | None = None) -> None:
+        """Fix the layout from one batch of native ``features`` (N, ...) and the feature ``grid`` (the last
+        spatial unit's output size): an ``nchw`` split with (N, L, C) features is ``tokens``, with (N, C)
+        features ``vector``. Only real grids are aligned: NCHW/NHWC maps, and token sequences whose grid
+        is known, with more than one cell."""
+        if self.layout == "nchw" and features.dim() == 3:
+            self.layout = "tokens"
+        elif self.layout == "nchw" and features.dim() == 2:
+            self.layout = "vector"
+        self.grid = grid
+        maps, _ = to_map(features, self.layout, grid)
+        gridded = self.layout in ("nchw", "nhwc") or (self.layout == "tokens" and grid is not None
+                                                      and tuple(maps.shape[-2:]) == tuple(grid))
+        self.alignable = gridded and maps.shape[-1] * maps.shape[-2] > 1
+
+    def to_maps(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Native features (M, ...) -> maps (M, C, h, w) and prefix tokens (M, P, C) or None (:func:`to_map`)."""
+        return to_map(features, self.layout, self.grid)
+
+    def from_maps(self, maps: Tensor, extra: Tensor | None) -> Tensor:
+        """Maps (M, C, h, w) and prefix tokens back to native features (:func:`from_map`)."""
+        return from_map(maps, extra, self.layout)
 
 
 SplitFactory = Callable[[nn.Module], Split]
@@ -187,11 +215,14 @@ def _timm_split(m: nn.Module) -> Split:
     return Split([m.forward_features], m.forward_head, layout=layout)  # 3-D outputs become "tokens" in use
 
 
-def _checked(split: Split, model: nn.Module, x: Tensor, expected: Tensor, output: OutputSelector) -> str | None:
-    """None when ``head(features(x))`` is ``expected`` bit for bit; otherwise why not (one line)."""
+def _checked(split: Split, model: nn.Module, x: Tensor, expected: Tensor, output: OutputSelector,
+             grid: tuple[int, int] | None) -> str | None:
+    """None when ``head(features(x))`` is ``expected`` bit for bit (the split is then settled on these
+    features, :meth:`Split.settle`); otherwise why not (one line)."""
     try:
         with torch.no_grad(), phase_plan(None):
-            got = split.head(split.features(x))  # a head returns the selected logits itself
+            feats = split.features(x)
+            got = split.head(feats)  # a head returns the selected logits itself
     except OutputError:
         raise
     except Exception as err:  # a split that crashes on the model is not its split
@@ -204,6 +235,8 @@ def _checked(split: Split, model: nn.Module, x: Tensor, expected: Tensor, output
     if not torch.equal(got, expected):
         diff = (got.double() - expected.double()).abs().nan_to_num(nan=float("inf")).max()
         return f"it differs from the model's output by up to {float(diff):.3g}"
+    if isinstance(feats, Tensor):
+        split.settle(feats, grid)
     return None
 
 
@@ -224,8 +257,9 @@ def _factories(model: nn.Module) -> list[tuple[str, Callable[[nn.Module, Tensor,
 def get_split(model: nn.Module, x: Tensor,
               features: Callable[[nn.Module, Tensor], Tensor] | None = None,
               head: Callable[[nn.Module, Tensor], Tensor] | None = None,
-              layout: str = "nchw", output: OutputSelector = None) -> Split:
-    """The split of ``model`` (see module docstring), verified bit for bit on the sample input ``x``.
+              layout: str = "nchw", output: OutputSelector = None, grid: tuple[int, int] | None = None) -> Split:
+    """The split of ``model`` (see module docstring), verified bit for bit on the sample input ``x``
+    and settled there (:meth:`Split.settle`; ``grid``: the feature map's (h, w) for token layouts).
 
     ``output`` selects the logits from the model's output (:mod:`undiscard.outputs`). Raises
     :class:`SplitError` (one line: what was tried, why each failed, what to pass) when no split
@@ -242,7 +276,7 @@ def get_split(model: nn.Module, x: Tensor,
     if features is not None and head is not None:
         split = Split([functools.partial(features, model)], _SelectedHead(functools.partial(head, model), output),
                       layout=layout)
-        why = _checked(split, model, x, expected, output)
+        why = _checked(split, model, x, expected, output, grid)
         if why is not None:
             raise SplitError(f"features=/head= do not reproduce the model: head(features(x)) != model(x), {why}")
         split.method = "features=/head="
@@ -254,7 +288,7 @@ def get_split(model: nn.Module, x: Tensor,
         except (GraphSplitError, HookSplitError) as err:
             reasons.append(f"{method}: {err}")
             continue
-        why = _checked(split, model, x, expected, output)
+        why = _checked(split, model, x, expected, output, grid)
         if why is None:
             split.method = method
             return split

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UndiscardError
-from ..wrapper import Undiscard
+from ..testtime import TestTimeModule
 from .aggregators import FITTED, TTAAggregator, TTAFileError, load_tta, make_aggregator
 from .views import View, policy_views
 
@@ -76,7 +76,7 @@ class TTA(nn.Module):
         views = self.views if views is None else list(views)
         batch = torch.cat([v(x) for v in views])  # view-major: rows v*N .. (v+1)*N-1
         outs, cost, ideal = [], 0.0, 0.0
-        wrapped = isinstance(self.model, Undiscard)
+        wrapped = isinstance(self.model, TestTimeModule)  # a wrap()-ed model: budget= per call, last_cost
         if phase_budget is not None and not wrapped and phase_budget != 1:
             raise UndiscardError(f"phase_budget={phase_budget} needs TTA around a wrap()-ed model")
         call = {"budget": phase_budget} if wrapped and phase_budget is not None else {}

@@ -1,0 +1,97 @@
+"""The states a search chose, per image: running the search on an engine, and stacking what it found.
+
+:func:`find_candidates` runs the best-first search (:mod:`undiscard.search`) on one
+:class:`~undiscard.engine.Engine` with one :class:`~undiscard.criteria.Criterion`, and returns a
+:class:`Candidates`: per image, the chosen :class:`~undiscard.search.Candidate` (state, native features,
+logits) in selection order. The search is incremental, so the first b candidates of a budget-B search
+are exactly those of a budget-b search: one search serves every smaller budget and every aggregation.
+:func:`stack_candidates` stacks them once per search for all of those.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from .criteria import Criterion, SearchContext
+from .engine import Engine
+from .errors import PhaseError
+from .geometry import state_offsets
+from .search import Candidate, best_first
+
+__all__ = ["Candidates", "engine_of", "find_candidates", "stack_candidates"]
+
+# attention(engine, root features (N, ...)) -> per-state attention scores for the search's nodes
+AttentionFactory = Callable[[Engine, Tensor], Callable[[list[int], Tensor, list[tuple[int, ...]]], Tensor]]
+
+
+class Candidates(list):
+    """Per image, the list of :class:`~undiscard.search.Candidate` chosen in selection order; knows the
+    engine (input shape) it was searched with, and caches the stacked tensors of its candidates."""
+
+    engine: Engine | None = None
+    stacked: tuple[Tensor, Tensor, Tensor] | None = None
+    empty: Tensor | None = None  # for a batch of 0 images: the model's (0, K) output
+
+    @classmethod
+    def of_empty(cls, output: Tensor) -> "Candidates":
+        """The candidates of a batch of 0 images, carrying the model's (0, K) ``output``."""
+        cands = cls()
+        cands.empty = output
+        return cands
+
+
+def engine_of(cands: list[list[Candidate]], engines: Mapping[tuple, Engine]) -> Engine:
+    """The engine ``cands`` were searched with (a plain list of candidates: the model's only engine)."""
+    if not cands or not cands[0]:
+        raise PhaseError("no candidates given")
+    engine = getattr(cands, "engine", None)
+    if engine is None:
+        if len(engines) != 1:
+            raise PhaseError("pass the candidates as returned by model.candidates(x)")
+        engine = next(iter(engines.values()))
+    return engine
+
+
+@torch.compiler.disable  # a data-dependent heap search: batch sizes change every step, nothing to compile
+@torch.no_grad()
+def find_candidates(engine: Engine, x: Tensor, budget: int, criterion: Criterion, ctx: SearchContext,
+                    attention: AttentionFactory | None = None, chunk_size: int = 256) -> Candidates:
+    """Search ``budget`` states per image of ``x`` (N, C, H, W) on ``engine``, ordered by ``criterion``.
+
+    ``attention`` makes the per-state attention scores from the root's features, for a criterion that
+    ``needs_aggregator`` (it is only called then). Resets the engine's cost count first, so
+    :meth:`~undiscard.engine.Engine.cost_since_reset` reads this search's cost afterwards.
+    """
+    engine.reset_cost()
+
+    def expand(depth: int, caches: Tensor, prefix: Tensor):
+        e = engine.expand(depth, caches, prefix)
+        return e.features, e.logits, e.caches
+
+    def score(images: list[int], feats: Tensor, logits: Tensor, states: list[tuple[int, ...]],
+              depth: int) -> list[float]:
+        return criterion.score(ctx, images, feats, logits, states, depth)
+
+    feats, logits, cache = engine.root(x)
+    if criterion.needs_aggregator and attention is not None:
+        ctx = replace(ctx, attention=attention(engine, feats))
+    cands = Candidates(best_first(feats, logits, cache, engine.rates(), budget, expand, score, chunk_size))
+    cands.engine = engine
+    return cands
+
+
+def stack_candidates(cands: list[list[Candidate]], engine: Engine) -> tuple[Tensor, Tensor, Tensor]:
+    """Features (N, B, ...), logits (N, B, *output) and offsets (N, B, 2) of the candidates; cached on a
+    :class:`Candidates` so that every budget prefix and aggregation of one search stacks once."""
+    cached = getattr(cands, "stacked", None)
+    if cached is not None:
+        return cached
+    feats = torch.stack([torch.stack([c.features for c in per]) for per in cands])  # (N, B, ...)
+    logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])  # (N, B, K)
+    offsets = state_offsets([[c.state for c in per] for per in cands], engine.search_units, feats.device)
+    if isinstance(cands, Candidates):
+        cands.stacked = (feats, logits, offsets)
+    return feats, logits, offsets

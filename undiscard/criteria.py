@@ -1,0 +1,158 @@
+"""Search criteria: which node the best-first search expands next (DESIGN §2). Lower scores first.
+
+A criterion is a small :class:`Criterion` class registered by name (:func:`register_criterion`;
+``wrap(..., criterion=NAME)``). It scores M nodes at once — their native features (M, ...), logits
+(M, *output), states and depth — given a :class:`SearchContext` (the task, the searched units' rates,
+the seed, and the attention aggregator's per-state scores for criteria that need it). Registered here:
+
+- ``entropy``: the task's uncertainty of the state's prediction (normalised entropy of its logits);
+- ``offset``: small offsets first (``dy² + dx²`` in pixels of the first searched unit's input);
+- ``random``: a seeded hash of (seed, depth, state), so order never depends on batch composition;
+- ``learned``: most attention first (the attention aggregator's location-averaged attention logit,
+  negated); it ``needs_aggregator``.
+
+``CRITERIA`` is the tuple of registered names. :func:`custom_criterion` turns a plain function into a
+criterion for one search (``model.candidates(x, scorer=...)``; training the aggregator uses it).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
+
+from torch import Tensor
+
+from .errors import UndiscardError
+from .geometry import state_offset
+
+if TYPE_CHECKING:  # type hints only
+    from .engine import Engine
+    from .task import Task
+
+__all__ = ["Criterion", "SearchContext", "StateScorer", "register_criterion", "get_criterion", "custom_criterion",
+           "random_score", "CRITERIA"]
+
+States = list[tuple[int, ...]]
+# attention(images, features, states) -> (M,) per-state attention scores (higher = more attention)
+AttentionScores = Callable[[list[int], Tensor, States], Tensor]
+# scorer(images, attention_scores, logits, states, depth) -> one score per row (lower = expanded first)
+StateScorer = Callable[[list[int], Tensor, Tensor, States, int], list[float]]
+
+
+@dataclass
+class SearchContext:
+    """What a criterion may use besides the nodes themselves."""
+
+    task: "Task"
+    rates: Sequence[int]  # of the searched units
+    spatial: Sequence[bool]  # of the searched units (side units add no offset)
+    seed: int = 0
+    attention: AttentionScores | None = None  # set when the criterion needs_aggregator
+
+    @classmethod
+    def of(cls, engine: "Engine", task: "Task", seed: int = 0) -> "SearchContext":
+        """The context of a search on ``engine`` (its searched units' rates and spatial flags)."""
+        return cls(task, engine.rates(), [u.spatial for u in engine.search_units], seed)
+
+    def attention_scores(self, images: list[int], features: Tensor, states: States) -> Tensor:
+        """(M,) attention scores of M nodes of ``images`` (see :class:`~undiscard.attention.AttentionScorer`)."""
+        if self.attention is None:
+            raise UndiscardError("this search criterion ranks states by attention: it needs an attention aggregator "
+                                 "(wrap(..., aggregator=FILE) or aggregate='attention')")
+        return self.attention(images, features, states)
+
+
+class Criterion:
+    """One search order; ``needs_aggregator``: it reads the attention aggregator's scores."""
+
+    name: ClassVar[str] = ""
+    needs_aggregator: ClassVar[bool] = False
+
+    def score(self, ctx: SearchContext, images: list[int], features: Tensor, logits: Tensor, states: States,
+              depth: int) -> list[float]:
+        """One score per row (row r belongs to image ``images[r]``); lower is expanded first."""
+        raise NotImplementedError
+
+
+_CRITERIA: dict[str, type[Criterion]] = {}
+
+
+def register_criterion(name: str) -> Callable[[type[Criterion]], type[Criterion]]:
+    """Class decorator: make ``wrap(..., criterion=name)`` use this :class:`Criterion` subclass."""
+
+    def deco(cls: type[Criterion]) -> type[Criterion]:
+        cls.name = name
+        _CRITERIA[name] = cls
+        return cls
+
+    return deco
+
+
+def get_criterion(name: str) -> Criterion:
+    """The registered criterion ``name``; an unknown name is one :class:`UndiscardError`."""
+    cls = _CRITERIA.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise UndiscardError(f"unknown criterion {name!r}: expected one of {', '.join(_CRITERIA)}")
+    return cls()
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    if name == "CRITERIA":  # the registered names, current at the time of asking
+        return tuple(_CRITERIA)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def random_score(seed: int, state: tuple[int, ...], depth: int) -> float:
+    """A uniform number in [0, 1) from (seed, depth, state) alone."""
+    digest = hashlib.blake2b(f"{seed}|{depth}|{state}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0 ** 64
+
+
+@register_criterion("entropy")
+class Entropy(Criterion):
+    """The task's uncertainty of each state's prediction (classification: normalised entropy)."""
+
+    def score(self, ctx, images, features, logits, states, depth):
+        return ctx.task.state_uncertainty(logits).tolist()
+
+
+@register_criterion("random")
+class Random(Criterion):
+    """Seeded random order (:func:`random_score`)."""
+
+    def score(self, ctx, images, features, logits, states, depth):
+        return [random_score(ctx.seed, s, depth) for s in states]
+
+
+@register_criterion("offset")
+class Offset(Criterion):
+    """Small offsets first: ``dy² + dx²``."""
+
+    def score(self, ctx, images, features, logits, states, depth):
+        return [float(dy * dy + dx * dx) for dy, dx in (state_offset(s, ctx.rates, ctx.spatial) for s in states)]
+
+
+@register_criterion("learned")
+class Learned(Criterion):
+    """Most attention first: the attention aggregator's per-state score, negated."""
+
+    needs_aggregator = True
+
+    def score(self, ctx, images, features, logits, states, depth):
+        return (-ctx.attention_scores(images, features, states).double()).tolist()
+
+
+class _Custom(Criterion):
+    needs_aggregator = True
+
+    def __init__(self, scorer: StateScorer):
+        self.scorer = scorer
+
+    def score(self, ctx, images, features, logits, states, depth):
+        return self.scorer(images, ctx.attention_scores(images, features, states), logits, states, depth)
+
+
+def custom_criterion(scorer: StateScorer) -> Criterion:
+    """A criterion for one search from ``scorer(images, attention_scores, logits, states, depth)``: it
+    gets the attention aggregator's (M,) per-state scores instead of the features (so it needs one)."""
+    return _Custom(scorer)
