@@ -28,8 +28,8 @@ X = images(3, 16, dtype=torch.float32)
 @pytest.fixture
 def registries(monkeypatch):
     """Registrations made in a test are undone after it."""
-    for module, name in ((aggregate_module, "_AGGREGATES"), (criteria_module, "_CRITERIA"), (task_module, "_TASKS")):
-        monkeypatch.setattr(module, name, dict(getattr(module, name)))
+    for registry in (aggregate_module._AGGREGATES, criteria_module._CRITERIA, task_module._TASKS):
+        monkeypatch.setattr(registry, "entries", dict(registry.entries))
 
 
 # --------------------------------------------------------------------------------------- task

@@ -22,12 +22,13 @@ needs a trained aggregator (``needs_aggregator``) and combines the aligned maps 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .errors import UndiscardError
+from .named import NamedRegistry
 
 if TYPE_CHECKING:  # type hints only (the task module builds on this one)
     from .task import StateMaps, Task
@@ -134,32 +135,10 @@ class Aggregation:
         raise NotImplementedError
 
 
-_AGGREGATES: dict[str, type[Aggregation]] = {}
-
-
-def register_aggregate(name: str) -> Callable[[type[Aggregation]], type[Aggregation]]:
-    """Class decorator: make ``wrap(..., aggregate=name)`` use this :class:`Aggregation` subclass."""
-
-    def deco(cls: type[Aggregation]) -> type[Aggregation]:
-        cls.name = name
-        _AGGREGATES[name] = cls
-        return cls
-
-    return deco
-
-
-def get_aggregate(name: str) -> Aggregation:
-    """The registered aggregation ``name``; an unknown name is one :class:`UndiscardError`."""
-    cls = _AGGREGATES.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise UndiscardError(f"unknown aggregate {name!r}: expected one of {', '.join(_AGGREGATES)}")
-    return cls()
-
-
-def __getattr__(name: str) -> tuple[str, ...]:
-    if name == "AGGREGATES":  # the registered names, current at the time of asking
-        return tuple(_AGGREGATES)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_AGGREGATES: NamedRegistry[Aggregation] = NamedRegistry("aggregate")
+register_aggregate = _AGGREGATES.register  # @register_aggregate(name): wrap(aggregate=name)
+get_aggregate = _AGGREGATES.create  # unknown names: one UndiscardError
+__getattr__ = _AGGREGATES.module_getattr("AGGREGATES", __name__)  # AGGREGATES: names
 
 
 @register_aggregate("mean")

@@ -166,7 +166,8 @@ def resolve_aggregator(aggregator: "AttentionAggregator | str | Path | None",
                           f"align={align}", UserWarning, stacklevel=4)
         return agg, info.units
     if aggregator is not None and not isinstance(aggregator, AttentionAggregator):
-        raise UndiscardError(f"aggregator must be an AttentionAggregator or a file path, got {type(aggregator).__name__}")
+        raise UndiscardError(f"aggregator must be an AttentionAggregator or a file path, got "
+                             f"{type(aggregator).__name__}")
     return aggregator, None
 
 

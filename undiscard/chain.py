@@ -65,7 +65,8 @@ class _ModuleCall:
     subtree: set[int] = field(default_factory=set)
 
 
-def _trace(split: Split, x: Tensor, model: nn.Module) -> tuple[list[list[_ModuleCall]], list[Tensor], list[tuple[int, int]]]:
+def _trace(split: Split, x: Tensor,
+           model: nn.Module) -> tuple[list[list[_ModuleCall]], list[Tensor], list[tuple[int, int]]]:
     """Run the stages once, recording the module call tree of each stage and each stage's input."""
     roots: list[_ModuleCall] = []
     stack: list[_ModuleCall] = []

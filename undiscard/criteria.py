@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .errors import UndiscardError
 from .geometry import state_offset
+from .named import NamedRegistry
 
 if TYPE_CHECKING:  # type hints only
     from .engine import Engine
@@ -74,32 +75,10 @@ class Criterion:
         raise NotImplementedError
 
 
-_CRITERIA: dict[str, type[Criterion]] = {}
-
-
-def register_criterion(name: str) -> Callable[[type[Criterion]], type[Criterion]]:
-    """Class decorator: make ``wrap(..., criterion=name)`` use this :class:`Criterion` subclass."""
-
-    def deco(cls: type[Criterion]) -> type[Criterion]:
-        cls.name = name
-        _CRITERIA[name] = cls
-        return cls
-
-    return deco
-
-
-def get_criterion(name: str) -> Criterion:
-    """The registered criterion ``name``; an unknown name is one :class:`UndiscardError`."""
-    cls = _CRITERIA.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise UndiscardError(f"unknown criterion {name!r}: expected one of {', '.join(_CRITERIA)}")
-    return cls()
-
-
-def __getattr__(name: str) -> tuple[str, ...]:
-    if name == "CRITERIA":  # the registered names, current at the time of asking
-        return tuple(_CRITERIA)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_CRITERIA: NamedRegistry[Criterion] = NamedRegistry("criterion")
+register_criterion = _CRITERIA.register  # @register_criterion(name): wrap(criterion=name)
+get_criterion = _CRITERIA.create  # unknown names: one UndiscardError
+__getattr__ = _CRITERIA.module_getattr("CRITERIA", __name__)  # CRITERIA: names
 
 
 def random_score(seed: int, state: tuple[int, ...], depth: int) -> float:

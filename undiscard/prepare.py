@@ -16,16 +16,15 @@ device:
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import Tensor, nn
 
 from .chain import build_chain
-from .discovery import Unit, discover
+from .discovery import Unit, find_units
 from .engine import Engine
-from .errors import PhaseError, UndiscardError, UnsupportedLayerError
+from .errors import PhaseError, UndiscardError
 from .execution import install_phased_layers
 from .geometry import UnitSelector, feature_grid, num_states, select_units
 from .inputs import input_error
@@ -73,17 +72,11 @@ def discover_units(net: nn.Module, x: Tensor, strict: bool) -> list[Unit]:
     naming them (an :class:`~undiscard.errors.UnsupportedLayerError` when ``strict``). A network that cannot
     run on ``x`` is one :class:`~undiscard.errors.PhaseError` saying why (:func:`~undiscard.inputs.input_error`)."""
     try:
-        report = discover(net, x)
+        return find_units(net, x, strict)
     except UndiscardError:
         raise
     except Exception as err:  # the network itself cannot run on this input
         raise input_error(net, x, err) from None
-    if report.unsupported:
-        msg = f"strided layers left at phase 0: {report.describe_unsupported()}"
-        if strict:
-            raise UnsupportedLayerError(msg)
-        warnings.warn(msg, UserWarning, stacklevel=5)
-    return report.units
 
 
 def choose_units(net: nn.Module, found: list[Unit], known: Units | None, selector: UnitSelector,

@@ -19,13 +19,13 @@ first implementation. A new task is one subclass registered with :func:`register
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .aggregate import Aggregation, align_maps, entropy_weights, normalized_entropy
-from .errors import UndiscardError
+from .named import NamedRegistry
 from .metrics.classification import Tally
 
 if TYPE_CHECKING:  # type hints only: the engine is built by the wrapper and handed in
@@ -125,34 +125,13 @@ class ClassificationTask(Task):
         return Tally()
 
 
-_TASKS: dict[str, type[Task]] = {}
-
-
-def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator: make ``wrap(..., task=name)`` use this :class:`Task` subclass."""
-
-    def deco(cls: type[Task]) -> type[Task]:
-        cls.name = name
-        _TASKS[name] = cls
-        return cls
-
-    return deco
-
-
+_TASKS: NamedRegistry[Task] = NamedRegistry("task")
+register_task = _TASKS.register  # @register_task(name): wrap(task=name)
+__getattr__ = _TASKS.module_getattr("TASKS", __name__)  # TASKS: names
 register_task("classification")(ClassificationTask)
 
 
 def get_task(task: str | Task) -> Task:
     """The task named ``task`` (or ``task`` itself when it is one); an unknown name is one
     :class:`~undiscard.errors.UndiscardError` listing the registered tasks."""
-    if isinstance(task, Task):
-        return task
-    if not isinstance(task, str) or task not in _TASKS:
-        raise UndiscardError(f"unknown task {task!r}: expected one of {', '.join(_TASKS)}")
-    return _TASKS[task]()
-
-
-def __getattr__(name: str) -> tuple[str, ...]:
-    if name == "TASKS":  # the registered task names, current at the time of asking
-        return tuple(_TASKS)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return task if isinstance(task, Task) else _TASKS.create(task)
