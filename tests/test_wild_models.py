@@ -467,8 +467,9 @@ def test_graph_split_keeps_the_search_cheap(one_thread):
 # --- real third-party models, installed from PyPI as a user would -----------------------------------
 def test_minicnn_from_pypi(one_thread):
     """``minicnn`` (PyPI): TinyCNN (conv, F.relu, pool, ``x.view(-1, 16*14*14)``, Linear) is searched;
-    SimpleCNN shares one MaxPool2d module between two calls, which has no phase of its own, so it has no
-    searchable unit: budget 1 is the model, budget 4 says the state space is 1."""
+    SimpleCNN shares one MaxPool2d module between two calls: each call gets its own module
+    (:mod:`undiscard.unshare`), so both are searched, and each state equals the network written out with
+    the two pool calls at those phases."""
     mini = pytest.importorskip("MiniCNN")
     x = _inputs((1, 28, 28))
     torch.manual_seed(0)
@@ -481,5 +482,11 @@ def test_minicnn_from_pypi(one_thread):
     simple = mini.SimpleCNN().eval().double()
     with torch.no_grad():
         assert torch.equal(undiscard.wrap(simple, budget=1)(x), simple(x))
-        with pytest.warns(UserWarning, match="called more than once"), pytest.raises(PhaseError, match="1 states"):
-            undiscard.wrap(simple, budget=4)(x)
+        model = undiscard.wrap(simple, budget=4, example_input=x[:1])
+        assert [u.name for u in model.search_units] == ["pool", "pool__1"] and model.num_states == 16
+        assert model(x).shape == (x.shape[0], 10)
+        for state in [(0, 0), (2, 1), (3, 3)]:
+            h = undiscard.polyphase(simple.pool, F.relu(simple.conv1(x)), phase=state[0])
+            h = undiscard.polyphase(simple.pool, F.relu(simple.conv2(h)), phase=state[1])
+            ref = simple.fc2(F.relu(simple.fc1(h.view(-1, 64 * 7 * 7))))
+            torch.testing.assert_close(model.run_state(x, state), ref)

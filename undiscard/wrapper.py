@@ -26,6 +26,7 @@ from .errors import UndiscardError
 from .geometry import UnitSelector, num_states
 from .inputs import check_example, check_input, check_net, empty_output, run_network, warn_not_finite
 from .outputs import OutputSelector, check_selector, select_output
+from .unshare import unshare_layers
 from .prepare import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
 from .task import Task, get_task
 from .testtime import TestTimeModule
@@ -57,6 +58,7 @@ class Undiscard(TestTimeModule):
         self.strict, self.chunk_size, self.seed = strict, chunk_size, seed
         self.output = check_selector(output)  # which part of the net's output are the logits
         self._split_args = SplitArgs(features, head, layout, self.output)
+        self.unshared: dict[str, list[str]] = {}  # a shared pooling layer -> the modules its calls now use
         self.train(False)  # inference: the aggregator's dropout is off unless train() is called
         if example_input is not None:
             self.prepare(example_input)
@@ -113,6 +115,8 @@ class Undiscard(TestTimeModule):
         return self._engine((tuple(x.shape[1:]), x.dtype, x.device), lambda: self._build(x[:1].clone()))
 
     def _build(self, x: Tensor) -> Engine:
+        if self._units is None and self._split_args.features is None:  # features=/head= see the net as given
+            self.net, self.unshared = unshare_layers(self.net)  # each call of a shared layer: its own module
         found = discover_units(self.net, x, self.strict)
         self._units = choose_units(self.net, found, self._units, self.unit_selector, self.budget)
         engine = build_engine(self.net, x, self._units, self._split_args)
