@@ -185,3 +185,28 @@ def test_engine_cost_hook_sees_every_pass(data) -> None:
     with torch.no_grad():
         model(x)
     assert len(calls) == before
+
+
+def test_budget_one_row_costs_one_forward_whatever_the_split():
+    """A model split by the hook fallback runs its forward twice at the search root, but budget 1 is
+    the network itself: its row costs exactly 1 forward, as ``wrap(net, budget=1)`` does."""
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            if x.shape[-1] > 0:  # control flow on a shape: fx cannot trace it
+                x = self.body(x)
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Branchy().eval()
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 3, (6,))
+    model = undiscard.wrap(net, budget=2, example_input=x[:1])
+    assert model.split_method.startswith("hook")
+    rows = evaluate("b", model, x, y, [1, 2])
+    assert rows[0].cost == 1.0 and rows[0].cost_ideal == 1.0
+    assert rows[1].cost > 2.0  # the root re-runs the forward, then the expansion

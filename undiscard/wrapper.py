@@ -190,6 +190,8 @@ class Undiscard(TestTimeModule):
         engine = engine_of(cands, self._engines)
         if budget is not None:
             self.check_budget(budget)
+        if (budget or max(len(per) for per in cands)) == 1:  # budget 1 runs the network itself: 1 forward
+            return 1.0, 1.0
         return engine.search_cost([per[:budget][-1].expansions for per in cands])
 
     def search(self, x: Tensor) -> list[list[tuple[int, ...]]]:
