@@ -212,6 +212,8 @@ class Engine:
         then expanded at the given depths (one tuple per image, :attr:`~undiscard.search.Candidate.expansions`
         of its last candidate): what :meth:`cost_since_reset` reads after such a search."""
         assert self.flops is not None
+        if not any(expansions):  # no expansion: budget 1, which runs the network itself (1 forward)
+            return (1.0, 1.0) if expansions else (0.0, 0.0)
         base = self.flops.baseline
         rates = self.rates()
         spent = ideal = 0.0

@@ -58,7 +58,6 @@ class Undiscard(TestTimeModule):
         self.strict, self.chunk_size, self.seed = strict, chunk_size, seed
         self.output = check_selector(output)  # which part of the net's output are the logits
         self._split_args = SplitArgs(features, head, layout, self.output)
-        self.unshared: dict[str, list[str]] = {}  # a shared pooling layer -> the modules its calls now use
         self.train(False)  # inference: the aggregator's dropout is off unless train() is called
         if example_input is not None:
             self.prepare(example_input)
@@ -190,8 +189,6 @@ class Undiscard(TestTimeModule):
         engine = engine_of(cands, self._engines)
         if budget is not None:
             self.check_budget(budget)
-        if (budget or max(len(per) for per in cands)) == 1:  # budget 1 runs the network itself: 1 forward
-            return 1.0, 1.0
         return engine.search_cost([per[:budget][-1].expansions for per in cands])
 
     def search(self, x: Tensor) -> list[list[tuple[int, ...]]]:
