@@ -30,8 +30,9 @@ Canvas ``index`` of a split is a pure function of (seed, split, index): ``np.ran
 keyed by all three, so any canvas can be regenerated alone, in any order, on any machine.
 
 Why 96x96: smp's U-Net/FPN/SegFormer need a side divisible by their total stride 32 (64, 96, 128); 96
-gives a 3x3 stride-32 map and room for 2-5 objects of 20-44 px, while a 2-core CPU still trains a
-~1-3M-parameter segmenter on ~40-100k canvases in 15 minutes (128x128 costs 1.8x per canvas).
+gives a 3x3 stride-32 map and room for 2-5 objects of 20-44 px, while one CPU core still trains a
+~3M-parameter segmenter on 80-90k canvases in 15 minutes (the segmentation zoo; 128x128 would cost
+~1.8x per canvas, i.e. about half the canvases).
 """
 from __future__ import annotations
 
