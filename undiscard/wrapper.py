@@ -5,8 +5,7 @@ Set up once per input shape (:mod:`undiscard.prepare`; on the first call above b
 ordered by :mod:`undiscard.criteria`) and the task (:mod:`undiscard.task`) combines them
 (:mod:`undiscard.aggregate`); ``budget=1`` runs the private copy of the network itself, before any setup,
 bit for bit. As a module it is a :class:`~undiscard.testtime.TestTimeModule` (copies, dtype/device, train
-mode, per-thread cost); inputs are checked by :mod:`undiscard.inputs`. Setup and search are excluded from
-``torch.compile``: compiling buys what it buys the network at budget 1, and the aggregation and head above.
+mode, per-thread cost); :mod:`undiscard.inputs` checks inputs; ``torch.compile`` skips setup and search.
 """
 from __future__ import annotations
 
@@ -26,10 +25,10 @@ from .errors import UndiscardError
 from .geometry import UnitSelector, num_states
 from .inputs import check_example, check_input, check_net, empty_output, run_network, warn_not_finite
 from .outputs import OutputSelector, check_selector, select_output
-from .unshare import unshare_layers
 from .prepare import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
 from .task import Task, get_task
 from .testtime import TestTimeModule
+from .unshare import unshare_layers
 
 __all__ = ["Undiscard", "Candidates", "wrap"]
 
@@ -204,8 +203,7 @@ class Undiscard(TestTimeModule):
         return select_output(engine.run_state(x, engine.state_phases(tuple(state), x.shape[0], x.device)), self.output)
 
     def extra_repr(self) -> str:
-        return (f"budget={self.budget}, criterion={self.criterion!r}, aggregate={self.aggregate!r}, "
-                f"align={self.align}")
+        return f"budget={self.budget}, criterion={self.criterion!r}, aggregate={self.aggregate!r}, align={self.align}"
 
 
 def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate: str = "entropy",
