@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from undiscard.data import segmentation as seg  # noqa: E402
+from undiscard.data import segmentation as seg
 
 
 def main() -> int:

@@ -12,15 +12,12 @@ classification errors (the whole object labelled as another garment) from bounda
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from undiscard.data import segmentation as segdata  # noqa: E402
-from undiscard.zoo import segmentation as segzoo  # noqa: E402
+from undiscard.data import segmentation as segdata
+from undiscard.zoo import segmentation as segzoo
 
 
 @torch.no_grad()

@@ -21,22 +21,19 @@ Outputs: undiscard/zoo/weights/NAME.pt (fp16 state_dict), undiscard/zoo/logs/NAM
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from undiscard.data import segmentation as segdata  # noqa: E402
-from undiscard.metrics import segmentation as segmetrics  # noqa: E402
-from undiscard.zoo import segmentation as segzoo  # noqa: E402
+from undiscard.data import segmentation as segdata
+from undiscard.metrics import segmentation as segmetrics
+from undiscard.zoo import segmentation as segzoo
+from undiscard.zoo.catalog import fp16_state, run_record
 
 VAL_CANVASES = 500
 
@@ -167,7 +164,7 @@ def main() -> int:
 
     train_seconds, train_cpu_seconds = time.time() - t0, time.process_time() - c0
     model = model.to(memory_format=torch.contiguous_format)
-    state = {k: v.detach().half() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
+    state = fp16_state(model)
     eval_model = segzoo.build_model(args.model)
     eval_model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     test = evaluate(eval_model, test_images, test_masks)
@@ -175,10 +172,6 @@ def main() -> int:
           f"(fp16 weights); per-class IoU {np.round(test['iou'], 3).tolist()}; wall {time.time() - t0:.0f}s", flush=True)
 
     if not args.no_save:
-        segzoo.WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-        segzoo.LOGS_DIR.mkdir(parents=True, exist_ok=True)
-        wpath = segzoo.weights_path(args.model)
-        torch.save(state, wpath)
         cfg = segzoo.model_config(args.model)
         log = {
             "model": args.model, "family": cfg["family"], "params": n_params,
@@ -197,15 +190,11 @@ def main() -> int:
             "test_miou": test["miou"], "test_pixel_acc": test["pixel_acc"], "test_iou": test["iou"],
             "test_boundary_f1": test["boundary_f1"], "class_names": segdata.CLASS_NAMES,
             "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
-            "wall_seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0,
-            "load_avg_1min_start": load0[0], "load_avg_1min_end": os.getloadavg()[0],
             "load_avg_1min_mean_epochs": float(np.mean([h["load_avg_1min"] for h in history])) if history else None,
-            "torch": torch.__version__, "timm": sys.modules["timm"].__version__,
-            "smp": sys.modules["segmentation_models_pytorch"].__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "weights_bytes": wpath.stat().st_size,
+            **run_record(t0, c0, load0[0], ("timm",)),
+            "smp": sys.modules["segmentation_models_pytorch"].__version__,
         }
-        (segzoo.LOGS_DIR / f"{args.model}.json").write_text(json.dumps(log, indent=1) + "\n")
+        wpath = segzoo.CATALOG.save(args.model, state, log)
         print(f"saved {wpath} ({wpath.stat().st_size / 1e6:.2f} MB) and logs/{args.model}.json", flush=True)
     return 0
 

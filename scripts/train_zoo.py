@@ -17,10 +17,8 @@ Run from the checkout with the package installed (``pip install -e .``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -32,6 +30,7 @@ from undiscard._compat import import_timm
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, to_float
 from undiscard.evaluation import batches
 from undiscard.metrics import topk_correct
+from undiscard.zoo.catalog import fp16_state, run_record
 
 CROP_PAD = 4
 
@@ -148,7 +147,7 @@ def main() -> int:
               f"val acc {val:.4f} ({time.time() - te:.0f}s, total {time.time() - t0:.0f}s)", flush=True)
 
     train_seconds, train_cpu_seconds = time.time() - t0, time.process_time() - c0
-    state = {k: v.detach().half() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
+    state = fp16_state(model)
     test_fp32 = accuracy(model, xte, yte)
     eval_model = zoo.build_model(args.model)
     eval_model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
@@ -156,10 +155,6 @@ def main() -> int:
     print(f"test acc {test_acc:.4f} (fp16 weights; fp32 {test_fp32:.4f}); wall {time.time() - t0:.0f}s", flush=True)
 
     if not args.no_save:
-        zoo.WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-        zoo.LOGS_DIR.mkdir(parents=True, exist_ok=True)
-        wpath = zoo.weights_path(args.model)
-        torch.save(state, wpath)
         log = {
             "model": args.model, "family": cfg["family"], "params": n_params,
             "input_size": list(cfg["input_size"]), "recipe": recipe, "seed": args.seed,
@@ -172,13 +167,9 @@ def main() -> int:
             # wall time depends on what else runs on the machine; CPU time (process_time, all threads)
             # is the compute actually used, and equals uncontended wall time at --threads 1.
             "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
-            "wall_seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0,
-            "load_avg_1min_start": load0[0], "load_avg_1min_end": os.getloadavg()[0],
-            "torch": torch.__version__, "timm": sys.modules["timm"].__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "weights_bytes": wpath.stat().st_size,
+            **run_record(t0, c0, load0[0], ("timm",)),
         }
-        (zoo.LOGS_DIR / f"{args.model}.json").write_text(json.dumps(log, indent=1) + "\n")
+        wpath = zoo.CATALOG.save(args.model, state, log)
         print(f"saved {wpath} ({wpath.stat().st_size / 1e6:.2f} MB) and logs/{args.model}.json", flush=True)
     return 0
 

@@ -180,7 +180,7 @@ def test_zoo_registry():
 
 
 def test_missing_weights_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(zoo.CATALOG, "weights_dir", tmp_path)
     with pytest.raises(zoo.MissingWeightsError, match="convnext.pt"):
         zoo.create_model("convnext")
 
@@ -231,3 +231,34 @@ def test_zoo_training_log_matches_recipe(name):
     assert len(log["history"]) == log["recipe"]["epochs"]
     assert log["test_acc"] >= 0.90, f"{name}: {log['test_acc']:.4f}"
     assert log["weights_bytes"] == zoo.weights_path(name).stat().st_size
+
+
+def test_catalog_save_round_trips_fp16_weights_and_log(tmp_path, monkeypatch):
+    """What the training scripts write (fp16 weights + log, atomically) is what create_model loads."""
+    from undiscard.zoo.catalog import fp16_state
+
+    monkeypatch.setattr(zoo.CATALOG, "weights_dir", tmp_path / "weights")
+    monkeypatch.setattr(zoo.CATALOG, "logs_dir", tmp_path / "logs")
+    torch.manual_seed(1)
+    trained = zoo.build_model("resnext")
+    state = fp16_state(trained)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    path = zoo.CATALOG.save("resnext", state, {"model": "resnext"})
+    assert path == tmp_path / "weights" / "resnext.pt" and sorted(p.name for p in path.parent.iterdir()) == ["resnext.pt"]
+    assert zoo.training_log("resnext") == {"model": "resnext", "weights_bytes": path.stat().st_size}
+    loaded = zoo.create_model("resnext")
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k].to(v.dtype)), k
+
+
+def test_run_record_says_how_and_where_training_ran():
+    import time
+
+    from undiscard._compat import import_timm
+    from undiscard.zoo.catalog import run_record
+
+    import_timm()
+    rec = run_record(time.time() - 5.0, time.process_time(), 0.5, ("timm", "not_imported_pkg"))
+    assert 5.0 <= rec["wall_seconds"] < 60 and rec["cpu_seconds"] >= 0 and rec["load_avg_1min_start"] == 0.5
+    assert rec["torch"] == torch.__version__ and "timm" in rec and "not_imported_pkg" not in rec
+    assert rec["threads"] == torch.get_num_threads()

@@ -33,7 +33,7 @@ def test_registry_and_errors(tmp_path, monkeypatch):
     cfg = segzoo.model_config("zoo:seg_fpn")
     assert cfg["input_size"] == (1, 96, 96) and cfg["num_classes"] == 11 and cfg["class_names"][0] == "background"
     assert cfg["mean"] == (seg.MEAN,) and cfg["ignore_index"] == 255
-    monkeypatch.setattr(segzoo, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(segzoo.CATALOG, "weights_dir", tmp_path)
     with pytest.raises(segzoo.MissingWeightsError, match="seg_fpn.pt"):
         segzoo.create_model("seg_fpn")
 

@@ -165,23 +165,12 @@ class Engine:
                 h.remove()
         return {i: total - before.get(i, 0.0) for i in range(len(self.searched))}
 
-    @property
-    def spent(self) -> float:
-        """FLOPs this thread ran on the engine since its last :meth:`reset_cost`."""
-        return getattr(self._cost, "spent", 0.0)
-
-    @spent.setter
-    def spent(self, value: float) -> None:
-        self._cost.spent = value
-
-    @property
-    def spent_ideal(self) -> float:
-        """This thread's ideal FLOPs (every expansion recomputed only from its unit) since the last reset."""
-        return getattr(self._cost, "ideal", 0.0)
-
-    @spent_ideal.setter
-    def spent_ideal(self, value: float) -> None:
-        self._cost.ideal = value
+    def _charge(self, depth: int | None, rows: int, flops: float, ideal: float) -> None:
+        """Add one pass's FLOPs to this thread's counters and tell the cost hooks."""
+        self._cost.spent = getattr(self._cost, "spent", 0.0) + flops
+        self._cost.ideal = getattr(self._cost, "ideal", 0.0) + ideal
+        for hook in list(self._hooks.values()):
+            hook(depth, rows, flops, ideal)
 
     def register_cost_hook(self, hook: CostHook) -> RemovableHandle:
         """Call ``hook(depth, rows, flops, ideal_flops)`` after every pass the engine runs: the root
@@ -192,25 +181,25 @@ class Engine:
         self._hooks[handle.id] = hook
         return handle
 
-    def _report(self, depth: int | None, rows: int, flops: float, ideal: float) -> None:
-        for hook in list(self._hooks.values()):
-            hook(depth, rows, flops, ideal)
-
     def reset_cost(self) -> None:
-        self.spent = 0.0
-        self.spent_ideal = 0.0
+        """Start this thread's cost counters (:meth:`cost_since_reset`) from zero."""
+        self._cost.spent = self._cost.ideal = 0.0
 
     def cost_since_reset(self, images: int) -> tuple[float, float]:
         """This thread's (measured, ideal) cost since :meth:`reset_cost`, per image of ``images``, in
         baseline forwards (0 for no images)."""
         assert self.flops is not None
         base = self.flops.baseline * images
-        return (self.spent / base, self.spent_ideal / base) if base else (0.0, 0.0)
+        if not base:
+            return 0.0, 0.0
+        return getattr(self._cost, "spent", 0.0) / base, getattr(self._cost, "ideal", 0.0) / base
 
     def search_cost(self, expansions: list[tuple[int, ...]]) -> tuple[float, float]:
         """Mean (measured, ideal) cost per image, in baseline forwards, of searches that ran the root and
         then expanded at the given depths (one tuple per image, :attr:`~undiscard.search.Candidate.expansions`
-        of its last candidate): what :meth:`cost_since_reset` reads after such a search."""
+        of its last candidate): what :meth:`cost_since_reset` reads after such a search. Images with no
+        expansion are at budget 1, which ``wrap`` answers with one plain forward of the network (not the
+        split's root pass, which costs ~2 forwards for a hook-fallback split): they cost 1."""
         assert self.flops is not None
         if not any(expansions):  # no expansion: budget 1, which runs the network itself (1 forward)
             return (1.0, 1.0) if expansions else (0.0, 0.0)
@@ -231,9 +220,7 @@ class Engine:
             feats, cache = self.chain.run(x, capture=capture)
             logits = self.split.head(feats)
         assert self.flops is not None
-        self.spent += self.flops.root * x.shape[0]
-        self.spent_ideal += self.flops.baseline * x.shape[0]
-        self._report(None, x.shape[0], self.flops.root * x.shape[0], self.flops.baseline * x.shape[0])
+        self._charge(None, x.shape[0], self.flops.root * x.shape[0], self.flops.baseline * x.shape[0])
         return feats, logits, cache
 
     def _stop(self, depth: int) -> int:
@@ -292,9 +279,7 @@ class Engine:
         with phase_plan(None):
             logits = self.split.head(feats)
         cost, ideal = m * self.expansion_flops(depth), m * (r2 - 1) * self.flops.tail[depth]
-        self.spent += cost
-        self.spent_ideal += ideal
-        self._report(depth, m, cost, ideal)
+        self._charge(depth, m, cost, ideal)
         return Expansion(feats, logits, captured)
 
     def state_phases(self, state: tuple[int, ...], n: int, device: torch.device) -> dict[int, Tensor]:

@@ -15,7 +15,6 @@ its training log in ``zoo/logs/NAME.json``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,22 +22,11 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ..data.fashion_mnist import CLASS_NAMES, MEAN, NUM_CLASSES, STD
-from ..errors import UndiscardError
 from . import models
+from .catalog import LOGS_DIR, PREFIX, WEIGHTS_DIR, Catalog, MissingWeightsError, UnknownModelError
 
-WEIGHTS_DIR = Path(__file__).with_name("weights")
-LOGS_DIR = Path(__file__).with_name("logs")
 AGGREGATORS_DIR = Path(__file__).with_name("aggregators")
-PREFIX = "zoo:"
 TRAIN_TRANSLATION = 4  # the training crops: zero-pad 4 px, random crop back (scripts/train_zoo.py)
-
-
-class UnknownModelError(UndiscardError, ValueError):
-    """A zoo model name that is not registered."""
-
-
-class MissingWeightsError(UndiscardError, FileNotFoundError):
-    """A zoo model whose weights file is not there (not trained yet, or not installed)."""
 
 
 @dataclass(frozen=True)
@@ -57,71 +45,18 @@ class ZooSpec:
 _DEFAULT_TRAIN = dict(epochs=5, lr=2e-3, weight_decay=0.05, batch_size=128, label_smoothing=0.1, warmup=0.15,
                       amp="fp32")
 
-_SPECS: dict[str, ZooSpec] = {
-    s.name: s
-    for s in [
-        ZooSpec("resnet_basic", "ResNet (BasicBlock)", models.resnet_basic, train=dict(epochs=5)),
-        ZooSpec("resnext", "ResNeXt-D (Bottleneck, grouped conv)", models.resnext, train=dict(epochs=7)),
-        ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=14, lr=3e-3)),
-        ZooSpec("convnext", "ConvNeXt", models.convnext, train=dict(epochs=16)),
-        ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=24, lr=1.5e-3, amp="bf16")),
-        ZooSpec("pvtv2", "PVT-v2", models.pvtv2, train=dict(epochs=11, lr=1e-3, batch_size=64)),
-        ZooSpec("mobilevit", "MobileViT (timm ByobNet)", models.mobilevit, train=dict(epochs=6)),
-    ]
-}
-
-
-def _spec(name: str) -> ZooSpec:
-    key = name[len(PREFIX):] if name.startswith(PREFIX) else name
-    if key not in _SPECS:
-        raise UnknownModelError(f"unknown zoo model {name!r}; available: {', '.join(_SPECS)}")
-    return _SPECS[key]
-
-
-def list_models() -> list[str]:
-    """Names of the zoo models (without the ``zoo:`` prefix the command line uses)."""
-    return list(_SPECS)
-
-
-def weights_path(name: str) -> Path:
-    """Where the weights of zoo model ``name`` are (or will be) stored."""
-    return WEIGHTS_DIR / f"{_spec(name).name}.pt"
-
-
-def train_recipe(name: str) -> dict[str, Any]:
-    """Training hyper-parameters of zoo model ``name`` (defaults merged with its own)."""
-    return {**_DEFAULT_TRAIN, **_spec(name).train}
-
-
-def build_model(name: str) -> nn.Module:
-    """The untrained architecture of zoo model ``name`` (train mode, random weights)."""
-    return _spec(name).build()
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load an (fp16) state_dict file into ``model``; ``load_state_dict`` casts to the model's dtype."""
-    from ..models import load_weights as _load
-
-    _load(model, str(path))
-    return model
-
-
-def create_model(name: str, pretrained: bool = True) -> nn.Module:
-    """Zoo model ``name`` (``"resnet_basic"`` or ``"zoo:resnet_basic"``) in eval mode, float32.
-
-    ``pretrained=True`` loads ``zoo/weights/NAME.pt`` and raises MissingWeightsError naming the file
-    when it is absent; ``pretrained=False`` gives the randomly initialised architecture.
-    """
-    spec = _spec(name)
-    model = spec.build()
-    if pretrained:
-        path = weights_path(spec.name)
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"weights for zoo model {spec.name!r} not found: {path} "
-                f"(train them with: python scripts/train_zoo.py --model {spec.name})")
-        load_weights(model, path)
-    return model.eval()
+CATALOG: Catalog[ZooSpec] = Catalog("zoo", [
+    ZooSpec("resnet_basic", "ResNet (BasicBlock)", models.resnet_basic, train=dict(epochs=5)),
+    ZooSpec("resnext", "ResNeXt-D (Bottleneck, grouped conv)", models.resnext, train=dict(epochs=7)),
+    ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=14, lr=3e-3)),
+    ZooSpec("convnext", "ConvNeXt", models.convnext, train=dict(epochs=16)),
+    ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=24, lr=1.5e-3, amp="bf16")),
+    ZooSpec("pvtv2", "PVT-v2", models.pvtv2, train=dict(epochs=11, lr=1e-3, batch_size=64)),
+    ZooSpec("mobilevit", "MobileViT (timm ByobNet)", models.mobilevit, train=dict(epochs=6)),
+], _DEFAULT_TRAIN, script="train_zoo.py")
+_spec = CATALOG.spec
+list_models, weights_path, train_recipe = CATALOG.list_models, CATALOG.weights_path, CATALOG.train_recipe
+build_model, create_model, training_log = CATALOG.build_model, CATALOG.create_model, CATALOG.training_log
 
 
 def search_units(name: str) -> list[str]:
@@ -143,12 +78,6 @@ def search_units(name: str) -> list[str]:
 def aggregator_path(name: str) -> Path:
     """Where the shipped attention aggregator of zoo model ``name`` is (``undiscard train-aggregator``)."""
     return AGGREGATORS_DIR / f"{_spec(name).name}.pt"
-
-
-def training_log(name: str) -> dict[str, Any] | None:
-    """The training log (``zoo/logs/NAME.json``) of zoo model ``name``, or None if it has none."""
-    path = LOGS_DIR / f"{_spec(name).name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -178,6 +107,6 @@ def model_config(name: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "MissingWeightsError", "TRAIN_TRANSLATION", "UnknownModelError", "ZooSpec", "aggregator_path", "build_model", "create_model", "list_models",
-    "load_weights", "model_config", "search_units", "train_recipe", "training_log", "weights_path",
+    "CATALOG", "LOGS_DIR", "PREFIX", "WEIGHTS_DIR", "MissingWeightsError", "TRAIN_TRANSLATION", "UnknownModelError",
+    "ZooSpec", "aggregator_path", "build_model", "create_model", "list_models", "model_config", "search_units", "train_recipe", "training_log", "weights_path",
 ]

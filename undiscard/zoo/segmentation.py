@@ -20,10 +20,8 @@ Weights (fp16) are in ``zoo/weights/NAME.pt``, training logs in ``zoo/logs/NAME.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -31,19 +29,7 @@ import torch.nn as nn
 from .._compat import import_timm
 from ..data import segmentation as segdata
 from ..errors import UndiscardError
-
-WEIGHTS_DIR = Path(__file__).with_name("weights")
-LOGS_DIR = Path(__file__).with_name("logs")
-PREFIX = "zoo:"
-
-
-class UnknownModelError(UndiscardError, ValueError):
-    """A segmentation zoo model name that is not registered."""
-
-
-class MissingWeightsError(UndiscardError, FileNotFoundError):
-    """A segmentation zoo model whose weights file is not there (not trained yet, or not installed)."""
-
+from .catalog import LOGS_DIR, WEIGHTS_DIR, Catalog, MissingWeightsError, UnknownModelError
 
 class MissingDependencyError(UndiscardError, ImportError):
     """segmentation_models_pytorch (the ``seg`` extra) is not installed."""
@@ -136,67 +122,14 @@ class SegZooSpec:
 _DEFAULT_TRAIN = dict(epochs=12, canvases_per_epoch=5000, batch_size=16, lr=2e-3, weight_decay=0.01, warmup=0.1,
                       amp="bf16", flip=0.5)
 
-_SPECS: dict[str, SegZooSpec] = {
-    s.name: s
-    for s in [
-        SegZooSpec("seg_deeplabv3plus", "DeepLabV3+ (ASPP, ResNet-18 encoder)", deeplabv3plus, train=dict(epochs=16)),
-        SegZooSpec("seg_fpn", "FPN (ResNet-18 encoder)", fpn, train=dict(epochs=18)),
-        SegZooSpec("seg_segformer", "SegFormer (Mix Transformer encoder)", segformer, train=dict(epochs=17)),
-    ]
-}
-
-
-def _spec(name: str) -> SegZooSpec:
-    key = name[len(PREFIX):] if name.startswith(PREFIX) else name
-    if key not in _SPECS:
-        raise UnknownModelError(f"unknown segmentation zoo model {name!r}; available: {', '.join(_SPECS)}")
-    return _SPECS[key]
-
-
-def list_models() -> list[str]:
-    """Names of the segmentation zoo models (without the ``zoo:`` prefix)."""
-    return list(_SPECS)
-
-
-def weights_path(name: str) -> Path:
-    """Where the weights of segmentation zoo model ``name`` are (or will be) stored."""
-    return WEIGHTS_DIR / f"{_spec(name).name}.pt"
-
-
-def train_recipe(name: str) -> dict[str, Any]:
-    """Training hyper-parameters of segmentation zoo model ``name`` (defaults merged with its own)."""
-    return {**_DEFAULT_TRAIN, **_spec(name).train}
-
-
-def build_model(name: str) -> nn.Module:
-    """The untrained architecture of segmentation zoo model ``name`` (train mode, random weights)."""
-    return _spec(name).build()
-
-
-def create_model(name: str, pretrained: bool = True) -> nn.Module:
-    """Segmentation zoo model ``name`` (``"seg_fpn"`` or ``"zoo:seg_fpn"``) in eval mode, float32.
-
-    ``pretrained=True`` loads ``zoo/weights/NAME.pt`` and raises MissingWeightsError naming the file when
-    it is absent; ``pretrained=False`` gives the randomly initialised architecture. Raises
-    MissingDependencyError when segmentation_models_pytorch is not installed.
-    """
-    from ..models import load_weights
-
-    spec = _spec(name)
-    path = weights_path(spec.name)
-    if pretrained and not path.is_file():
-        raise MissingWeightsError(f"weights for segmentation zoo model {spec.name!r} not found: {path} "
-                                  f"(train them with: python scripts/train_segzoo.py --model {spec.name})")
-    model = spec.build()
-    if pretrained:
-        load_weights(model, str(path))
-    return model.eval()
-
-
-def training_log(name: str) -> dict[str, Any] | None:
-    """The training log (``zoo/logs/NAME.json``) of segmentation zoo model ``name``, or None if it has none."""
-    path = LOGS_DIR / f"{_spec(name).name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+CATALOG: Catalog[SegZooSpec] = Catalog("segmentation zoo", [
+    SegZooSpec("seg_deeplabv3plus", "DeepLabV3+ (ASPP, ResNet-18 encoder)", deeplabv3plus, train=dict(epochs=16)),
+    SegZooSpec("seg_fpn", "FPN (ResNet-18 encoder)", fpn, train=dict(epochs=18)),
+    SegZooSpec("seg_segformer", "SegFormer (Mix Transformer encoder)", segformer, train=dict(epochs=17)),
+], _DEFAULT_TRAIN, script="train_segzoo.py")
+_spec = CATALOG.spec
+list_models, weights_path, train_recipe = CATALOG.list_models, CATALOG.weights_path, CATALOG.train_recipe
+build_model, create_model, training_log = CATALOG.build_model, CATALOG.create_model, CATALOG.training_log
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -226,7 +159,7 @@ def model_config(name: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "MissingDependencyError", "MissingWeightsError", "SegZooSpec", "UnknownModelError", "build_model",
-    "create_model", "deeplabv3plus", "fpn", "list_models", "model_config", "segformer", "train_recipe",
-    "training_log", "weights_path",
+    "CATALOG", "LOGS_DIR", "WEIGHTS_DIR", "MissingDependencyError", "MissingWeightsError", "SegZooSpec",
+    "UnknownModelError", "build_model", "create_model", "deeplabv3plus", "fpn", "list_models", "model_config",
+    "segformer", "train_recipe", "training_log", "weights_path",
 ]
