@@ -11,6 +11,10 @@ Extension points: ``register_adapter`` (a layer type), ``register_aggregate`` (a
 ``register_criterion`` (a search criterion), ``register_task`` (a kind of prediction);
 ``undiscard.models.register_source`` (a model source).
 """
+from ._compat import install_import_fix
+
+install_import_fix()  # `import undiscard, timm` works on the CPU torch (undiscard._compat)
+
 from .aggregate import register_aggregate
 from .criteria import register_criterion
 from .discovery import Unit, find_units

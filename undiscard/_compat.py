@@ -8,12 +8,17 @@ datasets then work, while torchvision's C++ ops (nms, roi_align, image decoding)
 undiscard uses none of those (images are read with PIL).
 
 Everything here is a no-op where torchvision imports normally: the schemas are only defined when
-``torchvision::nms`` is missing from the operator registry *and* torchvision is not yet imported.
+torchvision is not yet imported, ``torchvision::nms`` is missing from the operator registry *and*
+torchvision's own extension does not load. ``import undiscard`` installs a one-shot import hook that
+applies this the first time anything imports torchvision, so ``import undiscard, timm`` works.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -33,16 +38,59 @@ def _has_op(name: str) -> bool:
         return False
 
 
+def _extension_loads() -> bool:
+    """Whether torchvision's own C++ extension (``torchvision/_C``) loads with this torch, tried the way
+    torchvision itself tries it; where it does, it defines the operators and nothing is needed."""
+    spec = importlib.util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        for lib in sorted(Path(folder).glob("_C*")):
+            if lib.suffix in (".so", ".pyd", ".dylib"):
+                try:
+                    torch.ops.load_library(str(lib))
+                    return True
+                except (OSError, RuntimeError):
+                    return False
+    return False
+
+
 def _define_missing_schemas() -> None:
     global _LIBRARY
-    if "torchvision" in sys.modules:
+    if "torchvision" in sys.modules or _LIBRARY is not None:
+        return
+    if not [name for name in _SCHEMAS if not _has_op(name)] or _extension_loads():
         return
     missing = [name for name in _SCHEMAS if not _has_op(name)]
-    if not missing:
-        return
-    _LIBRARY = torch.library.Library("torchvision", "FRAGMENT")
-    for name in missing:
-        _LIBRARY.define(_SCHEMAS[name])
+    if missing:
+        _LIBRARY = torch.library.Library("torchvision", "FRAGMENT")
+        for name in missing:
+            _LIBRARY.define(_SCHEMAS[name])
+
+
+class _TorchvisionImportFix(importlib.abc.MetaPathFinder):
+    """Applies the workaround the first time anything imports torchvision (timm does, at its own import),
+    so ``import undiscard, timm`` works; then steps aside. It finds nothing itself."""
+
+    def find_spec(self, name, path=None, target=None):  # noqa: ANN001 - the importlib protocol
+        if name == "torchvision":
+            remove_import_fix()
+            _define_missing_schemas()
+        return None
+
+
+_FIX = _TorchvisionImportFix()
+
+
+def install_import_fix() -> None:
+    """Make a later ``import torchvision`` (or ``import timm``) work on this CPU torch; called once by
+    ``import undiscard``. A no-op where torchvision is already imported or not installed."""
+    if "torchvision" not in sys.modules and _FIX not in sys.meta_path \
+            and importlib.util.find_spec("torchvision") is not None:
+        sys.meta_path.insert(0, _FIX)
+
+
+def remove_import_fix() -> None:
+    if _FIX in sys.meta_path:
+        sys.meta_path.remove(_FIX)
 
 
 def import_torchvision() -> ModuleType:

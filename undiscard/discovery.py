@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_leaves
 from ._compat import class_path
 from .errors import PhaseError, UnsupportedLayerError
 from .layers import get_adapter
+from .layers.functional import pair
 
 __all__ = ["Unit", "find_units", "UnitReport", "discover", "units_within_offset"]
 
@@ -87,13 +88,6 @@ _STRIDED_FUNCS = {  # function name -> (stride position, kernel_size position or
 }
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(i) for i in v)
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
-
-
 def _functional_stride(func: Any, args: tuple, kwargs: dict) -> tuple[int, int] | None:
     spec = _STRIDED_FUNCS.get(getattr(func, "__name__", ""))
     if spec is None:
@@ -105,7 +99,7 @@ def _functional_stride(func: Any, args: tuple, kwargs: dict) -> tuple[int, int] 
             return None
         stride = kwargs.get("kernel_size", args[kernel_pos] if len(args) > kernel_pos else None)
     try:
-        return _pair(stride)
+        return pair(stride)
     except TypeError:
         return None
 

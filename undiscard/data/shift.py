@@ -7,19 +7,39 @@ import torch
 from torch import Tensor
 
 
-def translate(x: Tensor, dy: int, dx: int) -> Tensor:
-    """Translate every image of ``x`` (..., H, W) by (dy, dx) pixels (down/right positive), zero fill.
+Fill = float | int | str  # a constant, or "edge" (the nearest edge pixel repeated)
 
-    ``out[..., i + dy, j + dx] = x[..., i, j]`` where both indices are inside the image; everything
-    else is 0. Same shape and dtype as ``x``.
+
+def overlap(h: int, w: int, dy: int, dx: int) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Where an (h, w) map translated by (dy, dx) (down/right positive) overlaps itself: the source and
+    destination (rows, columns) slices, ``out[dst] = x[src]``; None when nothing overlaps."""
+    if abs(dy) >= h or abs(dx) >= w:
+        return None
+    src = (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
+    dst = (slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx)))
+    return src, dst
+
+
+def translate(x: Tensor, dy: int, dx: int, fill: Fill = 0) -> Tensor:
+    """Translate every image (or label map) of ``x`` (..., H, W) by (dy, dx) pixels (down/right positive).
+
+    ``out[..., i + dy, j + dx] = x[..., i, j]`` where both indices are inside the image; everything else
+    is ``fill``: a constant (default 0), or ``"edge"`` for the nearest edge pixel of ``x`` repeated (the
+    image-space TTA's shift views). Same shape and dtype as ``x``. The one image translation of the
+    package: the shift evaluations, the TTA views and the label-map checks all use it.
     """
     h, w = x.shape[-2:]
-    out = torch.zeros_like(x)
-    if abs(dy) >= h or abs(dx) >= w:
-        return out
-    src_y, dst_y = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
-    src_x, dst_x = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
-    out[..., dst_y, dst_x] = x[..., src_y, src_x]
+    if fill == "edge":
+        rows = (torch.arange(h, device=x.device) - dy).clamp(0, h - 1)
+        cols = (torch.arange(w, device=x.device) - dx).clamp(0, w - 1)
+        return x.index_select(-2, rows).index_select(-1, cols)
+    if isinstance(fill, str):
+        raise ValueError(f"fill must be a number or 'edge', got {fill!r}")
+    out = torch.full_like(x, fill)
+    where = overlap(h, w, dy, dx)
+    if where is not None:
+        (sy, sx), (ty, tx) = where
+        out[..., ty, tx] = x[..., sy, sx]
     return out
 
 

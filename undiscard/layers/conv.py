@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import pair, same_padding
+from .functional import pad_same, pair
 from .registry import register_adapter
 from .windowed import Geometry, Plan, WindowedAdapter, square_rate
 
@@ -48,15 +48,6 @@ def _conv_padding_lrtb(layer: nn.Conv2d) -> tuple[int, int, int, int]:
         return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
     ph, pw = pair(layer.padding)
     return (pw, pw, ph, ph)
-
-
-def _zero_pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
-    """TF-"same" zero padding computed from x's size, as timm ``pad_same`` / efficientnet-lite do."""
-    top, bottom = same_padding(int(x.shape[-2]), kernel[0], stride[0], dilation[0])
-    left, right = same_padding(int(x.shape[-1]), kernel[1], stride[1], dilation[1])
-    if top or bottom or left or right:
-        x = F.pad(x, (left, right, top, bottom))
-    return x
 
 
 class _ConvAdapter(WindowedAdapter):
@@ -114,7 +105,7 @@ class TimmConv2dSameAdapter(_ConvAdapter):
 
     def prepad(self, layer: nn.Module, x: Tensor) -> Tensor:
         kh, kw = layer.weight.shape[-2:]
-        return _zero_pad_same(x, (int(kh), int(kw)), pair(layer.stride), pair(layer.dilation))
+        return pad_same(x, (int(kh), int(kw)), pair(layer.stride), pair(layer.dilation))
 
 
 @register_adapter("timm.layers.conv2d_same.Conv2dSameExport")
@@ -126,7 +117,7 @@ class TimmConv2dSameExportAdapter(_ConvAdapter):
         if getattr(layer, "pad", None) is not None:
             return layer.pad(x)
         kh, kw = layer.weight.shape[-2:]
-        return _zero_pad_same(x, (int(kh), int(kw)), pair(layer.stride), pair(layer.dilation))
+        return pad_same(x, (int(kh), int(kw)), pair(layer.stride), pair(layer.dilation))
 
 
 @register_adapter("efficientnet_lite_pytorch.utils.Conv2dStaticSamePadding")
@@ -145,7 +136,7 @@ class LiteConv2dDynamicSameAdapter(_ConvAdapter):
 
     def prepad(self, layer: nn.Module, x: Tensor) -> Tensor:
         kh, kw = layer.weight.shape[-2:]
-        return _zero_pad_same(x, (int(kh), int(kw)), pair(layer.stride), pair(layer.dilation))
+        return pad_same(x, (int(kh), int(kw)), pair(layer.stride), pair(layer.dilation))
 
 
 @register_adapter("timm.layers.blur_pool.BlurPool2d")

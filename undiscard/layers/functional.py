@@ -30,6 +30,7 @@ __all__ = [
     "conv_output_size",
     "pool_output_size",
     "same_padding",
+    "pad_same",
     "dense_extent",
     "pad_extend",
     "phase_offset",
@@ -80,6 +81,17 @@ def same_padding(n: int, kernel: int, stride: int, dilation: int = 1) -> tuple[i
     """
     total = max((math.ceil(n / stride) - 1) * stride + (kernel - 1) * dilation + 1 - n, 0)
     return (total // 2, total - total // 2)
+
+
+def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+             value: float = 0.0) -> Tensor:
+    """TF-"same" padding of ``x`` (N, C, H, W) with a constant ``value``, computed from x's own size by
+    :func:`same_padding` (timm ``pad_same``, efficientnet-lite's ``*SamePadding`` layers)."""
+    top, bottom = same_padding(int(x.shape[-2]), kernel[0], stride[0], dilation[0])
+    left, right = same_padding(int(x.shape[-1]), kernel[1], stride[1], dilation[1])
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom), value=value)
+    return x
 
 
 def dense_extent(out: int, kernel: int, stride: int, dilation: int = 1) -> int:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .._compat import class_path
 from ..errors import UnsupportedLayerError
-from .functional import pair, same_padding, window_counts
+from .functional import pad_same, pair, window_counts
 from .registry import register_adapter
 from .windowed import Geometry, Plan, WindowedAdapter, positions, square_rate
 
@@ -46,16 +46,6 @@ __all__ = [
 ]
 
 _NEG_INF = float("-inf")
-
-
-def _pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-              value: float) -> Tensor:
-    """TF-"same" padding of x with a constant ``value``. (N, C, H, W) -> (N, C, H', W')."""
-    top, bottom = same_padding(int(x.shape[-2]), kernel[0], stride[0], dilation[0])
-    left, right = same_padding(int(x.shape[-1]), kernel[1], stride[1], dilation[1])
-    if top or bottom or left or right:
-        x = F.pad(x, (left, right, top, bottom), value=value)
-    return x
 
 
 class _MaxPoolAdapter(WindowedAdapter):
@@ -109,7 +99,7 @@ class TimmMaxPool2dSameAdapter(_MaxPoolAdapter):
         return (0, 0)
 
     def prepad(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return _pad_same(x, pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation), _NEG_INF)
+        return pad_same(x, pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation), _NEG_INF)
 
 
 @register_adapter("efficientnet_lite_pytorch.utils.MaxPool2dStaticSamePadding")
@@ -127,7 +117,7 @@ class LiteMaxPool2dDynamicSameAdapter(_MaxPoolAdapter):
     size, then the pool with ``layer.padding``."""
 
     def prepad(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return _pad_same(x, pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation), 0.0)
+        return pad_same(x, pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation), 0.0)
 
 
 class _AvgPoolAdapter(WindowedAdapter):
@@ -175,5 +165,5 @@ class TimmAvgPool2dSameAdapter(_AvgPoolAdapter):
     honours_divisor_override = False
 
     def prepad(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return _pad_same(x, pair(layer.kernel_size), pair(layer.stride), (1, 1), 0.0)
+        return pad_same(x, pair(layer.kernel_size), pair(layer.stride), (1, 1), 0.0)
 

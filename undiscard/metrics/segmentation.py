@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.shift import overlap, translate
+
 __all__ = [
     "ConfusionMatrix", "boundary_counts", "boundary_f1", "boundary_map", "confusion_matrix", "iou_per_class",
     "mean_iou", "pixel_accuracy", "shift_consistency_counts", "shift_labels",
@@ -151,13 +153,8 @@ def boundary_f1(counts: Tensor) -> float:
 
 def shift_labels(labels: Tensor, dy: int, dx: int, fill: int) -> Tensor:
     """Translate label maps (..., H, W) by (dy, dx) (down/right positive), ``fill`` where nothing moves in:
-    ``out[..., i + dy, j + dx] = labels[..., i, j]``."""
-    h, w = labels.shape[-2:]
-    out = torch.full_like(labels, fill)
-    if abs(dy) < h and abs(dx) < w:
-        out[..., max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] = \
-            labels[..., max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-    return out
+    ``out[..., i + dy, j + dx] = labels[..., i, j]`` (:func:`undiscard.data.shift.translate`)."""
+    return translate(labels, dy, dx, fill=fill)
 
 
 def shift_consistency_counts(pred: Tensor, pred_shifted: Tensor, offsets: Tensor,
@@ -176,13 +173,14 @@ def shift_consistency_counts(pred: Tensor, pred_shifted: Tensor, offsets: Tensor
     n, h, w = pred.shape
     agree = total = 0
     for k, (dy, dx) in enumerate(offsets.tolist()):
-        if abs(dy) >= h or abs(dx) >= w:
+        where = overlap(h, w, dy, dx)
+        if where is None:
             continue
-        a = pred[k, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-        b = pred_shifted[k, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
+        (sy, sx), (ty, tx) = where  # image pixel src moves to dst in the shifted view
+        a, b = pred[k, sy, sx], pred_shifted[k, ty, tx]
         same = a == b
         if valid is not None:
-            v = valid[k, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+            v = valid[k, sy, sx]
             same, count = same & v, int(v.sum())
         else:
             count = a.numel()

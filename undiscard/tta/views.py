@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.shift import translate
 from ..errors import UndiscardError
 
 __all__ = ["View", "parse_view", "policy_views", "POLICIES", "OPS"]
@@ -48,16 +49,8 @@ def _affine(x: Tensor, theta: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _shift(x: Tensor, dy: int, dx: int) -> Tensor:
-    """Content moves down by dy and right by dx pixels; the edge pixels fill what comes from outside."""
-    h, w = x.shape[-2:]
-    rows = (torch.arange(h, device=x.device) - dy).clamp(0, h - 1)
-    cols = (torch.arange(w, device=x.device) - dx).clamp(0, w - 1)
-    return x.index_select(-2, rows).index_select(-1, cols)
-
-
 def _op_shift(x: Tensor, a: tuple[float, ...]) -> Tensor:
-    return _shift(x, int(a[0]), int(a[1]))
+    return translate(x, int(a[0]), int(a[1]), fill="edge")
 
 
 _CORNERS = {"tl": (1, 1), "tr": (1, -1), "bl": (-1, 1), "br": (-1, -1)}
@@ -67,7 +60,7 @@ def _op_crop(x: Tensor, a: tuple[float, ...]) -> Tensor:
     # a crop toward a corner, resized back = the image moved away from that corner by H/16
     sy, sx = _CORNERS[str(a[0])]
     d = max(1, round(x.shape[-2] / 16))
-    return _shift(x, sy * d, sx * d)
+    return translate(x, sy * d, sx * d, fill="edge")
 
 
 def _op_scale(x: Tensor, a: tuple[float, ...]) -> Tensor:
