@@ -25,8 +25,10 @@ from torch import nn
 
 from ._compat import import_timm, import_torchvision
 from .errors import UndiscardError
+from .files import load_weights
 
-__all__ = ["Preprocess", "LoadedModel", "load_model", "register_source", "available_sources", "LITE_MODELS",
+__all__ = ["Preprocess", "LoadedModel", "load_model", "override_preprocess", "check_input_size", "register_source",
+           "available_sources", "LITE_MODELS",
            "lite_preprocess"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,28 +114,53 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     return loaded
 
 
-def load_weights(model: nn.Module, path: str) -> None:
-    """Load a state_dict or checkpoint file into ``model``; a mismatch raises one clear error."""
+def override_preprocess(loaded: LoadedModel, input_size: int | None = None, mean: tuple[float, ...] | None = None,
+                        std: tuple[float, ...] | None = None, crop_pct: float | None = None) -> LoadedModel:
+    """``loaded`` with its preprocessing changed where a value is given (in place; returned). Each value
+    is checked (positive size, no zero std, crop in (0, 1], one or ``in_chans`` mean/std values) and a
+    new input size is run once through the model, so a size it rejects is one line before any image
+    is read."""
+    pre = loaded.preprocess
+    if input_size is not None:
+        if input_size <= 0:
+            raise UndiscardError(f"--input-size must be positive, got {input_size}")
+        pre.input_size = input_size
+        pre.pad_to = input_size if pre.pad_to is not None else None
+    if mean is not None:
+        pre.mean = tuple(mean)
+    if std is not None:
+        if any(s == 0 for s in std):
+            raise UndiscardError("--std must not contain 0")
+        pre.std = tuple(std)
+    if crop_pct is not None:
+        if not 0 < crop_pct <= 1:
+            raise UndiscardError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+        pre.crop_pct = crop_pct
+    for name, values in (("--mean", pre.mean), ("--std", pre.std)):
+        if len(values) not in (1, pre.in_chans):
+            raise UndiscardError(f"{name} has {len(values)} values but the model takes {pre.in_chans} channels")
+    if input_size is not None:
+        check_input_size(loaded, input_size)
+    return loaded
+
+
+def check_input_size(loaded: LoadedModel, size: int) -> None:
+    """Refuse an input size over PIL's pixel limit, or one the model's own forward rejects (fixed-size
+    transformers, inputs smaller than what the layers need), with one line — by running the model once
+    on a zero input."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size * size > limit:
+        raise UndiscardError(f"--input-size {size} makes images over PIL's limit of {limit} pixels")
+    x = torch.zeros(1, loaded.preprocess.in_chans, size, size)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UndiscardError(f"weights file not found: {path}") from None
-    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        raise UndiscardError(f"cannot read weights file {path}: {err}") from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict):
-        raise UndiscardError(f"weights file {path} holds no state_dict")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3])[:300]
-        raise UndiscardError(f"weights in {path} do not fit the model: {detail}") from None
+        with torch.no_grad():
+            loaded.model(x)
+    except (RuntimeError, ValueError, AssertionError, IndexError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise UndiscardError(f"{loaded.name} does not run on {tuple(x.shape[1:])} inputs (--input-size {size}): "
+                             f"{type(err).__name__}: {first[:200]}") from None
 
 
 def _split_classes(name: str) -> tuple[str, dict]:

@@ -1,20 +1,22 @@
-"""What every subcommand shares: output options, progress bars, budgets parsing, error reporting."""
+"""What every subcommand shares: argparse options and their parsing (outputs, devices, budgets, models), one-line
+errors (:class:`CLIError`), JSON on stdout. Reading data is :mod:`undiscard.data.loading`; progress bars are
+:mod:`undiscard.progress` (re-exported here for the subcommands)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from torch import Tensor
 
 from ..errors import UndiscardError
+from ..progress import progress_bar
 
-__all__ = ["CLIError", "add_output_args", "parse_budgets", "progress_bar", "emit_json", "resolve_device",
-           "check_out_dir", "check_out_file"]
+__all__ = ["CLIError", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
+           "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
+           "load_cli_model", "load_labelled"]
 
 
 class CLIError(UndiscardError):
@@ -89,6 +91,16 @@ def parse_aggregates(text: str) -> list[str]:
     return chosen
 
 
+def aggregator_needers(aggregates: list[str], criterion: str) -> list[str]:
+    """The options among ``--aggregate`` and ``--criterion`` that read an attention aggregator (each
+    registered class says so: ``needs_aggregator``), as flags for a message; empty when none does."""
+    from ..aggregate import get_aggregate
+    from ..criteria import get_criterion
+
+    flags = [f"--aggregate {a}" for a in aggregates if get_aggregate(a).needs_aggregator]
+    return flags + ([f"--criterion {criterion}"] if get_criterion(criterion).needs_aggregator else [])
+
+
 def parse_units(text: str | None) -> list[int | str] | None:
     """``--units``: comma-separated unit names or indices (None: the default)."""
     if text is None:
@@ -125,29 +137,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@contextmanager
-def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Any]:
-    """A tqdm bar on stderr (or a no-op object when tqdm is missing or disabled); ``bar.update(n)``."""
-    bar = None
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
-        except ImportError:
-            bar = None
-
-    class _Null:
-        def update(self, n: int = 1) -> None: ...
-        def set_description(self, d: str) -> None: ...
-
-    try:
-        yield bar if bar is not None else _Null()
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def emit_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
 
@@ -175,111 +164,21 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 def load_cli_model(args: argparse.Namespace):
-    """The model named by ``--model`` with ``--weights``/``--num-classes`` and preprocessing overrides."""
-    from ..models import load_model
+    """The model named by ``--model`` with ``--weights``/``--num-classes`` and the preprocessing overrides
+    (:func:`undiscard.models.override_preprocess`, checked before any image is read)."""
+    from ..models import load_model, override_preprocess
 
     if args.num_classes is not None and args.num_classes <= 0:
         raise CLIError(f"--num-classes must be positive, got {args.num_classes}")
     loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
-    pre = loaded.preprocess
-    if args.input_size is not None:
-        if args.input_size <= 0:
-            raise CLIError(f"--input-size must be positive, got {args.input_size}")
-        pre.input_size = args.input_size
-        pre.pad_to = args.input_size if pre.pad_to is not None else None
-    if args.mean is not None:
-        pre.mean = _floats(args.mean, "--mean")
-    if args.std is not None:
-        pre.std = _floats(args.std, "--std")
-        if any(s == 0 for s in pre.std):
-            raise CLIError("--std must not contain 0")
-    if args.crop_pct is not None:
-        if not 0 < args.crop_pct <= 1:
-            raise CLIError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
-        pre.crop_pct = args.crop_pct
-    for name, values in (("--mean", pre.mean), ("--std", pre.std)):
-        if len(values) not in (1, pre.in_chans):
-            raise CLIError(f"{name} has {len(values)} values but the model takes {pre.in_chans} channels")
-    if args.input_size is not None:
-        _check_input_size(loaded, args.input_size)
-    return loaded
+    return override_preprocess(loaded, input_size=args.input_size,
+                               mean=None if args.mean is None else _floats(args.mean, "--mean"),
+                               std=None if args.std is None else _floats(args.std, "--std"), crop_pct=args.crop_pct)
 
 
-def _check_input_size(loaded, size: int) -> None:
-    """``--input-size S``: refuse a size over PIL's pixel limit, or one the model's own forward rejects
-    (fixed-size transformers, inputs smaller than what the layers need), with one line, before any image
-    is read — by running the model once on a zero input."""
-    from PIL import Image
+def load_labelled(args: argparse.Namespace, loaded, quiet: bool):
+    """``--data``/``--limit``/``--seed``/``--class-map`` of the fitting commands:
+    :func:`undiscard.data.loading.load_labelled`."""
+    from ..data.loading import load_labelled as load
 
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and size * size > limit:
-        raise CLIError(f"--input-size {size} makes images over PIL's limit of {limit} pixels")
-    x = torch.zeros(1, loaded.preprocess.in_chans, size, size)
-    try:
-        with torch.no_grad():
-            loaded.model(x)
-    except (RuntimeError, ValueError, AssertionError, IndexError) as err:
-        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise CLIError(f"{loaded.name} does not run on {tuple(x.shape[1:])} inputs (--input-size {size}): "
-                       f"{type(err).__name__}: {first[:200]}") from None
-
-
-def read_folder_images(data, order: list[int], pre, quiet: bool) -> tuple[Tensor, Tensor, list[int]]:
-    """Read images ``order`` (indices into ``data.paths``) of a scanned folder with the model's
-    preprocessing, as [0, 1] tensors (N, C, H, W) and labels (N,); unreadable files are appended to
-    ``data.skipped_unreadable``. Also returns the positions in ``order`` that were read."""
-    from ..data.folder import load_image
-
-    images, labels, kept = [], [], []
-    with progress_bar(len(order), "loading", enabled=not quiet) as bar:
-        for p, i in enumerate(order):
-            try:
-                images.append(load_image(data.paths[i], **pre.image_kwargs()))
-                labels.append(data.labels[i])
-                kept.append(p)
-            except (OSError, ValueError):
-                data.skipped_unreadable.append(str(data.paths[i]))
-            bar.update(1)
-    if not images:
-        raise CLIError(f"none of the {len(order)} image files given could be read")
-    return torch.stack(images), torch.tensor(labels), kept
-
-
-def load_labelled(args: argparse.Namespace, loaded, quiet: bool) -> tuple[Tensor, Tensor, str]:
-    """Labelled training images for fitting (never the test set), as [0, 1] tensors and labels.
-
-    ``--data`` is either a directory with the Fashion-MNIST idx files (zoo models: the 5,000-image
-    validation part of the train split, which the zoo never trained on) or an image folder DIR/CLASS/IMAGE.
-    ``--limit N`` keeps a seeded random N of them. Returns images, labels and a description.
-    """
-    from ..data import has_idx_files, load_train_val, resize, to_float
-    from ..data.folder import load_class_map, scan_folder
-
-    from ..data import DEBIAN_ROOT
-
-    root = Path(args.data)
-    if not root.is_dir():
-        hint = (" (Fashion-MNIST: `apt-get install dataset-fashion-mnist` installs its idx files there)"
-                if root.resolve() == Path(DEBIAN_ROOT).resolve() else "")
-        raise CLIError(f"--data {root} is not a directory{hint}")
-    if not has_idx_files(root, "train") and not any(d.is_dir() for d in root.iterdir()):
-        test_only = " (only the test split: fitting never uses it)" if has_idx_files(root, "test") else ""
-        raise CLIError(f"--data {root} holds neither the Fashion-MNIST train idx files{test_only} nor class "
-                       "subfolders DIR/CLASS/IMAGE")
-    if has_idx_files(root, "train"):
-        if not loaded.name.startswith("zoo:"):
-            raise CLIError("Fashion-MNIST idx files fit the zoo models only; give an image folder DIR/CLASS/IMAGE")
-        _, (val_images, val_labels) = load_train_val(root)
-        x01 = resize(to_float(val_images), loaded.preprocess.input_size)
-        y = torch.as_tensor(val_labels).long()
-        what = f"Fashion-MNIST train split, held-out validation part ({len(y)} images) of {root}"
-    else:
-        class_map = load_class_map(args.class_map) if getattr(args, "class_map", None) else None
-        data = scan_folder(root, class_map)
-        x01, y, _ = read_folder_images(data, list(range(len(data.paths))), loaded.preprocess, quiet)
-        what = f"image folder {root} ({len(y)} images)"
-    if args.limit is not None and args.limit < len(y):
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed))[:args.limit].sort().values
-        x01, y = x01[keep], y[keep]
-        what += f", seeded subset of {len(y)}"
-    return x01, y, what
+    return load(args.data, loaded, args.limit, args.seed, getattr(args, "class_map", None), quiet)

@@ -25,8 +25,8 @@ import torch
 from ..evaluation import Row, evaluate
 from ..report import format_table, plot_budgets, write_csv, write_json
 from ..wrapper import wrap
-from .common import (CLIError, add_output_args, check_out_dir, emit_json, parse_aggregates, parse_budgets,
-                     progress_bar, resolve_device)
+from .common import (CLIError, add_output_args, aggregator_needers, check_out_dir, emit_json, parse_aggregates,
+                     parse_budgets, progress_bar, resolve_device)
 
 DEFAULT_LIMIT = 500
 
@@ -96,15 +96,15 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
             bar.set_description(f"zoo:{name}")
             aggregator = args.aggregator or (str(zoo.aggregator_path(name)) if zoo.aggregator_path(name).is_file()
                                              else None)
-            wanted = aggregates if aggregator is not None else [a for a in aggregates if a != "attention"]
+            wanted = [a for a in aggregates if aggregator is not None or not aggregator_needers([a], "entropy")]
             if len(wanted) < len(aggregates):
                 print(f"undiscard demo: zoo:{name} has no attention aggregator (undiscard train-aggregator); "
-                      "skipping its attention rows", file=sys.stderr)
-            if args.criterion == "learned" and aggregator is None:
-                raise CLIError(f"--criterion learned: zoo:{name} has no attention aggregator")
+                      f"skipping its {', '.join(a for a in aggregates if a not in wanted)} rows", file=sys.stderr)
+            if aggregator is None and aggregator_needers([], args.criterion):
+                raise CLIError(f"--criterion {args.criterion}: zoo:{name} has no attention aggregator")
             if not wanted:
                 continue
-            learned = "attention" in wanted or args.criterion == "learned"
+            learned = bool(aggregator_needers(wanted, args.criterion))
             model = wrap(net, budget=1, criterion=args.criterion, aggregate=wanted[0], align=aligns[0],
                          units=zoo.search_units(name), aggregator=aggregator if learned else None)
             rows += evaluate(f"zoo:{name}", model, x, y.to(device), budgets, shifted=xs,

@@ -23,6 +23,7 @@ import sys
 import torch
 
 from ..aggregate import AGGREGATES
+from ..data.loading import read_folder_images
 from ..data.folder import detect_imagenet_classes, load_class_map, normalize_batch, scan_folder
 from ..data.imagenet import imagenet_class_map, is_wnid
 from .. import distributed
@@ -31,9 +32,9 @@ from ..evaluation import evaluate, evaluate_tta, row_from_counts
 from ..report import COLUMNS, format_table, plot_budgets, write_csv, write_json
 from ..search import CRITERIA
 from ..wrapper import wrap
-from .common import (CLIError, add_model_args, add_output_args, check_out_dir, emit_json, load_cli_model,
-                     parse_budgets, parse_aggregates, parse_units, progress_bar, read_folder_images, resolve_device)
-from .fit_tta import add_tta_args, build_tta
+from .common import (CLIError, add_model_args, add_output_args, aggregator_needers, check_out_dir, emit_json,
+                     load_cli_model, parse_aggregates, parse_budgets, parse_units, progress_bar, resolve_device)
+from .tta_options import add_tta_args, build_tta
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -129,13 +130,13 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
         shifted01, _ = shift_images(x01, args.shift, args.seed, offsets=all_offsets[kept])
         xs = normalize_batch(shifted01, pre.mean, pre.std).to(device)
     aggregator = args.aggregator or loaded.aggregator
-    if ("attention" in args.aggregates or args.criterion == "learned") and aggregator is None:
-        raise CLIError("--aggregate attention / --criterion learned need --aggregator FILE "
+    needers = aggregator_needers(args.aggregates, args.criterion)
+    if needers and aggregator is None:
+        raise CLIError(f"{' / '.join(needers)} need{'s' * (len(needers) == 1)} --aggregator FILE "
                        "(train one with: undiscard train-aggregator)")
     model = wrap(loaded.model.to(device), budget=1, criterion=args.criterion, aggregate=args.aggregates[0],
                  align=args.align, units=parse_units(args.units) if args.units is not None else loaded.units,
-                 aggregator=aggregator if aggregator is not None and (
-                     "attention" in args.aggregates or args.criterion == "learned") else None, seed=args.seed)
+                 aggregator=aggregator if needers else None, seed=args.seed)
     if args.tta is not None:
         if len(args.aggregates) > 1:
             raise CLIError("--tta takes one --aggregate (each view's phase aggregation), got "

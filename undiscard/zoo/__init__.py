@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ..data.fashion_mnist import CLASS_NAMES, MEAN, NUM_CLASSES, STD
-from . import models
+from . import architectures as arch
 from .catalog import LOGS_DIR, PREFIX, WEIGHTS_DIR, Catalog, MissingWeightsError, UnknownModelError
 
 AGGREGATORS_DIR = Path(__file__).with_name("aggregators")
@@ -46,13 +46,13 @@ _DEFAULT_TRAIN = dict(epochs=5, lr=2e-3, weight_decay=0.05, batch_size=128, labe
                       amp="fp32")
 
 CATALOG: Catalog[ZooSpec] = Catalog("zoo", [
-    ZooSpec("resnet_basic", "ResNet (BasicBlock)", models.resnet_basic, train=dict(epochs=5)),
-    ZooSpec("resnext", "ResNeXt-D (Bottleneck, grouped conv)", models.resnext, train=dict(epochs=7)),
-    ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", models.mobilenetv2, train=dict(epochs=14, lr=3e-3)),
-    ZooSpec("convnext", "ConvNeXt", models.convnext, train=dict(epochs=16)),
-    ZooSpec("swin", "Swin Transformer", models.swin, train=dict(epochs=24, lr=1.5e-3, amp="bf16")),
-    ZooSpec("pvtv2", "PVT-v2", models.pvtv2, train=dict(epochs=11, lr=1e-3, batch_size=64)),
-    ZooSpec("mobilevit", "MobileViT (timm ByobNet)", models.mobilevit, train=dict(epochs=6)),
+    ZooSpec("resnet_basic", "ResNet (BasicBlock)", arch.resnet_basic, train=dict(epochs=5)),
+    ZooSpec("resnext", "ResNeXt-D (Bottleneck, grouped conv)", arch.resnext, train=dict(epochs=7)),
+    ZooSpec("mobilenetv2", "MobileNetV2 (timm EfficientNet)", arch.mobilenetv2, train=dict(epochs=14, lr=3e-3)),
+    ZooSpec("convnext", "ConvNeXt", arch.convnext, train=dict(epochs=16)),
+    ZooSpec("swin", "Swin Transformer", arch.swin, train=dict(epochs=24, lr=1.5e-3, amp="bf16")),
+    ZooSpec("pvtv2", "PVT-v2", arch.pvtv2, train=dict(epochs=11, lr=1e-3, batch_size=64)),
+    ZooSpec("mobilevit", "MobileViT (timm ByobNet)", arch.mobilevit, train=dict(epochs=6)),
 ], _DEFAULT_TRAIN, script="train_zoo.py")
 _spec = CATALOG.spec
 list_models, weights_path, train_recipe = CATALOG.list_models, CATALOG.weights_path, CATALOG.train_recipe

@@ -74,7 +74,7 @@ class Catalog(Generic[S]):
         """Model ``name`` in eval mode, float32. ``pretrained=True`` loads ``weights/NAME.pt`` (fp16; cast
         to the model's dtype) and raises MissingWeightsError naming the file when it is absent, before
         building anything; ``pretrained=False`` gives the randomly initialised architecture."""
-        from ..models import load_weights
+        from ..files import load_weights
 
         spec = self.spec(name)
         path = self.weights_path(spec.name)
