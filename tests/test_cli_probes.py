@@ -127,6 +127,42 @@ def test_sixteen_bit_png_is_scaled_not_clipped(images):
     assert len(rgb[0].unique()) > 100
 
 
+def png16(a: np.ndarray) -> bytes:
+    """A PNG file of the uint16 array ``a`` (H, W, 3 or 4): 16 bits per channel, filter 0."""
+    h, w, c = a.shape
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    rows = a.astype(">u2").reshape(h, -1)
+    raw = b"".join(b"\x00" + r.tobytes() for r in rows)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {3: 2, 4: 6}[c], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("kind", ["png48", "png64", "tiff48"])
+def test_sixteen_bit_colour_is_read_at_full_precision(tmp_path, kind):
+    """PIL opens 48-bit RGB (and 64-bit RGBA) as 8-bit RGB, keeping each sample's high byte; load_image
+    reads every sample exactly (issue 16, item 1)."""
+    from PIL import Image
+
+    a = np.random.default_rng(1).integers(0, 65536, (20, 20, 4 if kind == "png64" else 3), dtype=np.uint16)
+    path = tmp_path / ("c.tif" if kind == "tiff48" else "c.png")
+    if kind == "tiff48":
+        tifffile = pytest.importorskip("tifffile")
+        tifffile.imwrite(path, a, photometric="rgb")
+    else:
+        path.write_bytes(png16(a))
+    with Image.open(path) as img:
+        assert img.mode in ("RGB", "RGBA")  # PIL's own view: 8 bits per channel
+        assert np.array_equal(np.asarray(img)[..., :3], (a[..., :3] >> 8).astype(np.uint8))
+    rgb = a[..., :3].astype(np.float64) / 65535.0
+    x = load_image(path, **{**PADDED, "in_chans": 3})  # zero-padded: no resampling
+    np.testing.assert_allclose(x[:, 6:26, 6:26].permute(1, 2, 0).double().numpy(), rgb, atol=1e-6)
+    gray = load_image(path, **PADDED)  # a grayscale model: PIL's L weights, at full precision
+    np.testing.assert_allclose(gray[0, 6:26, 6:26].double().numpy(), rgb @ [0.299, 0.587, 0.114], atol=1e-6)
+    resized = load_image(path, **GEOMETRY)
+    assert resized.shape == (3, 16, 16) and 0.0 <= resized.min() <= resized.max() <= 1.0
+
+
 def test_float_images_in_range_kept_out_of_range_refused(images):
     x = load_image(images["float_ok"], **PADDED)
     assert x.max() == 1.0 and len(x.unique()) > 300

@@ -136,8 +136,9 @@ def load_image(path: Path, in_chans: int, input_size: int, crop_pct: float, pad_
 
     Colour modes (:func:`_decoded`): 8-bit images go through PIL's own conversion to L or RGB, as
     torchvision and timm do (alpha dropped, palettes expanded, CMYK converted, grayscale repeated to
-    RGB); 16-bit grayscale (``I;16``, ``I``) is scaled by 1/65535 and float (``F``) taken as [0, 1],
-    both kept at full precision. Raises :class:`ImageReadError` (one line naming ``path``) for a file PIL
+    RGB); 16-bit grayscale (``I;16``, ``I``) and 16-bit-per-channel colour PNG/TIFF (48-bit RGB, 64-bit
+    RGBA, which PIL itself opens as 8-bit ``RGB``/``RGBA``) are scaled by 1/65535 and float (``F``) taken
+    as [0, 1], all kept at full precision. Raises :class:`ImageReadError` (one line naming ``path``) for a file PIL
     cannot decode (corrupt, truncated), one over PIL's decompression-bomb limit
     (``PIL.Image.MAX_IMAGE_PIXELS`` pixels, which a Python caller may raise), and one whose resize to
     ``input_size`` would exceed that limit (an extreme aspect ratio).
@@ -148,17 +149,17 @@ def load_image(path: Path, in_chans: int, input_size: int, crop_pct: float, pad_
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refuse, not warn
             with Image.open(path) as img:
-                img, white = _decoded(img, in_chans, path)
-                w, h = img.size
+                planes, white = _decoded(img, in_chans, path)
+                w, h = planes[0].size
                 if pad_to is not None and max(w, h) <= pad_to:
-                    arr = np.asarray(img, dtype=np.float32) / white
+                    arr = _stacked(planes) / white
                     x = torch.from_numpy(arr).reshape(h, w, -1).permute(2, 0, 1)
                     top, left = (pad_to - h) // 2, (pad_to - w) // 2
                     x = F.pad(x, (left, pad_to - w - left, top, pad_to - h - top))
                     return x.expand(3, -1, -1).contiguous() if in_chans == 3 and x.shape[0] == 1 else x
                 _check_resize(path, w, h, input_size, crop_pct, crop_first)
-                img = resize_and_crop(img, input_size, crop_pct, interpolation, crop_first)
-                arr = np.asarray(img, dtype=np.float32) / white
+                arr = _stacked([resize_and_crop(p, input_size, crop_pct, interpolation, crop_first)
+                                for p in planes]) / white
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -175,15 +176,56 @@ def load_image(path: Path, in_chans: int, input_size: int, crop_pct: float, pad_
     return x.contiguous()
 
 
-def _decoded(img, in_chans: int, path: Path):
-    """``img`` in the mode the model reads, and the pixel value that means white (1.0 after dividing).
+def _stacked(planes: list) -> np.ndarray:
+    """PIL images (one multi-channel image, or one ``F`` image per channel) -> float32 (H, W, C)."""
+    if len(planes) == 1:
+        return np.asarray(planes[0], dtype=np.float32)
+    return np.stack([np.asarray(p, dtype=np.float32) for p in planes], axis=-1)
+
+
+_SWAPPED = {";16B": ";16L", ";16L": ";16B"}  # PIL raw modes reading the other byte of each 16-bit sample
+
+
+def _sixteen_bit_colour(img, path: Path) -> np.ndarray | None:
+    """A 16-bit-per-channel colour image (48-bit RGB, 64-bit RGBA PNG or TIFF) as uint16-valued float32
+    (H, W, C), or None for any other image.
+
+    PIL decodes such a file to 8-bit ``RGB``/``RGBA`` through a raw mode (``RGB;16B``, ...) that keeps
+    the high byte of each sample. Decoding the same file again with the byte-swapped raw mode
+    (``RGB;16L``) keeps the low byte instead, so ``high * 256 + low`` is every sample exactly, with PIL's
+    own decompression and PNG unfiltering. (16-bit gray + alpha, ``LA;16B``, has no byte-swapped raw
+    mode in PIL and keeps its high byte.)
+    """
+    from PIL import Image
+
+    if img.mode not in ("RGB", "RGBA") or len(img.tile) != 1:
+        return None
+    tile = img.tile[0]
+    raw = tile.args if isinstance(tile.args, str) else (tile.args[0] if tile.args else None)
+    if not isinstance(raw, str) or raw[-4:] not in _SWAPPED or not raw.startswith(img.mode + ";"):
+        return None
+    swapped_raw = raw[:-4] + _SWAPPED[raw[-4:]]
+    args = swapped_raw if isinstance(tile.args, str) else (swapped_raw, *tile.args[1:])
+    with Image.open(path) as other:
+        other.tile = [tile._replace(args=args)]
+        low = np.asarray(other).astype(np.float32)
+    high = np.asarray(img).astype(np.float32)
+    return high * 256.0 + low
+
+
+def _decoded(img, in_chans: int, path: Path) -> tuple[list, float]:
+    """``img`` in the mode the model reads, as a list of PIL planes (one image, or one ``F`` image per
+    channel), and the pixel value that means white (1.0 after dividing).
 
     8-bit modes -> PIL ``L`` (1 channel) or ``RGB`` (3), white 255: PIL's conversion, so the result is
     torchvision's/timm's (a palette with transparency is expanded through RGBA first, which PIL asks for).
     16-bit grayscale (``I;16*``, and ``I``, which is how PIL opens 16-bit PGM) -> float ``F`` scaled by
-    1/65535, white 1.0 (PIL's ``L`` conversion would clip every value above 255 to white). Float ``F`` ->
-    as is, white 1.0; values outside [0, 1] (or not finite) are refused rather than clipped. A 16-bit or
-    float image for a 3-channel model stays one channel here and is repeated to 3 by the caller.
+    1/65535, white 1.0 (PIL's ``L`` conversion would clip every value above 255 to white). 16-bit colour
+    (:func:`_sixteen_bit_colour`) -> three ``F`` planes scaled by 1/65535 (alpha dropped), or for a
+    1-channel model one ``F`` plane with PIL's ``L`` weights (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B).
+    Float ``F`` -> as is, white 1.0; values outside [0, 1] (or not finite) are refused rather than
+    clipped. A 16-bit or float grayscale image for a 3-channel model stays one channel here and is
+    repeated to 3 by the caller.
     """
     from PIL import Image
 
@@ -192,16 +234,23 @@ def _decoded(img, in_chans: int, path: Path):
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise ImageReadError(f"image {path}: 32-bit integer values {a.min():.0f}..{a.max():.0f} are outside "
                                  "the 16-bit range undiscard reads (0..65535)")
-        return Image.fromarray(a / np.float32(65535.0)), 1.0
+        return [Image.fromarray(a / np.float32(65535.0))], 1.0
     if img.mode == "F":
         a = np.asarray(img, dtype=np.float32)
         if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
             raise ImageReadError(f"image {path}: float pixel values must be finite and in [0, 1], "
                                  f"got {a.min():g}..{a.max():g}")
-        return img.copy(), 1.0
+        return [img.copy()], 1.0
+    colour16 = _sixteen_bit_colour(img, path)
+    if colour16 is not None:
+        rgb = colour16[..., :3] / np.float32(65535.0)
+        if in_chans == 1:
+            gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            return [Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32))], 1.0
+        return [Image.fromarray(np.ascontiguousarray(rgb[..., c])) for c in range(3)], 1.0
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    return img.convert("L" if in_chans == 1 else "RGB"), 255.0
+    return [img.convert("L" if in_chans == 1 else "RGB")], 255.0
 
 
 def _check_resize(path: Path, w: int, h: int, input_size: int, crop_pct: float, crop_first: bool) -> None:
