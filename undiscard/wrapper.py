@@ -23,6 +23,7 @@ from .discovery import Unit
 from .engine import Engine
 from .errors import UndiscardError
 from .geometry import UnitSelector, num_states
+from .layers.extension import attach_extensions, check_extend
 from .inputs import check_example, check_input, check_net, empty_output, run_network, warn_not_finite
 from .outputs import OutputSelector, check_selector, select_output
 from .prepare import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
@@ -42,7 +43,7 @@ class Undiscard(TestTimeModule):
                  head: Callable[[nn.Module, Tensor], Tensor] | None = None,
                  layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0,
                  aggregator: AttentionAggregator | str | Path | None = None, example_input: Tensor | None = None,
-                 output: OutputSelector = None, task: str | Task = "classification"):
+                 output: OutputSelector = None, task: str | Task = "classification", extend: str = "zero"):
         check_net(net)
         check_budget(budget, None)
         get_criterion(criterion), get_aggregate(aggregate)  # unknown names: one line each
@@ -55,7 +56,7 @@ class Undiscard(TestTimeModule):
         self.aggregator, self._aggregator_units = resolve_aggregator(aggregator, align)
         self.criterion, self.aggregate, self.align, self.unit_selector = criterion, aggregate, align, units
         self.strict, self.chunk_size, self.seed = strict, chunk_size, seed
-        self.output = check_selector(output)  # which part of the net's output are the logits
+        self.output, self.extend = check_selector(output), check_extend(extend)  # the logits; layers.extension
         self._split_args = SplitArgs(features, head, layout, self.output)
         self.train(False)  # inference: the aggregator's dropout is off unless train() is called
         if example_input is not None:
@@ -117,6 +118,7 @@ class Undiscard(TestTimeModule):
             self.net, self.unshared = unshare_layers(self.net)  # each call of a shared layer: its own module
         found = discover_units(self.net, x, self.strict)
         self._units = choose_units(self.net, found, self._units, self.unit_selector, self.budget)
+        attach_extensions(self.net, [n for u in self._units.search_units for n in u.layers], x, self.extend)
         engine = build_engine(self.net, x, self._units, self._split_args)
         needs = get_aggregate(self.aggregate).needs_aggregator or get_criterion(self.criterion).needs_aggregator
         if needs or self.aggregator is not None:  # check the aggregator against this setup, or make one

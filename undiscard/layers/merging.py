@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .._compat import class_path
 from ..errors import PhaseError
+from .extension import extension_of, fill_unread
 from .functional import check_output_size, phase_offset, split_phases
 from .registry import PhaseAdapter, register_adapter
 
@@ -59,6 +60,9 @@ class _MergingAdapter(PhaseAdapter):
         ho, wo = (h + 1) // 2, (w + 1) // 2
         check_output_size(class_path(layer), (h, w), (ho, wo))
         xe = F.pad(x, (0, 0, 0, 2 * wo + 1 - w, 0, 2 * ho + 1 - h))
+        extension = extension_of(layer)
+        if extension is not None:  # phase 0 reads rows < 2*Ho (its odd-size zero row included): the rest
+            xe = fill_unread(xe, (2 * ho, 2 * wo), (h - 1, w - 1), extension, channels_last=True)
         return xe, ho, wo
 
     def all_phases(self, layer: nn.Module, x: Tensor) -> Tensor:

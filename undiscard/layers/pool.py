@@ -126,6 +126,7 @@ class _AvgPoolAdapter(WindowedAdapter):
     ``divisor_override`` when the layer honours one."""
 
     pad_value = 0.0
+    extends = False  # padding follows count_include_pad; an extend= mode does not apply
     pooling = True
     honours_divisor_override = True
 

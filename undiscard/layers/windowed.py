@@ -34,6 +34,7 @@ from .functional import (
     pool_output_size,
     split_phases,
 )
+from .extension import extension_of, fill_unread
 from .registry import PhaseAdapter
 
 __all__ = ["Geometry", "Plan", "WindowedAdapter", "square_rate", "positions"]
@@ -81,10 +82,13 @@ class WindowedAdapter(PhaseAdapter):
     Attributes:
         pad_value: value of the op's own padding and of the bottom/right extension.
         pooling: True when the output size follows the pooling formula (ceil mode).
+        extends: whether an ``extend=`` mode (:mod:`undiscard.layers.extension`) applies; False where
+            padding has a rule of its own (average pooling).
     """
 
     pad_value: float = 0.0
     pooling: bool = False
+    extends: bool = True
 
     @abstractmethod
     def geometry(self, layer: nn.Module) -> Geometry:
@@ -120,6 +124,11 @@ class WindowedAdapter(PhaseAdapter):
         check_output_size(class_path(layer), (int(x.shape[-2]), int(x.shape[-1])), out)  # type: ignore[arg-type]
         extent = tuple(dense_extent(out[a], g.kernel[a], g.rate, g.dilation[a]) for a in (0, 1))
         xpe = pad_extend(xe, g.padding, extent, self.pad_value)  # type: ignore[arg-type]
+        extension = extension_of(layer) if self.extends else None
+        if extension is not None:  # the positions phase 0 never reads (and no real input): the mode's fill
+            real_end = [g.padding[a] + n[a] for a in (0, 1)]
+            start = [max(g.rate * (out[a] - 1) + g.dilation[a] * (g.kernel[a] - 1) + 1, real_end[a]) for a in (0, 1)]
+            xpe = fill_unread(xpe, tuple(start), (real_end[0] - 1, real_end[1] - 1), extension)  # type: ignore[arg-type]
         return Plan(g, n, out), xpe  # type: ignore[arg-type]
 
     def all_phases(self, layer: nn.Module, x: Tensor) -> Tensor:
