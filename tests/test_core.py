@@ -68,7 +68,7 @@ def test_classification_weights_and_uncertainty():
 # --------------------------------------------------------------------------------------- registries
 def test_builtin_names_are_registry_entries():
     assert aggregate_module.AGGREGATES == ("mean", "entropy", "attention")
-    assert criteria_module.CRITERIA == ("entropy", "random", "offset", "learned")
+    assert criteria_module.CRITERIA == ("entropy", "random", "offset", "learned", "calibrated")
     from undiscard.search import CRITERIA  # still importable from where the CLI reads it
 
     assert CRITERIA == criteria_module.CRITERIA

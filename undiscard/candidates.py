@@ -6,11 +6,17 @@
 logits) in selection order. The search is incremental, so the first b candidates of a budget-B search
 are exactly those of a budget-b search: one search serves every smaller budget and every aggregation.
 :func:`stack_candidates` stacks them once per search for all of those.
+
+The criterion chooses the path: a fixed list of states (:meth:`~undiscard.criteria.Criterion.fixed_order`,
+``calibrated``) is evaluated as that list, each state from its first non-zero unit on the root's cached
+activation (:meth:`~undiscard.engine.Engine.run_rows`); a ``static`` criterion (``offset``, ``random``)
+runs the best-first search computing only the children it uses (:meth:`~undiscard.engine.Engine.expand_some`);
+any other (``entropy``, ``learned``) expands all children, whose scores it needs.
 """
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -19,7 +25,7 @@ from .criteria import Criterion, SearchContext
 from .engine import Engine
 from .errors import PhaseError
 from .geometry import state_offsets
-from .search import Candidate, best_first
+from .search import Candidate, Step, best_first
 
 __all__ = ["Candidates", "engine_of", "find_candidates", "stack_candidates"]
 
@@ -75,11 +81,50 @@ def find_candidates(engine: Engine, x: Tensor, budget: int, criterion: Criterion
               depth: int) -> list[float]:
         return criterion.score(ctx, images, feats, logits, states, depth)
 
+    order = criterion.fixed_order(ctx)
+    if order is not None:
+        cands = Candidates(_listed(engine, x, order, budget, chunk_size))
+        cands.engine = engine
+        return cands
     feats, logits, cache = engine.root(x)
     if criterion.needs_aggregator and attention is not None:
         ctx = replace(ctx, attention=attention(engine, feats))
-    cands = Candidates(best_first(feats, logits, cache, engine.rates(), budget, expand, score, chunk_size))
+    select = engine.expand_some if criterion.static else None
+    cands = Candidates(best_first(feats, logits, cache, engine.rates(), budget, expand, score, chunk_size, select))
     cands.engine = engine
+    return cands
+
+
+def _listed(engine: Engine, x: Tensor, order: Sequence[tuple[int, ...]], budget: int,
+            chunk_size: int) -> list[list[Candidate]]:
+    """The first ``budget`` states of ``order`` for every image of ``x``, in that order: each state runs
+    from its first non-zero unit's cut on the root's activation there, in passes of at most ``chunk_size``
+    rows. A candidate's steps are the passes of a search that would stop at it."""
+    if budget > len(order):
+        raise PhaseError(f"budget {budget} is larger than the {len(order)} states of the calibrated order")
+    n = x.shape[0]
+    feats, logits, caches = engine.root_caches(x)
+    cands = [[Candidate(order[0], feats[i], logits[i])] for i in range(n)]
+    states = list(order[1:budget])
+    first = [next(d for d, p in enumerate(s) if p) for s in states]
+    found: dict[int, tuple[Tensor, Tensor]] = {}  # position in states -> (features (N, ...), logits (N, ...))
+    for depth in sorted(set(first)):
+        which = [p for p, d in enumerate(first) if d == depth]
+        per_pass = max(1, chunk_size // n) if n <= chunk_size else 1
+        for start in range(0, len(which), per_pass):
+            part = which[start:start + per_pass]
+            table = torch.tensor([states[p] for p in part], dtype=torch.long, device=x.device)
+            rows = torch.arange(n, device=x.device).repeat_interleave(len(part))  # image-major
+            f, lg = engine.run_rows(depth, caches[depth], rows, table.repeat(n, 1))
+            for q, p in enumerate(part):
+                found[p] = (f[q::len(part)], lg[q::len(part)])
+    counts: dict[int, int] = {}
+    for p, (state, depth) in enumerate(zip(states, first)):
+        counts[depth] = counts.get(depth, 0) + 1
+        steps = tuple(Step("rows", d, c) for d, c in sorted(counts.items()))
+        f, lg = found[p]
+        for i in range(n):
+            cands[i].append(Candidate(state, f[i], lg[i], steps))
     return cands
 
 

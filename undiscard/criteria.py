@@ -9,7 +9,15 @@ the seed, and the attention aggregator's per-state scores for criteria that need
 - ``offset``: small offsets first (``dy² + dx²`` in pixels of the first searched unit's input);
 - ``random``: a seeded hash of (seed, depth, state), so order never depends on batch composition;
 - ``learned``: most attention first (the attention aggregator's location-averaged attention logit,
-  negated); it ``needs_aggregator``.
+  negated); it ``needs_aggregator``;
+- ``calibrated``: a fixed list of states ranked once per model on a labelled split
+  (:mod:`undiscard.calibration`, ``undiscard calibrate``; ``wrap(..., criterion="calibrated", order=FILE)``):
+  budget B evaluates its first B states, each from its first non-zero unit on — no tree, no scores.
+
+A criterion whose scores read only the states and the depth declares ``static = True`` (``offset``,
+``random``, ``calibrated``): the search then scores children before computing them and computes only
+those it uses (:mod:`undiscard.search`), so cost follows the budget. One that gives a fixed list of
+states (:meth:`Criterion.fixed_order`) is evaluated as that list (:mod:`undiscard.candidates`).
 
 ``CRITERIA`` is the tuple of registered names. :func:`custom_criterion` turns a plain function into a
 criterion for one search (``model.candidates(x, scorer=...)``; training the aggregator uses it).
@@ -22,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 from torch import Tensor
 
+from .calibration import StateOrder, as_order
 from .errors import UndiscardError
 from .geometry import state_offset
 from .named import NamedRegistry
@@ -30,8 +39,8 @@ if TYPE_CHECKING:  # type hints only
     from .engine import Engine
     from .task import Task
 
-__all__ = ["Criterion", "SearchContext", "StateScorer", "register_criterion", "get_criterion", "custom_criterion",
-           "random_score", "CRITERIA"]
+__all__ = ["Criterion", "SearchContext", "resolve_order", "StateScorer", "register_criterion", "get_criterion",
+           "custom_criterion", "random_score", "CRITERIA"]
 
 States = list[tuple[int, ...]]
 # attention(images, features, states) -> (M,) per-state attention scores (higher = more attention)
@@ -49,11 +58,15 @@ class SearchContext:
     spatial: Sequence[bool]  # of the searched units (side units add no offset)
     seed: int = 0
     attention: AttentionScores | None = None  # set when the criterion needs_aggregator
+    order: StateOrder | None = None  # criterion="calibrated": the ranked states, checked against the units
 
     @classmethod
-    def of(cls, engine: "Engine", task: "Task", seed: int = 0) -> "SearchContext":
-        """The context of a search on ``engine`` (its searched units' rates and spatial flags)."""
-        return cls(task, engine.rates(), [u.spatial for u in engine.search_units], seed)
+    def of(cls, engine: "Engine", task: "Task", seed: int = 0, order: StateOrder | None = None) -> "SearchContext":
+        """The context of a search on ``engine`` (its searched units' rates and spatial flags); ``order`` is
+        checked against the searched units (one :class:`~undiscard.errors.UndiscardError` if it does not fit)."""
+        if order is not None:
+            order.check(engine.search_units)
+        return cls(task, engine.rates(), [u.spatial for u in engine.search_units], seed, order=order)
 
     def attention_scores(self, images: list[int], features: Tensor, states: States) -> Tensor:
         """(M,) attention scores of M nodes of ``images`` (see :class:`~undiscard.attention.AttentionScorer`)."""
@@ -64,10 +77,18 @@ class SearchContext:
 
 
 class Criterion:
-    """One search order; ``needs_aggregator``: it reads the attention aggregator's scores."""
+    """One search order; ``needs_aggregator``: it reads the attention aggregator's scores; ``static``: its
+    scores read only ``states`` and ``depth`` (``features`` and ``logits`` may be None), so the search can
+    rank children before computing them."""
 
     name: ClassVar[str] = ""
     needs_aggregator: ClassVar[bool] = False
+    static: ClassVar[bool] = False
+    needs_order: ClassVar[bool] = False  # reads SearchContext.order (wrap(order=...))
+
+    def fixed_order(self, ctx: SearchContext) -> Sequence[tuple[int, ...]] | None:
+        """A fixed list of states to evaluate instead of a search (the first is the all-zero state), or None."""
+        return None
 
     def score(self, ctx: SearchContext, images: list[int], features: Tensor, logits: Tensor, states: States,
               depth: int) -> list[float]:
@@ -79,6 +100,20 @@ _CRITERIA: NamedRegistry[Criterion] = NamedRegistry("criterion")
 register_criterion = _CRITERIA.register  # @register_criterion(name): wrap(criterion=name)
 get_criterion = _CRITERIA.create  # unknown names: one UndiscardError
 __getattr__ = _CRITERIA.module_getattr("CRITERIA", __name__)  # CRITERIA: names
+
+
+NO_ORDER = ("criterion='calibrated' needs a ranked list of states: wrap(..., order=FILE) with a file from "
+            "'undiscard calibrate' (zoo models ship one: undiscard.calibration.zoo_order_path(name)), or "
+            "order=[state, ...]")
+
+
+def resolve_order(criterion: Criterion, order: object) -> StateOrder | None:
+    """``wrap(order=...)`` as a :class:`~undiscard.calibration.StateOrder` (:func:`~undiscard.calibration.as_order`);
+    one :class:`~undiscard.errors.UndiscardError` when ``criterion`` ``needs_order`` and there is none."""
+    resolved = as_order(order)  # type: ignore[arg-type]
+    if resolved is None and criterion.needs_order:
+        raise UndiscardError(NO_ORDER)
+    return resolved
 
 
 def random_score(seed: int, state: tuple[int, ...], depth: int) -> float:
@@ -99,6 +134,8 @@ class Entropy(Criterion):
 class Random(Criterion):
     """Seeded random order (:func:`random_score`)."""
 
+    static = True
+
     def score(self, ctx, images, features, logits, states, depth):
         return [random_score(ctx.seed, s, depth) for s in states]
 
@@ -106,6 +143,8 @@ class Random(Criterion):
 @register_criterion("offset")
 class Offset(Criterion):
     """Small offsets first: ``dy² + dx²``."""
+
+    static = True
 
     def score(self, ctx, images, features, logits, states, depth):
         return [float(dy * dy + dx * dx) for dy, dx in (state_offset(s, ctx.rates, ctx.spatial) for s in states)]
@@ -119,6 +158,24 @@ class Learned(Criterion):
 
     def score(self, ctx, images, features, logits, states, depth):
         return (-ctx.attention_scores(images, features, states).double()).tolist()
+
+
+@register_criterion("calibrated")
+class Calibrated(Criterion):
+    """The first B states of a ranked list (:class:`~undiscard.calibration.StateOrder`, ``wrap(order=...)``);
+    as scores (unused by the library's own search), a state's rank, unranked states after all others."""
+
+    static = True
+    needs_order = True
+
+    def fixed_order(self, ctx):
+        if ctx.order is None:
+            raise UndiscardError(NO_ORDER)
+        return ctx.order.states
+
+    def score(self, ctx, images, features, logits, states, depth):
+        rank = {s: r for r, s in enumerate(self.fixed_order(ctx))}
+        return [float(rank.get(tuple(s), len(rank))) for s in states]
 
 
 class _Custom(Criterion):

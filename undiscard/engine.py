@@ -12,6 +12,11 @@ An :class:`Engine` is built once per input shape (:mod:`undiscard.setup`). It kn
   its batch inside a layer; for such a unit (detected once, on the example input) the cached
   activation is replicated R² times and the unit runs per sample at phases 0..R²-1 — same results,
   and the unit's layers cost the same;
+- how to expand *some* children only (:meth:`Engine.expand_some`, for a search whose order is known
+  before the children are computed): the unit's layers make the same dense pass as in an expansion and
+  keep the chosen rows (:class:`~undiscard.execution.Select`), everything after runs on those rows only;
+- how to run given states from a searched unit's cut on the root's cached activation
+  (:meth:`Engine.run_rows`, for a fixed list of states: ``criterion="calibrated"``);
 - the cost of everything it ran, in FLOPs (convolutions and matrix products, as counted by
   ``torch.utils.flop_counter``; elementwise ops, normalisation and pooling are not counted), and the
   ideal cost had every expansion recomputed only from the unit itself. The count is kept per thread,
@@ -22,6 +27,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable
 
 import torch
@@ -32,8 +38,9 @@ from torch.utils.hooks import RemovableHandle
 from .chain import Chain
 from .discovery import Unit
 from .errors import PhaseError, UndiscardError
-from .execution import EXPAND, PhaseSpec, phase_plan
+from .execution import EXPAND, PhaseSpec, Select, phase_plan
 from .geometry import feature_stride
+from .search import Step
 from .split import Split
 
 __all__ = ["CostHook", "Engine", "Expansion"]
@@ -63,6 +70,10 @@ class _Flops:
     baseline: float = 0.0  # per sample: one plain forward of the network, the unit of every cost
     root: float = 0.0  # per sample: features + head as the split runs them (more than baseline only for a
     # split whose head re-runs the network's forward, undiscard.hook_split)
+    # Engine.expand_some at each searched depth: per parent (the unit's dense pass and what runs before it
+    # in its segment) and per selected child (the rest of the unit's segment)
+    select_fixed: dict[int, float] = field(default_factory=dict)
+    select_row: dict[int, float] = field(default_factory=dict)
 
 
 def _count(fn) -> tuple[float, object]:
@@ -110,9 +121,10 @@ class Engine:
         return [self.units[u] for u in self.searched]
 
     @property
-    def feature_stride(self) -> int:
-        """Total stride from the first searched unit's input grid to the feature map (alignment)."""
-        return feature_stride(self.units, self.searched)
+    def feature_stride(self) -> int | Fraction:
+        """Total stride from the first searched unit's input grid to the feature map (alignment); for a
+        split at the output (a dense task), to the output map (a Fraction when it is finer)."""
+        return feature_stride(self.units, self.searched, self.split.map_size)
 
     def measure(self, x: Tensor) -> None:
         """Count per-sample FLOPs of each segment, each expansion, and the head, on one sample."""
@@ -127,6 +139,8 @@ class Engine:
                 seg.append(f)
             head, _ = _count(lambda: self.split.head(a))
             expanded: dict[int, float] = {}
+            fixed: dict[int, float] = {}
+            per_row: dict[int, float] = {}
             for i, u in enumerate(self.searched):
                 k = self.cut[i]
                 r2 = self.units[u].num_phases
@@ -138,11 +152,23 @@ class Engine:
                     self.replicate[i] = True
                 if self.replicate[i]:
                     f = seg[k] * r2
+                    fixed[i], per_row[i] = 0.0, seg[k]
+                else:  # one child and two children of one parent: the difference is the cost per child
+                    one, two = (self._count_select(u, k, inputs[k], c) for c in (1, 2))
+                    fixed[i], per_row[i] = 2 * one - two, two - one
                 expanded[i] = f  # the unit's own segment, all R² rows
             tail = self._tails(x, sum(seg) + head)
             plain, _ = _count(lambda: self.net(x))
         root = sum(seg) + head
-        self.flops = _Flops(seg, expanded, head, tail, baseline=plain or root, root=root)
+        self.flops = _Flops(seg, expanded, head, tail, baseline=plain or root, root=root, select_fixed=fixed,
+                            select_row=per_row)
+
+    def _count_select(self, unit: int, segment: int, x: Tensor, children: int) -> float:
+        """FLOPs of ``segment`` (holding ``unit``) on ``x`` (one sample) selecting ``children`` of its phases."""
+        zeros = torch.zeros(children, dtype=torch.long, device=x.device)
+        with phase_plan({unit: Select(zeros, torch.ones_like(zeros))}):
+            f, _ = _count(lambda: self.chain.segments[segment](x))
+        return f
 
     def _tails(self, x: Tensor, total: float) -> dict[int, float]:
         """FLOPs from each searched unit's first layer to the logits, per sample."""
@@ -194,23 +220,35 @@ class Engine:
             return 0.0, 0.0
         return getattr(self._cost, "spent", 0.0) / base, getattr(self._cost, "ideal", 0.0) / base
 
-    def search_cost(self, expansions: list[tuple[int, ...]]) -> tuple[float, float]:
+    def search_cost(self, expansions: list[tuple[Step, ...]]) -> tuple[float, float]:
         """Mean (measured, ideal) cost per image, in baseline forwards, of searches that ran the root and
-        then expanded at the given depths (one tuple per image, :attr:`~undiscard.search.Candidate.expansions`
-        of its last candidate): what :meth:`cost_since_reset` reads after such a search. Images with no
-        expansion are at budget 1, which ``wrap`` answers with one plain forward of the network (not the
-        split's root pass, which costs ~2 forwards for a hook-fallback split): they cost 1."""
+        then the given passes (one tuple per image, :attr:`~undiscard.search.Candidate.expansions` of its
+        last candidate): what :meth:`cost_since_reset` reads after such a search. Images with no pass
+        are at budget 1, which ``wrap`` answers with one plain forward of the network (not the split's
+        root pass, which costs ~2 forwards for a hook-fallback split): they cost 1."""
         assert self.flops is not None
         if not any(expansions):  # no expansion: budget 1, which runs the network itself (1 forward)
             return (1.0, 1.0) if expansions else (0.0, 0.0)
         base = self.flops.baseline
-        rates = self.rates()
         spent = ideal = 0.0
-        for depths in expansions:
-            spent += self.flops.root + sum(self.expansion_flops(d) for d in depths)
-            ideal += base + sum((rates[d] ** 2 - 1) * self.flops.tail[d] for d in depths)
+        for steps in expansions:
+            spent += self.flops.root + sum(self.step_flops(s)[0] for s in steps)
+            ideal += base + sum(self.step_flops(s)[1] for s in steps)
         n = len(expansions) * base
         return (spent / n, ideal / n) if n else (0.0, 0.0)
+
+    def step_flops(self, step: Step) -> tuple[float, float]:
+        """(measured, ideal) FLOPs of one :class:`~undiscard.search.Step` of one image."""
+        assert self.flops is not None
+        f, d = self.flops, step.depth
+        if step.kind == "expand":
+            return self.expansion_flops(d), (self.units[self.searched[d]].num_phases - 1) * f.tail[d]
+        if step.kind == "select":
+            rest = sum(f.segment[self.cut[d] + 1:]) + f.head
+            return f.select_fixed[d] + step.rows * (f.select_row[d] + rest), step.rows * f.tail[d]
+        if step.kind == "rows":
+            return step.rows * (sum(f.segment[self.cut[d]:]) + f.head), step.rows * f.tail[d]
+        raise ValueError(f"unknown step kind {step.kind!r}")
 
     # ------------------------------------------------------------------------------------------
     def root(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -222,6 +260,21 @@ class Engine:
         assert self.flops is not None
         self._charge(None, x.shape[0], self.flops.root * x.shape[0], self.flops.baseline * x.shape[0])
         return feats, logits, cache
+
+    def root_caches(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Like :meth:`root`, and the activation at every searched unit's cut (one per searched unit)."""
+        wanted = set(self.cut)
+        at: dict[int, Tensor] = {}
+        with phase_plan(None):
+            a = x
+            for k, seg in enumerate(self.chain.segments):
+                if k in wanted:
+                    at[k] = a
+                a = seg(a)
+            logits = self.split.head(a)
+        assert self.flops is not None
+        self._charge(None, x.shape[0], self.flops.root * x.shape[0], self.flops.baseline * x.shape[0])
+        return a, logits, [at[k] for k in self.cut]
 
     def _stop(self, depth: int) -> int:
         """The segment at which child 0's rows are dropped: the next searched unit's cut, if later."""
@@ -281,6 +334,49 @@ class Engine:
         cost, ideal = m * self.expansion_flops(depth), m * (r2 - 1) * self.flops.tail[depth]
         self._charge(depth, m, cost, ideal)
         return Expansion(feats, logits, captured)
+
+    def expand_some(self, depth: int, caches: Tensor, prefix: Tensor, rows: Tensor,
+                    phases: Tensor) -> tuple[Tensor, Tensor]:
+        """Features (K, ...) and logits (K, ...) of child ``phases[k]`` (>= 1) at searched unit ``depth`` of
+        parent ``rows[k]``, with no caches: the rows of :meth:`expand` a search that goes no deeper uses,
+        computed the same way (the unit's dense pass, then only those rows). Arguments as in :meth:`expand`."""
+        assert self.flops is not None
+        k, unit = self.cut[depth], self.searched[depth]
+        m = caches.shape[0]
+        plan: dict[int, PhaseSpec]
+        if self.replicate[depth]:  # the batch cannot grow inside a layer: one row per child, phase per sample
+            inputs, prefix, plan = caches[rows], prefix[rows], {unit: phases}
+        else:
+            inputs, plan = caches, {unit: Select(rows, phases)}
+        for i in range(depth):
+            if self.cut[i] == k:  # a decided unit inside the segment we rerun: apply per sample
+                plan[self.searched[i]] = prefix[:, i]
+        with phase_plan(plan):
+            feats, _ = self.chain.run(self.chain.segments[k](inputs), start=k + 1)
+        with phase_plan(None):
+            logits = self.split.head(feats)
+        kids = int(rows.shape[0])
+        rest = sum(self.flops.segment[k + 1:]) + self.flops.head
+        fixed = 0.0 if self.replicate[depth] else m * self.flops.select_fixed[depth]
+        self._charge(depth, m, fixed + kids * (self.flops.select_row[depth] + rest), kids * self.flops.tail[depth])
+        return feats, logits
+
+    def run_rows(self, depth: int, caches: Tensor, rows: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and logits (K, ...) of state ``states[k]`` (K, L) for image ``rows[k]``, run from searched
+        unit ``depth``'s cut on the root's activations there (``caches`` (N, ...), :meth:`root_caches`):
+        the activation is replicated per state and every unit from ``depth`` on runs at its phase per
+        sample. The states' phases before ``depth`` must be 0 (they are the root's)."""
+        assert self.flops is not None
+        k = self.cut[depth]
+        plan: dict[int, PhaseSpec] = {self.searched[d]: states[:, d] for d in range(depth, len(self.searched))}
+        with phase_plan(plan):
+            feats, _ = self.chain.run(caches[rows], start=k)
+        with phase_plan(None):
+            logits = self.split.head(feats)
+        kids = int(rows.shape[0])
+        self._charge(depth, kids, kids * (sum(self.flops.segment[k:]) + self.flops.head),
+                     kids * self.flops.tail[depth])
+        return feats, logits
 
     def state_phases(self, state: tuple[int, ...], n: int, device: torch.device) -> dict[int, Tensor]:
         """The phase plan {unit index: (n,) long} of one state (one phase per searched unit) for n images;

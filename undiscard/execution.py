@@ -7,6 +7,8 @@ A *phase plan* maps a unit index to what its layers should compute for the curre
   ordinary strided pass);
 - ``EXPAND``: all R² phases from one dense pass; the batch grows from N to N*R² (sample-major:
   row n*R² + s is sample n at phase s).
+- a :class:`Select`: some of those rows only — the same dense pass, then row k of the output is sample
+  ``rows[k]`` at phase ``phases[k]`` (bit for bit the rows of ``EXPAND`` a search uses; the batch becomes K).
 
 The plan lives in a ``ContextVar``, so concurrent threads (each with its own context) never see each
 other's plans, and no module attribute is written while a forward runs. ``PhasedModel`` owns a deep copy
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import contextvars
+from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence, Union
 
 import torch
@@ -26,7 +29,7 @@ from torch import Tensor, nn
 from .layers import get_adapter
 from .layers.registry import PhaseAdapter
 
-__all__ = ["EXPAND", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
+__all__ = ["EXPAND", "Select", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
 
 
 class _Expand:
@@ -35,7 +38,19 @@ class _Expand:
 
 
 EXPAND = _Expand()
-PhaseSpec = Union[Tensor, _Expand]
+
+
+@dataclass(frozen=True)
+class Select:
+    """Rows of ``EXPAND`` without the others: output row k is input row ``rows[k]`` at phase ``phases[k]``
+    (both (K,) long). Computed from the same dense pass as ``EXPAND``, so the values are identical; the
+    layers after the unit then run on K rows instead of N*R²."""
+
+    rows: Tensor
+    phases: Tensor
+
+
+PhaseSpec = Union[Tensor, _Expand, Select]
 _PLAN: contextvars.ContextVar[Mapping[int, PhaseSpec] | None] = contextvars.ContextVar(
     "undiscard_phase_plan", default=None)
 
@@ -89,6 +104,8 @@ class _PhasedForward:
             return self.forward(x, *args, **kwargs)
         if spec is EXPAND:
             return self.adapter.all_phases(self.layer_ref, x).flatten(0, 1)
+        if isinstance(spec, Select):
+            return self.adapter.all_phases(self.layer_ref, x)[spec.rows, spec.phases]
         return _per_sample(self.layer_ref, self.adapter, x, spec, self.forward)
 
     def __deepcopy__(self, memo):

@@ -13,20 +13,29 @@ expansions together, one batched pass per unit depth (chunked to bound memory).
 
 The search knows nothing about models or tasks: nodes are scored by a ``score`` function (a criterion
 of :mod:`undiscard.criteria`) and expanded by an ``expand`` function (:meth:`undiscard.engine.Engine.expand`).
+
+*Cost that follows the budget.* When the scores depend on the states and the depth alone (a *static*
+criterion: ``offset``, ``random``, ``calibrated``; the caller passes ``select``), children are scored
+before they are computed, and an expansion after which the image's search cannot go deeper (the budget
+is reached, or the unit is the last one) computes only the children that become candidates
+(:meth:`undiscard.engine.Engine.expand_some`): budget 2 costs one child, not R² - 1. The states chosen are
+those of the expand-all search, which still runs for every expansion whose children may be expanded
+again. Every candidate records the passes a search that *ends* at it runs (:class:`Step`), so one search
+prices every smaller budget (:meth:`undiscard.engine.Engine.search_cost`).
 """
 from __future__ import annotations
 
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from .geometry import state_offset
 
-__all__ = ["Candidate", "state_offset", "best_first", "Expander", "Scorer"]
+__all__ = ["Candidate", "Step", "state_offset", "best_first", "Expander", "Selector", "Scorer"]
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
@@ -37,6 +46,20 @@ def __getattr__(name: str) -> tuple[str, ...]:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+class Step(NamedTuple):
+    """One pass of a search, for one image, as the engine charges it (:meth:`~undiscard.engine.Engine.step_flops`).
+
+    kind: ``"expand"`` (all R² children of one parent at searched unit ``depth``), ``"select"`` (``rows``
+    children of one parent from the same dense pass: :meth:`~undiscard.engine.Engine.expand_some`) or
+    ``"rows"`` (``rows`` states run from unit ``depth``'s cut, the cached activation replicated per state:
+    :meth:`~undiscard.engine.Engine.run_rows`).
+    """
+
+    kind: str
+    depth: int
+    rows: int = 1
+
+
 @dataclass
 class Candidate:
     """A chosen state of one image: its phases, native features and logits."""
@@ -44,7 +67,8 @@ class Candidate:
     state: tuple[int, ...]
     features: Tensor
     logits: Tensor
-    expansions: tuple[int, ...] = ()  # depths of this image's expansions up to the one that found it (cost)
+    # the passes after the root that a search ending at this candidate runs for its image (its cost)
+    expansions: tuple[Step, ...] = ()
 
 
 @dataclass(order=True)
@@ -61,19 +85,28 @@ class _Node:
 # expander(depth, caches (M, ...), prefix (M, depth)) -> (features (M*(R²-1), ...), logits (M*(R²-1), K),
 # child caches (M*R², ...) or None): children j >= 1 have features and logits, every child has a cache
 Expander = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]]
+# selector(depth, caches (M, ...), prefix (M, depth), rows (K,), phases (K,)) -> (features (K, ...), logits
+# (K, ...)): child phases[k] of parent rows[k] only, no caches (Engine.expand_some)
+Selector = Callable[[int, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 # scorer(images, features, logits, states, depth) -> one score per row (lower = expanded first); row r
-# belongs to image images[r]
-Scorer = Callable[[list[int], Tensor, Tensor, list[tuple[int, ...]], int], list[float]]
+# belongs to image images[r]. With a selector, features and logits are None (a static criterion).
+Scorer = Callable[[list[int], Tensor | None, Tensor | None, list[tuple[int, ...]], int], list[float]]
 
 
 def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | None, rates: Sequence[int],
-               budget: int, expand: Expander, score: Scorer, chunk: int = 256) -> list[list[Candidate]]:
-    """Run the search for N images at once; return each image's candidates in selection order."""
+               budget: int, expand: Expander, score: Scorer, chunk: int = 256,
+               select: Selector | None = None) -> list[list[Candidate]]:
+    """Run the search for N images at once; return each image's candidates in selection order.
+
+    ``select``: the scores read only states and depth (see the module docstring); expansions that end an
+    image's search compute only the children they add."""
     n = root_features.shape[0]
     depth_total = len(rates)
     zero = tuple([0] * depth_total)
-    root_scores = score(list(range(n)), root_features, root_logits, [zero] * n, 0)
-    done: list[tuple[int, ...]] = [() for _ in range(n)]  # depths expanded so far, per image
+    static = select is not None
+    root_scores = (score(list(range(n)), None, None, [zero] * n, 0) if static
+                   else score(list(range(n)), root_features, root_logits, [zero] * n, 0))
+    done: list[tuple[Step, ...]] = [() for _ in range(n)]  # passes run so far, per image
     cands: list[list[Candidate]] = [[Candidate(zero, root_features[i], root_logits[i])] for i in range(n)]
     frontier: list[list[_Node]] = [[] for _ in range(n)]
     counters = [itertools.count() for _ in range(n)]
@@ -92,27 +125,36 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
             by_depth.setdefault(popped[i].depth, []).append(i)
         for depth, images in sorted(by_depth.items()):
             r2 = rates[depth] ** 2
+            last = depth + 1 == depth_total
+            # static: images whose search cannot go deeper after this expansion compute only what they add
+            some = [i for i in images if static and (last or budget - len(cands[i]) <= r2 - 1)]
+            every = [i for i in images if i not in set(some)]
             per_chunk = max(1, chunk // r2)
-            for start in range(0, len(images), per_chunk):
-                group = images[start:start + per_chunk]
+            for start in range(0, len(some), per_chunk):
+                _select_children(some[start:start + per_chunk], depth, r2, budget, popped, cands, done, score,
+                                 select)  # type: ignore[arg-type]
+            for start in range(0, len(every), per_chunk):
+                group = every[start:start + per_chunk]
                 caches = torch.stack([popped[i].cache for i in group])  # type: ignore[misc]
-                prefix = torch.tensor([list(popped[i].state[:depth]) for i in group], dtype=torch.long,
-                                      device=caches.device).reshape(len(group), depth)
+                prefix = _prefix(group, popped, depth, caches.device)
                 feats, logits, child_caches = expand(depth, caches, prefix)
                 for g, i in enumerate(group):
                     parent = popped[i]
                     rows = slice(g * (r2 - 1), (g + 1) * (r2 - 1))  # children j >= 1; child 0 is the parent
-                    states = [parent.state[:depth] + (j,) + parent.state[depth + 1:] for j in range(r2)]
+                    states = _children(parent, depth, r2)
                     # child 0's features and logits are the parent's
                     assert parent.logits is not None and parent.features is not None
-                    scores = score([i] * r2, torch.cat([parent.features[None], feats[rows]]),
-                                   torch.cat([parent.logits[None], logits[rows]]), states, depth + 1)
-                    done[i] = done[i] + (depth,)
+                    scores = (score([i] * r2, None, None, states, depth + 1) if static else
+                              score([i] * r2, torch.cat([parent.features[None], feats[rows]]),
+                                    torch.cat([parent.logits[None], logits[rows]]), states, depth + 1))
+                    before, done[i] = done[i], done[i] + (Step("expand", depth),)
                     new = sorted(range(1, r2), key=lambda j: (scores[j], j))
-                    for j in new[:max(0, budget - len(cands[i]))]:
+                    for rank, j in enumerate(new[:max(0, budget - len(cands[i]))], 1):
                         row = g * (r2 - 1) + j - 1
-                        cands[i].append(Candidate(states[j], feats[row], logits[row], done[i]))
-                    if depth + 1 < depth_total:
+                        # a static search ending here would have selected only these children
+                        steps = before + (Step("select", depth, rank),) if static else done[i]
+                        cands[i].append(Candidate(states[j], feats[row], logits[row], steps))
+                    if not last:
                         assert child_caches is not None
                         for j in range(r2):
                             row = g * (r2 - 1) + j - 1
@@ -121,3 +163,36 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
                             heapq.heappush(frontier[i], _Node(scores[j], next(counters[i]), states[j], depth + 1,
                                                               child_caches[g * r2 + j], child_logits, child_feats))
     return cands
+
+
+def _children(parent: _Node, depth: int, r2: int) -> list[tuple[int, ...]]:
+    return [parent.state[:depth] + (j,) + parent.state[depth + 1:] for j in range(r2)]
+
+
+def _prefix(group: list[int], popped: dict[int, _Node], depth: int, device: torch.device) -> Tensor:
+    return torch.tensor([list(popped[i].state[:depth]) for i in group], dtype=torch.long,
+                        device=device).reshape(len(group), depth)
+
+
+def _select_children(group: list[int], depth: int, r2: int, budget: int, popped: dict[int, _Node],
+                     cands: list[list[Candidate]], done: list[tuple[Step, ...]], score: Scorer,
+                     select: Selector) -> None:
+    """Expand the parents of ``group`` computing only the children that become candidates (static scores);
+    nothing is pushed: after this expansion these images' searches cannot go deeper."""
+    chosen: list[list[int]] = []
+    for i in group:
+        states = _children(popped[i], depth, r2)
+        scores = score([i] * r2, None, None, states, depth + 1)
+        chosen.append(sorted(range(1, r2), key=lambda j: (scores[j], j))[:budget - len(cands[i])])
+    caches = torch.stack([popped[i].cache for i in group])  # type: ignore[misc]
+    rows = torch.tensor([g for g, js in enumerate(chosen) for _ in js], dtype=torch.long, device=caches.device)
+    phases = torch.tensor([j for js in chosen for j in js], dtype=torch.long, device=caches.device)
+    feats, logits = select(depth, caches, _prefix(group, popped, depth, caches.device), rows, phases)
+    row = 0
+    for i, js in zip(group, chosen):
+        states = _children(popped[i], depth, r2)
+        before = done[i]
+        done[i] = before + (Step("select", depth, len(js)),)
+        for rank, j in enumerate(js, 1):
+            cands[i].append(Candidate(states[j], feats[row], logits[row], before + (Step("select", depth, rank),)))
+            row += 1

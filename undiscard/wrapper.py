@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .aggregate import get_aggregate
 from .attention import AttentionAggregator, AttentionScorer, fit_aggregator, resolve_aggregator
 from .candidates import Candidates, engine_of, find_candidates, stack_candidates
-from .criteria import SearchContext, StateScorer, custom_criterion, get_criterion
+from .criteria import SearchContext, StateScorer, custom_criterion, get_criterion, resolve_order
 from .discovery import Unit
 from .engine import Engine
 from .errors import UndiscardError
@@ -41,12 +41,12 @@ class Undiscard(TestTimeModule):
                  align: bool = True, units: UnitSelector = None, *,
                  features: Callable[[nn.Module, Tensor], Tensor] | None = None,
                  head: Callable[[nn.Module, Tensor], Tensor] | None = None,
-                 layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0,
+                 layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0, order: object = None,
                  aggregator: AttentionAggregator | str | Path | None = None, example_input: Tensor | None = None,
                  output: OutputSelector = None, task: str | Task = "classification", extend: str = "zero"):
         check_net(net)
         check_budget(budget, None)
-        get_criterion(criterion), get_aggregate(aggregate)  # unknown names: one line each
+        order, _ = resolve_order(get_criterion(criterion), order), get_aggregate(aggregate)  # unknown names: one line
         if chunk_size < 1:
             raise UndiscardError(f"chunk_size must be >= 1, got {chunk_size}")
         task = get_task(task)
@@ -55,7 +55,7 @@ class Undiscard(TestTimeModule):
         self.budget, self.task = budget, task
         self.aggregator, self._aggregator_units = resolve_aggregator(aggregator, align)
         self.criterion, self.aggregate, self.align, self.unit_selector = criterion, aggregate, align, units
-        self.strict, self.chunk_size, self.seed = strict, chunk_size, seed
+        self.strict, self.chunk_size, self.seed, self.order = strict, chunk_size, seed, order
         self.output, self.extend = check_selector(output), check_extend(extend)  # the logits; layers.extension
         self._split_args = SplitArgs(features, head, layout, self.output)
         self.train(False)  # inference: the aggregator's dropout is off unless train() is called
@@ -157,7 +157,7 @@ class Undiscard(TestTimeModule):
             warn_not_finite(x)
         engine = self.prepare(x)
         criterion = get_criterion(self.criterion) if scorer is None else custom_criterion(scorer)
-        cands = find_candidates(engine, x, budget, criterion, SearchContext.of(engine, self.task, self.seed),
+        cands = find_candidates(engine, x, budget, criterion, SearchContext.of(engine, self.task, self.seed, self.order),
                                 AttentionScorer.factory(self.aggregator, self.align), self.chunk_size)
         self._set_cost(*engine.cost_since_reset(x.shape[0]))
         return cands
@@ -216,7 +216,7 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
         net: any classifier mapping (N, C, H, W) images to (N, K) logits. Not modified.
         budget: states per image (1 = the original model, bit for bit).
         criterion: search order (:mod:`undiscard.criteria`): ``entropy``, ``random`` (seeded), ``offset``,
-            ``learned`` (states with the largest attention logit of the attention aggregator first).
+            ``learned`` (most attention first), ``calibrated`` (the first B states of ``order=``).
         aggregate: how states combine (:mod:`undiscard.aggregate`): ``mean`` or ``entropy`` weighting of
             their feature maps, or ``attention`` (the learned aggregator; untrained it equals ``mean``).
         align: shift each state's feature map by its offset before aggregating.
@@ -225,8 +225,8 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
         **kwargs: ``aggregator`` (an AttentionAggregator or a file from ``undiscard train-aggregator``),
             ``features``/``head`` (callables ``(model, x)``) to split an unknown model, ``layout``,
             ``strict`` (raise on unsupported strided layers), ``chunk_size`` (max samples per expansion
-            pass), ``seed`` (random criterion), ``example_input`` (set up eagerly), ``output`` (which
-            part of a dict/tuple output are the logits: a key, an index or a callable; see
+            pass), ``seed`` (random criterion), ``order`` (:mod:`undiscard.calibration`: a file from ``undiscard
+            calibrate`` or a list of states), ``example_input``, ``output`` (logits in a dict/tuple output; see
             :mod:`undiscard.outputs`), ``task`` (``"classification"``, the default; :mod:`undiscard.task`).
     """
     return Undiscard(net, budget, criterion, aggregate, align, units, **kwargs)

@@ -1,0 +1,214 @@
+"""Calibrated search orders: states ranked once per model on a labelled split (``criterion="calibrated"``).
+
+A :class:`StateOrder` is a ranked list of states of a model's searched units (the all-zero state, the
+original model, always first), with the units' names. With ``wrap(net, criterion="calibrated",
+order=ORDER)`` a budget of B evaluates the first B states of the list — no tree, no scores, each state
+run from its first non-zero unit on the root's cached activation (:meth:`undiscard.engine.Engine.run_rows`):
+the cheapest search there is, and its cost is known before the call.
+
+:func:`calibrate` makes one: every state of the searched units is evaluated on labelled images (never
+the test set), then states are added greedily, each time the one whose addition gives the aggregate
+(the model's own ``aggregate``/``align``) the highest top-1 accuracy, ties broken by the lower mean
+negative log-likelihood and then by the state's index; states left after ``greedy`` steps follow by their
+own accuracy. ``undiscard calibrate`` (:mod:`undiscard.cli.calibrate`) writes one as a small JSON file;
+the zoo ships one per model in ``undiscard/zoo/orders/NAME.json`` (``scripts/calibrate_zoo.py``,
+:func:`zoo_order_path`).
+
+File format (JSON): ``{"format": "undiscard-state-order", "version": 1, "units": [names], "states":
+[[phase, ...], ...], "meta": {...}}`` — ``meta`` says how it was made (data, images, seed, aggregate,
+accuracy after each greedy step, each state's own accuracy).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import UndiscardError
+
+if TYPE_CHECKING:  # type hints only
+    from .discovery import Unit
+    from .wrapper import Undiscard
+
+__all__ = ["StateOrder", "as_order", "load_order", "save_order", "zoo_order_path", "greedy_order", "calibrate",
+           "ORDERS_DIR", "FORMAT"]
+
+FORMAT = "undiscard-state-order"
+ORDERS_DIR = Path(__file__).with_name("zoo") / "orders"
+State = tuple[int, ...]
+
+
+@dataclass
+class StateOrder:
+    """Ranked states (the first all zeros) of the units named ``units`` (None: any units of that count)."""
+
+    states: list[State]
+    units: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            self.states = [tuple(int(p) for p in s) for s in self.states]
+        except (TypeError, ValueError):
+            raise UndiscardError("a state order is a list of states, each a list of phases (ints)") from None
+        if not self.states:
+            raise UndiscardError("the state order is empty")
+        length = len(self.states[0])
+        if any(len(s) != length for s in self.states):
+            raise UndiscardError("the states of an order must all have one phase per searched unit")
+        root = (0,) * length
+        if root not in self.states:  # the original model is always the first state (budget 1 = the net)
+            self.states.insert(0, root)
+        elif self.states[0] != root:
+            raise UndiscardError(f"the all-zero state (the original model) must come first in a state order, "
+                                 f"found at position {self.states.index(root)}")
+        if len(set(self.states)) != len(self.states):
+            raise UndiscardError("a state order lists a state twice")
+
+    def check(self, units: Sequence["Unit"]) -> None:
+        """One :class:`UndiscardError` unless the states fit the searched ``units`` (names, count, rates)."""
+        names = [u.name for u in units]
+        if self.units is not None and self.units != names:
+            raise UndiscardError(f"the state order was made for units {', '.join(self.units)} but "
+                                 f"{', '.join(names) or 'none'} are searched: pass the same units=")
+        if len(self.states[0]) != len(units):
+            raise UndiscardError(f"the state order's states have {len(self.states[0])} phases but {len(units)} "
+                                 "units are searched")
+        for s in self.states:
+            for p, u in zip(s, units):
+                if not 0 <= p < u.num_phases:
+                    raise UndiscardError(f"state {list(s)} of the order: phase {p} out of range for unit {u.name} "
+                                         f"(rate {u.rate})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": 1, "units": self.units, "states": [list(s) for s in self.states],
+                "meta": self.meta}
+
+
+def load_order(path: str | Path) -> StateOrder:
+    """The :class:`StateOrder` in a JSON file (:func:`save_order`); one :class:`UndiscardError` if it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UndiscardError(f"state order file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UndiscardError(f"cannot read the state order {path}: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("states"), list):
+        raise UndiscardError(f"{path} is not a state order file (undiscard calibrate writes them)")
+    return StateOrder(data["states"], data.get("units"), dict(data.get("meta") or {}))
+
+
+def save_order(order: StateOrder, path: str | Path) -> Path:
+    """Write ``order`` as JSON to ``path`` atomically (a temporary file renamed); returns the path."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(order.to_json(), indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def as_order(order: "StateOrder | str | Path | Sequence[Sequence[int]] | None") -> StateOrder | None:
+    """What ``wrap(order=...)`` accepts, as a :class:`StateOrder`: a file (:func:`load_order`), a list of
+    states (the all-zero state is put first when missing), an order, or None."""
+    if order is None or isinstance(order, StateOrder):
+        return order
+    if isinstance(order, (str, Path)):
+        return load_order(order)
+    if isinstance(order, Sequence):
+        return StateOrder(list(order))
+    raise UndiscardError(f"order must be a state order file or a list of states, got {type(order).__name__}")
+
+
+def zoo_order_path(name: str) -> Path:
+    """Where the shipped calibrated order of zoo model ``name`` is (``scripts/calibrate_zoo.py``)."""
+    return ORDERS_DIR / f"{name}.json"
+
+
+def all_states(units: Sequence["Unit"]) -> list[State]:
+    """Every state of ``units``, the all-zero state first (row-major over the units' phases)."""
+    return list(itertools.product(*[range(u.num_phases) for u in units]))
+
+
+# --- ranking -------------------------------------------------------------------------------------------
+def _score(logits: Tensor, labels: Tensor) -> tuple[int, float]:
+    """(correct top-1 count, mean NLL) of (N, K) logits."""
+    return int((logits.argmax(-1) == labels).sum()), float(F.cross_entropy(logits.double(), labels))
+
+
+def greedy_order(combine: Callable[[list[int]], Tensor], single: Tensor, labels: Tensor, greedy: int,
+                 progress: Callable[[int], None] | None = None) -> tuple[list[int], list[float]]:
+    """Positions 0..S-1 of S states ranked: 0 first, then ``greedy`` greedy steps, each adding the state whose
+    addition makes ``combine(positions)`` (aggregated (N, K) logits) most accurate (ties: lower NLL, then the
+    position); the rest by their own logits ``single`` (N, S, K) (accuracy, then NLL, then position).
+    Returns the ranking and the aggregate's accuracy after each greedy step (the first: state 0 alone)."""
+    n, s = single.shape[0], single.shape[1]
+    chosen = [0]
+    curve = [_score(single[:, 0], labels)[0] / n]
+    left = list(range(1, s))
+    for _ in range(min(greedy, s - 1)):
+        best = min(left, key=lambda r: (-(sc := _score(combine(chosen + [r]), labels))[0], sc[1], r))
+        chosen.append(best)
+        left.remove(best)
+        curve.append(_score(combine(chosen), labels)[0] / n)
+        if progress is not None:
+            progress(1)
+    own = {r: _score(single[:, r], labels) for r in left}
+    chosen += sorted(left, key=lambda r: (-own[r][0], own[r][1], r))
+    return chosen, curve
+
+
+@torch.no_grad()
+def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 16, batch_size: int = 256,
+              progress: Callable[[int], None] | None = None, meta: dict[str, Any] | None = None) -> StateOrder:
+    """Rank the states of ``model``'s searched units on labelled ``images`` (N, C, H, W) and ``labels`` (N,).
+
+    Every state is evaluated on every image (``progress(images done)`` after each batch, then
+    ``progress(1)`` per greedy step), aggregated as the model aggregates (its ``aggregate``, ``align``
+    and aggregator), and ranked by :func:`greedy_order`. ``meta`` is added to the order's record."""
+    from .aggregate import get_aggregate  # lazy: calibration sits below the search in the layers
+    from .candidates import find_candidates, stack_candidates
+    from .criteria import SearchContext, get_criterion
+
+    if images.shape[0] < 1 or images.shape[0] != labels.shape[0]:
+        raise UndiscardError(f"calibration needs labelled images: got {images.shape[0]} images and "
+                             f"{labels.shape[0]} labels")
+    engine = model.prepare(images[:1])
+    units = engine.search_units
+    if not units:
+        raise UndiscardError("no unit is searched: there is nothing to calibrate")
+    states = all_states(units)
+    full = StateOrder(states, [u.name for u in units])
+    ctx = SearchContext.of(engine, model.task, model.seed, full)
+    feats, logits, offsets = [], [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size]
+        cands = find_candidates(engine, x, len(states), get_criterion("calibrated"), ctx, chunk_size=model.chunk_size)
+        f, lg, off = stack_candidates(cands, engine)
+        feats.append(f), logits.append(lg), offsets.append(off)
+        if progress is not None:
+            progress(x.shape[0])
+    f, lg, off = torch.cat(feats), torch.cat(logits), torch.cat(offsets)
+    how = get_aggregate(model.aggregate)
+    labels = labels.to(lg.device).long()
+
+    def combine(idx: list[int]) -> Tensor:
+        return model.task.combine(engine, how, f[:, idx], lg[:, idx], off[:, idx], model.align, model.aggregator)
+
+    ranking, curve = greedy_order(combine, lg, labels, greedy, progress)
+    own = [_score(lg[:, r], labels)[0] / labels.shape[0] for r in range(len(states))]
+    record = {"images": int(images.shape[0]), "aggregate": model.aggregate, "align": bool(model.align),
+              "greedy_steps": len(curve) - 1, "greedy_accuracy": curve,
+              "state_accuracy": {",".join(map(str, states[r])): own[r] for r in ranking},
+              "method": "greedy: each step adds the state that makes the aggregate most accurate"}
+    record.update(meta or {})
+    if not all(math.isfinite(a) for a in curve):
+        raise UndiscardError("calibration produced non-finite accuracies")
+    return StateOrder([states[r] for r in ranking], full.units, record)
