@@ -96,6 +96,17 @@ def test_scale_views():
     assert torch.allclose(up.invert(up.apply(ramp), (20, 24))[..., 2:-2], ramp[..., 2:-2], atol=1e-5)
 
 
+def test_shift_views():
+    v = parse_dense_view("hflip+shift:2;-1")
+    assert v == DenseView(hflip=True, shift=(2, -1)) and v.name == "hflip+shift:2;-1"
+    aug = v.apply(X)
+    assert torch.equal(aug[..., 2:, :23], X.flip(-1)[..., :-2, 1:])  # content moved down 2, left 1
+    back = v.invert(aug, (20, 24))
+    assert torch.equal(back[..., :-2, :-1], X[..., :-2, :-1])  # exact wherever the content was kept (the shift
+    # is in the flipped frame: its lost column is the original last one)
+    assert len(dense_policy_views("flip,shift")) == 4
+
+
 def test_parsing_and_policies():
     assert parse_dense_view("identity") == DenseView()
     assert parse_dense_view("hflip+scale:1.25").name == "hflip+scale:1.25"

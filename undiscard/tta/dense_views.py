@@ -5,10 +5,12 @@ before views can be averaged ("de-augmentation", as qubvel/ttach and mmsegmentat
 :class:`DenseView` does both halves:
 
 - :meth:`DenseView.apply`: resize the input (N, C, H, W) bilinearly to ``round(H * s), round(W * s)``
-  (``align_corners=False``, no antialiasing: mmseg's ``Resize`` with cv2 ``INTER_LINEAR``), flip it, and
-  pad it at the bottom/right to a multiple of ``size_divisor`` (networks that need a side divisible by
-  their total stride, e.g. smp's 32) with ``pad_value``;
-- :meth:`DenseView.invert`: crop the padding off the output (N, K, h, w), flip it back and resize it
+  (``align_corners=False``, no antialiasing: mmseg's ``Resize`` with cv2 ``INTER_LINEAR``), flip it,
+  translate it by ``shift`` = (dy, dx) pixels (down/right positive, the edge pixels fill in) and pad it
+  at the bottom/right to a multiple of ``size_divisor`` (networks that need a side divisible by their
+  total stride, e.g. smp's 32) with ``pad_value``;
+- :meth:`DenseView.invert`: crop the padding off the output (N, K, h, w), translate it back (the edge
+  fills in), flip it back and resize it
   to (H, W) bilinearly (``align_corners=False``, mmseg's ``resize`` of ``seg_logits`` to the original
   shape). The output is assumed to cover the (padded) input at one stride, so padding is cropped in
   proportion (an output at the input's resolution, the usual case, crops exactly the padded pixels).
@@ -17,12 +19,14 @@ For a flip at scale 1 (no resizing, no padding) :meth:`invert` is the exact inve
 bit for bit (a flip is a permutation); the identity view is the network's output itself.
 
 Text forms (comma-separated in policies; ``+`` combines): ``identity``, ``hflip``, ``vflip``,
-``scale:F`` and e.g. ``hflip+scale:1.25``. Named policies (:data:`DENSE_POLICIES`):
+``scale:F``, ``shift:DY;DX`` and e.g. ``hflip+scale:1.25``. Named policies (:data:`DENSE_POLICIES`):
 
 - ``flip``: identity, horizontal flip (2 views);
 - ``flips``: identity, hflip, vflip, both (4 views; vertical flips suit aerial or medical images, not
   street scenes);
 - ``multiscale``: scales 0.75, 1, 1.25 (3 views);
+- ``flip,shift``: identity, hflip, and both shifted by (2, 2) px (4 views: the generic shift TTA an
+  equal-cost comparison with flip x 2 phase states needs);
 - ``flip,multiscale`` (also ``multiscale,flip``): every scale with and without the horizontal flip
   (6 views), mmsegmentation's usual ``--tta`` (which uses more scales: pass them as a list).
 """
@@ -35,6 +39,7 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.shift import translate
 from ..errors import UndiscardError
 
 __all__ = ["DenseView", "DENSE_POLICIES", "DEFAULT_SCALES", "parse_dense_view", "dense_policy_views",
@@ -50,11 +55,13 @@ class DenseViewError(UndiscardError, ValueError):
 
 @dataclass(frozen=True)
 class DenseView:
-    """One de-augmentable view: resize by ``scale``, then flip (``hflip``: last axis, ``vflip``: rows)."""
+    """One de-augmentable view: resize by ``scale``, then flip (``hflip``: last axis, ``vflip``: rows), then
+    translate by ``shift`` = (dy, dx) pixels of the resized input."""
 
     hflip: bool = False
     vflip: bool = False
     scale: float = 1.0
+    shift: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -66,6 +73,8 @@ class DenseView:
         parts = [p for p, on in (("hflip", self.hflip), ("vflip", self.vflip)) if on]
         if self.scale != 1.0:
             parts.append(f"scale:{self.scale:g}")
+        if self.shift != (0, 0):
+            parts.append(f"shift:{self.shift[0]};{self.shift[1]}")
         return "+".join(parts) or "identity"
 
     def _dims(self) -> list[int]:
@@ -87,6 +96,8 @@ class DenseView:
         dims = self._dims()
         if dims:
             x = x.flip(dims)
+        if self.shift != (0, 0):
+            x = translate(x, self.shift[0], self.shift[1], fill="edge")
         ph, pw = (-rh) % size_divisor, (-rw) % size_divisor
         if ph or pw:
             x = _pad(x, ph, pw, pad_value)
@@ -101,6 +112,9 @@ class DenseView:
         if (ah, aw) != (rh, rw):  # crop the padding, in proportion to the output's stride
             oh, ow = y.shape[-2:]
             y = y[..., :max(1, round(oh * rh / ah)), :max(1, round(ow * rw / aw))]
+        if self.shift != (0, 0):  # in output pixels (the output may be at a stride of the input)
+            sy, sx = round(self.shift[0] * y.shape[-2] / rh), round(self.shift[1] * y.shape[-1] / rw)
+            y = translate(y, -sy, -sx, fill="edge")
         dims = self._dims()
         if dims:
             y = y.flip(dims)
@@ -129,6 +143,7 @@ def parse_dense_view(text: str) -> DenseView:
     """A view from its text form, e.g. ``"hflip+scale:1.25"`` (see the module docstring)."""
     hflip = vflip = False
     scale = 1.0
+    shift = (0, 0)
     for part in (p.strip() for p in text.strip().split("+")):
         op, _, arg = part.partition(":")
         if op == "identity" and not arg:
@@ -142,10 +157,16 @@ def parse_dense_view(text: str) -> DenseView:
                 raise DenseViewError(f"bad scale in dense view {text!r}") from None
             if not (math.isfinite(scale) and scale > 0):
                 raise DenseViewError(f"scale must be a positive number, got {arg} in {text!r}")
+        elif op == "shift" and arg:
+            try:
+                dy, dx = (int(a) for a in arg.replace(",", ";").split(";"))
+            except ValueError:
+                raise DenseViewError(f"shift takes DY;DX integers, got {arg!r} in {text!r}") from None
+            shift = (shift[0] + dy, shift[1] + dx)
         else:
             raise DenseViewError(f"unknown dense view {part!r} in {text!r}: expected identity, hflip, vflip or "
-                                 "scale:F (combined with +)")
-    return DenseView(hflip, vflip, scale)
+                                 "scale:F or shift:DY;DX (combined with +)")
+    return DenseView(hflip, vflip, scale, shift)
 
 
 def _flip_multiscale(scales: Sequence[float] = DEFAULT_SCALES) -> list[DenseView]:
@@ -156,6 +177,7 @@ DENSE_POLICIES: dict[str, list[DenseView]] = {
     "flip": [DenseView(), DenseView(hflip=True)],
     "flips": [DenseView(), DenseView(hflip=True), DenseView(vflip=True), DenseView(hflip=True, vflip=True)],
     "multiscale": [DenseView(scale=s) for s in DEFAULT_SCALES],
+    "flip,shift": [DenseView(), DenseView(hflip=True), DenseView(shift=(2, 2)), DenseView(hflip=True, shift=(2, 2))],
     "flip,multiscale": _flip_multiscale(),
     "multiscale,flip": _flip_multiscale(),
 }
