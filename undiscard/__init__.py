@@ -17,6 +17,7 @@ install_import_fix()  # `import undiscard, timm` works on the CPU torch (undisca
 
 from .aggregate import register_aggregate
 from .criteria import register_criterion
+from .dense import SegmentationTask  # registers task="segmentation"
 from .discovery import Unit, find_units
 from .errors import PhaseError, UndiscardError, UnsupportedLayerError
 from .layers import polyphase, register_adapter
@@ -25,6 +26,6 @@ from .tta import TTA
 from .wrapper import Undiscard, wrap
 
 __version__ = "0.1.0"
-__all__ = ["polyphase", "find_units", "wrap", "TTA", "Unit", "Undiscard", "Task", "register_adapter",
-           "register_aggregate", "register_criterion", "register_task", "UndiscardError", "PhaseError",
-           "UnsupportedLayerError", "__version__"]
+__all__ = ["polyphase", "find_units", "wrap", "TTA", "Unit", "Undiscard", "Task", "SegmentationTask",
+           "register_adapter", "register_aggregate", "register_criterion", "register_task", "UndiscardError",
+           "PhaseError", "UnsupportedLayerError", "__version__"]

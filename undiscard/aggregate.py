@@ -8,7 +8,12 @@ Shapes: N images, B states per image, C channels, an h x w feature grid, K class
   the aligned map is the map upsampled by S (nearest), shifted by the offset (zero fill), then
   average-pooled by S. That equals a per-axis two-tap filter,
   ``aligned[i] = ((S - r) * m[i - q] + r * m[i - q - 1]) / S`` with ``offset = q*S + r``, which is what
-  is computed here (no S-times larger intermediate).
+  is computed here (no S-times larger intermediate). ``S`` may be a :class:`~fractions.Fraction` p/q, for
+  a map finer than the grid (a dense output at input resolution: ``S = 1/P``, offsets are then whole
+  output pixels, ``offset * P``): the offset is ``offset * q / p`` cells.
+- :func:`align_filled`: the same, with the cells a shifted state does not cover (the first rows and
+  columns, moved out of its view by its offset) filled from the first state's map (the original model's)
+  instead of zeros — what dense outputs (logits, where 0 is not "nothing") are aligned with.
 - :func:`state_weights`: ``mean`` (uniform) or ``entropy`` (``w_s ∝ 1 - H(softmax(logits_s)) / log K``,
   H from ``log_softmax`` so no NaN when probabilities underflow; uniform when every weight is 0).
 - :func:`weighted_sum` combines aligned maps with the weights.
@@ -22,6 +27,7 @@ needs a trained aggregator (``needs_aggregator``) and combines the aligned maps 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -34,7 +40,7 @@ if TYPE_CHECKING:  # type hints only (the task module builds on this one)
     from .task import StateMaps, Task
 
 __all__ = ["normalized_entropy", "uniform_weights", "entropy_weights", "state_weights", "shift_axis", "align_maps",
-           "weighted_sum", "Aggregation", "register_aggregate", "get_aggregate", "AGGREGATES"]
+           "align_filled", "weighted_sum", "Aggregation", "register_aggregate", "get_aggregate", "AGGREGATES"]
 
 
 def normalized_entropy(logits: Tensor) -> Tensor:
@@ -94,12 +100,28 @@ def shift_axis(m: Tensor, offset: Tensor, stride: int, dim: int) -> Tensor:
     return out
 
 
-def align_maps(maps: Tensor, offsets: Tensor, stride: int) -> Tensor:
-    """Align (N, B, C, h, w) maps by integer offsets (N, B, 2) = (dy, dx) at total stride ``stride``."""
+def align_maps(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tensor:
+    """Align (N, B, C, h, w) maps by integer offsets (N, B, 2) = (dy, dx) at total stride ``stride`` (an int,
+    or a Fraction p/q: offsets of ``offset * q / p`` cells; see the module docstring)."""
+    if isinstance(stride, Fraction):
+        offsets, stride = offsets * stride.denominator, stride.numerator
     if stride <= 1 and bool((offsets == 0).all()):
         return maps
     out = shift_axis(maps, offsets[..., 0], stride, dim=3)
     return shift_axis(out, offsets[..., 1], stride, dim=4)
+
+
+def align_filled(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tensor:
+    """:func:`align_maps` of (N, B, C, h, w) maps, state 0 (offset 0) first, where the part of each cell
+    that a state's shifted map does not cover is filled from state 0's map (the original model's at that
+    cell) instead of zeros: ``aligned + (1 - covered) * maps[:, 0]``, ``covered`` the aligned map of ones
+    (0 in the first ``offset`` output pixels, 1 further in, a fraction in between at fractional offsets).
+    States at offset 0 are returned unchanged, bit for bit."""
+    aligned = align_maps(maps, offsets, stride)
+    covered = align_maps(maps.new_ones((*maps.shape[:2], 1, *maps.shape[3:])), offsets, stride)
+    filled = aligned + (1 - covered) * maps[:, :1]
+    still = (offsets == 0).all(-1).view(*offsets.shape[:2], *([1] * (maps.dim() - 2)))
+    return torch.where(still, maps, filled)
 
 
 def weighted_sum(maps: Tensor, weights: Tensor) -> Tensor:

@@ -8,6 +8,9 @@ This is the one place that multiplies rates together:
   the feature map (:func:`feature_stride`, what alignment divides offsets by), or over the searched
   units only (:func:`offsets_per_axis`, the number of distinct offsets per axis an attention aggregator
   encodes);
+- :func:`output_stride`: the stride from the first searched unit's input grid to a dense output map
+  (segmentation logits, usually upsampled to the input's resolution): a :class:`~fractions.Fraction`,
+  ``1 / Π R`` over the spatial units before the first searched one for an output at input resolution;
 - :func:`state_offset`: the mixed-radix offset ``Σ_l (dy_l, dx_l) · Π_{l'<l} R_l'`` of a state, in pixels
   of the first searched unit's input grid (side units, ``spatial=False``, add nothing).
 
@@ -17,6 +20,7 @@ better and cheaper.
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Sequence
 
 import torch
@@ -26,7 +30,7 @@ from .discovery import Unit
 from .errors import PhaseError
 
 __all__ = ["UnitSelector", "default_search_units", "select_units", "num_states", "total_rate",
-           "offsets_per_axis", "feature_stride", "feature_grid", "state_offset", "state_offsets"]
+           "offsets_per_axis", "feature_stride", "feature_grid", "output_stride", "state_offset", "state_offsets"]
 
 UnitSelector = Sequence[int | str] | int | str | None
 
@@ -87,9 +91,16 @@ def offsets_per_axis(search_units: Sequence[Unit]) -> int:
     return total_rate(search_units)
 
 
-def feature_stride(units: Sequence[Unit], searched: Sequence[int]) -> int:
+def feature_stride(units: Sequence[Unit], searched: Sequence[int],
+                   output_size: tuple[int, int] | None = None) -> int | Fraction:
     """Total stride from the first searched unit's input grid to the feature map: the rates of every
-    spatial unit from the first searched one on, searched or not (1 when none is searched)."""
+    spatial unit from the first searched one on, searched or not (1 when none is searched). With
+    ``output_size``, the features are the network's dense output of that (h, w) (a split at the output):
+    :func:`output_stride` instead, where it is defined."""
+    if output_size is not None:
+        stride = output_stride(units, searched, output_size)
+        if stride is not None:
+            return stride
     return total_rate(units[searched[0]:]) if searched else 1
 
 
@@ -98,6 +109,42 @@ def feature_grid(units: Sequence[Unit]) -> tuple[int, int] | None:
     layouts use it to tell the grid tokens from the prefix tokens."""
     spatial = [u for u in units if u.spatial]
     return spatial[-1].out_size if spatial else None
+
+
+def _input_stride(input_size: int, size: int) -> Fraction | None:
+    """How many input pixels one pixel of a map of ``size`` spans along an axis of ``input_size`` pixels:
+    1 at input resolution; k for a map at stride k (``ceil(input_size / k) == size``, as strided layers with
+    'same'-style padding give); 1/k for a map k times finer; None for any other size."""
+    if size == input_size:
+        return Fraction(1)
+    if 0 < size < input_size:
+        k = round(input_size / size)
+        return Fraction(k) if k > 1 and -(-input_size // k) == size else None
+    return Fraction(1, size // input_size) if size > 0 and size % input_size == 0 else None
+
+
+def output_stride(units: Sequence[Unit], searched: Sequence[int], size: tuple[int, int]) -> Fraction | None:
+    """Stride from the first searched unit's input grid to a dense output map of ``size`` (h, w) — what the
+    states' offsets (in pixels of that grid) are divided by to be in output pixels.
+
+    The grid is at stride ``P = Π R`` of the network's input (the spatial units before the first searched
+    one); the output at stride ``Q`` of it (1 at input resolution, the usual segmentation output; ``k`` for
+    a map ``ceil(input / k)`` pixels high); the stride is ``Q / P``. The network's input size is the first
+    spatial unit's input size (:attr:`~undiscard.discovery.Unit.in_size`). A stride below 1 means an offset
+    is a whole number of output pixels times ``1 / stride`` (an output at input resolution: offset x P); a
+    stride above 1 means offsets in fractions of an output cell. 1 when no unit is searched; None when the
+    output is at no such stride of the input (or the two axes disagree): it cannot be aligned.
+    """
+    if not searched:
+        return Fraction(1)
+    spatial = [u for u in units if u.spatial]
+    if not spatial:
+        return Fraction(1)
+    grid = Fraction(total_rate(units[:searched[0]]))
+    strides = {_input_stride(n, s) for n, s in zip(spatial[0].in_size, size)}
+    if len(strides) != 1 or None in strides:
+        return None
+    return strides.pop() / grid
 
 
 def state_offset(state: Sequence[int], rates: Sequence[int], spatial: Sequence[bool] | None = None) -> tuple[int, int]:

@@ -54,6 +54,7 @@ class SplitArgs:
     head: Callable[[nn.Module, Tensor], Tensor] | None = None
     layout: str = "nchw"
     output: OutputSelector = None
+    at_output: bool | None = False  # the task's (Task.at_output): split at the output (a dense task)
 
 
 def check_budget(budget: object, units: Units | None) -> int:
@@ -98,7 +99,7 @@ def build_engine(net: nn.Module, x: Tensor, units: Units, split: SplitArgs) -> E
     """The engine for inputs shaped like ``x`` (one example image): the verified split (its layout settled),
     its chain, and the FLOPs of every part."""
     chosen = get_split(net, x, split.features, split.head, split.layout, output=split.output,
-                       grid=feature_grid(units.all))
+                       grid=feature_grid(units.all), at_output=split.at_output)
     engine = Engine(net, chosen, build_chain(chosen, x, net), units.all, list(units.searched))
     engine.measure(x)
     return engine

@@ -20,6 +20,9 @@ every supported model needs ``logits == head(features(x))``. A :class:`Split` sa
 Splits are tried in order, and the first that reproduces the model is used:
 
 1. ``features=``/``head=`` given to ``wrap()`` (used as given; an error if they do not reproduce it);
+1b. for a dense task (``at_output``: segmentation, whose states combine the output logits themselves), the
+   *output split* (:func:`output_split`): the features are the model's selected output, the head is the
+   identity — no head to re-run per state;
 2. the registry below, keyed by the model's exact class (torchvision classifiers, EfficientNet-Lite);
 3. any timm model (``forward_features``/``forward_head``);
 4. graph capture (:mod:`undiscard.graph_split`): the model's ``torch.fx`` graph, cut after the last
@@ -54,7 +57,7 @@ from .graph_split import GraphSplitError, graph_split
 from .hook_split import HookSplitError, hook_split
 from .outputs import OutputError, OutputSelector, select_output
 
-__all__ = ["Split", "SplitError", "get_split", "register_split", "to_map", "from_map"]
+__all__ = ["Split", "SplitError", "get_split", "output_split", "register_split", "to_map", "from_map"]
 
 Stage = Callable[[Tensor], Tensor]
 
@@ -71,6 +74,7 @@ class Split:
     method: str = ""
     grid: tuple[int, int] | None = None  # (h, w) of a ``tokens`` layout's map (see :func:`to_map`)
     alignable: bool = False  # the maps are a real grid with more than one cell (set by settle)
+    map_size: tuple[int, int] | None = None  # (h, w) of the output, for the output split (output_split)
 
     def features(self, x: Tensor) -> Tensor:
         for stage in self.stages:
@@ -209,6 +213,27 @@ def _effnet_lite(m: nn.Module) -> Split:
     return Split(stages, head)
 
 
+class _SelectedOutput:
+    """The model's forward with its logits selected (:mod:`undiscard.outputs`): the output split's features."""
+
+    def __init__(self, model: nn.Module, output: OutputSelector):
+        self.model, self.output = model, output
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return select_output(self.model(x), self.output)
+
+
+def _identity(f: Tensor) -> Tensor:
+    return f
+
+
+def output_split(model: nn.Module, output: OutputSelector = None) -> Split:
+    """The split of a dense task: features = the model's output logits (selected by ``output``), head = the
+    identity. Its one stage is the model's own forward; :mod:`undiscard.chain` refines it into the model's
+    children where they run as a chain. ``map_size`` is set when the split is verified."""
+    return Split([_SelectedOutput(model, output)], _identity, method="output")
+
+
 def _timm_split(m: nn.Module) -> Split:
     fmt = str(getattr(m, "output_fmt", "NCHW"))
     layout = "nhwc" if fmt.upper().endswith("NHWC") else "nchw"
@@ -257,9 +282,13 @@ def _factories(model: nn.Module) -> list[tuple[str, Callable[[nn.Module, Tensor,
 def get_split(model: nn.Module, x: Tensor,
               features: Callable[[nn.Module, Tensor], Tensor] | None = None,
               head: Callable[[nn.Module, Tensor], Tensor] | None = None,
-              layout: str = "nchw", output: OutputSelector = None, grid: tuple[int, int] | None = None) -> Split:
+              layout: str = "nchw", output: OutputSelector = None, grid: tuple[int, int] | None = None,
+              at_output: bool | None = False) -> Split:
     """The split of ``model`` (see module docstring), verified bit for bit on the sample input ``x``
     and settled there (:meth:`Split.settle`; ``grid``: the feature map's (h, w) for token layouts).
+
+    ``at_output``: True for a dense task (the :func:`output_split` comes first, unless ``features``/``head``
+    are given); None to decide from the model's output: a dense (N, K, H, W) output is split there.
 
     ``output`` selects the logits from the model's output (:mod:`undiscard.outputs`). Raises
     :class:`SplitError` (one line: what was tried, why each failed, what to pass) when no split
@@ -282,6 +311,13 @@ def get_split(model: nn.Module, x: Tensor,
         split.method = "features=/head="
         return split
     reasons: list[str] = []
+    if at_output or (at_output is None and expected.dim() == 4):
+        split = output_split(model, output)
+        why = _checked(split, model, x, expected, output, grid)
+        if why is None:
+            split.map_size = (int(expected.shape[-2]), int(expected.shape[-1])) if expected.dim() == 4 else None
+            return split
+        reasons.append(f"output: {why}")
     for method, make in _factories(model):
         try:
             split = make(model, x, output)

@@ -11,14 +11,22 @@ what the network predicts. Everything that does lives here:
 - **combining and aligning** — :meth:`Task.combine`: :meth:`Task.state_maps` says *what* is combined
   (the features' maps, then the head: :meth:`Task.finish`; a dense task may instead combine its output
   logits) and at which stride its maps are aligned by the states' offsets;
-- **counting results** — :meth:`Task.tally`, from :mod:`undiscard.metrics`.
+- **counting results** — :meth:`Task.tally`, from :mod:`undiscard.metrics`;
+- **where the model is split** — :attr:`Task.at_output`: a dense task combines the output logits
+  themselves, so the features are the model's output and the head is the identity
+  (:func:`undiscard.split.output_split`).
 
-:class:`ClassificationTask` (``task="classification"``, the default of :func:`~undiscard.wrap`) is the
-first implementation. A new task is one subclass registered with :func:`register_task`.
+:class:`ClassificationTask` (``task="classification"``) is the first implementation;
+:class:`~undiscard.dense.SegmentationTask` (``task="segmentation"``, (N, K, H, W) outputs) the second. The
+default of :func:`~undiscard.wrap` (``task=None``) is :class:`AutoTask`: classification, unless the
+network's output is (N, K, H, W), which is then treated as segmentation, with a warning saying so once.
+A new task is one subclass registered with :func:`register_task`.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -31,7 +39,7 @@ from .metrics.classification import Tally
 if TYPE_CHECKING:  # type hints only: the engine is built by the wrapper and handed in
     from .engine import Engine
 
-__all__ = ["Task", "StateMaps", "ClassificationTask", "register_task", "get_task", "TASKS"]
+__all__ = ["Task", "StateMaps", "ClassificationTask", "AutoTask", "register_task", "get_task", "TASKS"]
 
 
 @dataclass
@@ -41,19 +49,23 @@ class StateMaps:
     maps: (N, B, C, h, w) — aligned by offset when ``stride`` is not None.
     extra: (N, B, P, C) parts that are combined with the same weights but never shifted (a ViT's
         prefix tokens), or None.
-    stride: total stride from the first searched unit's input grid to the maps; None when the maps
-        are not a spatial grid (a class token, a sequence without a known grid).
+    stride: total stride from the first searched unit's input grid to the maps (a Fraction for maps finer
+        than that grid: a dense output); None when the maps are not a spatial grid (a class token, a
+        sequence without a known grid).
     """
 
     maps: Tensor
     extra: Tensor | None
-    stride: int | None
+    stride: int | Fraction | None
 
 
 class Task:
     """What one kind of prediction means for search and aggregation (see the module docstring)."""
 
     name: ClassVar[str] = ""
+    # split the model at its output (features = logits, head = identity): True for a dense task, None to
+    # decide from the model's output ((N, K, H, W) outputs are), False to split at the last feature map
+    at_output: ClassVar[bool | None] = False
 
     def entropy(self, logits: Tensor) -> Tensor:
         """Normalised entropy in [0, 1] of every prediction in ``logits`` (…, *output) -> (…, *predictions)."""
@@ -131,7 +143,54 @@ __getattr__ = _TASKS.module_getattr("TASKS", __name__)  # TASKS: names
 register_task("classification")(ClassificationTask)
 
 
-def get_task(task: str | Task) -> Task:
-    """The task named ``task`` (or ``task`` itself when it is one); an unknown name is one
-    :class:`~undiscard.errors.UndiscardError` listing the registered tasks."""
+class AutoTask(ClassificationTask):
+    """``wrap(task=None)``, the default: classification, unless the network's logits are (N, K, H, W) —
+    then every call goes to the registered ``"segmentation"`` task (:class:`~undiscard.dense.SegmentationTask`),
+    and a ``UserWarning`` says so once per model (pass ``task=`` to choose and silence it). Which one
+    applies is read from the logits each call gets ((M, K) or (M, K, H, W) per state); the model is split
+    at its output when that is (N, K, H, W) (:attr:`Task.at_output` None)."""
+
+    name = "auto"
+    at_output = None
+
+    def __init__(self) -> None:
+        self.dense: Task | None = None  # the segmentation task, once a dense output was seen
+
+    def _task(self, output_dims: int) -> Task | None:
+        """The dense task for logits with ``output_dims`` dims per prediction (K, H, W); None: classification."""
+        if output_dims != 3:
+            return None
+        if self.dense is None:
+            self.dense = _TASKS.create("segmentation")
+            warnings.warn("the network's output is (N, K, H, W): its states are searched and aggregated per pixel "
+                          "as task='segmentation' (pass task= to choose)", UserWarning, stacklevel=3)
+        return self.dense
+
+    def state_uncertainty(self, logits: Tensor) -> Tensor:
+        dense = self._task(logits.dim() - 1)
+        return super().state_uncertainty(logits) if dense is None else dense.state_uncertainty(logits)
+
+    def entropy_weights(self, logits: Tensor) -> Tensor:
+        dense = self._task(logits.dim() - 2)
+        return super().entropy_weights(logits) if dense is None else dense.entropy_weights(logits)
+
+    def combine(self, engine: "Engine", aggregation: "Aggregation", features: Tensor, logits: Tensor,
+                offsets: Tensor, align: bool, aggregator: nn.Module | None) -> Tensor:
+        dense = self._task(logits.dim() - 2)
+        if dense is None:
+            return super().combine(engine, aggregation, features, logits, offsets, align, aggregator)
+        return dense.combine(engine, aggregation, features, logits, offsets, align, aggregator)
+
+    def tally(self):
+        return super().tally() if self.dense is None else self.dense.tally()
+
+    def __repr__(self) -> str:
+        return f"AutoTask({self.dense!r})" if self.dense is not None else "AutoTask()"
+
+
+def get_task(task: str | Task | None) -> Task:
+    """The task named ``task`` (or ``task`` itself when it is one; None: a fresh :class:`AutoTask`); an
+    unknown name is one :class:`~undiscard.errors.UndiscardError` listing the registered tasks."""
+    if task is None:
+        return AutoTask()
     return task if isinstance(task, Task) else _TASKS.create(task)

@@ -43,7 +43,7 @@ class Undiscard(TestTimeModule):
                  head: Callable[[nn.Module, Tensor], Tensor] | None = None,
                  layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0, order: object = None,
                  aggregator: AttentionAggregator | str | Path | None = None, example_input: Tensor | None = None,
-                 output: OutputSelector = None, task: str | Task = "classification", extend: str = "zero"):
+                 output: OutputSelector = None, task: str | Task | None = None, extend: str = "zero"):
         check_net(net)
         check_budget(budget, None)
         order, _ = resolve_order(get_criterion(criterion), order), get_aggregate(aggregate)  # unknown names: one line
@@ -57,7 +57,7 @@ class Undiscard(TestTimeModule):
         self.criterion, self.aggregate, self.align, self.unit_selector = criterion, aggregate, align, units
         self.strict, self.chunk_size, self.seed, self.order = strict, chunk_size, seed, order
         self.output, self.extend = check_selector(output), check_extend(extend)  # the logits; layers.extension
-        self._split_args = SplitArgs(features, head, layout, self.output)
+        self._split_args = SplitArgs(features, head, layout, self.output, task.at_output)
         self.train(False)  # inference: the aggregator's dropout is off unless train() is called
         if example_input is not None:
             self.prepare(example_input)
@@ -227,6 +227,6 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
             ``strict`` (raise on unsupported strided layers), ``chunk_size`` (max samples per expansion
             pass), ``seed`` (random criterion), ``order`` (:mod:`undiscard.calibration`: a file from ``undiscard
             calibrate`` or a list of states), ``example_input``, ``output`` (logits in a dict/tuple output; see
-            :mod:`undiscard.outputs`), ``task`` (``"classification"``, the default; :mod:`undiscard.task`).
+            :mod:`undiscard.outputs`), ``task`` (``"classification"``/``"segmentation"``; None: from the output).
     """
     return Undiscard(net, budget, criterion, aggregate, align, units, **kwargs)

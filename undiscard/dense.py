@@ -1,0 +1,96 @@
+"""Dense prediction: the ``"segmentation"`` task (DESIGN §3), for networks with (N, K, H, W) logits.
+
+``undiscard.wrap(seg_net, budget=B, task="segmentation")`` searches B states per image as for a
+classifier; what differs is here, in :class:`SegmentationTask` (the search, the engine and the layers
+are the same):
+
+- **scoring** — a state's uncertainty is the *mean per-pixel* normalised entropy of its logits (each
+  pixel's entropy over its K classes from ``log_softmax``, divided by log K, averaged over H x W): what
+  ``criterion="entropy"`` expands first. ``offset``, ``random`` and ``learned`` work unchanged.
+- **what is combined** — the decoder's *output logits*, not an intermediate feature map: the model is
+  split at its output (:func:`undiscard.split.output_split`: features = the selected output, head = the
+  identity), so every state's output is the network's own output at that state
+  (``model.run_state(x, state)``), and there is no head to run after combining. The combined output is
+  logits too, in the same space: ``mean`` averages *logits*, per pixel, exactly as it averages feature
+  maps for a classifier (DESIGN §3); ``entropy`` weights each state at each pixel by
+  ``1 - H(softmax(logits_s at that pixel)) / log K`` (normalised over the states, per pixel); the
+  ``attention`` aggregator runs per pixel over the K logit channels (untrained, it is ``mean`` bit for
+  bit). Probabilities are never averaged here (image-space TTA, :mod:`undiscard.tta`, may do so).
+- **alignment** — a state's offset is in pixels of the first searched unit's input grid; its output map
+  is shifted back by that offset *at output resolution* before combining. The output's stride relative
+  to that grid comes from the geometry (:func:`undiscard.geometry.output_stride`):
+
+  * the usual segmentation output, at the input's resolution (smp and torchvision models upsample to it):
+    the stride is ``1 / P`` with ``P`` the product of the rates before the first searched unit, so an
+    offset (dy, dx) is a whole number of output pixels, ``(P * dy, P * dx)``: an exact integer shift;
+  * an output coarser than that grid (a stride-8 map, say, with the first searched unit at stride 2):
+    stride ``S = 8 / 2 = 4``, offsets in quarters of an output cell; the shift is the box interpolation of
+    :func:`undiscard.aggregate.align_maps`, ``aligned[i] = ((S - r) m[i - q] + r m[i - q - 1]) / S``
+    for offset ``q S + r`` (what upsampling by S, shifting and average-pooling by S gives);
+  * any other output size cannot be aligned: one :class:`~undiscard.errors.UndiscardError` (pass
+    ``align=False``).
+
+  The pixels a shifted state does not see (the first ``P * dy`` rows and ``P * dx`` columns, or the
+  uncovered part of a cell at fractional offsets) take the original model's logits there (state 0,
+  always the first candidate), not zeros — a zero logit map would be a confident "uniform" vote
+  (:func:`undiscard.aggregate.align_filled`). ``align=False`` combines the maps as they are.
+- **exactness** — budget 1 is ``net(x)`` bit for bit (the wrapper runs the network itself); phase 0 of
+  every unit is the original network; an untrained attention aggregator equals ``mean``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .aggregate import Aggregation, align_filled, normalized_entropy
+from .errors import UndiscardError
+from .geometry import output_stride
+from .task import StateMaps, Task, register_task
+
+if TYPE_CHECKING:  # type hints only: the engine is built by the wrapper and handed in
+    from .engine import Engine
+
+__all__ = ["SegmentationTask"]
+
+
+def _check_dense(logits: Tensor, lead: int) -> None:
+    if logits.dim() != lead + 3:
+        shape = tuple(logits.shape[lead:])
+        raise UndiscardError(f"task='segmentation' needs (N, K, H, W) logits, but each prediction of this model has "
+                             f"shape {shape}: pass task='classification' (or task=None to detect it)")
+
+
+@register_task("segmentation")
+class SegmentationTask(Task):
+    """(N, K, H, W) logits: per-pixel entropy, output logits aligned at output resolution and combined per
+    pixel (see the module docstring)."""
+
+    at_output = True
+
+    def entropy(self, logits: Tensor) -> Tensor:
+        """Normalised entropy over the classes (dim -3) of every pixel: (…, K, H, W) -> (…, H, W)."""
+        return normalized_entropy(logits.movedim(-3, -1))
+
+    def state_uncertainty(self, logits: Tensor) -> Tensor:
+        """Mean per-pixel normalised entropy of each state, (M, K, H, W) -> (M,) (at least float32)."""
+        _check_dense(logits, 1)
+        return self.entropy(logits if logits.dtype == torch.float64 else logits.float()).mean((-2, -1))
+
+    def combine(self, engine: "Engine", aggregation: Aggregation, features: Tensor, logits: Tensor,
+                offsets: Tensor, align: bool, aggregator: nn.Module | None) -> Tensor:
+        """Combined logits (N, K, H, W) of the states' output ``logits`` (N, B, K, H, W), aligned by their
+        ``offsets`` (N, B, 2) at output resolution when ``align``; the per-pixel ``entropy`` weights are
+        those of the aligned logits. ``features`` are not used (the logits are what is combined)."""
+        _check_dense(logits, 2)
+        stride = None
+        maps = logits
+        if align:
+            stride = output_stride(engine.units, engine.searched, (logits.shape[-2], logits.shape[-1]))
+            if stride is None:
+                raise UndiscardError(f"cannot align the states' outputs: a {logits.shape[-2]}x{logits.shape[-1]} "
+                                     "output is at no whole stride of the network's input; pass align=False")
+            maps = align_filled(logits, offsets, stride)
+        combined, _ = aggregation.combine(StateMaps(maps, None, stride), maps, offsets, self, aggregator)
+        return combined
