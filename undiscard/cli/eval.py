@@ -58,12 +58,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     p.add_argument("--shift", type=int, default=0, help="also evaluate copies shifted by up to PIXELS")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+                   help="segmentation: --data holds images/ and masks/ (undiscard.cli.eval_segmentation)")
+    p.add_argument("--ignore-index", type=int, default=255, help="segmentation: unlabelled mask value (default: 255)")
     add_tta_args(p)
     add_output_args(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "segmentation":
+        from .eval_segmentation import run_segmentation
+
+        return run_segmentation(args)
     budgets = parse_budgets(args.budget)
     device = resolve_device(args.device)
     if args.criterion not in CRITERIA:

@@ -31,10 +31,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="accepted for symmetry; predict shows no progress bar")
+    p.add_argument("--mask-out", default=None, help="segmentation: write the label map as a palette PNG here (and "
+                   "an overlay); one image: a file, several: a folder (zoo:seg_* models: default '.')")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from .predict_segmentation import is_segmentation_model, predict_segmentation
+
+    if args.mask_out is not None or is_segmentation_model(args.model):
+        return predict_segmentation(args)
     if args.budget <= 0:
         raise CLIError(f"budget must be positive, got {args.budget}")
     if args.top_k <= 0:

@@ -1,0 +1,168 @@
+"""Issue 14's measurement: phase search, dense image-space TTA and both, on the segmentation zoo.
+
+    python scripts/seg_measure.py                  # all 2,000 bundled test canvases, every zoo model
+    python scripts/seg_measure.py --limit 500      # the first 500 canvases
+
+Per model, on the bundled test canvases and on copies shifted by a seeded offset with
+1 <= max(|dy|, |dx|) <= --max-shift px (black fill; the targets shifted alike, ignore where nothing moved
+in): mIoU clean / shifted, pixel shift consistency, pixel accuracy, boundary F1, cost in plain forwards:
+
+- ``ours``: ``wrap(net, task="segmentation")``, entropy criterion, budgets 1, 2, 4, 8, aggregated by
+  ``entropy`` and ``mean`` (both on the same searches; budget 1 is the network);
+- image-space TTA of the plain network (mean of softmax probabilities, as mmseg): ``flip`` (2 views),
+  ``multiscale`` (0.75, 1, 1.25; inputs padded with black to multiples of 32, which the FLOP-counted
+  cost includes), ``flip,shift`` (identity, hflip, both shifted by 2 px: 4 views), ``flip,multiscale``;
+- ``flip x ours``: ``DenseTTA(wrap(net, ...), "flip")`` at 2 and 4 states per view (entropy).
+
+Seeded, one thread. Writes results/segmentation/seg_measure.json and .md (after every model).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import undiscard
+from undiscard.data import segmentation as segdata
+from undiscard.data.shift import shift_images
+from undiscard.report import format_table, write_json, write_text
+from undiscard.seg_evaluation import (plain_predictions, run_seg_pairs, search_predictions_dense, seg_rows,
+                                      tta_predictions)
+from undiscard.tta import DenseTTA
+from undiscard.zoo import segmentation as segzoo
+
+BUDGETS = (1, 2, 4, 8)
+AGGREGATES = ("entropy", "mean")
+TTA_POLICIES = ("flip", "multiscale", "flip,shift", "flip,multiscale")
+FLIP_OURS = (2, 4)
+COLUMNS = [("model", "model"), ("method", "method"), ("budget", "B/view"), ("views", "views"),
+           ("aggregate", "aggregate"), ("miou", "mIoU"), ("miou_shifted", "mIoU shifted"),
+           ("consistency", "pixel consistency"), ("pixel_acc", "pixel acc"), ("boundary_f1", "boundary F1"),
+           ("cost", "cost (forwards)"), ("cost_ideal", "cost ideal")]
+
+
+def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offsets: torch.Tensor,
+            batch_size: int, skip: set[str]) -> tuple[list[dict], list[str]]:
+    """Every row of one zoo model, and notes on what failed."""
+    net = segzoo.create_model(name)
+    k = segdata.NUM_CLASSES
+    common = dict(ignore_index=segdata.IGNORE_INDEX, shifted=xs, offsets=offsets, batch_size=batch_size)
+    rows, notes = [], []
+    black = -segdata.MEAN / segdata.STD
+
+    def go(predict, keys, describe):
+        tallies, seconds = run_seg_pairs(x, y, predict, keys, k, **common)
+        new = seg_rows(tallies, describe, seconds)
+        for r in new:
+            print(f"  {r['method']:<22} B={r['budget']} {r.get('aggregate', '-'):<8} mIoU {r['miou']:.2f} "
+                  f"shifted {r['miou_shifted']:.2f} consistency {r['consistency']:.2f} cost {r['cost']:.2f}",
+                  flush=True)
+        rows.extend(new)
+
+    model = undiscard.wrap(net, budget=1, task="segmentation", criterion="entropy")
+    if "ours" not in skip:
+        try:
+            keys = [(1, AGGREGATES[0])] + [(b, a) for b in BUDGETS if b > 1 for a in AGGREGATES]
+            go(search_predictions_dense(model, BUDGETS, AGGREGATES), keys,
+               lambda key: dict(model=f"zoo:{name}", method="ours" if key[0] > 1 else "network", budget=key[0],
+                                views=1, aggregate=key[1] if key[0] > 1 else "-"))
+        except Exception as err:  # noqa: BLE001 - a measurement script: record what failed and go on
+            notes.append(f"zoo:{name} ours: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            traceback.print_exc()
+            go(plain_predictions(net), [1], lambda key: dict(model=f"zoo:{name}", method="network", budget=1,
+                                                              views=1, aggregate="-"))
+    if "tta" not in skip:
+        ttas = {p: DenseTTA(net, p, "mean", size_divisor=32, pad_value=black) for p in TTA_POLICIES}
+
+        def predict_tta(batch: torch.Tensor) -> dict:
+            out = {}
+            for p, tta in ttas.items():
+                logits = tta(batch)
+                out[p] = (logits, tta.last_cost, tta.last_cost_ideal)
+            return out
+
+        go(predict_tta, list(TTA_POLICIES), lambda p: dict(model=f"zoo:{name}", method=f"TTA {p}", budget=1,
+                                                            views=len(ttas[p].views), aggregate="mean"))
+    if "flip_ours" not in skip:
+        tta = DenseTTA(model, "flip", "mean")
+        try:
+            go(tta_predictions(tta, FLIP_OURS), list(FLIP_OURS),
+               lambda b: dict(model=f"zoo:{name}", method="flip x ours", budget=b, views=2,
+                              aggregate="entropy+mean"))
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"zoo:{name} flip x ours: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            traceback.print_exc()
+    return rows, notes
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """The two questions of the issue, answered from the rows."""
+    out = []
+    by = {}
+    for r in rows:
+        by.setdefault(r["model"], []).append(r)
+    for model, rs in by.items():
+        get = lambda m, b, a=None: next((r for r in rs if r["method"] == m and r["budget"] == b  # noqa: E731
+                                         and (a is None or r["aggregate"] == a)), None)
+        base = get("network", 1)
+        for a in AGGREGATES:
+            o = get("ours", 4, a)
+            if base and o:
+                d = o["miou"] - base["miou"]
+                out.append(f"{model}: ours B=4 ({a}) mIoU {o['miou']:.2f} vs {base['miou']:.2f} at B=1: "
+                           f"{'raises' if d > 0 else 'does not raise'} it ({d:+.2f}; cost {o['cost']:.2f})")
+        flip, fs, fo = get("TTA flip", 1), get("TTA flip,shift", 1), get("flip x ours", 2)
+        if flip and fo:
+            out.append(f"{model}: flip x ours (B=2/view, cost {fo['cost']:.2f}) mIoU {fo['miou']:.2f} vs flip alone "
+                       f"(cost {flip['cost']:.2f}) {flip['miou']:.2f}"
+                       + (f" and vs flip,shift TTA at about equal cost ({fs['cost']:.2f}) {fs['miou']:.2f}: "
+                          f"{'beats' if fo['miou'] > fs['miou'] else 'does not beat'} it" if fs else ""))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=None, help="first N test canvases (default: all 2,000)")
+    ap.add_argument("--models", default=",".join(segzoo.list_models()))
+    ap.add_argument("--max-shift", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: ours, tta, flip_ours")
+    ap.add_argument("--out", type=Path, default=Path("results/segmentation"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    images, masks = segdata.load_seg_test()
+    if args.limit:
+        images, masks = images[:args.limit], masks[:args.limit]
+    raw = torch.from_numpy(images).unsqueeze(1)
+    shifted, offsets = shift_images(raw, args.max_shift, args.seed)  # uint8, black (0) fill
+    x, xs, y = segdata.to_input(raw), segdata.to_input(shifted), torch.from_numpy(masks).long()
+    rows, notes = [], []
+    settings = {"canvases": len(images), "max_shift": args.max_shift, "seed": args.seed, "budgets": BUDGETS,
+                "aggregates": AGGREGATES, "tta": TTA_POLICIES, "flip_x_ours": FLIP_OURS, "threads": 1,
+                "command": "python " + " ".join(sys.argv)}
+    t0 = time.time()
+    for name in [m.strip().removeprefix("zoo:") for m in args.models.split(",") if m.strip()]:
+        print(f"zoo:{name} ({len(images)} canvases)", flush=True)
+        r, n = measure(name, x, y, xs, offsets, args.batch_size, set(filter(None, args.skip.split(","))))
+        rows += r
+        notes += n
+        stem = args.out / ("seg_measure" if not args.limit else f"seg_measure_{args.limit}")
+        write_json(stem.with_suffix(".json"), {"settings": settings, "rows": rows, "notes": notes,
+                                               "verdicts": verdicts(rows), "wall_seconds": time.time() - t0})
+        table = format_table(rows, COLUMNS, markdown=True)
+        write_text(stem.with_suffix(".md"), f"{settings['canvases']} test canvases, shifts 1-{args.max_shift} px, "
+                   f"seed {args.seed}: `{settings['command']}`\n\n{table}\n\n"
+                   + "".join(f"- {v}\n" for v in verdicts(rows)) + "".join(f"- failed: {n}\n" for n in notes))
+    print("\n".join(verdicts(rows) + notes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
