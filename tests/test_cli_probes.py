@@ -431,7 +431,7 @@ def test_ctrl_c_mid_evaluation_writes_nothing(capsys, folder, tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("undiscard.cli.eval.evaluate", interrupted)
+    monkeypatch.setattr("undiscard.cli.eval.evaluate_stream", interrupted)
     code = cli(["eval", "--model", ZOO, "--data", str(folder), "--budget", "1", "--quiet",
                  "--out", str(tmp_path / "out")])
     assert one_line_error(capsys, code, expected=130) == "undiscard eval: interrupted"

@@ -1,9 +1,10 @@
 """Sharding an evaluation across processes with torch.distributed (``torchrun``).
 
 ``torchrun --nproc-per-node N -m undiscard eval ...`` starts N processes with ``WORLD_SIZE``/``RANK``
-set; each evaluates every N-th image (the search is per image and independent of batch composition, so
-the union is the single-process evaluation), the exact counts are summed with ``all_reduce``, and only
-rank 0 prints or writes files. Backend: gloo on CPU, nccl on CUDA.
+set; each evaluates every N-th image (:class:`ShardSampler`, ``DistributedSampler``'s split without its
+padding or shuffling; the search is per image and independent of batch composition, so the union is the
+single-process evaluation), the exact counts are summed with ``all_reduce``, and only rank 0 prints or
+writes files. Backend: gloo on CPU, nccl on CUDA.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Sampler
 
-__all__ = ["setup", "teardown", "shard", "sum_counts", "gather_lists", "is_main"]
+__all__ = ["setup", "teardown", "shard", "ShardSampler", "sum_counts", "gather_lists", "is_main"]
 
 
 def setup(device: torch.device) -> tuple[int, int]:
@@ -52,6 +54,24 @@ def is_main() -> bool:
 def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
     """Every ``world``-th item starting at ``rank``."""
     return list(items[rank::world])
+
+
+class ShardSampler(Sampler[int]):
+    """Dataset indices ``rank, rank + world, ...`` below ``n``: the split of ``torch.utils.data.
+    DistributedSampler(shuffle=False)``, without its padding to equal shard sizes (a padded image would
+    be counted twice) — every index is in exactly one shard, and each index keeps its global value, so
+    whatever is drawn per image (the shift offsets of ``eval``) is the same however the run is sharded."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
+        self.n, self.rank, self.world = n, rank, world
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
 
 
 def sum_counts(counts: list[dict[str, float]]) -> list[dict[str, float]]:

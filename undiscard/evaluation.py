@@ -15,8 +15,12 @@ One search per batch at the largest budget serves every budget and every aggrega
 search is incremental); budget 1 is the original model exactly. :func:`evaluate_states` scores every
 single state on its own: the diagnostic for a model on which the search loses.
 
-All runners share one loop, :func:`run_pairs` (batches, each clean batch then its shifted copy, one
-:class:`~undiscard.metrics.Tally` per row); they differ only in the ``predict`` function they give it
+All runners share one loop, :func:`run_batches`: it takes any iterable of :data:`Batch` (clean images,
+labels, shifted copies or None), e.g. a ``torch.utils.data.DataLoader`` that reads and shifts each batch
+as it goes (``undiscard eval``), so memory stays flat in the data set size; each clean batch then its
+shifted copy is counted in one :class:`~undiscard.metrics.Tally` per row. :func:`run_pairs` is that loop
+over tensors held in memory, :func:`evaluate_stream`/:func:`evaluate_tta_stream` are :func:`evaluate`/
+:func:`evaluate_tta` over a stream. The runners differ only in the ``predict`` function they give the loop
 (:func:`search_predictions` for :func:`evaluate`). Counting lives in :mod:`undiscard.metrics`. No runner
 changes the settings of the model it is given: budgets are passed per call.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 import itertools
 import time
 from contextlib import contextmanager
-from typing import Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
+from typing import Callable, Hashable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -35,10 +39,12 @@ from .metrics.classification import Row, Tally, row_from_counts, topk_correct
 from .search import state_offset
 from .wrapper import Undiscard, wrap
 
-__all__ = ["Prediction", "Row", "Tally", "batches", "evaluate", "evaluate_states", "evaluate_tta",
-           "evaluate_tta_grid", "row_from_counts", "run_pairs", "search_predictions", "topk_correct"]
+__all__ = ["Batch", "Counted", "Prediction", "Row", "Tally", "batches", "evaluate", "evaluate_states",
+           "evaluate_stream", "evaluate_tta", "evaluate_tta_grid", "evaluate_tta_stream", "row_from_counts",
+           "run_batches", "run_pairs", "search_predictions", "tensor_batches", "topk_correct"]
 
 Prediction = tuple[Tensor, float, float]  # logits (N, K), mean cost and mean ideal cost per image
+Batch = tuple[Tensor, Tensor, "Tensor | None"]  # clean images (N, C, H, W), labels (N,), shifted copies or None
 Key = TypeVar("Key", bound=Hashable)
 Variant = tuple[str, bool]  # (aggregate, align)
 
@@ -49,29 +55,74 @@ def batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def run_pairs(images: Tensor, labels: Tensor, predict: Callable[[Tensor], Mapping[Key, Prediction]],
-              keys: Sequence[Key], *, shifted: Tensor | None = None, batch_size: int = 128,
-              progress: Callable[[int], None] | None = None) -> tuple[dict[Key, Tally], float]:
-    """The evaluation loop every runner here shares: per batch of ``images`` (N, C, H, W) with ``labels``
-    (N,), ``predict`` is called on the clean batch, then on the same rows of ``shifted`` (if given), and
+def tensor_batches(images: Tensor, labels: Tensor, shifted: Tensor | None = None,
+                   batch_size: int = 128) -> Iterator[Batch]:
+    """Batches (:data:`Batch`) of at most ``batch_size`` rows of tensors held in memory, in order."""
+    for sl in batches(images.shape[0], batch_size):
+        yield images[sl], labels[sl], (shifted[sl] if shifted is not None else None)
+
+
+class Counted(NamedTuple):
+    """What :func:`run_batches` counted: one tally per key, wall seconds, images, and whether every batch
+    came with shifted copies."""
+
+    tallies: dict
+    seconds: float
+    n: int
+    shifted: bool
+
+    def counts(self, key: Hashable) -> dict[str, float]:
+        return self.tallies[key].counts(self.n, self.shifted)
+
+
+def run_batches(stream: Iterable[Batch], predict: Callable[[Tensor], Mapping[Key, Prediction]],
+                keys: Sequence[Key], *, progress: Callable[[int], None] | None = None) -> Counted:
+    """The evaluation loop every runner here shares: for each :data:`Batch` ``(x, y, xs)`` of ``stream``,
+    ``predict`` is called on the clean batch ``x``, then on its shifted copy ``xs`` (if not None), and
     returns one :data:`Prediction` per key of ``keys`` (a budget, a variant, a TTA config); each is
     counted in that key's :class:`~undiscard.metrics.Tally`.
 
-    Returns the tallies and the wall time in seconds. ``progress`` is called with the number of images
-    of each finished batch (for a progress bar).
+    ``stream`` is consumed once, one batch at a time, and no batch is kept: a ``DataLoader`` that reads
+    images as it goes evaluates a data set of any size in the memory of a few batches. Either every
+    batch has shifted copies or none has. ``progress`` is called with the number of images of each
+    finished batch (for a progress bar).
     """
     tallies = {k: Tally() for k in keys}
     t0 = time.perf_counter()
-    for sl in batches(images.shape[0], batch_size):
-        y = labels[sl]
-        for x, clean in [(images[sl], True)] + ([(shifted[sl], False)] if shifted is not None else []):
-            out = predict(x)
+    n, with_shifted = 0, None
+    for x, y, xs in stream:
+        if with_shifted is None:
+            with_shifted = xs is not None
+        elif with_shifted != (xs is not None):
+            raise ValueError("run_batches: either every batch has shifted copies or none has")
+        for images, clean in [(x, True)] + ([(xs, False)] if xs is not None else []):
+            out = predict(images)
             for k, tally in tallies.items():
                 logits, cost, ideal = out[k]
                 tally.add(logits, y, clean, cost, ideal)
+        n += len(y)
         if progress is not None:
-            progress(sl.stop - sl.start)
-    return tallies, time.perf_counter() - t0
+            progress(len(y))
+    return Counted(tallies, time.perf_counter() - t0, n, bool(with_shifted))
+
+
+def run_pairs(images: Tensor, labels: Tensor, predict: Callable[[Tensor], Mapping[Key, Prediction]],
+              keys: Sequence[Key], *, shifted: Tensor | None = None, batch_size: int = 128,
+              progress: Callable[[int], None] | None = None) -> tuple[dict[Key, Tally], float]:
+    """:func:`run_batches` over tensors in memory: batches of ``images`` (N, C, H, W) with ``labels``
+    (N,) and the same rows of ``shifted`` (if given). Returns the tallies and the wall time in seconds."""
+    counted = run_batches(tensor_batches(images, labels, shifted, batch_size), predict, keys, progress=progress)
+    return counted.tallies, counted.seconds
+
+
+def _peeked(stream: Iterable[Batch]) -> tuple[Batch, Iterator[Batch]]:
+    """The first batch of ``stream`` (to set a model up on) and the whole stream, that batch included."""
+    it = iter(stream)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise UndiscardError("nothing to evaluate: the stream of batches is empty") from None
+    return first, itertools.chain([first], it)
 
 
 @contextmanager
@@ -136,19 +187,31 @@ def evaluate(name: str, net: nn.Module | Undiscard, images: Tensor, labels: Tens
     ``shifted``: the same images translated (same order); enables ``top1_shifted`` and ``consistency``.
     ``progress``: called with the number of images just processed (for a progress bar). A wrapped
     ``net`` is used as it is, its settings untouched (it runs in eval mode, and its modes are restored).
+    :func:`evaluate_stream` is the same over batches read as it goes.
     """
+    return evaluate_stream(name, net, tensor_batches(images, labels, shifted, batch_size), budgets,
+                           criterion=criterion, aggregate=aggregate, align=align, units=units, variants=variants,
+                           progress=progress, **wrap_kwargs)
+
+
+@torch.no_grad()
+def evaluate_stream(name: str, net: nn.Module | Undiscard, stream: Iterable[Batch], budgets: Sequence[int], *,
+                    criterion: str = "entropy", aggregate: str = "entropy", align: bool = True, units=None,
+                    variants: Sequence[Variant] | None = None, progress: Callable[[int], None] | None = None,
+                    **wrap_kwargs) -> list[Row]:
+    """:func:`evaluate` over a stream of batches (:data:`Batch`, e.g. a ``DataLoader``), consumed once: the
+    model is set up on the first batch's first image and every budget checked before any counting."""
     model = net if isinstance(net, Undiscard) else wrap(net, budget=1, criterion=criterion, aggregate=aggregate,
                                                        align=align, units=units, **wrap_kwargs)
     with _eval_mode(model):
-        model.prepare(images[:1])
+        first, stream = _peeked(stream)
+        model.prepare(first[0][:1])
         variants = list(variants) if variants is not None else [(model.aggregate, model.align)]
         model.check_budget(max(budgets))  # against the state space, before any work
         keys = [(b, v) for b in budgets for v in variants]
-        tallies, seconds = run_pairs(images, labels, search_predictions(model, budgets, variants), keys,
-                                     shifted=shifted, batch_size=batch_size, progress=progress)
-    n = images.shape[0]
-    return [row_from_counts(_template(name, model, b, n, seconds, aggregate=agg, align=al),
-                            tallies[(b, (agg, al))].counts(n, shifted is not None))
+        counted = run_batches(stream, search_predictions(model, budgets, variants), keys, progress=progress)
+    return [row_from_counts(_template(name, model, b, counted.n, counted.seconds, aggregate=agg, align=al),
+                            counted.counts((b, (agg, al))))
             for b, (agg, al) in keys]
 
 
@@ -159,28 +222,39 @@ def evaluate_tta(name: str, tta, images: Tensor, labels: Tensor, budgets: Sequen
     """Evaluate a :class:`~undiscard.tta.TTA` at each phase budget per view (its model must be a
     ``wrap()``-ed one for budgets other than 1). Rows carry ``tta``, ``tta_views`` and ``total_budget``
     (views x budget); ``cost`` counts every view's forwards and searches. Each budget is given per call
-    (``tta(x, phase_budget=b)``): the wrapped model's own budget is left alone."""
+    (``tta(x, phase_budget=b)``): the wrapped model's own budget is left alone. One pass over the
+    images serves every budget (``progress`` counts each image once). :func:`evaluate_tta_stream` is
+    the same over batches read as it goes."""
+    return evaluate_tta_stream(name, tta, tensor_batches(images, labels, shifted, batch_size), budgets,
+                               progress=progress)
+
+
+@torch.no_grad()
+def evaluate_tta_stream(name: str, tta, stream: Iterable[Batch], budgets: Sequence[int], *,
+                        progress: Callable[[int], None] | None = None) -> list[Row]:
+    """:func:`evaluate_tta` over a stream of batches (:data:`Batch`), consumed once."""
     inner = tta.model
     wrapped = isinstance(inner, Undiscard)
     if not wrapped and any(b != 1 for b in budgets):
         raise ValueError("phase budgets other than 1 need TTA around a wrap()-ed model")
+    first, stream = _peeked(stream)
     if wrapped:  # units known (for the rows) and every budget checked before any work
-        inner.prepare(images[:1])
+        inner.prepare(first[0][:1])
         for b in budgets:
             inner.check_budget(b)
-    n = images.shape[0]
-    rows: list[Row] = []
-    for b in budgets:
-        def predict(x: Tensor, b: int = b) -> dict[int, Prediction]:
-            logits = tta(x, phase_budget=b if wrapped else None)
-            return {b: (logits, tta.last_cost, tta.last_cost_ideal)}
 
-        tallies, seconds = run_pairs(images, labels, predict, [b], shifted=shifted, batch_size=batch_size,
-                                     progress=progress)
-        template = _template(name, inner if wrapped else None, b, n, seconds,
-                             tta=f"{tta.policy_name}/{tta.aggregator.name}", tta_views=len(tta.views))
-        rows.append(row_from_counts(template, tallies[b].counts(n, shifted is not None)))
-    return rows
+    def predict(x: Tensor) -> dict[int, Prediction]:
+        out = {}
+        for b in budgets:
+            logits = tta(x, phase_budget=b if wrapped else None)
+            out[b] = (logits, tta.last_cost, tta.last_cost_ideal)
+        return out
+
+    counted = run_batches(stream, predict, list(budgets), progress=progress)
+    return [row_from_counts(_template(name, inner if wrapped else None, b, counted.n, counted.seconds,
+                                      tta=f"{tta.policy_name}/{tta.aggregator.name}", tta_views=len(tta.views)),
+                            counted.counts(b))
+            for b in budgets]
 
 
 @torch.no_grad()

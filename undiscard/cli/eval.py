@@ -5,6 +5,9 @@ copies (each image translated by an offset with 1 <= max(|dy|, |dx|) <= PIXELS, 
 normalisation) and shift consistency. Files that are not images are skipped and counted; unreadable
 images likewise (both counts are printed and are in the JSON).
 
+Images are streamed: a ``torch.utils.data.DataLoader`` with ``--workers`` processes reads, preprocesses
+and shifts one batch at a time, so memory stays flat in the folder's size.
+
 Labels: the sorted folder names (0, 1, ...), or ``--class-map`` (a file, or ``imagenet``). A folder whose
 subfolders are all ImageNet-1k WordNet ids (``n01440764``, ...) evaluated with a 1000-class model is
 labelled with the standard ImageNet indices without a map; that is said on stderr and in the JSON.
@@ -19,16 +22,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Iterator
 
 import torch
 
 from ..aggregate import AGGREGATES
-from ..data.loading import read_folder_images
-from ..data.folder import detect_imagenet_classes, load_class_map, normalize_batch, scan_folder
+from ..data.loading import DEFAULT_WORKERS, folder_loader
+from ..data.folder import detect_imagenet_classes, load_class_map, scan_folder
 from ..data.imagenet import imagenet_class_map, is_wnid
 from .. import distributed
-from ..data.shift import random_offsets, shift_images
-from ..evaluation import evaluate, evaluate_tta, row_from_counts
+from ..data.shift import random_offsets
+from ..errors import UndiscardError
+from ..evaluation import Batch, evaluate_stream, evaluate_tta_stream, row_from_counts
 from ..report import COLUMNS, format_table, plot_budgets, write_csv, write_json
 from ..search import CRITERIA
 from ..wrapper import wrap
@@ -55,6 +60,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--align", action=argparse.BooleanOptionalAction, default=True, help="align maps by offset")
     p.add_argument("--units", default=None, help="comma-separated unit names or indices to search")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", "-j", type=int, default=DEFAULT_WORKERS,
+                   help=f"processes reading images (default: {DEFAULT_WORKERS}, as timm's validate.py; "
+                        "0 reads in the main process)")
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     p.add_argument("--shift", type=int, default=0, help="also evaluate copies shifted by up to PIXELS")
     p.add_argument("--seed", type=int, default=0)
@@ -79,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value <= 0:
             raise CLIError(f"{flag} must be positive, got {value}")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be >= 0, got {args.workers}")
     if args.shift < 0:
         raise CLIError(f"--shift must be >= 0, got {args.shift}")
     check_out_dir(args.out)
@@ -105,19 +115,16 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
         perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(args.seed)).tolist()
         order = sorted(perm[:args.limit])
     total_images = len(order)
-    positions = distributed.shard(list(range(total_images)), rank, world)  # torchrun: every world-th image
-    order = [order[p] for p in positions]
     # shifts are drawn for the whole (global) list, so a sharded run shifts each image as one process would
     all_offsets = random_offsets(total_images, args.shift, args.seed) if args.shift else None
     quiet = args.quiet or rank != 0
-    x01, y, read = read_folder_images(data, order, pre, quiet)
-    kept = [positions[r] for r in read]
-    with torch.no_grad():
-        k = loaded.model(normalize_batch(x01[:1], pre.mean, pre.std)).shape[-1]
+    with torch.no_grad():  # the class count, from the output shape (independent of the pixels)
+        k = loaded.model(torch.zeros(1, pre.in_chans, pre.input_size, pre.input_size)).shape[-1]
     labels_from = f"class map {args.class_map}" if args.class_map else "sorted folder names"
+    labels = list(data.labels)
     imagenet_index = detect_imagenet_classes(data.classes, k) if class_map is None else None
     if imagenet_index is not None:  # WordNet-id folders: the standard ImageNet indices, not sorted positions
-        y = torch.tensor(imagenet_index)[y]
+        labels = [imagenet_index[c] for c in labels]
         labels_from = "ImageNet WordNet ids (detected)"
         if rank == 0:
             print(f"class folders are ImageNet WordNet ids: labelled with the standard 1000-class indices "
@@ -128,14 +135,15 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                if odd else f"the model has {k} classes, not 1000")
         print(f"class folders look like WordNet ids, but {why}: labels are the sorted folder positions "
               "(pass --class-map to choose)", file=sys.stderr)
-    if int(y.max()) >= k:
-        raise CLIError(f"labels go up to {int(y.max())} but the model has {k} classes: "
+    top = max(labels[i] for i in order)
+    if top >= k:
+        raise CLIError(f"labels go up to {top} but the model has {k} classes: "
                        "pass --class-map (or --num-classes with --weights)")
-    x = normalize_batch(x01, pre.mean, pre.std).to(device)
-    xs = None
-    if all_offsets is not None:
-        shifted01, _ = shift_images(x01, args.shift, args.seed, offsets=all_offsets[kept])
-        xs = normalize_batch(shifted01, pre.mean, pre.std).to(device)
+    # torchrun: every world-th image (ShardSampler); one process reads with --workers processes
+    loader = folder_loader(data, order, pre, batch_size=args.batch_size, workers=args.workers, offsets=all_offsets,
+                           sampler=distributed.ShardSampler(total_images, rank, world), labels=labels,
+                           pin_memory=device.type == "cuda")
+    unreadable: list[str] = []
     aggregator = args.aggregator or loaded.aggregator
     needers = aggregator_needers(args.aggregates, args.criterion)
     if needers and aggregator is None:
@@ -144,22 +152,23 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     model = wrap(loaded.model.to(device), budget=1, criterion=args.criterion, aggregate=args.aggregates[0],
                  align=args.align, units=parse_units(args.units) if args.units is not None else loaded.units,
                  aggregator=aggregator if needers else None, seed=args.seed)
+    shard_size = len(loader.sampler)
+    stream = _device_batches(loader, device, unreadable)
     if args.tta is not None:
         if len(args.aggregates) > 1:
             raise CLIError("--tta takes one --aggregate (each view's phase aggregation), got "
                            f"{', '.join(args.aggregates)}")
         tta = build_tta(args, loaded, model, quiet)
-        with progress_bar(len(y) * len(budgets), f"{loaded.name} + TTA", enabled=not quiet) as bar:
-            rows = evaluate_tta(loaded.name, tta, x, y.to(device), budgets, shifted=xs, batch_size=args.batch_size,
-                                progress=bar.update)
+        with progress_bar(shard_size, f"{loaded.name} + TTA", enabled=not quiet) as bar:
+            rows = evaluate_tta_stream(loaded.name, tta, stream, budgets, progress=bar.update)
     else:
-        with progress_bar(len(y), loaded.name, enabled=not quiet) as bar:
-            rows = evaluate(loaded.name, model, x, y.to(device), budgets, shifted=xs,
-                            variants=[(a, args.align) for a in args.aggregates], batch_size=args.batch_size,
-                            progress=bar.update)
+        with progress_bar(shard_size, loaded.name, enabled=not quiet) as bar:
+            rows = evaluate_stream(loaded.name, model, stream, budgets,
+                                   variants=[(a, args.align) for a in args.aggregates],
+                                   progress=bar.update)
     summed = distributed.sum_counts([r.counts or {} for r in rows])
     rows = [row_from_counts(r, c) for r, c in zip(rows, summed)]
-    unreadable = distributed.gather_lists(data.skipped_unreadable)
+    unreadable = distributed.gather_lists(unreadable)
     if not distributed.is_main():
         return 0
     result = [r.as_dict() for r in rows]
@@ -180,3 +189,17 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
         print(f"skipped {data.skipped_non_image} non-image files and {len(unreadable)} unreadable images",
               file=sys.stderr)
     return 0
+
+
+def _device_batches(loader, device: torch.device, unreadable: list[str]) -> Iterator[Batch]:
+    """The loader's batches on ``device`` as (images, labels, shifted or None); unreadable paths are
+    appended to ``unreadable`` and batches with no readable image left out."""
+    seen = 0
+    for batch in loader:
+        unreadable.extend(batch.unreadable)
+        seen += len(batch.unreadable) + len(batch.labels)
+        if len(batch.labels):
+            yield (batch.images.to(device), batch.labels.to(device),
+                   None if batch.shifted is None else batch.shifted.to(device))
+    if seen == len(unreadable):
+        raise UndiscardError(f"none of the {seen} image files given could be read")

@@ -22,6 +22,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -30,8 +31,9 @@ from torch import Tensor
 
 from ..errors import UndiscardError
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderData", "ImageReadError", "scan_folder", "load_image", "resize_and_crop",
-           "load_class_map", "detect_imagenet_classes", "IMAGENET_CLASS_MAP", "normalize_batch"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderData", "FolderImages", "FolderItem", "ImageReadError", "scan_folder",
+           "load_image", "resize_and_crop", "load_class_map", "detect_imagenet_classes", "IMAGENET_CLASS_MAP",
+           "normalize_batch"]
 
 IMAGENET_CLASS_MAP = "imagenet"  # --class-map imagenet: the shipped WordNet id -> index map
 
@@ -121,6 +123,47 @@ def scan_folder(root: str | Path, class_map: dict[str, int] | None = None) -> Fo
     return FolderData(paths, labels, classes, skipped_non_image=skipped)
 
 
+class FolderItem(NamedTuple):
+    """One item of :class:`FolderImages`: the image as float (C, H, W) in [0, 1] (None when the file could
+    not be read), its label, its position in the dataset's ``order`` and its path."""
+
+    image: Tensor | None
+    label: int
+    position: int
+    path: str
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """Images ``order`` (indices into ``data.paths``) of a scanned folder as a ``torch.utils.data.Dataset``:
+    item ``p`` is image ``order[p]``, read from disk by :func:`load_image` only when asked for, so a
+    ``DataLoader`` over it holds a few batches in memory whatever the folder's size.
+
+    An image that cannot be read (:func:`load_image`'s :class:`ImageReadError`, or any OSError/ValueError
+    PIL raises) is an item with ``image=None``, to be skipped and counted by whoever collates the batch
+    (in a worker process an exception would stop the whole evaluation). ``image_kwargs`` are
+    ``Preprocess.image_kwargs()``; ``labels`` (default ``data.labels``) gives each path's label.
+    """
+
+    def __init__(self, data: FolderData, order: Sequence[int], image_kwargs: dict,
+                 labels: Sequence[int] | None = None) -> None:
+        self.paths = data.paths
+        self.labels = list(data.labels if labels is None else labels)
+        self.order = list(order)
+        self.image_kwargs = dict(image_kwargs)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, position: int) -> FolderItem:
+        i = self.order[position]
+        path = self.paths[i]
+        try:
+            image = load_image(path, **self.image_kwargs)
+        except (OSError, ValueError):
+            image = None
+        return FolderItem(image, self.labels[i], position, str(path))
+
+
 class ImageReadError(UndiscardError, ValueError):
     """An image file that cannot be decoded, or not safely (over PIL's pixel limit); one line naming it."""
 
@@ -207,7 +250,7 @@ def _sixteen_bit_colour(img, path: Path) -> np.ndarray | None:
     swapped_raw = raw[:-4] + _SWAPPED[raw[-4:]]
     args = swapped_raw if isinstance(tile.args, str) else (swapped_raw, *tile.args[1:])
     with Image.open(path) as other:
-        other.tile = [tile._replace(args=args)]
+        other.tile = [type(tile)(*tuple(tile)[:3], args)]  # (codec, extents, offset, args)
         low = np.asarray(other).astype(np.float32)
     high = np.asarray(img).astype(np.float32)
     return high * 256.0 + low

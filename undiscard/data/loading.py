@@ -1,25 +1,30 @@
-"""Reading labelled images for a model: image folders through the model's preprocessing, and the
-labelled (never test) images that fitting commands use. No argparse here: the CLI passes plain values.
+"""Reading labelled images for a model: image folders through the model's preprocessing (all at once,
+or streamed batch by batch by a ``DataLoader``: :func:`folder_loader`), and the labelled (never test)
+images that fitting commands use. No argparse here: the CLI passes plain values.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from ..errors import UndiscardError
 from ..progress import progress_bar
 from . import fashion_mnist
 from .fashion_mnist import has_idx_files, load_train_val
-from .folder import FolderData, load_class_map, load_image, scan_folder
+from .folder import FolderData, FolderImages, FolderItem, load_class_map, load_image, normalize_batch, scan_folder
 from .preprocess import resize, to_float
+from .shift import shift_images
 
 if TYPE_CHECKING:
     from ..models import LoadedModel, Preprocess
 
-__all__ = ["read_folder_images", "load_labelled"]
+__all__ = ["read_folder_images", "load_labelled", "FolderBatch", "folder_loader", "DEFAULT_WORKERS"]
+
+DEFAULT_WORKERS = 4  # loader processes, as timm's validate.py (--workers 4)
 
 
 def read_folder_images(data: FolderData, order: list[int], pre: "Preprocess",
@@ -40,6 +45,63 @@ def read_folder_images(data: FolderData, order: list[int], pre: "Preprocess",
     if not images:
         raise UndiscardError(f"none of the {len(order)} image files given could be read")
     return torch.stack(images), torch.tensor(labels), kept
+
+
+class FolderBatch(NamedTuple):
+    """One batch from :func:`folder_loader`: normalised images (N, C, H, W), labels (N,), their shifted
+    copies normalised (or None), the positions of the images in the loader's ``order`` (N,), and the
+    paths in this batch that could not be read (skipped, not in the N)."""
+
+    images: Tensor
+    labels: Tensor
+    shifted: Tensor | None
+    positions: Tensor
+    unreadable: list[str]
+
+
+class _Collate:
+    """Readable items -> one :class:`FolderBatch`; the shifted copies are made here, per batch, each image
+    moved by ``offsets[position]`` (offsets drawn once per global position: a sharded run shifts every
+    image as a single process does). A class, not a closure, so worker processes can unpickle it."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], offsets: Tensor | None) -> None:
+        self.mean, self.std, self.offsets = tuple(mean), tuple(std), offsets
+
+    def __call__(self, items: list[FolderItem]) -> FolderBatch:
+        good = [it for it in items if it.image is not None]
+        unreadable = [it.path for it in items if it.image is None]
+        if not good:
+            empty = torch.empty(0)
+            return FolderBatch(empty, torch.empty(0, dtype=torch.long), None if self.offsets is None else empty,
+                               torch.empty(0, dtype=torch.long), unreadable)
+        x01 = torch.stack([it.image for it in good])
+        positions = torch.tensor([it.position for it in good])
+        shifted = None
+        if self.offsets is not None:
+            moved, _ = shift_images(x01, 0, 0, offsets=self.offsets[positions])
+            shifted = normalize_batch(moved, self.mean, self.std)
+        return FolderBatch(normalize_batch(x01, self.mean, self.std), torch.tensor([it.label for it in good]),
+                           shifted, positions, unreadable)
+
+
+def folder_loader(data: FolderData, order: Sequence[int], pre: "Preprocess", *, batch_size: int,
+                  workers: int = DEFAULT_WORKERS, offsets: Tensor | None = None,
+                  sampler: Iterable[int] | None = None, labels: Sequence[int] | None = None,
+                  pin_memory: bool = False) -> DataLoader:
+    """A ``DataLoader`` of batches (:class:`FolderBatch`) over images ``order`` of a scanned folder: ``workers``
+    processes (0: the calling process) read and preprocess each batch as it is needed, so at most a few
+    batches (``workers`` x ``prefetch_factor`` 2 ahead) are in memory, whatever the folder's size.
+
+    ``offsets`` (len(order), 2): the shift of the image at each position (``random_offsets``), applied
+    per batch; None for no shifted copies. ``sampler``: the positions to read, in order (default all;
+    :class:`undiscard.distributed.ShardSampler` for this process's shard). ``labels``: per path of
+    ``data`` (default ``data.labels``).
+    """
+    dataset = FolderImages(data, order, pre.image_kwargs(), labels)
+    n_batches = -(-len(sampler if sampler is not None else dataset) // batch_size)  # type: ignore[arg-type]
+    workers = max(0, min(workers, n_batches))  # no idle processes for a small folder
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
+                      collate_fn=_Collate(pre.mean, pre.std, offsets), pin_memory=pin_memory)
 
 
 def load_labelled(root: str | Path, loaded: "LoadedModel", limit: int | None = None, seed: int = 0,
