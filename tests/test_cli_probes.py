@@ -539,3 +539,13 @@ def test_no_traceback_reaches_the_terminal(images):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@needs_model
+def test_predict_searches_the_zoo_models_default_units(capsys, images):
+    """One source of defaults (issue 16, item 7): predict searches loaded.units, as eval and demo do."""
+    from undiscard.models import load_model
+
+    assert cli(["predict", "--model", ZOO, str(images["rgb"]), "--budget", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["units"] == load_model(ZOO).units == zoo.search_units(MODEL)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     x01 = torch.stack(images)
     x = normalize_batch(x01, pre.mean, pre.std).to(device)
     net = loaded.model.to(device)
-    model = wrap(net, budget=args.budget)
+    model = wrap(net, budget=args.budget, units=loaded.units)  # the model's default units, as eval and demo
     with torch.no_grad():
         base = net(x).softmax(-1)
         ours = model(x).softmax(-1)
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = [{"image": p, "baseline": topk(base[k]), "undiscard": topk(ours[k])} for k, p in enumerate(args.images)]
     if args.json:
-        emit_json({"budget": args.budget, "cost": model.last_cost, "predictions": out})
+        units = [u.name for u in model.search_units] if args.budget > 1 else []
+        emit_json({"budget": args.budget, "cost": model.last_cost, "units": units, "predictions": out})
         return 0
     for rec in out:
         print(rec["image"])
