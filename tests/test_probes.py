@@ -344,3 +344,16 @@ def test_setting_up_one_model_does_not_disturb_forwards_in_other_threads():
     assert results and all(r is True for r in results), next(r for r in results if r is not True)
     with torch.no_grad():
         assert model(X).shape == (3, 5)
+
+
+# --- torch.jit.trace ------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", [1, 4])
+def test_torch_jit_trace_is_refused_with_a_clear_error(budget):
+    """A trace would freeze the searched states and the batch size (issue 16, item 10): refused."""
+    from undiscard.errors import UndiscardError
+
+    model = undiscard.wrap(tiny(), budget=budget, example_input=X)  # set up (an unset-up one fails on `units`)
+    with pytest.raises(UndiscardError, match="torch.jit.trace cannot record a wrapped model"):
+        torch.jit.trace(model, X)
+    with torch.no_grad():
+        assert torch.equal(model(X), model(X))  # still usable eagerly afterwards

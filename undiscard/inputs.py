@@ -59,7 +59,13 @@ def check_example(x: object) -> None:
 
 
 def check_input(x: object) -> None:
-    """A :class:`PhaseError` unless ``x`` is a 4-D tensor (N, C, H, W)."""
+    """A :class:`PhaseError` unless ``x`` is a 4-D tensor (N, C, H, W), and when called under
+    ``torch.jit.trace``: a trace would freeze the searched states and the batch size of the example
+    (the search is data-dependent Python control flow), so it is refused with what to do instead."""
+    if torch.jit.is_tracing():
+        raise PhaseError("torch.jit.trace cannot record a wrapped model: the per-image search is data-dependent, "
+                         "so a trace would freeze the example's states and batch size; trace the network itself "
+                         "(budget 1 is net(x)), or use the wrapped model eagerly or with torch.compile")
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise PhaseError(f"expected an image batch of shape (N, C, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
