@@ -14,6 +14,12 @@ For each model (random weights, eval mode, ``torch.no_grad``, one fixed random b
 The issue's target is checked at the end: budget 16 costs at most 11x the plain forward on
 ResNet-18/224 on a 2-core CPU, in wall time and in FLOPs.
 
+``--criteria`` measures several search criteria (default ``entropy``, which expands all children):
+``offset``/``random`` compute only the children they use (issue 15: budget 2 is the root plus one child),
+and ``calibrated`` evaluates the first B states of a fixed order (``--order``: a file from ``undiscard
+calibrate``, or ``deepest``/``shallowest``: one-unit states of the deepest/shallowest searched unit
+first — the cheapest and the dearest order of one-unit states, bounding what a calibrated order costs).
+
 This is a script, not a test: nothing here asserts on timings. Run from the repository root::
 
     python benchmarks/bench_cost.py                       # defaults: resnet18, mobilenet_v2, convnext_atto
@@ -48,6 +54,7 @@ PAPER_CODE_COST_B16 = 30.0  # the paper's released code, measured here on ResNet
 BUSY_LOADAVG = 1.0  # 1-min load average before the run above which wall times are flagged as unreliable
 BUSY_CPU_SHARE = 0.75  # ... or when the timed calls got less than this share of their threads' CPU time
 TARGET = {"model": "resnet18", "size": 224, "budget": 16, "max_x": 11.0, "threads": 2}
+SMALL_TARGETS = {2: 2.0, 4: 3.5}  # issue 15: budget -> max multiple of the plain forward (FLOPs and wall)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -67,6 +74,10 @@ def build_model(spec: str) -> tuple[str, nn.Module]:
         except UndiscardError as err:
             if source:
                 raise SystemExit(f"bench_cost: {err}") from None
+    try:  # any other name load_model knows (efficientnet-lite0 with its real weights, zoo:NAME, ...)
+        return name, load_model(name).model
+    except UndiscardError:
+        pass
     raise SystemExit(f"bench_cost: unknown model {spec!r} (not in torchvision or timm)")
 
 
@@ -101,6 +112,28 @@ class ExpansionCounter:
         self._handle.remove()
 
 
+def synthetic_order(kind: str, units: list[Any]) -> list[tuple[int, ...]]:
+    """``deepest``/``shallowest``: the states with one non-zero unit, that unit deepest (shallowest) first,
+    phases 1..R²-1 in turn; then every other state in row-major order. The all-zero state first."""
+    import itertools
+
+    depths = range(len(units) - 1, -1, -1) if kind == "deepest" else range(len(units))
+    single = [tuple(p if d == e else 0 for e in range(len(units))) for d in depths for p in range(1, units[d].num_phases)]
+    rest = [s for s in itertools.product(*[range(u.num_phases) for u in units]) if s not in single]
+    return rest[:1] + single + rest[1:]
+
+
+def make_wrapped(net: nn.Module, x: torch.Tensor, budget: int, criterion: str, order: str) -> Any:
+    if criterion != "calibrated":
+        return undiscard.wrap(net, budget=budget, criterion=criterion).eval()
+    if order in ("deepest", "shallowest"):
+        probe = undiscard.wrap(net, budget=1, example_input=x[:1])
+        states: Any = synthetic_order(order, probe.search_units)
+    else:
+        states = order
+    return undiscard.wrap(net, budget=budget, criterion="calibrated", order=states).eval()
+
+
 def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Callable[[str], None]) -> dict:
     torch.manual_seed(0)
     name, net = build_model(spec)
@@ -119,12 +152,12 @@ def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Ca
     plain_wall, plain_cpu = [t[0] for t in first], [t[1] for t in first]
     log(f"{name}: plain {n / statistics.median(plain_wall):.1f} img/s")
 
-    for b in budgets:
-        row: dict[str, Any] = {"budget": b, "naive_x": float(b)}
+    for criterion, b in [(c, b) for c in args.criterion_list for b in budgets]:
+        row: dict[str, Any] = {"budget": b, "naive_x": float(b), "criterion": criterion}
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model = undiscard.wrap(net, budget=b).eval()
+                model = make_wrapped(net, x, b, criterion, args.order)
                 with torch.no_grad():
                     t0 = time.perf_counter()
                     engine = model.prepare(x)
@@ -143,7 +176,7 @@ def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Ca
         except UndiscardError as exc:  # e.g. a budget above the model's number of states
             row["error"] = str(exc)
             result["rows"].append(row)
-            log(f"{name}: budget {b}: {exc}")
+            log(f"{name}: {criterion} budget {b}: {exc}")
             continue
         p_wall, p_cpu = [p[0][0] for p in pairs], [p[0][1] for p in pairs]
         o_wall, o_cpu = [p[1][0] for p in pairs], [p[1][1] for p in pairs]
@@ -163,7 +196,7 @@ def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Ca
         if "info" not in result:
             result["info"] = engine_info(model, engine)
         result["rows"].append(row)
-        log(f"{name}: budget {b}: {row['img_s']:.1f} img/s, wall {row['wall_x']:.2f}x, "
+        log(f"{name}: {criterion} budget {b}: {row['img_s']:.1f} img/s, wall {row['wall_x']:.2f}x, "
             f"FLOP {flop_x:.2f}x, ideal {ideal_x:.2f}x")
     med = statistics.median(plain_wall)
     result["plain"] = {"times_s": plain_wall, "cpu_s": plain_cpu, "median_s": med, "img_s": n / med}
@@ -235,7 +268,8 @@ def target_check(results: list[dict], env: dict, size: int) -> dict:
     if size == TARGET["size"]:
         for r in results:
             if r["model"] == TARGET["model"]:
-                row = next((x for x in r["rows"] if x["budget"] == TARGET["budget"] and "error" not in x), None)
+                row = next((x for x in r["rows"] if x["budget"] == TARGET["budget"] and "error" not in x
+                            and x.get("criterion", "entropy") == "entropy"), None)
     if row is None:
         out["evaluated"] = False
         return out
@@ -249,25 +283,26 @@ def target_check(results: list[dict], env: dict, size: int) -> dict:
 
 
 def fmt_table(results: list[dict], markdown: bool) -> str:
-    head = ["model", "budget", "img/s", "wall x", "FLOP x", "ideal x", "naive x"]
+    head = ["model", "criterion", "budget", "img/s", "wall x", "FLOP x", "ideal x", "naive x"]
     lines: list[list[str]] = []
     for r in results:
-        lines.append([r["model"], "plain", f"{r['plain']['img_s']:.1f}", "1.00", "1.00", "1.00", "1"])
+        lines.append([r["model"], "-", "plain", f"{r['plain']['img_s']:.1f}", "1.00", "1.00", "1.00", "1"])
         for row in r["rows"]:
+            crit = row.get("criterion", "entropy")
             if "error" in row:
-                lines.append([r["model"], str(row["budget"]), "error", "-", "-", "-", f"{row['naive_x']:.0f}"])
+                lines.append([r["model"], crit, str(row["budget"]), "error", "-", "-", "-", f"{row['naive_x']:.0f}"])
             else:
-                lines.append([r["model"], str(row["budget"]), f"{row['img_s']:.1f}", f"{row['wall_x']:.2f}",
+                lines.append([r["model"], crit, str(row["budget"]), f"{row['img_s']:.1f}", f"{row['wall_x']:.2f}",
                               f"{row['flop_x']:.2f}", f"{row['ideal_x']:.2f}", f"{row['naive_x']:.0f}"])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
 
     def render(cells: list[str]) -> str:
-        parts = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        parts = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
 
     out = [render(head)]
     if markdown:
-        out.append("|" + "|".join(("-" * (w + 1) + ":") if i >= 2 else ("-" * (w + 2))
+        out.append("|" + "|".join(("-" * (w + 1) + ":") if i >= 3 else ("-" * (w + 2))
                                   for i, w in enumerate(widths)) + "|")
     else:
         out.append("  ".join("-" * w for w in widths))
@@ -312,6 +347,15 @@ def fmt_report(report: dict, markdown: bool) -> str:
                       f"not {tgt['threads']}"))
     else:
         out.append(f"{bullet}target (budget {tgt['budget']} on {tgt['model']}/{tgt['size']}): not evaluated in this run")
+    for r in report["results"]:
+        for row in r["rows"]:
+            limit = SMALL_TARGETS.get(row["budget"])
+            if limit is None or "error" in row:
+                continue
+            ok = lambda v: "met" if v <= limit else "NOT met"  # noqa: E731
+            out.append(f"{bullet}issue 15 target, {r['model']} {row.get('criterion', 'entropy')} budget "
+                       f"{row['budget']} <= {limit}x: FLOP {row['flop_x']:.2f}x {ok(row['flop_x'])}, wall "
+                       f"{row['wall_x']:.2f}x {ok(row['wall_x'])}" + (" (machine busy)" if busy else ""))
     return "\n".join(out)
 
 
@@ -325,6 +369,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budgets", default="1,4,8,16", help="comma-separated budgets (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: %(default)s)")
+    p.add_argument("--criteria", default="entropy",
+                   help="comma-separated search criteria (default: %(default)s; calibrated needs --order)")
+    p.add_argument("--order", default="deepest",
+                   help="calibrated: a state order file, or deepest / shallowest (see the module docstring)")
     p.add_argument("--json", metavar="PATH", help="also write the full results as JSON to PATH")
     p.add_argument("--markdown", action="store_true", help="print the report as GitHub markdown")
     args = p.parse_args(argv)
@@ -337,6 +385,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for opt in ("batch", "size", "repeats", "threads"):
         if getattr(args, opt) < 1:
             p.error(f"--{opt} must be >= 1")
+    args.criterion_list = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    unknown = [c for c in args.criterion_list if c not in undiscard.criteria.CRITERIA]
+    if unknown or not args.criterion_list:
+        p.error(f"--criteria: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(undiscard.criteria.CRITERIA)}")
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.model_list:
         p.error("--models is empty")
@@ -362,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": env,
         "config": {"models": args.model_list, "batch": args.batch, "size": args.size,
                    "budgets": args.budget_list, "repeats": args.repeats, "warmup": 1,
-                   "criterion": "entropy", "aggregate": "entropy", "dtype": "float32", "weights": "random"},
+                   "criteria": args.criterion_list, "order": args.order, "aggregate": "entropy", "dtype": "float32", "weights": "random"},
         "loadavg_before": loadavg_before,
         "loadavg_after": list(os.getloadavg()),
         "elapsed_s": time.perf_counter() - t0,

@@ -109,6 +109,7 @@ def load_order(path: str | Path) -> StateOrder:
 def save_order(order: StateOrder, path: str | Path) -> Path:
     """Write ``order`` as JSON to ``path`` atomically (a temporary file renamed); returns the path."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(order.to_json(), indent=1) + "\n")
     tmp.replace(path)

@@ -18,11 +18,11 @@ from typing import Callable, NoReturn, Sequence
 import torch
 
 from ..errors import UndiscardError
-from . import demo, eval, fit_tta, models, predict, train_aggregator
+from . import calibrate, demo, eval, fit_tta, models, predict, train_aggregator
 
 __all__ = ["main", "build_parser"]
 
-SUBCOMMANDS = [models, demo, eval, predict, train_aggregator, fit_tta]
+SUBCOMMANDS = [models, demo, eval, predict, train_aggregator, fit_tta, calibrate]
 DEBUG_ENV = "UNDISCARD_DEBUG"
 
 

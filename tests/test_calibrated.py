@@ -1,0 +1,86 @@
+"""criterion="calibrated": a fixed ranked list of states (undiscard.calibration), its files, its errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import undiscard
+from undiscard.calibration import StateOrder, calibrate, greedy_order, load_order, save_order
+from undiscard.errors import UndiscardError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 10, 1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten()).eval()
+
+
+X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+ORDER = [(0, 0, 0), (0, 0, 3), (0, 1, 0), (2, 0, 0), (1, 1, 0), (0, 2, 3)]
+
+
+@pytest.mark.parametrize("budget", [1, 2, 4, 6])
+def test_first_b_states_each_as_run_state(budget: int) -> None:
+    m = undiscard.wrap(net(), budget=budget, criterion="calibrated", order=ORDER, units=[0, 1, 2])
+    with torch.no_grad():
+        cands = m.candidates(X)
+        for i, per in enumerate(cands):
+            assert [c.state for c in per] == ORDER[:budget]
+            for c in per:
+                torch.testing.assert_close(c.logits, m.run_state(X[i:i + 1], c.state)[0], rtol=1e-5, atol=1e-6)
+        assert m.candidates_cost(cands, budget)[0] == pytest.approx(m.last_cost, rel=1e-12)
+        if budget == 1:
+            assert torch.equal(m(X), net()(X))
+    big = undiscard.wrap(net(), budget=6, criterion="calibrated", order=ORDER, units=[0, 1, 2])
+    with torch.no_grad():
+        assert big.candidates_cost(big.candidates(X), budget)[0] == pytest.approx(m.last_cost, rel=1e-12)
+
+
+def test_order_file_round_trip_and_units_checked(tmp_path) -> None:
+    path = save_order(StateOrder(ORDER, ["a", "b", "c"], {"note": 1}), tmp_path / "o.json")
+    assert json.loads(path.read_text())["format"] == "undiscard-state-order"
+    assert load_order(path).states == ORDER
+    m = undiscard.wrap(net(), budget=2, criterion="calibrated", order=path, units=[0, 1, 2])
+    with pytest.raises(UndiscardError, match="made for units"):
+        m(X)
+
+
+@pytest.mark.parametrize("order,match", [
+    (None, "needs a ranked list"), ([(0, 0, 1), (0, 0, 0)], "must come first"),
+    ([(0, 0, 1), (0, 0, 1)], "twice"), ([(0, 0), (0, 1, 1)], "one phase per")])
+def test_order_errors(order, match) -> None:
+    with pytest.raises(UndiscardError, match=match):
+        undiscard.wrap(net(), budget=2, criterion="calibrated", order=order)
+
+
+def test_root_is_put_first_and_phase_range_checked() -> None:
+    assert StateOrder([(0, 1)]).states == [(0, 0), (0, 1)]
+    m = undiscard.wrap(net(), budget=2, criterion="calibrated", order=[(0, 0, 9)], units=[0, 1, 2])
+    with pytest.raises(UndiscardError, match="out of range"):
+        m(X)
+    m = undiscard.wrap(net(), budget=4, criterion="calibrated", order=[(0, 0, 1)], units=[0, 1, 2])
+    with pytest.raises(undiscard.errors.PhaseError, match="larger than"):
+        m(X)
+
+
+def test_greedy_by_hand() -> None:
+    # 4 images, 3 states; state 2 fixes images 2 and 3, state 1 only image 2: greedy takes 2 first
+    labels = torch.tensor([0, 0, 1, 1])
+    single = torch.tensor([[[5., 0], [5, 0], [5, 0]], [[5, 0], [5, 0], [5, 0]],
+                           [[1, 0], [0, 1], [0, 9]], [[1, 0], [1, 0], [0, 9]]])
+    ranking, curve = greedy_order(lambda idx: single[:, idx].mean(1), single, labels, greedy=1)
+    assert ranking == [0, 2, 1] and curve == [0.5, 1.0]
+
+
+def test_calibrate_ranks_every_state_deterministically() -> None:
+    y = torch.tensor([0, 3, 7])
+    m = undiscard.wrap(net(), budget=1, units=[0, 1])
+    a, b = calibrate(m, X, y, greedy=3), calibrate(m, X, y, greedy=3)
+    assert a.states == b.states and a.states[0] == (0, 0) and len(set(a.states)) == 16
+    assert len(a.meta["greedy_accuracy"]) == 4
