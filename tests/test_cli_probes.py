@@ -549,3 +549,28 @@ def test_predict_searches_the_zoo_models_default_units(capsys, images):
     assert cli(["predict", "--model", ZOO, str(images["rgb"]), "--budget", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["units"] == load_model(ZOO).units == zoo.search_units(MODEL)
+
+
+def test_version_flag(capsys):
+    import undiscard
+
+    assert cli(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"undiscard {undiscard.__version__}"
+
+
+def test_csv_counts_are_json(tmp_path):
+    import csv
+
+    from undiscard.report import write_csv
+
+    counts = {"n": 3.0, "correct1": 2.0}
+    write_csv(tmp_path / "r.csv", [{"model": "m", "units": ["a", "b"], "counts": counts}])
+    with (tmp_path / "r.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert json.loads(row["counts"]) == counts and row["units"] == "a,b"
+
+
+def test_eval_help_has_no_raw_markup(capsys):
+    assert cli(["eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":func:" not in out and "--shift" in out

@@ -116,14 +116,24 @@ def write_json(path: Path, payload: dict[str, Any], indent: int = 2) -> Path:
 
 
 def write_csv(path: Path, rows: Rows) -> Path:
-    """``rows`` as CSV (one column per key seen in any row; lists joined by commas), written atomically."""
+    """``rows`` as CSV (one column per key seen in any row; lists joined by commas, dicts as JSON), written
+    atomically."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: _fmt(r.get(k)) if isinstance(r.get(k), list) else r.get(k) for k in keys})
+            writer.writerow({k: _csv_cell(r.get(k)) for k in keys})
     return Path(path)
+
+
+def _csv_cell(v: Any) -> Any:
+    """A CSV cell: lists joined by commas, dicts (the exact ``counts``) as JSON, anything else as is."""
+    if isinstance(v, list):
+        return _fmt(v)
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return v
 
 
 def plot_budgets(rows: Rows, out_dir: Path, metrics: Sequence[tuple[str, str]] | None = None) -> list[Path]:

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="undiscard",
         description="Recover the activations that subsampling layers discard, at test time.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"undiscard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
         p = module.add_parser(sub)

@@ -14,13 +14,22 @@ import torch
 from ..errors import UndiscardError
 from ..progress import progress_bar
 
-__all__ = ["CLIError", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
+__all__ = ["CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
            "load_cli_model", "load_labelled"]
 
 
 class CLIError(UndiscardError):
     """Bad command-line input; reported as one line, exit status 2."""
+
+
+def help_text(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: reST literals (double backquotes) and roles such as
+    ``:func:`name``` shown as plain `name`."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", doc or "")
+    return text.replace("``", "`")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:

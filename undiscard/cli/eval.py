@@ -37,13 +37,13 @@ from ..evaluation import Batch, evaluate_stream, evaluate_tta_stream, row_from_c
 from ..report import COLUMNS, format_table, plot_budgets, write_csv, write_json
 from ..search import CRITERIA
 from ..wrapper import wrap
-from .common import (CLIError, add_model_args, add_output_args, aggregator_needers, check_out_dir, emit_json,
+from .common import (CLIError, help_text, add_model_args, add_output_args, aggregator_needers, check_out_dir, emit_json,
                      load_cli_model, parse_aggregates, parse_budgets, parse_units, progress_bar, resolve_device)
 from .tta_options import add_tta_args, build_tta
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help="evaluate a model on an image folder across budgets", description=__doc__,
+    p = sub.add_parser("eval", help="evaluate a model on an image folder across budgets", description=help_text(__doc__),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--data", required=True, help="image folder: DIR/CLASS/IMAGE")
