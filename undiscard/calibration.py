@@ -11,8 +11,9 @@ the test set), then states are added greedily, each time the one whose addition 
 (the model's own ``aggregate``/``align``) the highest top-1 accuracy, ties broken by the lower mean
 negative log-likelihood and then by the state's index; states left after ``greedy`` steps follow by their
 own accuracy. ``undiscard calibrate`` (:mod:`undiscard.cli.calibrate`) writes one as a small JSON file;
-the zoo ships one per model in ``undiscard/zoo/orders/NAME.json`` (``scripts/calibrate_zoo.py``,
-:func:`zoo_order_path`).
+``scripts/calibrate_zoo.py`` writes one per zoo model to ``undiscard/zoo/orders/NAME.json``
+(:func:`zoo_order_path`); none is shipped yet: on the first model compared (resnet_basic, 1000 validation
+images) the calibrated order did not beat entropy/random/offset (results/issue15/).
 
 File format (JSON): ``{"format": "undiscard-state-order", "version": 1, "units": [names], "states":
 [[phase, ...], ...], "meta": {...}}`` — ``meta`` says how it was made (data, images, seed, aggregate,
