@@ -53,7 +53,7 @@ def dense_phase(layer: nn.Module, x: Tensor, phase: int) -> Tensor:
     else:
         raise TypeError(f"no reference for {type(layer).__name__}")
     ho, wo = default.shape[-2:]
-    return dense[..., dy::rate, dx::rate][..., :ho, :wo]
+    return dense[..., dy::rate, dx::rate][..., :ho, :wo].contiguous()  # a model may .view() it
 
 
 def reference_output(net: nn.Module, units: Sequence[Unit], state: Sequence[int], x: Tensor,

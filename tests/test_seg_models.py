@@ -1,0 +1,137 @@
+"""Real segmenters under ``wrap(task="segmentation")`` (issue 14, item 2): torchvision's FCN, DeepLabV3 and
+LR-ASPP (``{"out": ...}`` dict outputs), smp's Unet, FPN, DeepLabV3+ and Segformer with random weights,
+and the trained segmentation zoo.
+
+For each: budget 1 is the network's output bit for bit; every state a budget-2 search finds equals the
+network run with that fixed state (``run_state``) and the independent hook reference of
+:mod:`tests.test_dense_task` (each searched layer's phase written out from its stride-1 computation,
+sliced), and the aggregate is the per-pixel mean of those outputs aligned at output resolution. U-Net-style
+decoders read every encoder stage: lineage tracing keeps one unit per downsampling block (its strided conv
+and strided shortcut together) and merges nothing across the skips.
+"""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import undiscard
+from undiscard._compat import import_torchvision
+from undiscard.geometry import state_offset
+from undiscard.outputs import select_output
+
+from .test_dense_task import check_states, reference_output, shifted_by_hand
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+HAS_SMP = importlib.util.find_spec("segmentation_models_pytorch") is not None
+needs_smp = pytest.mark.skipif(not HAS_SMP, reason="segmentation_models_pytorch (undiscard[seg]) not installed")
+K = 4
+
+
+def _smp():
+    import_torchvision()  # smp imports timm, which imports torchvision: the CPU workaround first
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+def _tv():
+    return import_torchvision().models.segmentation
+
+
+# name: (builder, input (C, H, W), dtype)
+MODELS = {
+    "tv fcn_resnet50": (lambda: _tv().fcn_resnet50(weights=None, weights_backbone=None, num_classes=K),
+                        (3, 32, 32), torch.float32),
+    "tv deeplabv3_mobilenet_v3_large": (
+        lambda: _tv().deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=K),
+        (3, 32, 32), torch.float64),
+    "tv lraspp_mobilenet_v3_large": (
+        lambda: _tv().lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=K),
+        (3, 32, 32), torch.float64),
+    "smp Unet": (lambda: _smp().Unet("resnet18", encoder_weights=None, classes=K, decoder_channels=(32, 16, 8, 8, 8)),
+                 (3, 32, 32), torch.float64),
+    "smp FPN": (lambda: _smp().FPN("resnet18", encoder_weights=None, classes=K, decoder_pyramid_channels=32,
+                                   decoder_segmentation_channels=32), (3, 64, 64), torch.float64),
+    "smp DeepLabV3Plus": (lambda: _smp().DeepLabV3Plus("resnet18", encoder_weights=None, classes=K,
+                                                       decoder_channels=32), (3, 32, 32), torch.float64),
+    "smp Segformer": (lambda: _smp().Segformer("mit_b0", encoder_weights=None, classes=K,
+                                               decoder_segmentation_channels=32), (3, 64, 64), torch.float64),
+}
+SMP = [n for n in MODELS if n.startswith("smp")]
+
+
+def _build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    factory, shape, dtype = MODELS[name]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision/smp deprecation notes
+        net = factory().eval().to(dtype)
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    return net, x
+
+
+def _marks(name: str):
+    return [needs_smp] if name in SMP else []
+
+
+def _check(net: nn.Module, x: torch.Tensor, rtol: float, atol: float) -> undiscard.Undiscard:
+    with torch.no_grad():
+        assert torch.equal(undiscard.wrap(net, budget=1, task="segmentation")(x), select_output(net(x)))
+        model = undiscard.wrap(net, budget=2, task="segmentation", aggregate="mean")
+        got = model(x)
+        assert model.split_method == "output"
+        states = check_states(model, net, x, output=select_output, rtol=rtol, atol=atol)
+    # the aggregate: both states' outputs aligned at output resolution (offset x P pixels), averaged
+    (zero, other), = states
+    assert zero == (0,) * len(other) and other != zero
+    with torch.no_grad():  # each equals the hook reference (check_states)
+        outs = [model.run_state(x, s)[0] for s in (zero, other)]
+    first = model.search_units[0]
+    scale = x.shape[-1] // first.in_size[1]  # P: the rates before the first searched unit
+    dy, dx = state_offset(other, [u.rate for u in model.search_units], [u.spatial for u in model.search_units])
+    want = (outs[0] + shifted_by_hand(outs[1], outs[0], scale * dy, scale * dx)) / 2
+    torch.testing.assert_close(got[0], want, rtol=rtol, atol=atol)
+    return model
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n)) for n in MODELS])
+def test_every_state_is_the_network_at_that_state(name):
+    net, x = _build(name)
+    tol = (1e-7, 1e-9) if x.dtype == torch.float64 else (1e-4, 1e-4)
+    model = _check(net, x, *tol)
+    assert model(x).shape == (1, K, *x.shape[-2:])
+
+
+@needs_smp
+def test_unet_skips_merge_no_units():
+    """smp's U-Net decoder concatenates the outputs of every encoder stage: the units are still one per
+    strided layer or downsampling block (its strided 3x3 conv with its strided 1x1 shortcut)."""
+    net, x = _build("smp Unet")
+    model = undiscard.wrap(net, budget=2, task="segmentation", example_input=x)
+    assert [u.layers for u in model.all_units] == [
+        ("encoder.conv1",), ("encoder.maxpool",),
+        *[(f"encoder.layer{i}.0.conv1", f"encoder.layer{i}.0.downsample.0") for i in (2, 3, 4)]]
+    assert [u.name for u in model.search_units] == ["encoder.maxpool", "encoder.layer2.0", "encoder.layer3.0"]
+    # states that vary the deepest searched unit, whose output the decoder reads through a skip
+    for state in [(0, 0, 3), (1, 2, 1)]:
+        with torch.no_grad():
+            torch.testing.assert_close(model.run_state(x, state), reference_output(net, model.search_units, state, x))
+
+
+@needs_smp
+@pytest.mark.parametrize("name", ["seg_deeplabv3plus", "seg_fpn", "seg_segformer"])
+def test_trained_zoo_models(name):
+    from undiscard.data import segmentation as segdata
+    from undiscard.zoo import segmentation as segzoo
+
+    if not segzoo.weights_path(name).is_file():
+        pytest.skip(f"{name} is not trained")
+    net = segzoo.create_model(name).double()
+    images, _ = segdata.load_seg_test()
+    x = segdata.to_input(images[:1]).double()
+    model = _check(net, x, 1e-7, 1e-9)
+    assert model(x).shape == (1, segdata.NUM_CLASSES, 96, 96)
