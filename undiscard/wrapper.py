@@ -73,8 +73,7 @@ class Undiscard(TestTimeModule):
         self._budget = self.check_budget(value)
 
     def check_budget(self, budget: int) -> int:
-        """``budget`` if it is a positive integer within the searched units' states (known after the first
-        call or ``prepare``); otherwise a one-line :class:`~undiscard.errors.PhaseError`."""
+        """``budget`` if positive and within the searched units' states (after setup); else a one-line PhaseError."""
         return check_budget(budget, self._units)
 
     def _known(self, what: str, ready: bool = True) -> Units:
@@ -88,8 +87,7 @@ class Undiscard(TestTimeModule):
         """All units of the model, searched or not (after setup)."""
         return self._known("units").all
 
-    units = property(all_units.fget, doc="Alias of :attr:`all_units` (``wrap(units=...)`` chooses the "
-                     ":attr:`search_units` among them).")
+    units = property(all_units.fget, doc="Alias of :attr:`all_units` (``wrap(units=...)`` picks :attr:`search_units`).")
 
     @property
     def search_units(self) -> list[Unit]:
@@ -222,11 +220,11 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
         align: shift each state's feature map by its offset before aggregating.
         units: indices or names of the units to search (default: all spatial units but the first and
             the last; all of them when there are fewer than three). ``model.all_units`` lists them all.
-        **kwargs: ``aggregator`` (an AttentionAggregator or a file from ``undiscard train-aggregator``),
-            ``features``/``head`` (callables ``(model, x)``) to split an unknown model, ``layout``,
-            ``strict`` (raise on unsupported strided layers), ``chunk_size`` (max samples per expansion
-            pass), ``seed`` (random criterion), ``order`` (:mod:`undiscard.calibration`: a file from ``undiscard
-            calibrate`` or a list of states), ``example_input``, ``output`` (logits in a dict/tuple output; see
-            :mod:`undiscard.outputs`), ``task`` (``"classification"``/``"segmentation"``; None: from the output).
+        **kwargs: ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
+            (callables ``(model, x)``) to split an unknown model, ``layout``, ``strict`` (raise on unsupported strided
+            layers), ``chunk_size`` (samples per expansion pass), ``seed`` (random criterion), ``order`` (a file from
+            ``undiscard calibrate`` or a list of states), ``extend`` (what phases read past the edge: ``zero``,
+            ``replicate``, ``background``; :mod:`undiscard.layers.extension`), ``example_input``, ``output`` (logits
+            in a dict/tuple output: :mod:`undiscard.outputs`), ``task`` (classification/segmentation; None: detect).
     """
     return Undiscard(net, budget, criterion, aggregate, align, units, **kwargs)
