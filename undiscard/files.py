@@ -49,7 +49,8 @@ def load_weights(model: nn.Module, path: str) -> None:
     except FileNotFoundError:
         raise UndiscardError(f"weights file not found: {path}") from None
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        raise UndiscardError(f"cannot read weights file {path}: {err}") from None
+        raise UndiscardError(f"cannot read weights file {path}: not a PyTorch state_dict or checkpoint "
+                             f"({type(err).__name__}: {str(err).strip()[:120]})") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in obj and isinstance(obj[key], dict):

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import importlib
 import io
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -110,6 +111,9 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     loaded = source(name if name else spec)
     if weights is not None:
         load_weights(loaded.model, weights)
+    elif prefix in ("timm", "torchvision") and name:
+        warnings.warn(f"{loaded.name} has random weights (nothing is downloaded here): pass --weights FILE "
+                      "(or weights=) for a trained model", UserWarning, stacklevel=2)
     loaded.model.eval()
     return loaded
 
