@@ -20,8 +20,8 @@ from ..data.folder import normalize_batch
 from ..geometry import num_states
 from ..report import check_writable_dir
 from ..wrapper import wrap
-from .common import (CLIError, add_fit_output_args, add_model_args, emit_json, load_cli_model, load_labelled, parse_units, progress_bar,
-                     resolve_device)
+from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, emit_json,
+                     load_cli_model, load_labelled, parse_units, progress_bar, resolve_device)
 
 DEFAULT_GREEDY = 16
 
@@ -30,10 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="rank states on labelled images (criterion='calibrated')",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--data", required=True,
-                   help="labelled images: a Fashion-MNIST idx directory (zoo models: its held-out validation "
-                        "part) or an image folder DIR/CLASS/IMAGE")
-    p.add_argument("--class-map", default=None, help="folder name -> class index (JSON or one name per line)")
+    add_labelled_data_args(p, "labelled images")
     p.add_argument("--out", type=Path, required=True, help="state order file to write (JSON; a missing "
                                                            "directory is created)")
     p.add_argument("--aggregate", default="entropy", help="aggregation the order is ranked for (default: entropy)")

@@ -16,7 +16,7 @@ from ..progress import progress_bar
 
 __all__ = ["CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
-           "load_cli_model", "load_labelled"]
+           "load_cli_model", "load_labelled", "add_labelled_data_args"]
 
 
 class CLIError(UndiscardError):
@@ -148,6 +148,14 @@ def resolve_device(name: str) -> torch.device:
 
 def emit_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def add_labelled_data_args(p: argparse.ArgumentParser, what: str = "labelled images") -> None:
+    """``--data`` and ``--class-map`` of the commands that fit on labelled images (never the test set)."""
+    p.add_argument("--data", required=True,
+                   help=f"{what}: a Fashion-MNIST idx directory (zoo models: its held-out validation part) or an "
+                        "image folder DIR/CLASS/IMAGE")
+    p.add_argument("--class-map", default=None, help="folder name -> class index (JSON or one name per line)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -22,18 +22,15 @@ from ..attention_training import TrainConfig, train_aggregator
 from ..data.folder import normalize_batch
 from ..report import write_json
 from ..wrapper import wrap
-from .common import (CLIError, add_fit_output_args, add_model_args, check_out_file, emit_json, load_cli_model,
-                     load_labelled, parse_units, progress_bar, resolve_device)
+from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, check_out_file,
+                     emit_json, load_cli_model, load_labelled, parse_units, progress_bar, resolve_device)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train-aggregator", help="train the attention aggregator (backbone frozen)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    p.add_argument("--data", required=True,
-                   help="labelled training images: a Fashion-MNIST idx directory (zoo models: its held-out "
-                        "validation part) or an image folder DIR/CLASS/IMAGE")
-    p.add_argument("--class-map", default=None, help="folder name -> class index (JSON or one name per line)")
+    add_labelled_data_args(p, "labelled training images")
     p.add_argument("--out", type=Path, required=True,
                    help="aggregator file to write (.pt; a missing directory is created); FILE.json gets the log")
     d = TrainConfig()

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ..data.shift import translate
 from ..errors import UndiscardError
+from .views import check_unique
 
 __all__ = ["DenseView", "DENSE_POLICIES", "DEFAULT_SCALES", "parse_dense_view", "dense_policy_views",
            "DenseViewError", "PadValue"]
@@ -194,7 +195,5 @@ def dense_policy_views(policy: str | Sequence[str | DenseView]) -> list[DenseVie
         views = [v if isinstance(v, DenseView) else parse_dense_view(v) for v in policy]
     if not views:
         raise DenseViewError("a dense TTA policy needs at least one view")
-    names = [v.name for v in views]
-    if len(set(names)) != len(names):
-        raise DenseViewError(f"repeated views in dense policy: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    check_unique([v.name for v in views], DenseViewError, "dense policy")
     return views

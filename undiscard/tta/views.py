@@ -154,6 +154,12 @@ POLICIES: dict[str, list[str]] = {
 }
 
 
+def check_unique(names: list[str], error: type[Exception], what: str) -> None:
+    """``error`` naming the repeated view names of a ``what``, if any."""
+    if len(set(names)) != len(names):
+        raise error(f"repeated views in {what}: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+
+
 def policy_views(policy: str | Sequence[str | View]) -> list[View]:
     """The views of a named policy, of a comma-separated list of view strings, or of a list of views."""
     if isinstance(policy, str):
@@ -167,9 +173,7 @@ def policy_views(policy: str | Sequence[str | View]) -> list[View]:
     views = [v if isinstance(v, View) else parse_view(v) for v in policy]
     if not views:
         raise ViewError("a TTA policy needs at least one view")
-    seen = [v.name for v in views]
-    if len(set(seen)) != len(seen):
-        raise ViewError(f"repeated views in policy: {', '.join(sorted({s for s in seen if seen.count(s) > 1}))}")
+    check_unique([v.name for v in views], ViewError, "policy")
     return views
 
 
