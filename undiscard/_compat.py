@@ -57,13 +57,12 @@ def _define_missing_schemas() -> None:
     global _LIBRARY
     if "torchvision" in sys.modules or _LIBRARY is not None:
         return
-    if not [name for name in _SCHEMAS if not _has_op(name)] or _extension_loads():
-        return
     missing = [name for name in _SCHEMAS if not _has_op(name)]
-    if missing:
-        _LIBRARY = torch.library.Library("torchvision", "FRAGMENT")
-        for name in missing:
-            _LIBRARY.define(_SCHEMAS[name])
+    if not missing or _extension_loads():
+        return
+    _LIBRARY = torch.library.Library("torchvision", "FRAGMENT")
+    for name in missing:
+        _LIBRARY.define(_SCHEMAS[name])
 
 
 class _TorchvisionImportFix(importlib.abc.MetaPathFinder):

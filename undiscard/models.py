@@ -75,6 +75,7 @@ class LoadedModel:
     class_names: list[str] = field(default_factory=list)
     units: list[str] | None = None  # units to search by default (None: the wrapper's default)
     aggregator: str | None = None  # a shipped attention aggregator file, if any
+    random_weights: bool = False  # built untrained (nothing is downloaded): load_model warns without weights=
 
 
 Source = Callable[[str], LoadedModel]
@@ -111,7 +112,7 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     loaded = source(name if name else spec)
     if weights is not None:
         load_weights(loaded.model, weights)
-    elif prefix in ("timm", "torchvision") and name:
+    elif loaded.random_weights:
         warnings.warn(f"{loaded.name} has random weights (nothing is downloaded here): pass --weights FILE "
                       "(or weights=) for a trained model", UserWarning, stacklevel=2)
     loaded.model.eval()
@@ -186,7 +187,7 @@ def _timm(name: str) -> LoadedModel:
                      interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear")
     subset = getattr(timm.data, "infer_imagenet_subset", None)  # timm >= 0.9.8; older: judge by the class count
     names = _imagenet_names(model) if subset is None or subset(model) == "imagenet-1k" else []
-    return LoadedModel(f"timm:{base}", model, pre, names)
+    return LoadedModel(f"timm:{base}", model, pre, names, random_weights=True)
 
 
 @register_source("torchvision")
@@ -200,7 +201,8 @@ def _torchvision(name: str) -> LoadedModel:
     size = 224
     if base.startswith("inception"):
         size = 299
-    return LoadedModel(f"torchvision:{base}", model, Preprocess(input_size=size), _imagenet_names(model))
+    return LoadedModel(f"torchvision:{base}", model, Preprocess(input_size=size), _imagenet_names(model),
+                       random_weights=True)
 
 
 def _imagenet_names(model: nn.Module) -> list[str]:

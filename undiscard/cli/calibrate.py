@@ -21,7 +21,7 @@ from ..geometry import num_states
 from ..report import check_writable_dir
 from ..wrapper import wrap
 from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, emit_json,
-                     load_cli_model, load_labelled, parse_units, progress_bar, resolve_device)
+                     load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)
 
 DEFAULT_GREEDY = 16
 
@@ -60,10 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--greedy must be >= 0, got {args.greedy}")
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be positive, got {args.limit}")
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise CLIError(f"--threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = resolve_device(args.device)
     _check_out(args.out)
     loaded = load_cli_model(args)

@@ -16,7 +16,7 @@ from ..progress import progress_bar
 
 __all__ = ["CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
-           "load_cli_model", "load_labelled", "add_labelled_data_args"]
+           "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads"]
 
 
 class CLIError(UndiscardError):
@@ -156,6 +156,14 @@ def add_labelled_data_args(p: argparse.ArgumentParser, what: str = "labelled ima
                    help=f"{what}: a Fashion-MNIST idx directory (zoo models: its held-out validation part) or an "
                         "image folder DIR/CLASS/IMAGE")
     p.add_argument("--class-map", default=None, help="folder name -> class index (JSON or one name per line)")
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's CPU threads (None: torch's default); N must be positive."""
+    if threads is not None:
+        if threads <= 0:
+            raise CLIError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from ..data.folder import normalize_batch
 from ..report import write_json
 from ..wrapper import wrap
 from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, check_out_file,
-                     emit_json, load_cli_model, load_labelled, parse_units, progress_bar, resolve_device)
+                     emit_json, load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -58,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.lr <= 0:
         raise CLIError(f"--lr must be positive, got {args.lr}")
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise CLIError(f"--threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = resolve_device(args.device)
     log_path = check_out_file(args.out)
     loaded = load_cli_model(args)
