@@ -8,6 +8,14 @@ decay per step. Budgets are capped at the number of states of the searched units
 state is used and the criterion does not matter).
 
 One trained aggregator works at any budget: attention is a softmax across however many states there are.
+
+**Ranking** (``rank_weight > 0``): the attention logits also order states for ``criterion="learned"``,
+which keeps the B states with the highest location-averaged logit (the aggregator's ``state_scores``).
+Weighting states only teaches which of the *given* states to trust, not which to search, so a listwise
+loss (ListNet) is added: per image, the cross-entropy between the softmax over its states of
+``-CE(state's own logits, label) / rank_temperature`` (the states that classify the image best) and the
+softmax of their scores, over the ``budget`` states searched per training image (all of them for the
+zoo: 30 capped at 16). The loss is ``CE(aggregate) + rank_weight * listwise``.
 """
 from __future__ import annotations
 
@@ -20,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .aggregate import align_maps
+from .candidates import Candidates, stack_candidates
 from .errors import UndiscardError
 from .wrapper import Undiscard
 
-__all__ = ["TrainConfig", "train_aggregator", "evaluate_aggregates"]
+__all__ = ["TrainConfig", "train_aggregator", "evaluate_aggregates", "state_scores", "rank_loss"]
 
 
 @dataclass
@@ -37,6 +47,8 @@ class TrainConfig:
     batch_size: int = 64
     warmup: float = 0.1  # share of the steps spent warming up
     seed: int = 0
+    rank_weight: float = 0.0  # weight of the listwise ranking loss (0: weighting only, as before)
+    rank_temperature: float = 0.25  # of the target: softmax(-per-state CE / T)
 
 
 @dataclass
@@ -44,6 +56,27 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     budget: int = 0
     seconds: float = 0.0
+
+
+def state_scores(model: Undiscard, cands: Candidates) -> Tensor:
+    """(N, B) scores of the searched states by ``model.aggregator`` (higher first for the ``learned``
+    criterion): each state's map aligned as aggregation aligns it, against state 0's map."""
+    engine = cands.engine
+    feats, logits, offsets = stack_candidates(cands, engine)
+    states = model.task.state_maps(engine, feats, logits)
+    maps = states.maps
+    if model.align and states.stride is not None:
+        maps = align_maps(maps, offsets, states.stride)
+    return model.aggregator.state_scores(maps, offsets, maps[:, 0])
+
+
+def rank_loss(scores: Tensor, logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """ListNet loss of ``scores`` (N, B) against the states' own ``logits`` (N, B, K, ...) on ``labels``
+    (N, ...): cross-entropy from softmax(-CE_b / temperature) to softmax(scores) over the B states."""
+    n, b = scores.shape
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.repeat_interleave(b, 0), reduction="none")
+    target = torch.softmax(-ce.view(n, b, -1).mean(-1) / temperature, dim=1)
+    return -(target * torch.log_softmax(scores.float(), dim=1)).sum(1).mean()
 
 
 def _lr_factor(step: int, total: int, warmup: float) -> float:
@@ -93,6 +126,9 @@ def train_aggregator(model: Undiscard, images: Tensor, labels: Tensor, config: T
         raise UndiscardError("the model has no attention aggregator: wrap it with aggregate='attention' before its "
                              "first call")
     budget = min(config.budget, model.num_states)
+    if config.rank_weight < 0 or config.rank_temperature <= 0:
+        raise UndiscardError(f"rank_weight must be >= 0 and rank_temperature > 0, got {config.rank_weight}, "
+                             f"{config.rank_temperature}")
     if budget < 2:
         raise UndiscardError(f"training needs at least 2 states per image, got budget {budget} "
                              f"({model.num_states} states in the searched units)")
@@ -131,6 +167,10 @@ def train_aggregator(model: Undiscard, images: Tensor, labels: Tensor, config: T
                 agg.train()
                 logits = model.aggregate_candidates(cands, aggregate="attention")  # gradients reach agg
                 loss = F.cross_entropy(logits.float(), y)
+                if config.rank_weight > 0:
+                    stacked_logits = stack_candidates(cands, cands.engine)[1]
+                    loss = loss + config.rank_weight * rank_loss(state_scores(model, cands), stacked_logits, y,
+                                                                 config.rank_temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

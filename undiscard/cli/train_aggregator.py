@@ -42,6 +42,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation (default: 0.2)")
     p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
     p.add_argument("--no-align", dest="align", action="store_false", help="train without offset alignment")
+    p.add_argument("--rank-weight", type=float, default=d.rank_weight,
+                   help="weight of the listwise loss that teaches criterion='learned' to rank states "
+                        f"(default: {d.rank_weight}; the zoo's aggregators: 1.0)")
+    p.add_argument("--rank-temperature", type=float, default=d.rank_temperature,
+                   help=f"temperature of the ranking target softmax(-per-state CE / T) (default: {d.rank_temperature})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_fit_output_args(p)
@@ -58,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.lr <= 0:
         raise CLIError(f"--lr must be positive, got {args.lr}")
+    if args.rank_weight < 0 or args.rank_temperature <= 0:
+        raise CLIError(f"--rank-weight must be >= 0 and --rank-temperature > 0, got {args.rank_weight}, "
+                       f"{args.rank_temperature}")
     set_threads(args.threads)
     device = resolve_device(args.device)
     log_path = check_out_file(args.out)
@@ -78,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", UserWarning)  # "untrained aggregator": that is the point here
         model.prepare(x[:1])
     config = TrainConfig(epochs=args.epochs, budget=args.budget, lr=args.lr, batch_size=args.batch_size,
-                         seed=args.seed)
+                         seed=args.seed, rank_weight=args.rank_weight, rank_temperature=args.rank_temperature)
     budget = min(args.budget, model.num_states)
     if budget < args.budget and not args.quiet:
         print(f"undiscard train-aggregator: budget {args.budget} capped at the {model.num_states} states of the "
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     log = {"model": loaded.name, "units": [u.name for u in model.search_units], "align": args.align,
            "data": described, "train_images": len(tr), "val_images": n_val, "budget": result.budget,
            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+           "rank_weight": args.rank_weight, "rank_temperature": args.rank_temperature, "extend": model.extend,
            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0,
            "torch": str(torch.__version__), "history": result.history}
     save_aggregator(args.out, model.aggregator, model=loaded.name, units=log["units"], align=args.align, meta=log)
