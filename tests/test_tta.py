@@ -30,8 +30,9 @@ def test_views_by_hand():
     expected = torch.tensor([[0., 0, 0, 1], [0, 0, 0, 1], [4, 4, 4, 5], [8, 8, 8, 9]])
     assert torch.equal(parse_view("shift:1,2")(x)[0, 0], expected)
     y = torch.randn(2, 3, 32, 32)
-    assert torch.equal(parse_view("crop:tl")(y), parse_view("shift:2,2")(y))  # H/16 = 2 px away from the corner
-    assert torch.equal(parse_view("crop:br")(y), parse_view("shift:-2,-2")(y))
+    # a real crop (issue 16): the top-left 16 x 16 resized back (more in tests/test_tta_crops.py)
+    assert torch.equal(parse_view("crop:tl,0.5")(y), torch.nn.functional.interpolate(
+        y[..., :16, :16], size=(32, 32), mode="bilinear", antialias=True))
     assert torch.allclose(parse_view("scale:1")(y), y, atol=1e-6)
     assert torch.allclose(parse_view("rotate:0")(y), y, atol=1e-6)
     assert torch.allclose(parse_view("rotate:90")(y), y.rot90(1, (-2, -1)), atol=1e-5)  # counter-clockwise
