@@ -27,7 +27,8 @@ from undiscard import UndiscardError
 from undiscard.aggregate import align_filled, align_maps
 from undiscard.dense import SegmentationTask
 from undiscard.discovery import Unit
-from undiscard.geometry import output_stride, state_offset
+from undiscard.dense_alignment import reaches
+from undiscard.geometry import moved_offsets, output_stride, state_offset
 from undiscard.task import AutoTask, ClassificationTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,6 +121,28 @@ class TinyUNet(nn.Module):
         return self.head(F.relu(self.up1(torch.cat([u, s0], 1))))
 
 
+class AddSkipNet(nn.Module):
+    """An FPN-style decoder: a strided conv (unit 0, its output the skip ``s1``), a max-pool (unit 1) and a
+    strided conv (unit 2); the decoder *adds* a lateral 1x1 conv of ``s1`` (read from before units 1 and 2)
+    to the upsampled deep map, then upsamples to the input. Every path runs through unit 0; the skip
+    bypasses units 1 and 2. (A skip added, not concatenated, broadcasts a one-image batch against the R²
+    rows of an expansion: the FPN crash at two images or more.)"""
+
+    def __init__(self, k: int = K):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.down = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.deep = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.lateral = nn.Conv2d(6, 8, 1)
+        self.head = nn.Conv2d(8, k, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s1 = F.relu(self.down(F.relu(self.stem(x))))
+        u = F.interpolate(F.relu(self.deep(self.pool(s1))), size=s1.shape[-2:], mode="nearest") + self.lateral(s1)
+        return self.head(F.interpolate(u, size=x.shape[-2:], mode="bilinear", align_corners=False))
+
+
 class CoarseNet(nn.Module):
     """Logits at stride 4 of the input, not upsampled (conv s2, conv s2, 1x1 head)."""
 
@@ -144,6 +167,14 @@ class DictSeg(TinyUNet):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out = super().forward(x)
         return {"out": out, "aux": out[:, :2]}
+
+
+class NoGradInside(CoarseNet):
+    """Runs its layers under ``no_grad``: its output has no autograd lineage to trace."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return super().forward(x)
 
 
 class TinyClassifier(nn.Module):
@@ -197,11 +228,11 @@ def test_unet_units_do_not_merge_across_skips_and_every_state_is_the_reference()
 
 
 def test_mean_and_entropy_aggregate_aligned_outputs_per_pixel():
-    """Default units: the max-pool is searched; P = 2 (the block before it), so a state at offset (dy, dx)
-    of the pool's 16x16 input grid is shifted by (2 dy, 2 dx) pixels of the 32x32 output."""
+    """Default units: the max-pool is searched; P = 2 (the block before it), so with align="offset" a state
+    at offset (dy, dx) of the pool's 16x16 input grid is shifted by (2 dy, 2 dx) pixels of the 32x32 output."""
     net, x = make(TinyUNet), images()
     for how in ("mean", "entropy"):
-        model = seg(net, budget=4, aggregate=how)
+        model = seg(net, budget=4, aggregate=how, align="offset")
         with torch.no_grad():
             got = model(x)
         assert [u.name for u in model.search_units] == ["pool"]
@@ -317,6 +348,100 @@ def test_an_output_at_no_stride_cannot_be_aligned():
         want = [torch.stack([model.run_state(x[i:i + 1], s)[0] for s in per]).mean(0)
                 for i, per in enumerate(model.search(x))]
         torch.testing.assert_close(model(x), torch.stack(want))
+
+
+def _moves(model: undiscard.Undiscard, x: Tensor) -> tuple[bool, ...]:
+    engine = model.prepare(x)
+    with torch.no_grad():
+        logits = model.run_state(x[:1], (0,) * len(model.search_units))
+    return model.task.units_moving_output(engine, logits)
+
+
+def test_lineage_alignment_is_zero_when_a_skip_bypasses_the_unit():
+    """TinyUNet's decoder reads the activations before every unit (s0 before ``down``, s1 before ``pool``
+    and ``deep``): no unit moves the output, so the default alignment shifts by 0 — align=False, bit for bit
+    — while align="offset" shifts by offset x 2."""
+    net, x = make(TinyUNet), images()
+    model = seg(net, budget=4, aggregate="mean")
+    assert _moves(model, x) == (False,)
+    all_units = seg(net, budget=4, units=[0, 1, 2])
+    assert _moves(all_units, x) == (False, False, False)
+    with torch.no_grad():
+        got = model(x)
+        assert torch.equal(got, seg(net, budget=4, aggregate="mean", align=False)(x))
+        assert torch.equal(got, seg(net, budget=4, aggregate="mean", align="lineage")(x))
+        assert not torch.equal(got, seg(net, budget=4, aggregate="mean", align="offset")(x))
+        offsets = torch.tensor([[[0, 0], [1, 0], [0, 1], [1, 1]]])
+        assert torch.equal(model.task.shifts(model.prepare(x), got[:1], offsets, True), torch.zeros_like(offsets))
+
+
+def test_lineage_alignment_is_the_offset_for_a_plain_stride_network():
+    """CoarseNet has no skip: both units move the output, and the default alignment is offset x stride
+    (the box shift at a stride-4 output), bit for bit align="offset"."""
+    net, x = make(CoarseNet), images()
+    for units in ([1], [0, 1]):
+        model = seg(net, budget=4, aggregate="entropy", units=units)
+        assert _moves(model, x) == (True,) * len(units)
+        with torch.no_grad():
+            assert torch.equal(model(x), seg(net, budget=4, aggregate="entropy", units=units, align="offset")(x))
+
+
+def test_lineage_alignment_keeps_the_terms_of_the_units_that_move():
+    """AddSkipNet: unit 0 (``down``) dominates the output, units 1 and 2 are bypassed by the skip. Every
+    state at batch 3 and budget 8 is the hook reference (the FPN crash: a skip added across an expansion),
+    and the aggregate is the states' outputs shifted by unit 0's phase only (P = 1: the stem is stride 1)."""
+    net, x = make(AddSkipNet), images(3)
+    model = seg(net, budget=8, aggregate="mean", units=[0, 1, 2], example_input=x[:1])
+    assert [u.name for u in model.search_units] == ["down", "pool", "deep"]
+    assert _moves(model, x) == (True, False, False)
+    with torch.no_grad():
+        got = model(x)
+    states = check_states(model, net, x)
+    assert all(len(per) == 8 for per in states)
+    for i, per in enumerate(states):
+        outs = [reference_output(net, model.search_units, s, x[i:i + 1])[0] for s in per]
+        aligned = [shifted_by_hand(o, outs[0], *divmod(s[0], 2)) for s, o in zip(per, outs)]
+        torch.testing.assert_close(got[i], torch.stack(aligned).mean(0))
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_a_skip_added_across_an_expansion_runs_at_every_batch_size(batch):
+    net, x = make(AddSkipNet), images(batch)
+    for criterion in ("entropy", "offset"):  # expansions, and selected children (expand_some)
+        model = seg(net, budget=8, criterion=criterion, units=[0, 1, 2])
+        check_states(model, net, x)
+
+
+def test_moved_offsets_keep_the_digits_of_moving_units():
+    units = [_unit(2, 32), _unit(2, 16, spatial=False), _unit(4, 16), _unit(2, 4)]
+    states = [(a, s, b, c) for a in range(4) for s in (0, 3) for b in range(16) for c in range(4)]
+    offsets = torch.tensor([[state_offset(st, [2, 2, 4, 2], [True, False, True, True]) for st in states]])
+    for moves in [(True, True, True, True), (False, True, False, True), (True, False, False, False),
+                  (False, False, True, False)]:
+        kept = [[0 if not (moves[i] and units[i].spatial) else p for i, p in enumerate(st)] for st in states]
+        want = torch.tensor([[state_offset(k, [2, 2, 4, 2], [True, False, True, True]) for k in kept]])
+        assert torch.equal(moved_offsets(offsets, units, moves), want)
+
+
+def test_align_names_and_an_untraceable_model():
+    net, x = make(CoarseNet), images()
+    with pytest.raises(UndiscardError, match=r"align='diagonal'.*'offset'") as err, torch.no_grad():
+        seg(net, budget=4, align="diagonal")(x)
+    assert "\n" not in str(err.value)
+    hidden = make(NoGradInside)
+    model = seg(hidden, budget=4, aggregate="mean", units=[1])
+    with pytest.warns(UserWarning, match=r"cannot trace .*align='offset'"), torch.no_grad():
+        got = model(x)
+    with torch.no_grad():
+        assert torch.equal(got, seg(hidden, budget=4, aggregate="mean", units=[1], align="offset")(x))
+
+
+def test_reaches_walks_the_graph_only():
+    leaf = torch.randn(3, requires_grad=True)
+    other = torch.randn(3, requires_grad=True)
+    y = (leaf * 0).sum() + other.detach().sum()
+    assert reaches(y, leaf) and not reaches(y, other)  # a zero gradient still reaches: structure, not values
+    assert reaches(leaf, leaf) and not reaches(other.detach(), other)
 
 
 # ------------------------------------------------------------------------------------- the task

@@ -5,7 +5,10 @@ and the trained segmentation zoo.
 For each: budget 1 is the network's output bit for bit; every state a budget-2 search finds equals the
 network run with that fixed state (``run_state``) and the independent hook reference of
 :mod:`tests.test_dense_task` (each searched layer's phase written out from its stride-1 computation,
-sliced), and the aggregate is the per-pixel mean of those outputs aligned at output resolution. U-Net-style
+sliced), and the aggregate is the per-pixel mean of those outputs aligned at output resolution: by the
+phase offsets of the units that move the output (the default, traced from the output's lineage: a unit
+whose input a decoder skip also reads does not; :data:`MOVES` says which, per model), and by the whole
+offset with ``align="offset"``. U-Net-style
 decoders read every encoder stage: lineage tracing keeps one unit per downsampling block (its strided conv
 and strided shortcut together) and merges nothing across the skips.
 """
@@ -62,6 +65,16 @@ MODELS = {
                                                decoder_segmentation_channels=32), (3, 64, 64), torch.float64),
 }
 SMP = [n for n in MODELS if n.startswith("smp")]
+# per searched unit (default units), whether it moves the output: every path from the input to the logits
+# runs through it. FCN/DeepLabV3 read only the last stage; LR-ASPP's low branch reads the stride-8 stage,
+# after both searched blocks; smp's U-Net reads the stride-2 stem (before the max-pool) and every stage;
+# FPN reads stages from stride 4 (after the max-pool, before layer2 and layer3); DeepLabV3+ reads layer1
+# (after the max-pool, before layer2); SegFormer's MLP decoder reads the 1/4 stage, before both searched
+# patch embeddings. The segmentation zoo's models are these families.
+MOVES = {"tv fcn_resnet50": (True,), "tv deeplabv3_mobilenet_v3_large": (True, True),
+         "tv lraspp_mobilenet_v3_large": (True, True), "smp Unet": (False, False, False),
+         "smp FPN": (True, False, False), "smp DeepLabV3Plus": (True, False), "smp Segformer": (False, False),
+         "seg_deeplabv3plus": (True, False), "seg_fpn": (True, False, False), "seg_segformer": (False, False)}
 
 
 def _build(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -78,23 +91,28 @@ def _marks(name: str):
     return [needs_smp] if name in SMP else []
 
 
-def _check(net: nn.Module, x: torch.Tensor, rtol: float, atol: float) -> undiscard.Undiscard:
+def _check(name: str, net: nn.Module, x: torch.Tensor, rtol: float, atol: float) -> undiscard.Undiscard:
     with torch.no_grad():
         assert torch.equal(undiscard.wrap(net, budget=1, task="segmentation")(x), select_output(net(x)))
         model = undiscard.wrap(net, budget=2, task="segmentation", aggregate="mean")
         got = model(x)
         assert model.split_method == "output"
         states = check_states(model, net, x, output=select_output, rtol=rtol, atol=atol)
-    # the aggregate: both states' outputs aligned at output resolution (offset x P pixels), averaged
+        by_offset = undiscard.wrap(net, budget=2, task="segmentation", aggregate="mean", align="offset")(x)
+        assert model.task.units_moving_output(model.prepare(x), got) == MOVES[name]
+    # the aggregate: both states' outputs aligned at output resolution, averaged
     (zero, other), = states
     assert zero == (0,) * len(other) and other != zero
     with torch.no_grad():  # each equals the hook reference (check_states)
         outs = [model.run_state(x, s)[0] for s in (zero, other)]
     first = model.search_units[0]
     scale = x.shape[-1] // first.in_size[1]  # P: the rates before the first searched unit
-    dy, dx = state_offset(other, [u.rate for u in model.search_units], [u.spatial for u in model.search_units])
-    want = (outs[0] + shifted_by_hand(outs[1], outs[0], scale * dy, scale * dx)) / 2
-    torch.testing.assert_close(got[0], want, rtol=rtol, atol=atol)
+    rates, spatial = [u.rate for u in model.search_units], [u.spatial for u in model.search_units]
+    moved = tuple(p if m else 0 for p, m in zip(other, MOVES[name]))  # the phases that move the output
+    for want_state, out in ((other, by_offset), (moved, got)):
+        dy, dx = state_offset(want_state, rates, spatial)
+        want = (outs[0] + shifted_by_hand(outs[1], outs[0], scale * dy, scale * dx)) / 2
+        torch.testing.assert_close(out[0], want, rtol=rtol, atol=atol)
     return model
 
 
@@ -102,7 +120,7 @@ def _check(net: nn.Module, x: torch.Tensor, rtol: float, atol: float) -> undisca
 def test_every_state_is_the_network_at_that_state(name):
     net, x = _build(name)
     tol = (1e-7, 1e-9) if x.dtype == torch.float64 else (1e-4, 1e-4)
-    model = _check(net, x, *tol)
+    model = _check(name, net, x, *tol)
     assert model(x).shape == (1, K, *x.shape[-2:])
 
 
@@ -133,5 +151,19 @@ def test_trained_zoo_models(name):
     net = segzoo.create_model(name).double()
     images, _ = segdata.load_seg_test()
     x = segdata.to_input(images[:1]).double()
-    model = _check(net, x, 1e-7, 1e-9)
+    model = _check(name, net, x, 1e-7, 1e-9)
     assert model(x).shape == (1, segdata.NUM_CLASSES, 96, 96)
+
+
+@needs_smp
+def test_fpn_searches_batches_of_several_images():
+    """smp's FPN adds each lateral (a skip from before layer2 and layer3) to the upsampled deeper map: at
+    batch 3 and budget 8 the search used to fail (a size mismatch, 12 against 3 rows), because a one-image
+    example broadcast the skip against the expansion's R² rows. Every state is now the hook reference."""
+    net, x1 = _build("smp FPN")
+    x = torch.cat([x1, x1.flip(-1), x1.flip(-2)])
+    model = undiscard.wrap(net, budget=8, task="segmentation")
+    with torch.no_grad():
+        assert model(x).shape == (3, K, *x.shape[-2:])
+    states = check_states(model, net, x, output=select_output)
+    assert all(len(per) == 8 for per in states)

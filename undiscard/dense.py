@@ -17,8 +17,15 @@ are the same):
   ``attention`` aggregator runs per pixel over the K logit channels (untrained, it is ``mean`` bit for
   bit). Probabilities are never averaged here (image-space TTA, :mod:`undiscard.tta`, may do so).
 - **alignment** — a state's offset is in pixels of the first searched unit's input grid; its output map
-  is shifted back by that offset *at output resolution* before combining. The output's stride relative
-  to that grid comes from the geometry (:func:`undiscard.geometry.output_stride`):
+  is shifted back at output resolution before combining, by the part of the offset that really moves
+  the output (``align=True``, the default, also named ``"lineage"``): the terms of the searched units
+  that *dominate* the output (every path from the input to the output runs through them). A unit that a
+  decoder skip bypasses (SegFormer's 1/4 stage, DeepLabV3+'s layer1 beside its layer2 unit) leaves the
+  output where it is, and its term is dropped. Which units move the output is traced once per engine
+  (input shape) from the output's autograd lineage (:mod:`undiscard.dense_alignment`); for a plain
+  stride network it is every unit, the offset alignment. ``align="offset"`` shifts by the whole offset
+  (every unit; what ``True`` did before), ``align=False`` combines the maps as they are. The output's
+  stride relative to that grid comes from the geometry (:func:`undiscard.geometry.output_stride`):
 
   * the usual segmentation output, at the input's resolution (smp and torchvision models upsample to it):
     the stride is ``1 / P`` with ``P`` the product of the rates before the first searched unit, so an
@@ -28,25 +35,28 @@ are the same):
     :func:`undiscard.aggregate.align_maps`, ``aligned[i] = ((S - r) m[i - q] + r m[i - q - 1]) / S``
     for offset ``q S + r`` (what upsampling by S, shifting and average-pooling by S gives);
   * any other output size cannot be aligned: one :class:`~undiscard.errors.UndiscardError` (pass
-    ``align=False``).
+    ``align=False``) — unless no state moves the output, when there is nothing to shift.
 
   The pixels a shifted state does not see (the first ``P * dy`` rows and ``P * dx`` columns, or the
   uncovered part of a cell at fractional offsets) take the original model's logits there (state 0,
   always the first candidate), not zeros — a zero logit map would be a confident "uniform" vote
-  (:func:`undiscard.aggregate.align_filled`). ``align=False`` combines the maps as they are.
+  (:func:`undiscard.aggregate.align_filled`). The attention aggregator is given the states' own
+  offsets (which state each map is), whatever the alignment.
 - **exactness** — budget 1 is ``net(x)`` bit for bit (the wrapper runs the network itself); phase 0 of
   every unit is the original network; an untrained attention aggregator equals ``mean``.
 """
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .aggregate import Aggregation, align_filled, normalized_entropy
+from .dense_alignment import align_mode, probe_for, units_moving_output
 from .errors import UndiscardError
-from .geometry import output_stride
+from .geometry import moved_offsets, output_stride
 from .task import StateMaps, Task, register_task
 
 if TYPE_CHECKING:  # type hints only: the engine is built by the wrapper and handed in
@@ -69,6 +79,17 @@ class SegmentationTask(Task):
 
     at_output = True
 
+    def __init__(self) -> None:
+        # per engine (one per input shape): which searched units move the output (dense_alignment)
+        self._moves: dict[int, tuple[weakref.ref, tuple[bool, ...]]] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_moves": {}}  # weak references do not pickle; traced again when needed
+
+    def __deepcopy__(self, memo: dict) -> "SegmentationTask":
+        memo[id(self)] = copy = type(self)()  # nothing else to copy; a copy traces its own engines
+        return copy
+
     def entropy(self, logits: Tensor) -> Tensor:
         """Normalised entropy over the classes (dim -3) of every pixel: (…, K, H, W) -> (…, H, W)."""
         return normalized_entropy(logits.movedim(-3, -1))
@@ -78,19 +99,43 @@ class SegmentationTask(Task):
         _check_dense(logits, 1)
         return self.entropy(logits if logits.dtype == torch.float64 else logits.float()).mean((-2, -1))
 
+    def units_moving_output(self, engine: "Engine", logits: Tensor) -> tuple[bool, ...]:
+        """Per searched unit of ``engine``, whether its phase moves the output (traced once per engine, see
+        :mod:`undiscard.dense_alignment`); ``logits`` (…, K, h, w) give the output's size, dtype and device."""
+        known = self._moves.get(id(engine))
+        if known is not None and known[0]() is engine:
+            return known[1]
+        split = engine.split
+        probe = probe_for(engine.net, engine.units, logits.dtype, logits.device)
+        moves = units_moving_output(lambda x: split.head(split.features(x)), engine.net, engine.units,
+                                    engine.searched, probe, (logits.shape[-2], logits.shape[-1]))
+        self._moves[id(engine)] = (weakref.ref(engine), moves)
+        return moves
+
+    def shifts(self, engine: "Engine", logits: Tensor, offsets: Tensor, align: object) -> Tensor | None:
+        """What each state's output map is shifted back by, (N, B, 2) in pixels of the first searched unit's
+        input grid, for ``align`` (True/``"lineage"``, ``"offset"``; None for False)."""
+        mode = align_mode(align)
+        if mode is None:
+            return None
+        if mode == "offset":
+            return offsets
+        return moved_offsets(offsets, engine.search_units, self.units_moving_output(engine, logits))
+
     def combine(self, engine: "Engine", aggregation: Aggregation, features: Tensor, logits: Tensor,
-                offsets: Tensor, align: bool, aggregator: nn.Module | None) -> Tensor:
-        """Combined logits (N, K, H, W) of the states' output ``logits`` (N, B, K, H, W), aligned by their
-        ``offsets`` (N, B, 2) at output resolution when ``align``; the per-pixel ``entropy`` weights are
+                offsets: Tensor, align: object, aggregator: nn.Module | None) -> Tensor:
+        """Combined logits (N, K, H, W) of the states' output ``logits`` (N, B, K, H, W), aligned at output
+        resolution by :meth:`shifts` of their ``offsets`` (N, B, 2); the per-pixel ``entropy`` weights are
         those of the aligned logits. ``features`` are not used (the logits are what is combined)."""
         _check_dense(logits, 2)
         stride = None
         maps = logits
-        if align:
+        shifts = self.shifts(engine, logits, offsets, align)
+        if shifts is not None and bool((shifts != 0).any()):
             stride = output_stride(engine.units, engine.searched, (logits.shape[-2], logits.shape[-1]))
             if stride is None:
                 raise UndiscardError(f"cannot align the states' outputs: a {logits.shape[-2]}x{logits.shape[-1]} "
                                      "output is at no whole stride of the network's input; pass align=False")
-            maps = align_filled(logits, offsets, stride)
+            maps = align_filled(logits, shifts, stride)
         combined, _ = aggregation.combine(StateMaps(maps, None, stride), maps, offsets, self, aggregator)
         return combined

@@ -147,7 +147,10 @@ class Engine:
                 try:
                     with phase_plan({u: EXPAND}):
                         f, out = _count(lambda k=k: self.chain.segments[k](inputs[k]))
-                    self.replicate[i] = out.shape[0] != r2
+                        # two parents too: with one, a tensor read from before the unit (a decoder's skip,
+                        # 1 row) broadcasts against the R² grown rows, and the failure shows only at M >= 2
+                        two = self.chain.segments[k](torch.cat([inputs[k], inputs[k]]))
+                    self.replicate[i] = out.shape[0] != r2 or two.shape[0] != 2 * r2
                 except RuntimeError:
                     self.replicate[i] = True
                 if self.replicate[i]:

@@ -12,7 +12,9 @@ This is the one place that multiplies rates together:
   (segmentation logits, usually upsampled to the input's resolution): a :class:`~fractions.Fraction`,
   ``1 / Π R`` over the spatial units before the first searched one for an output at input resolution;
 - :func:`state_offset`: the mixed-radix offset ``Σ_l (dy_l, dx_l) · Π_{l'<l} R_l'`` of a state, in pixels
-  of the first searched unit's input grid (side units, ``spatial=False``, add nothing).
+  of the first searched unit's input grid (side units, ``spatial=False``, add nothing);
+  :func:`moved_offsets` keeps only the terms of chosen units (those that move a dense output,
+  :mod:`undiscard.dense_alignment`), read back from the offsets' mixed-radix digits.
 
 :func:`select_units` turns a ``units=`` selector into indices; the default searches every spatial unit
 but the first and the last (all of them when there are fewer than three), as the paper found both
@@ -30,7 +32,8 @@ from .discovery import Unit
 from .errors import PhaseError
 
 __all__ = ["UnitSelector", "default_search_units", "select_units", "num_states", "total_rate",
-           "offsets_per_axis", "feature_stride", "feature_grid", "output_stride", "state_offset", "state_offsets"]
+           "offsets_per_axis", "feature_stride", "feature_grid", "output_stride", "state_offset", "state_offsets",
+           "moved_offsets"]
 
 UnitSelector = Sequence[int | str] | int | str | None
 
@@ -169,3 +172,21 @@ def state_offsets(states: Sequence[Sequence[tuple[int, ...]]], search_units: Seq
     rates, spatial = [u.rate for u in search_units], [u.spatial for u in search_units]
     return torch.tensor([[state_offset(s, rates, spatial) for s in per] for per in states], dtype=torch.long,
                         device=device)
+
+
+def moved_offsets(offsets: Tensor, search_units: Sequence[Unit], moves: Sequence[bool]) -> Tensor:
+    """The offsets (N, B, 2) of states with only the terms of the units where ``moves`` is True:
+    ``Σ_l moves_l · (dy_l, dx_l) · Π_{l'<l} R_l'``. Each unit's digit is read back from the offset (a
+    mixed-radix number with digits ``0 <= d_l < R_l`` over the spatial units; side units have none), so this
+    needs only the offsets :func:`state_offsets` made. All True: the offsets themselves."""
+    if all(m for u, m in zip(search_units, moves) if u.spatial):
+        return offsets
+    out = torch.zeros_like(offsets)
+    scale = 1
+    for unit, moves_it in zip(search_units, moves):
+        if not unit.spatial:
+            continue
+        if moves_it:
+            out = out + torch.div(offsets, scale, rounding_mode="floor").remainder(unit.rate) * scale
+        scale *= unit.rate
+    return out
