@@ -36,9 +36,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def check_image_files(images: list[str], model: str) -> None:
+    """One :class:`CLIError` for the first of ``images`` that is not a file: a directory gets its own
+    message (predict reads image files; ``undiscard eval --data DIR`` reads a folder), anything else is
+    "image not found"."""
+    for p in images:
+        path = Path(p)
+        if path.is_dir():
+            raise CLIError(f"{p} is a directory, not an image file: predict takes image files; to run on a "
+                           f"folder of images use: undiscard eval --model {model} --data {p}")
+        if not path.is_file():
+            raise CLIError(f"image not found: {p}")
+
+
 def run(args: argparse.Namespace) -> int:
     from .predict_segmentation import is_segmentation_model, predict_segmentation
 
+    check_image_files(args.images, args.model)  # both branches, before any model is loaded
     if args.mask_out is not None or is_segmentation_model(args.model):
         return predict_segmentation(args)
     if args.budget <= 0:
@@ -46,11 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k <= 0:
         raise CLIError(f"--top-k must be positive, got {args.top_k}")
     device = resolve_device(args.device)
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        if Path(missing[0]).is_dir():
-            raise CLIError(f"{missing[0]} is a directory, not an image file (undiscard eval reads folders)")
-        raise CLIError(f"image not found: {missing[0]}")
     loaded = load_cli_model(args)
     pre = loaded.preprocess
     images = []
