@@ -12,7 +12,15 @@ in): mIoU clean / shifted, pixel shift consistency, pixel accuracy, boundary F1,
 - image-space TTA of the plain network (mean of softmax probabilities, as mmseg): ``flip`` (2 views),
   ``multiscale`` (0.75, 1, 1.25; inputs padded with black to multiples of 32, which the FLOP-counted
   cost includes), ``flip,shift`` (identity, hflip, both shifted by 2 px: 4 views), ``flip,multiscale``;
-- ``flip x ours``: ``DenseTTA(wrap(net, ...), "flip")`` at 2 and 4 states per view (entropy).
+- ``flip x ours``: ``DenseTTA(wrap(net, ...), "flip")`` at 2 and 4 states per view (entropy);
+- ``--criterion offset``: ours and flip x ours with the offset order instead (its children are chosen
+  before they are computed, so B states cost about B forwards); rows named ``ours (offset)``, written
+  to ``seg_measure[_N]_offset.*``.
+
+``--align`` picks the alignment of ``ours`` (default ``lineage``: each state shifted by the phase offsets of
+the units that move the output, :mod:`undiscard.dense_alignment`; ``offset``: the whole offset, as before;
+``none``). ``--reuse FILE --skip tta`` takes the TTA rows from an earlier run's JSON on the same canvases
+(they do not depend on the search or its alignment).
 
 Seeded, one thread. Writes results/segmentation/seg_measure.json and .md (after every model).
 """
@@ -47,7 +55,8 @@ COLUMNS = [("model", "model"), ("method", "method"), ("budget", "B/view"), ("vie
 
 
 def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offsets: torch.Tensor,
-            batch_size: int, skip: set[str]) -> tuple[list[dict], list[str]]:
+            batch_size: int, skip: set[str], align: bool | str = True,
+            reused: list[dict] | None = None, criterion: str = "entropy") -> tuple[list[dict], list[str]]:
     """Every row of one zoo model, and notes on what failed."""
     net = segzoo.create_model(name)
     k = segdata.NUM_CLASSES
@@ -64,12 +73,13 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
                   flush=True)
         rows.extend(new)
 
-    model = undiscard.wrap(net, budget=1, task="segmentation", criterion="entropy")
+    model = undiscard.wrap(net, budget=1, task="segmentation", criterion=criterion, align=align)
+    ours = "ours" if criterion == "entropy" else f"ours ({criterion})"
     if "ours" not in skip:
         try:
             keys = [(1, AGGREGATES[0])] + [(b, a) for b in BUDGETS if b > 1 for a in AGGREGATES]
             go(search_predictions_dense(model, BUDGETS, AGGREGATES), keys,
-               lambda key: dict(model=f"zoo:{name}", method="ours" if key[0] > 1 else "network", budget=key[0],
+               lambda key: dict(model=f"zoo:{name}", method=ours if key[0] > 1 else "network", budget=key[0],
                                 views=1, aggregate=key[1] if key[0] > 1 else "-"))
         except Exception as err:  # noqa: BLE001 - a measurement script: record what failed and go on
             notes.append(f"zoo:{name} ours: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
@@ -88,11 +98,13 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
 
         go(predict_tta, list(TTA_POLICIES), lambda p: dict(model=f"zoo:{name}", method=f"TTA {p}", budget=1,
                                                             views=len(ttas[p].views), aggregate="mean"))
+    else:
+        rows.extend(r for r in reused or [] if r["model"] == f"zoo:{name}" and r["method"].startswith("TTA "))
     if "flip_ours" not in skip:
         tta = DenseTTA(model, "flip", "mean")
         try:
             go(tta_predictions(tta, FLIP_OURS), list(FLIP_OURS),
-               lambda b: dict(model=f"zoo:{name}", method="flip x ours", budget=b, views=2,
+               lambda b: dict(model=f"zoo:{name}", method=f"flip x {ours}", budget=b, views=2,
                               aggregate="entropy+mean"))
         except Exception as err:  # noqa: BLE001
             notes.append(f"zoo:{name} flip x ours: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
@@ -101,7 +113,8 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
 
 
 def verdicts(rows: list[dict]) -> list[str]:
-    """The two questions of the issue, answered from the rows."""
+    """The two questions of the issue, answered from the rows: does the search raise mIoU at B=4, and does
+    flip x ours beat every image-space TTA policy that costs no more than it (measured cost)?"""
     out = []
     by = {}
     for r in rows:
@@ -110,18 +123,25 @@ def verdicts(rows: list[dict]) -> list[str]:
         get = lambda m, b, a=None: next((r for r in rs if r["method"] == m and r["budget"] == b  # noqa: E731
                                          and (a is None or r["aggregate"] == a)), None)
         base = get("network", 1)
-        for a in AGGREGATES:
-            o = get("ours", 4, a)
-            if base and o:
-                d = o["miou"] - base["miou"]
-                out.append(f"{model}: ours B=4 ({a}) mIoU {o['miou']:.2f} vs {base['miou']:.2f} at B=1: "
-                           f"{'raises' if d > 0 else 'does not raise'} it ({d:+.2f}; cost {o['cost']:.2f})")
-        flip, fs, fo = get("TTA flip", 1), get("TTA flip,shift", 1), get("flip x ours", 2)
-        if flip and fo:
-            out.append(f"{model}: flip x ours (B=2/view, cost {fo['cost']:.2f}) mIoU {fo['miou']:.2f} vs flip alone "
-                       f"(cost {flip['cost']:.2f}) {flip['miou']:.2f}"
-                       + (f" and vs flip,shift TTA at about equal cost ({fs['cost']:.2f}) {fs['miou']:.2f}: "
-                          f"{'beats' if fo['miou'] > fs['miou'] else 'does not beat'} it" if fs else ""))
+        ours = sorted({r["method"] for r in rs if r["method"].startswith("ours")})
+        for method in ours:
+            for a in AGGREGATES:
+                o = get(method, 4, a)
+                if base and o:
+                    d = o["miou"] - base["miou"]
+                    out.append(f"{model}: {method} B=4 ({a}) mIoU {o['miou']:.2f} vs {base['miou']:.2f} at B=1: "
+                               f"{'raises' if d > 0 else 'does not raise'} it ({d:+.2f}; cost {o['cost']:.2f})")
+        tta = [r for r in rs if r["method"].startswith("TTA ")]
+        flip = get("TTA flip", 1)
+        for fo in (r for r in rs if r["method"].startswith("flip x ")):
+            cheaper = [r for r in tta if r["cost"] <= fo["cost"] + 1e-9]
+            best = max(cheaper, key=lambda r: r["miou"]) if cheaper else None
+            text = (f"{model}: {fo['method']} (B={fo['budget']}/view, cost {fo['cost']:.2f}) mIoU {fo['miou']:.2f}"
+                    + (f"; flip alone {flip['miou']:.2f} (cost {flip['cost']:.2f})" if flip else ""))
+            if best is not None:
+                text += (f"; the best TTA costing no more, {best['method']} (cost {best['cost']:.2f}), "
+                         f"{best['miou']:.2f}: {'beats' if fo['miou'] > best['miou'] else 'does not beat'} it")
+            out.append(text)
     return out
 
 
@@ -133,8 +153,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: ours, tta, flip_ours")
+    ap.add_argument("--align", default="lineage", choices=["lineage", "offset", "none"])
+    ap.add_argument("--criterion", default="entropy", help="search order of ours and flip x ours")
+    ap.add_argument("--reuse", type=Path, default=None, help="with --skip tta: an earlier JSON to take TTA rows from")
     ap.add_argument("--out", type=Path, default=Path("results/segmentation"))
     args = ap.parse_args()
+    align = {"lineage": True, "offset": "offset", "none": False}[args.align]
+    reused = json.loads(args.reuse.read_text())["rows"] if args.reuse else None
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     images, masks = segdata.load_seg_test()
@@ -146,14 +171,18 @@ def main() -> int:
     rows, notes = [], []
     settings = {"canvases": len(images), "max_shift": args.max_shift, "seed": args.seed, "budgets": BUDGETS,
                 "aggregates": AGGREGATES, "tta": TTA_POLICIES, "flip_x_ours": FLIP_OURS, "threads": 1,
+                "align": args.align, "criterion": args.criterion, "tta_rows_from": str(args.reuse) if args.reuse else None,
                 "command": "python " + " ".join(sys.argv)}
     t0 = time.time()
     for name in [m.strip().removeprefix("zoo:") for m in args.models.split(",") if m.strip()]:
         print(f"zoo:{name} ({len(images)} canvases)", flush=True)
-        r, n = measure(name, x, y, xs, offsets, args.batch_size, set(filter(None, args.skip.split(","))))
+        r, n = measure(name, x, y, xs, offsets, args.batch_size, set(filter(None, args.skip.split(","))), align,
+                       reused, args.criterion)
         rows += r
         notes += n
         stem = args.out / ("seg_measure" if not args.limit else f"seg_measure_{args.limit}")
+        if args.criterion != "entropy":
+            stem = stem.with_name(f"{stem.name}_{args.criterion}")
         write_json(stem.with_suffix(".json"), {"settings": settings, "rows": rows, "notes": notes,
                                                "verdicts": verdicts(rows), "wall_seconds": time.time() - t0})
         table = format_table(rows, COLUMNS, markdown=True)
