@@ -347,7 +347,7 @@ def test_missing_out_directory_is_created_and_unreadable_images_counted(capsys, 
     assert "4 unreadable images" in captured.err and "Traceback" not in captured.err
     assert json.loads((out / "results.json").read_text()) == payload
     assert {p.name for p in out.iterdir()} == {"results.json", "results.csv", "metrics_vs_budget.png",
-                                               "accuracy_vs_cost.png"}
+                                               "accuracy_vs_cost.png", "pareto.png"}
 
 
 @needs_model

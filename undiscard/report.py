@@ -1,4 +1,5 @@
-"""Presenting results: terminal tables, JSON, CSV and plots. Pure formatting; no model code.
+"""Presenting results: terminal tables, JSON, CSV and atomic result files. Pure formatting; no model code.
+The plots are :mod:`undiscard.plots`, the best-method-per-cost summary :mod:`undiscard.summary`.
 
 Every result file undiscard writes (JSON, CSV, PNG, aggregator and TTA files) goes through
 :func:`atomic_path`: it is written under a temporary name in the same directory and renamed over the
@@ -18,8 +19,8 @@ from typing import Any, Iterator, Sequence
 
 from .errors import UndiscardError
 
-__all__ = ["format_table", "write_json", "write_csv", "write_text", "plot_budgets", "series_name", "method_name",
-           "atomic_path", "check_writable_dir", "ResultWriteError"]
+__all__ = ["format_table", "write_json", "write_csv", "write_text", "atomic_path", "check_writable_dir",
+           "ResultWriteError"]
 
 Rows = Sequence[dict[str, Any]]
 
@@ -134,88 +135,3 @@ def _csv_cell(v: Any) -> Any:
     if isinstance(v, dict):
         return json.dumps(v, sort_keys=True)
     return v
-
-
-def plot_budgets(rows: Rows, out_dir: Path, metrics: Sequence[tuple[str, str]] | None = None) -> list[Path]:
-    """PNG plots: each metric vs budget (one line per model), and clean/shifted accuracy vs cost."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    metrics = metrics or [("top1", "clean top-1 (%)"), ("top1_shifted", "shifted top-1 (%)"),
-                          ("consistency", "shift consistency (%)")]
-    metrics = [(k, label) for k, label in metrics if any(r.get(k) is not None for r in rows)]
-    accuracy = [(k, label) for k, label in metrics if k != "consistency"]
-    ours = [r for r in rows if not r.get("tta")]
-    paths = [_panels(ours, metrics, "budget", "budget (states per image)", out_dir / "metrics_vs_budget.png"),
-             _panels(ours, accuracy, "cost", "cost (baseline forwards per image)", out_dir / "accuracy_vs_cost.png")]
-    if any(r.get("tta") for r in rows):
-        paths.append(_method_panels(rows, metrics, out_dir / "tta_comparison.png"))
-    return paths
-
-
-def method_name(row: dict[str, Any]) -> str:
-    """What produced a row, without the model: ``ours (entropy)``, ``TTA standard/mean``, ``TTA flip/mean + ours``."""
-    if not row.get("tta"):
-        return f"ours ({row.get('aggregate')})"
-    return f"TTA {row['tta']}" + (" + ours" if row.get("budget", 1) > 1 else "")
-
-
-def _method_panels(rows: Rows, metrics: Sequence[tuple[str, str]], path: Path) -> Path:
-    """Each metric vs total budget (views x states), one line per method, averaged over the models."""
-    methods = list(dict.fromkeys(method_name(r) for r in rows))
-    lines = []
-    for key, _ in metrics:
-        per: dict[str, list] = {}
-        for m in methods:
-            by_total: dict[int, list[float]] = {}
-            for r in rows:
-                if method_name(r) == m and r.get(key) is not None:
-                    by_total.setdefault(int(r.get("total_budget") or r["budget"]), []).append(r[key])
-            per[m] = sorted((t, sum(v) / len(v)) for t, v in by_total.items())
-        lines.append(per)
-    labels = [(k, f"{label}, mean over models") for k, label in metrics]
-    return _draw(lines, labels, "total budget (views x states)", path)
-
-
-def series_name(row: dict[str, Any], rows: Rows) -> str:
-    """A row's line label: its model, plus the settings that differ between rows (aggregate, ...)."""
-    varying = [k for k in ("criterion", "aggregate", "align", "tta") if len({str(r.get(k)) for r in rows}) > 1]
-    extra = ", ".join(f"{k}={row.get(k)}" if k == "align" else str(row.get(k)) for k in varying)
-    return f"{row['model']} ({extra})" if extra else str(row["model"])
-
-
-def _panels(rows: Rows, metrics: Sequence[tuple[str, str]], xkey: str, xlabel: str, path: Path) -> Path:
-    """One panel per metric, one line per model (and setting), x on a log2 axis."""
-    names = [series_name(r, rows) for r in rows]
-    series = list(dict.fromkeys(names))
-    lines = [{m: sorted((r[xkey], r[key]) for r, nm in zip(rows, names) if nm == m and r.get(key) is not None)
-              for m in series} for key, _ in metrics]
-    return _draw(lines, metrics, xlabel, path)
-
-
-def _draw(lines: list[dict[str, list]], metrics: Sequence[tuple[str, str]], xlabel: str, path: Path) -> Path:
-    """One panel per metric; ``lines[i]`` maps a line label to its (x, y) points in panel i."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    for ax, (_, label), per in zip(axes[0], metrics, lines):
-        for name, pts in per.items():
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    if len(names) <= 8:
-        axes[0][0].legend(fontsize=7)
-    else:  # many lines: one legend beside the panels, in columns
-        fig.legend(handles, names, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   ncol=1 + len(names) // 24)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path

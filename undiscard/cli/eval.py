@@ -34,11 +34,15 @@ from .. import distributed
 from ..data.shift import random_offsets
 from ..errors import UndiscardError
 from ..evaluation import Batch, evaluate_stream, evaluate_tta_stream, row_from_counts
-from ..report import COLUMNS, format_table, plot_budgets, write_csv, write_json
+from ..layers.extension import EXTEND_MODES
+from ..plots import write_plots
+from ..report import COLUMNS, format_table, write_csv, write_json
+from ..summary import family, method_label
 from ..search import CRITERIA
 from ..wrapper import wrap
 from .common import (CLIError, help_text, add_model_args, add_output_args, aggregator_needers, check_out_dir, emit_json,
-                     load_cli_model, parse_aggregates, parse_budgets, parse_units, progress_bar, resolve_device)
+                     load_cli_model, parse_aggregates, parse_budgets, parse_units, progress_bar, resolve_device,
+                     wrap_options)
 from .tta_options import add_tta_args, build_tta
 
 
@@ -52,7 +56,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(WordNet-id folders n01440764, ... -> standard ImageNet indices; detected by itself "
                         "when every folder is an ImageNet wnid and the model has 1000 classes)")
     p.add_argument("--budget", default="1,4,8,16", help="comma-separated budgets (default: 1,4,8,16)")
-    p.add_argument("--criterion", default="entropy", help=f"one of {', '.join(CRITERIA)} (learned: needs an aggregator)")
+    p.add_argument("--criterion", default=None,
+                   help=f"one of {', '.join(CRITERIA)} (default: entropy, or calibrated with --order; learned: needs "
+                        "an aggregator)")
+    p.add_argument("--order", default=None,
+                   help="state order file from `undiscard calibrate` (for this model and its units): "
+                        "wrap(criterion='calibrated', order=FILE); implies --criterion calibrated")
+    p.add_argument("--extend", choices=EXTEND_MODES, default=None,
+                   help="what phases read past the bottom/right edge: wrap(extend=...) (default: wrap's own)")
     p.add_argument("--aggregate", default="entropy",
                    help=f"one of {', '.join(AGGREGATES)}, or several comma-separated (evaluated on the same searches)")
     p.add_argument("--aggregator", default=None,
@@ -75,6 +86,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.criterion is None:
+        args.criterion = "calibrated" if args.order is not None else "entropy"
+    elif args.order is not None and args.criterion != "calibrated":
+        raise CLIError(f"--order is the state order of --criterion calibrated, not of --criterion {args.criterion}")
     if args.task == "segmentation":
         from .eval_segmentation import run_segmentation
 
@@ -151,7 +166,7 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                        "(train one with: undiscard train-aggregator)")
     model = wrap(loaded.model.to(device), budget=1, criterion=args.criterion, aggregate=args.aggregates[0],
                  align=args.align, units=parse_units(args.units) if args.units is not None else loaded.units,
-                 aggregator=aggregator if needers else None, seed=args.seed)
+                 aggregator=aggregator if needers else None, seed=args.seed, **wrap_options(args))
     shard_size = len(loader.sampler)
     stream = _device_batches(loader, device, unreadable)
     if args.tta is not None:
@@ -172,13 +187,15 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     if not distributed.is_main():
         return 0
     result = [r.as_dict() for r in rows]
+    for r in result:  # cost is in every row; family and method say what it compares at that cost
+        r["family"], r["method"] = family(r), method_label(r)
     skipped = {"non_image_files": data.skipped_non_image, "unreadable_images": sorted(unreadable)}
     payload = {"results": result, "data": str(args.data), "labels": labels_from, "images": total_images - len(unreadable),
                "processes": world, "skipped": skipped}
     if args.out is not None:
         write_json(args.out / "results.json", payload)
         write_csv(args.out / "results.csv", result)
-        plot_budgets(result, args.out)
+        write_plots(result, args.out)
     if args.json:
         emit_json(payload)
     else:

@@ -25,7 +25,8 @@ from ..report import format_table, write_csv, write_json
 from ..seg_evaluation import run_seg_pairs, search_predictions_dense, seg_rows, tta_predictions
 from ..tta import DENSE_AGGREGATES, DenseTTA
 from ..wrapper import wrap
-from .common import CLIError, check_out_dir, emit_json, parse_aggregates, parse_budgets, progress_bar, resolve_device
+from .common import (CLIError, check_out_dir, emit_json, parse_aggregates, parse_budgets, progress_bar, resolve_device,
+                     wrap_options)
 from .seg_models import load_seg_model
 
 __all__ = ["run_segmentation", "SEG_COLUMNS"]
@@ -69,7 +70,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
         shifted01, offsets = shift_images(x01, args.shift, args.seed)
         xs = normalize_batch(shifted01, seg.mean, seg.std).to(device)
     model = wrap(net, budget=1, task="segmentation", criterion=args.criterion, aggregate=aggregates[0],
-                 align=args.align, seed=args.seed)
+                 align=args.align, seed=args.seed, **wrap_options(args))
     if args.tta is not None:
         if len(aggregates) > 1:
             raise CLIError(f"--tta takes one --aggregate (each view's phase aggregation), got {', '.join(aggregates)}")
