@@ -225,11 +225,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     r["consistency"] = 100.0 * float((clean.argmax(-1) == shifted.argmax(-1)).float().mean())
                 rows.append(r)
 
+    zoo_order = json.loads((args.out / "order.json").read_text())["greedy_per_domain"]["zoo"] \
+        if args.zoo_order else None  # the zoo-only greedy order, for comparison
     for name in args.models:
         t0 = time.perf_counter()
         net, x, xs, mask = zoo_inputs(name, "test", args.limit)
-        add(f"zoo:{name}", {"before": old_standard(x.shape[-1]), "now": new}, x, xs, mask, args.batch_size)
+        policies = {"before": old_standard(x.shape[-1]), "now": new}
+        if zoo_order:
+            policies["zoo order"] = [s["view"] for s in zoo_order]
+        add(f"zoo:{name}", policies, x, xs, mask, args.batch_size)
         print(f"zoo:{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compare.json").write_text(json.dumps({"results": rows}, indent=1) + "\n")  # partial
     for name in args.lite if args.photo_crops else []:
         t0 = time.perf_counter()
         net, x, mask = photo_inputs(name, args.photo_crops, args.photo_seed)
@@ -268,6 +275,8 @@ def main() -> int:
     c.add_argument("--totals", type=lambda s: [int(t) for t in s.split(",")], default=[2, 4, 8])
     c.add_argument("--lite", type=lambda s: [m for m in s.split(",") if m], default=list(LITE))
     c.add_argument("--photo-seed", type=int, default=1, help="another seed than the order's")
+    c.add_argument("--zoo-order", action="store_true",
+                   help="also the zoo-only greedy order of order.json (zoo models only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     return args.func(args)

@@ -185,7 +185,16 @@ def standard_pool() -> list[str]:
 # standard_pool() in the order measured by scripts/order_tta_views.py (results/tta_views): identity and
 # hflip, then greedily the view whose addition most raises the top-1 of the mean of logits on held-out
 # images (the zoo's train-split validation images and labelled crops of the bundled photos)
-STANDARD_ORDER: tuple[str, ...] = tuple(standard_pool())
+STANDARD_ORDER: tuple[str, ...] = (
+    "identity", "hflip", "scale:1.1+crop:br,0.875", "hflip+scale:0.9", "hflip+crop:tl,0.875", "scale:0.9",
+    "scale:1.1+crop:tr,0.875", "crop:tr,0.875", "hflip+scale:0.9+crop:br,0.875", "scale:1.1",
+    "hflip+scale:0.9+crop:tl,0.875", "hflip+scale:1.1+crop:tl,0.875", "hflip+scale:0.9+crop:bl,0.875",
+    "crop:br,0.875", "scale:1.1+crop:tl,0.875", "hflip+crop:tr,0.875", "scale:0.9+crop:br,0.875",
+    "hflip+scale:1.1+crop:bl,0.875", "hflip+scale:1.1", "hflip+crop:bl,0.875", "scale:1.1+crop:bl,0.875",
+    "hflip+scale:1.1+crop:tr,0.875", "hflip+crop:br,0.875", "scale:0.9+crop:tl,0.875",
+    "hflip+scale:0.9+crop:tr,0.875", "crop:tl,0.875", "scale:0.9+crop:bl,0.875", "crop:bl,0.875",
+    "scale:0.9+crop:tr,0.875", "hflip+scale:1.1+crop:br,0.875",
+)
 
 
 POLICIES: dict[str, list[str]] = {
