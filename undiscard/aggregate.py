@@ -95,20 +95,31 @@ def shift_axis(m: Tensor, offset: Tensor, stride: int, dim: int) -> Tensor:
         shape = [offset.shape[0], offset.shape[1]] + [1] * (m.dim() - 2)
         shape[dim] = length
         gather_idx = src.clamp(0, length - 1).view(shape).expand_as(m)
-        gathered = torch.gather(m, dim, gather_idx)
-        out = out + gathered * (valid.view(shape).to(m.dtype) * coef.view(view))
+        # in place: the same values as out + gathered * (...), with one temporary of m's size, not three
+        out.add_(torch.gather(m, dim, gather_idx).mul_(valid.view(shape).to(m.dtype) * coef.view(view)))
     return out
+
+
+def _per_image(fn, maps: Tensor, *args) -> Tensor:
+    """``fn(maps, *args)`` computed one image at a time (dim 0), into one output: the values of one call
+    on the whole batch (every op here treats images independently), with temporaries of one image's size."""
+    if maps.shape[0] <= 1:
+        return fn(maps, *args)
+    n = maps.shape[0]
+    parts = [fn(maps[i:i + 1], *(a[i:i + 1] if a.shape[0] == n else a for a in args)) for i in range(n)]
+    return torch.cat(parts)
 
 
 def align_maps(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tensor:
     """Align (N, B, C, h, w) maps by integer offsets (N, B, 2) = (dy, dx) at total stride ``stride`` (an int,
-    or a Fraction p/q: offsets of ``offset * q / p`` cells; see the module docstring)."""
+    or a Fraction p/q: offsets of ``offset * q / p`` cells; see the module docstring). Computed image by
+    image: memory beyond the input and the output is that of one image's maps."""
     if isinstance(stride, Fraction):
         offsets, stride = offsets * stride.denominator, stride.numerator
     if stride <= 1 and bool((offsets == 0).all()):
         return maps
-    out = shift_axis(maps, offsets[..., 0], stride, dim=3)
-    return shift_axis(out, offsets[..., 1], stride, dim=4)
+    return _per_image(lambda m, o: shift_axis(shift_axis(m, o[..., 0], stride, dim=3), o[..., 1], stride, dim=4),
+                      maps, offsets)
 
 
 def align_filled(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tensor:
@@ -116,7 +127,11 @@ def align_filled(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tenso
     that a state's shifted map does not cover is filled from state 0's map (the original model's at that
     cell) instead of zeros: ``aligned + (1 - covered) * maps[:, 0]``, ``covered`` the aligned map of ones
     (0 in the first ``offset`` output pixels, 1 further in, a fraction in between at fractional offsets).
-    States at offset 0 are returned unchanged, bit for bit."""
+    States at offset 0 are returned unchanged, bit for bit. Computed image by image, like :func:`align_maps`."""
+    return _per_image(lambda m, o: _filled(m, o, stride), maps, offsets)
+
+
+def _filled(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tensor:
     aligned = align_maps(maps, offsets, stride)
     covered = align_maps(maps.new_ones((*maps.shape[:2], 1, *maps.shape[3:])), offsets, stride)
     filled = aligned + (1 - covered) * maps[:, :1]
@@ -126,11 +141,11 @@ def align_filled(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tenso
 
 def weighted_sum(maps: Tensor, weights: Tensor) -> Tensor:
     """Sum over B of (N, B, ...) maps with (N, B) weights -> (N, ...). Per-location weights (N, B, h, w)
-    of (N, B, C, h, w) maps apply to every channel."""
+    of (N, B, C, h, w) maps apply to every channel. Computed image by image (no (N, B, ...) temporary)."""
     if weights.dim() == 4 and maps.dim() == 5:
         weights = weights[:, :, None]
     w = weights.to(maps.dtype).view(*weights.shape, *([1] * (maps.dim() - weights.dim())))
-    return (maps * w).sum(1)
+    return _per_image(lambda m, v: (m * v).sum(1), maps, w)
 
 
 # --------------------------------------------------------------------------------------- registry

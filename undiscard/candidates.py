@@ -86,11 +86,13 @@ def find_candidates(engine: Engine, x: Tensor, budget: int, criterion: Criterion
         cands = Candidates(_listed(engine, x, order, budget, chunk_size))
         cands.engine = engine
         return cands
-    feats, logits, cache = engine.root(x)
+    feats, logits, cache = engine.root(x)  # the whole batch, as the plain forward runs it
+    roots = None if cache is None else list(cache.unbind(0))  # best_first empties it: freed as roots expand
+    del cache
     if criterion.needs_aggregator and attention is not None:
         ctx = replace(ctx, attention=attention(engine, feats))
     select = engine.expand_some if criterion.static else None
-    cands = Candidates(best_first(feats, logits, cache, engine.rates(), budget, expand, score, chunk_size, select))
+    cands = Candidates(best_first(feats, logits, roots, engine.rates(), budget, expand, score, chunk_size, select))
     cands.engine = engine
     return cands
 
@@ -99,7 +101,8 @@ def _listed(engine: Engine, x: Tensor, order: Sequence[tuple[int, ...]], budget:
             chunk_size: int) -> list[list[Candidate]]:
     """The first ``budget`` states of ``order`` for every image of ``x``, in that order: each state runs
     from its first non-zero unit's cut on the root's activation there, in passes of at most ``chunk_size``
-    rows. A candidate's steps are the passes of a search that would stop at it."""
+    rows (images x states; one row at least). A candidate's steps are the passes of a search that would
+    stop at it."""
     if budget > len(order):
         raise PhaseError(f"budget {budget} is larger than the {len(order)} states of the calibrated order")
     n = x.shape[0]
@@ -107,35 +110,52 @@ def _listed(engine: Engine, x: Tensor, order: Sequence[tuple[int, ...]], budget:
     cands = [[Candidate(order[0], feats[i], logits[i])] for i in range(n)]
     states = list(order[1:budget])
     first = [next(d for d, p in enumerate(s) if p) for s in states]
-    found: dict[int, tuple[Tensor, Tensor]] = {}  # position in states -> (features (N, ...), logits (N, ...))
+    found: dict[int, list[tuple[Tensor, Tensor]]] = {}  # position in states -> per image (features, logits)
+    per_pass = max(1, chunk_size // n)  # states per pass, for every image at once
+    block = min(n, chunk_size)  # images per pass, when one state for every image is more than a chunk
     for depth in sorted(set(first)):
         which = [p for p, d in enumerate(first) if d == depth]
-        per_pass = max(1, chunk_size // n) if n <= chunk_size else 1
-        for start in range(0, len(which), per_pass):
-            part = which[start:start + per_pass]
-            table = torch.tensor([states[p] for p in part], dtype=torch.long, device=x.device)
-            rows = torch.arange(n, device=x.device).repeat_interleave(len(part))  # image-major
-            f, lg = engine.run_rows(depth, caches[depth], rows, table.repeat(n, 1))
-            for q, p in enumerate(part):
-                found[p] = (f[q::len(part)], lg[q::len(part)])
+        for lo in range(0, n, block):
+            images = torch.arange(lo, min(n, lo + block), device=x.device)
+            for start in range(0, len(which), per_pass):
+                part = which[start:start + per_pass]
+                table = torch.tensor([states[p] for p in part], dtype=torch.long, device=x.device)
+                rows = images.repeat_interleave(len(part))  # image-major
+                f, lg = engine.run_rows(depth, caches[depth], rows, table.repeat(len(images), 1))
+                for q, p in enumerate(part):
+                    found.setdefault(p, []).extend(zip(f[q::len(part)], lg[q::len(part)]))
+    del caches
     counts: dict[int, int] = {}
     for p, (state, depth) in enumerate(zip(states, first)):
         counts[depth] = counts.get(depth, 0) + 1
         steps = tuple(Step("rows", d, c) for d, c in sorted(counts.items()))
-        f, lg = found[p]
-        for i in range(n):
-            cands[i].append(Candidate(state, f[i], lg[i], steps))
+        for i, (f, lg) in enumerate(found.pop(p)):
+            cands[i].append(Candidate(state, f, lg, steps))
     return cands
 
 
 def stack_candidates(cands: list[list[Candidate]], engine: Engine) -> tuple[Tensor, Tensor, Tensor]:
     """Features (N, B, ...), logits (N, B, *output) and offsets (N, B, 2) of the candidates; cached on a
-    :class:`Candidates` so that every budget prefix and aggregation of one search stacks once."""
+    :class:`Candidates` so that every budget prefix and aggregation of one search stacks once.
+
+    The candidates of a :class:`Candidates` then hold views of the stacked tensors (same values), so the
+    search's pass outputs they pointed into are freed: the features are kept once, not twice."""
     cached = getattr(cands, "stacked", None)
     if cached is not None:
         return cached
-    feats = torch.stack([torch.stack([c.features for c in per]) for per in cands])  # (N, B, ...)
-    logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])  # (N, B, K)
+    lengths = {len(per) for per in cands}
+    if len(lengths) != 1 or not isinstance(cands, Candidates):
+        feats = torch.stack([torch.stack([c.features for c in per]) for per in cands])  # (N, B, ...)
+        logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])  # (N, B, K)
+    else:
+        b, one = lengths.pop(), cands[0][0]
+        feats = one.features.new_empty((len(cands), b, *one.features.shape))
+        logits = one.logits.new_empty((len(cands), b, *one.logits.shape))
+        with torch.no_grad():
+            for i, per in enumerate(cands):
+                for j, c in enumerate(per):
+                    feats[i, j], logits[i, j] = c.features, c.logits
+                    c.features, c.logits = feats[i, j], logits[i, j]
     offsets = state_offsets([[c.state for c in per] for per in cands], engine.search_units, feats.device)
     if isinstance(cands, Candidates):
         cands.stacked = (feats, logits, offsets)

@@ -8,8 +8,17 @@ new candidate, and it is not recomputed past the next unit's cut. Children
 j >= 1 join the candidates best-scored first (ties by j) until the budget is reached. Every child that
 still has an undecided unit is pushed, in order of j.
 
-Every image has its own search, but each step pops one node per unfinished image and runs all those
-expansions together, one batched pass per unit depth (chunked to bound memory).
+Every image has its own search, but images are searched in blocks of ``chunk // max R²`` (at least one):
+each step pops one node per unfinished image of the block and runs all those expansions together, one
+batched pass per unit depth, of at most ``chunk`` rows (parents x R² children; at least one parent's R²
+children). A block's searches finish before the next block's start.
+
+*Memory.* Besides one pass, the search keeps every image's candidates' features and logits, and for the
+images of the current block the frontier nodes that can still be expanded: an expansion adds at least ``min R² - 1`` candidates, so an
+image missing m candidates pops at most ``ceil(m / (min R² - 1))`` more nodes, and nodes ranked below that
+in its frontier can never be popped (pushes only rank ahead of them). Those are dropped after every
+expansion (all of them once an image has its budget), and each kept node's cached activation gets its own
+storage, so a pass's tensors are freed as soon as the pass is done. The states chosen are unchanged.
 
 The search knows nothing about models or tasks: nodes are scored by a ``score`` function (a criterion
 of :mod:`undiscard.criteria`) and expanded by an ``expand`` function (:meth:`undiscard.engine.Engine.expand`).
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
@@ -93,13 +103,17 @@ Selector = Callable[[int, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]
 Scorer = Callable[[list[int], Tensor | None, Tensor | None, list[tuple[int, ...]], int], list[float]]
 
 
-def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | None, rates: Sequence[int],
+def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | list[Tensor] | None,
+               rates: Sequence[int],
                budget: int, expand: Expander, score: Scorer, chunk: int = 256,
                select: Selector | None = None) -> list[list[Candidate]]:
     """Run the search for N images at once; return each image's candidates in selection order.
 
-    ``select``: the scores read only states and depth (see the module docstring); expansions that end an
-    image's search compute only the children they add."""
+    ``root_cache``: the activations at the first searched unit's cut, (N, ...) or a list of N tensors; a
+    list is emptied once the search holds its entries, so they are freed as the roots are expanded.
+    ``chunk``: most rows (parents x R²) per expansion pass. ``select``: the scores read only states and
+    depth (see the module docstring); expansions that end an image's search compute only the children
+    they add."""
     n = root_features.shape[0]
     depth_total = len(rates)
     zero = tuple([0] * depth_total)
@@ -115,8 +129,25 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
         for i in range(n):
             heapq.heappush(frontier[i], _Node(root_scores[i], next(counters[i]), zero, 0, root_cache[i],
                                               root_logits[i], root_features[i]))
+        if isinstance(root_cache, list):
+            root_cache.clear()
+        del root_cache
+    gain = min(r * r for r in rates) - 1 if rates else 0  # fewest new candidates an expansion adds
+    per_block = max(1, chunk // max(r * r for r in rates)) if rates else max(n, 1)
+    for lo in range(0, n, per_block):  # images searched together: one pass per step and depth
+        _search_block(range(lo, min(n, lo + per_block)), rates, budget, expand, score, chunk, select, cands, done,
+                      frontier, counters, gain)
+    return cands
+
+
+def _search_block(block: range, rates: Sequence[int], budget: int, expand: Expander, score: Scorer, chunk: int,
+                  select: Selector | None, cands: list[list[Candidate]], done: list[tuple[Step, ...]],
+                  frontier: list[list["_Node"]], counters: list, gain: int) -> None:
+    """The searches of the images in ``block`` to the end (see :func:`best_first`)."""
+    depth_total = len(rates)
+    static = select is not None
     while True:
-        active = [i for i in range(n) if len(cands[i]) < budget and frontier[i]]
+        active = [i for i in block if len(cands[i]) < budget and frontier[i]]
         if not active:
             break
         popped = {i: heapq.heappop(frontier[i]) for i in active}
@@ -131,8 +162,11 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
             every = [i for i in images if i not in set(some)]
             per_chunk = max(1, chunk // r2)
             for start in range(0, len(some), per_chunk):
-                _select_children(some[start:start + per_chunk], depth, r2, budget, popped, cands, done, score,
-                                 select)  # type: ignore[arg-type]
+                part = some[start:start + per_chunk]
+                _select_children(part, depth, r2, budget, popped, cands, done, score, select)  # type: ignore[arg-type]
+                _keep_reachable(part, frontier, cands, budget, gain)
+                for i in part:
+                    del popped[i]  # the expanded parent and its cache
             for start in range(0, len(every), per_chunk):
                 group = every[start:start + per_chunk]
                 caches = torch.stack([popped[i].cache for i in group])  # type: ignore[misc]
@@ -162,7 +196,27 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
                                                          else (feats[row], logits[row]))
                             heapq.heappush(frontier[i], _Node(scores[j], next(counters[i]), states[j], depth + 1,
                                                               child_caches[g * r2 + j], child_logits, child_feats))
-    return cands
+                _keep_reachable(group, frontier, cands, budget, gain)
+                for i in group:
+                    del popped[i]
+                del caches, feats, logits, child_caches, parent  # this pass's tensors: only what was kept survives
+
+
+def _keep_reachable(images: list[int], frontier: list[list[_Node]], cands: list[list[Candidate]], budget: int,
+                    gain: int) -> None:
+    """Drop the frontier nodes of ``images`` that can no longer be popped, and give each kept node's cache
+    its own storage (see the module docstring: memory). The search's results do not change."""
+    for i in images:
+        heap = frontier[i]
+        missing = budget - len(cands[i])
+        if gain > 0 and not any(math.isnan(node.score) for node in heap):
+            pops = -(-max(missing, 0) // gain)  # at most this many more pops for this image
+            if len(heap) > pops:
+                heap = frontier[i] = heapq.nsmallest(pops, heap)  # a sorted list is a heap
+        for node in heap:
+            c = node.cache
+            if c is not None and c.untyped_storage().nbytes() > c.numel() * c.element_size():  # in a pass's output
+                node.cache = c.clone()
 
 
 def _children(parent: _Node, depth: int, r2: int) -> list[tuple[int, ...]]:
