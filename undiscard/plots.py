@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .report import atomic_path
-from .summary import FAMILIES, is_pooled, method_points, pareto_front, zoo_average
+from .summary import FAMILIES, LIMITS, is_pooled, method_points, pareto_front, zoo_average
 
 __all__ = ["write_plots", "budget_figure", "method_figure", "pareto_figure", "pareto_grid_figure",
            "photo_pairs_figure", "line_style", "series_name", "METRIC_LABELS", "FAMILY_STYLE"]
@@ -156,9 +156,16 @@ def method_figure(rows: Sequence[Row], metrics: Sequence[str] | None = None):
     return fig
 
 
-def _pareto_panel(ax, points: Sequence[Row], key: str, legend: bool = True) -> None:
+def _tag(point: Row) -> str:
+    """A front point's short tag: ``x2`` (views), ``B4`` (states), ``x2 B2`` (both); none for plain."""
+    views = point["total"] // point["budget"]
+    return " ".join(([f"x{views}"] if views > 1 else []) + ([f"B{point['budget']}"] if point["budget"] > 1 else []))
+
+
+def _pareto_panel(ax, points: Sequence[Row], key: str, legend: bool = True, tags: bool = False) -> None:
     """Every method as a point in its family's colour and marker; each family's Pareto front (the points
-    no cheaper point of the family beats) as a line through them; the other points faded, unlabelled."""
+    no cheaper point of the family beats) as a line through them; the other points faded, unlabelled.
+    ``tags``: each front point labelled with its views and states (:func:`_tag`)."""
     for fam in FAMILIES:
         pts = [(p["cost"], p[key]) for p in points if p["family"] == fam and p.get(key) is not None]
         if not pts:
@@ -171,6 +178,11 @@ def _pareto_panel(ax, points: Sequence[Row], key: str, legend: bool = True) -> N
                     label="_dominated")
         ax.plot(*zip(*front), marker=marker, color=colour, markersize=5, drawstyle="steps-post",
                 label=fam if legend else "_" + fam)
+        if tags:
+            by_point = {(p["cost"], p[key]): p for p in points if p["family"] == fam and p.get(key) is not None}
+            for q in front:
+                ax.annotate(_tag(by_point[q]), q, textcoords="offset points", xytext=(3, 3), fontsize=6,
+                            color=colour)
     _log2_axis(ax)
     ax.grid(alpha=0.3)
 
@@ -183,11 +195,14 @@ def pareto_figure(rows: Sequence[Row], metrics: Sequence[str] | None = None):
     metrics = [m for m in (metrics or METRIC_LABELS) if any(p.get(m) is not None for p in points)]
     fig, axes = _figure(max(1, len(metrics)))
     for ax, key in zip(axes[0], metrics):
-        _pareto_panel(ax, points, key)
+        _pareto_panel(ax, points, key, tags=True)
+        for limit in LIMITS:  # the summary's cost limits
+            ax.axvline(limit, color="grey", linestyle=":", linewidth=0.8, label="_limit")
         ax.set_xlabel("cost (plain forwards per image)")
         ax.set_ylabel(METRIC_LABELS.get(key, key))
         ax.set_title(METRIC_LABELS.get(key, key).replace(" (%)", ""), fontsize=9)
-    _finish(fig, axes, f"Pareto fronts per family (lines; faded: dominated methods): {what}")
+    _finish(fig, axes, f"Pareto fronts per family (lines, tagged xViews Bstates; faded: dominated; dotted: cost "
+                       f"limits of the summary): {what}")
     return fig
 
 
@@ -220,7 +235,7 @@ def photo_pairs_figure(rows: Sequence[Row]):
     fig, axes = _figure(max(1, len(models)), width=5.0)
     for ax, m in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == m]
-        _pareto_panel(ax, method_points(mine), "consistency")
+        _pareto_panel(ax, method_points(mine), "consistency", tags=True)
         ax.set_xlabel("cost (plain forwards per image)")
         ax.set_ylabel(METRIC_LABELS["consistency"])
         ax.set_title(f"{m}: {mine[0].get('n')} photo crop pairs (no labels; not in any zoo average)", fontsize=8)
