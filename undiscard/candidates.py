@@ -87,7 +87,7 @@ def find_candidates(engine: Engine, x: Tensor, budget: int, criterion: Criterion
         cands.engine = engine
         return cands
     feats, logits, cache = engine.root(x)  # the whole batch, as the plain forward runs it
-    roots = None if cache is None else list(cache.unbind(0))  # best_first empties it: freed as roots expand
+    roots = None if cache is None else list(cache.unbind(0))  # best_first empties it: freed once every root is expanded
     del cache
     if criterion.needs_aggregator and attention is not None:
         ctx = replace(ctx, attention=attention(engine, feats))

@@ -36,9 +36,12 @@ def first_line(err: BaseException) -> str:
 
 def check_net(net: object) -> None:
     """``wrap`` takes a module not wrapped yet: say so in one line for anything else (None, a model name, a
-    class, a wrapped model)."""
+    class, a wrapped model, a ``torch.compile``'d module: its graph capture cannot be split or phased)."""
     if isinstance(net, TestTimeModule):
         raise UndiscardError("net is already wrapped: wrap the original network (wrapped.net is a copy of it)")
+    if type(net).__name__ == "OptimizedModule" and isinstance(getattr(net, "_orig_mod", None), nn.Module):
+        raise UndiscardError("net is a torch.compile'd module: wrap the original network and compile the wrapped "
+                             "model instead, torch.compile(undiscard.wrap(net._orig_mod, ...))")
     if isinstance(net, str):
         raise UndiscardError(f"wrap() needs a torch.nn.Module, got the string {net!r}: load it first, e.g. "
                              f"undiscard.models.load_model({net!r}).model")

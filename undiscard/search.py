@@ -110,7 +110,7 @@ def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | 
     """Run the search for N images at once; return each image's candidates in selection order.
 
     ``root_cache``: the activations at the first searched unit's cut, (N, ...) or a list of N tensors; a
-    list is emptied once the search holds its entries, so they are freed as the roots are expanded.
+    list is emptied once the search holds its entries, so they are freed once the roots are expanded.
     ``chunk``: most rows (parents x R²) per expansion pass. ``select``: the scores read only states and
     depth (see the module docstring); expansions that end an image's search compute only the children
     they add."""

@@ -11,6 +11,9 @@ users try on a module:
   the copy rebuilds its engines on its first call per shape (same results).
 - **dtype and device.** ``.to()``, ``.half()``, ``.double()``, ``.cuda()`` move the network and the
   aggregator and drop the engines (built for the old dtype and device).
+- **TorchScript.** ``torch.jit.script`` is refused with one :class:`~undiscard.errors.UndiscardError` (the
+  search is data-dependent Python: heaps, per-image loops), before TorchScript reads any code
+  (``__prepare_scriptable__``); ``torch.jit.trace`` likewise (:func:`undiscard.inputs.check_input`).
 - **Threads.** Engines are built under a lock; ``last_cost``/``last_cost_ideal`` are kept per thread (the
   cost of the calling thread's last call).
 """
@@ -41,6 +44,12 @@ class TestTimeModule(nn.Module):
         self.net.eval()
         self._engines: dict[tuple, object] = {}  # per (input shape, dtype, device)
         self._lock, self._cost = threading.Lock(), threading.local()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Called by ``torch.jit.script`` first: refused in one line instead of a deep TorchScript error."""
+        raise UndiscardError("torch.jit.script cannot compile a wrapped model: the per-image search is "
+                             "data-dependent Python; script the network itself (budget 1 is net(x)), or use the "
+                             "wrapped model eagerly or with torch.compile")
 
     def _engine(self, key: tuple, build: Callable[[], Any]) -> Any:
         """The engine cached under ``key``, built by ``build()`` under the lock (once, whichever thread asks
