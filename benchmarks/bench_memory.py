@@ -6,9 +6,9 @@ weights, seed 0, eval mode), one random batch (seed 1), and then either the plai
 ``wrap(net, budget=B, chunk_size=C)(x)``, all under ``torch.no_grad()``. It reports the process's peak
 resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: everything, Python and torch included,
 the wrapped model's setup too), its RSS just before the call (model and batch built, libraries loaded,
-``prepare(x)`` done), the peak RSS during the call alone (``VmHWM`` restarted just before it), the bytes the search keeps for
-aggregation (the stacked features and logits of the N x B candidates), and the largest difference of the
-output from the first chunk size's output. Never a timed test; the figures go to benchmarks/README.md.
+``prepare(x)`` done), the peak RSS during the call alone (``VmHWM`` restarted just before it), the bytes
+the search keeps for aggregation (the stacked features and logits of the N x B candidates), and the
+largest difference of the output from the first chunk size's output. Never a timed test; the figures go to benchmarks/README.md.
 
     python benchmarks/bench_memory.py                                  # resnet50, batch 32, 224 px, B=16
     python benchmarks/bench_memory.py --model resnet18 --chunks 4,64,256 --markdown

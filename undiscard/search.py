@@ -14,11 +14,12 @@ batched pass per unit depth, of at most ``chunk`` rows (parents x R² children; 
 children). A block's searches finish before the next block's start.
 
 *Memory.* Besides one pass, the search keeps every image's candidates' features and logits, and for the
-images of the current block the frontier nodes that can still be expanded: an expansion adds at least ``min R² - 1`` candidates, so an
-image missing m candidates pops at most ``ceil(m / (min R² - 1))`` more nodes, and nodes ranked below that
-in its frontier can never be popped (pushes only rank ahead of them). Those are dropped after every
-expansion (all of them once an image has its budget), and each kept node's cached activation gets its own
-storage, so a pass's tensors are freed as soon as the pass is done. The states chosen are unchanged.
+images of the current block the frontier nodes that can still be expanded: an expansion adds at least
+``min R² - 1`` candidates, so an image missing m candidates pops at most ``ceil(m / (min R² - 1))`` more
+nodes, and nodes ranked below that in its frontier can never be popped (pushes only rank ahead of them),
+nor can any node of an image that has its budget. Those are dropped after every expansion, and each kept
+node's cached activation gets its own storage, so a pass's tensors are freed as soon as the pass is done.
+The states chosen are unchanged.
 
 The search knows nothing about models or tasks: nodes are scored by a ``score`` function (a criterion
 of :mod:`undiscard.criteria`) and expanded by an ``expand`` function (:meth:`undiscard.engine.Engine.expand`).

@@ -222,8 +222,8 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
             the last; all of them when there are fewer than three). ``model.all_units`` lists them all.
         **kwargs: ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
             (callables ``(model, x)``) to split an unknown model, ``layout``, ``strict`` (raise on unsupported strided
-            layers), ``chunk_size`` (samples per expansion pass), ``seed`` (random criterion), ``order`` (a file from
-            ``undiscard calibrate`` or a list of states), ``extend`` (what phases read past the edge: ``zero``,
+            layers), ``chunk_size`` (most images x states rows per pass after the root: the memory knob),
+            ``seed``, ``order`` (``undiscard calibrate`` file or states), ``extend`` (read past the edge: ``zero``,
             ``replicate``, ``background``; :mod:`undiscard.layers.extension`), ``example_input``, ``output`` (logits
             in a dict/tuple output: :mod:`undiscard.outputs`), ``task`` (classification/segmentation; None: detect).
     """
