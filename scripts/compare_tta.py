@@ -6,7 +6,8 @@ For each zoo model and total budget T (default 4, 8, 16; T states or views per i
   order measured by scripts/order_tta_views.py, since issue 16: results/tta was measured before, with
   the old translation "crops" in the old order), aggregated by mean and max over its first T views,
   and by gps (T greedy steps), classtta and augtta (first T views) — the last three fitted on logits
-  of the first ``--fit-images`` images of the validation part of the Fashion-MNIST train split (held out from zoo training; never the test set);
+  of the first ``--fit-images`` images of the validation part of the Fashion-MNIST train split (held
+  out from zoo training; never the test set);
 - ours alone: the phase search at budget T (entropy criterion), entropy and attention aggregation;
 - both: ``flip`` (identity, horizontal flip), each view with its own phase search at T/2, mean of the
   two views' logits (entropy and attention aggregation inside).
