@@ -4,7 +4,7 @@ For one zoo model, on validation images held out from the Fashion-MNIST *train* 
 set), reports clean top-1, shifted top-1 and shift consistency at the given budgets for each selection,
 so the default searched units (``ZooSpec.search_units``) are chosen by measurement.
 
-    python scripts/unit_sweep.py --model resnet_basic --limit 1000 --budgets 1,4,16
+    python scripts/unit_sweep.py --model resnet_basic --limit 1000 --budgets 1,4,16 [--extend background] [--criterion offset]
 
 Run from the checkout with the package installed (``pip install -e .``).
 """
@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="1,4,16")
     ap.add_argument("--max-shift", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--extend", default=None, help="extend= mode for every selection (default: the library's)")
+    ap.add_argument("--criterion", default="entropy")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -44,7 +46,8 @@ def main() -> None:
     rows = []
     for lo, hi in itertools.combinations(range(len(spatial) + 1), 2):
         sel = spatial[lo:hi]
-        model = wrap(net, budget=1, units=sel, example_input=x[:1])
+        kw = {} if args.extend is None else {"extend": args.extend}
+        model = wrap(net, budget=1, units=sel, criterion=args.criterion, example_input=x[:1], **kw)
         bs = [b for b in budgets if b <= model.num_states]
         for r in evaluate(args.model, model, x, y, bs, shifted=xs, batch_size=250):
             d = r.as_dict()

@@ -6,11 +6,10 @@ candidates (:meth:`undiscard.engine.Engine.expand_some`). Checked here against t
 the *same* scores (a twin criterion with ``static = False``):
 
 - the same states, in the same order, for every image;
-- the same native features, bit for bit (the unit's layers make the same dense pass and keep the chosen
-  rows; everything after is row-wise). Logits are bit for bit too where the head's matrix product gives
-  a row the same bits whatever the batch size; a GEMM's result for one row may change in the last bit
-  with the number of rows (MKL picks kernels by size: shown below on a bare ``nn.Linear``), and the cheap
-  search runs the head on fewer rows, so there the logits are compared to float rounding;
+- the same native features and logits to float rounding: the cheap search computes each chosen phase
+  of the unit alone (one strided pass, as ``run_state`` does), the expand-all search slices them from
+  one dense pass, and these are different kernels; a GEMM's result for one row may also change in the
+  last bit with the number of rows (MKL picks kernels by size: shown below on a bare ``nn.Linear``);
 - the cost charged is what the candidates price (``candidates_cost``), never more than expand-all, and
   budget 2 costs the root plus one child;
 - budget 1 is the network, bit for bit.
@@ -96,7 +95,7 @@ def _expand_all(model: undiscard.Undiscard, x: torch.Tensor, budget: int):
 @pytest.mark.parametrize("criterion,seed", [("offset", 0), ("random", 3)])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cheap_search_equals_expand_all(name: str, criterion: str, seed: int) -> None:
-    net, x, exact = _setup(name)
+    net, x, _ = _setup(name)
     probe = undiscard.wrap(net, budget=1, example_input=x[:1])
     budgets = [b for b in (2, 3, 5, 8) if b <= probe.num_states]
     with torch.no_grad():
@@ -109,13 +108,10 @@ def test_cheap_search_equals_expand_all(name: str, criterion: str, seed: int) ->
             assert [[c.state for c in per] for per in cheap] == [[c.state for c in per] for per in full]
             for per_cheap, per_full in zip(cheap, full):
                 for a, c in zip(per_cheap, per_full):
-                    assert torch.equal(a.features, c.features), (b, a.state)
-                    if exact:
-                        assert torch.equal(a.logits, c.logits), (b, a.state)
-                    else:
-                        torch.testing.assert_close(a.logits, c.logits, rtol=1e-5, atol=1e-5)
-            if exact:  # the aggregate of equal candidates is equal
-                assert torch.equal(model.aggregate_candidates(cheap), model.aggregate_candidates(full))
+                    torch.testing.assert_close(a.features, c.features, rtol=1e-5, atol=1e-5)
+                    torch.testing.assert_close(a.logits, c.logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model.aggregate_candidates(cheap), model.aggregate_candidates(full),
+                                       rtol=1e-5, atol=1e-5)
             assert model.candidates_cost(cheap, b)[0] == pytest.approx(cheap_cost, rel=1e-12)
             assert cheap_cost <= full_cost * (1 + 1e-12)
 

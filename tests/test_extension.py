@@ -139,8 +139,26 @@ def test_wrap_extend_keeps_budget_one_and_state_zero_exact(mode):
     assert out.shape == (4, 3) and torch.isfinite(out).all()
     states = [(1, 0, 0), (0, 3, 1)]
     if mode != "zero":  # the fill changes the phases that read past the edge
-        zero = undiscard.wrap(net, budget=4, units=[0, 1, 2])
+        zero = undiscard.wrap(net, budget=4, units=[0, 1, 2], extend="zero")
         assert any(not torch.equal(model.run_state(x, s), zero.run_state(x, s)) for s in states)
+
+
+def test_the_default_is_the_measured_replicate():
+    """``extend`` defaults to ``DEFAULT_EXTEND`` = "replicate" (results/extend/README.md): the default
+    wrap is the replicate mode, state by state, and not the pad value."""
+    from undiscard.layers.extension import DEFAULT_EXTEND
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 8, 4, 4), nn.ReLU(), nn.Conv2d(8, 8, 2, 2), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 1, 28, 28) + 2.0  # a non-zero border: its edge differs from the pad value 0
+    default = undiscard.wrap(net, budget=4, units=[0, 1])
+    assert DEFAULT_EXTEND == "replicate" and default.extend == DEFAULT_EXTEND
+    explicit = undiscard.wrap(net, budget=4, units=[0, 1], extend="replicate")
+    zero = undiscard.wrap(net, budget=4, units=[0, 1], extend="zero")
+    for state in [(3, 1), (15, 3)]:  # these reach column/row 28 of the input, past its edge
+        assert torch.equal(default.run_state(x, state), explicit.run_state(x, state))
+        assert not torch.equal(default.run_state(x, state), zero.run_state(x, state))
 
 
 def test_unknown_mode_is_one_line():

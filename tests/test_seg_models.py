@@ -94,11 +94,12 @@ def _marks(name: str):
 def _check(name: str, net: nn.Module, x: torch.Tensor, rtol: float, atol: float) -> undiscard.Undiscard:
     with torch.no_grad():
         assert torch.equal(undiscard.wrap(net, budget=1, task="segmentation")(x), select_output(net(x)))
-        model = undiscard.wrap(net, budget=2, task="segmentation", aggregate="mean")
+        model = undiscard.wrap(net, budget=2, task="segmentation", aggregate="mean", extend="zero")  # as the reference
         got = model(x)
         assert model.split_method == "output"
         states = check_states(model, net, x, output=select_output, rtol=rtol, atol=atol)
-        by_offset = undiscard.wrap(net, budget=2, task="segmentation", aggregate="mean", align="offset")(x)
+        by_offset = undiscard.wrap(net, budget=2, task="segmentation", aggregate="mean", align="offset",
+                                   extend="zero")(x)
         assert model.task.units_moving_output(model.prepare(x), got) == MOVES[name]
     # the aggregate: both states' outputs aligned at output resolution, averaged
     (zero, other), = states
@@ -129,7 +130,7 @@ def test_unet_skips_merge_no_units():
     """smp's U-Net decoder concatenates the outputs of every encoder stage: the units are still one per
     strided layer or downsampling block (its strided 3x3 conv with its strided 1x1 shortcut)."""
     net, x = _build("smp Unet")
-    model = undiscard.wrap(net, budget=2, task="segmentation", example_input=x)
+    model = undiscard.wrap(net, budget=2, task="segmentation", example_input=x, extend="zero")
     assert [u.layers for u in model.all_units] == [
         ("encoder.conv1",), ("encoder.maxpool",),
         *[(f"encoder.layer{i}.0.conv1", f"encoder.layer{i}.0.downsample.0") for i in (2, 3, 4)]]
@@ -162,7 +163,7 @@ def test_fpn_searches_batches_of_several_images():
     example broadcast the skip against the expansion's R² rows. Every state is now the hook reference."""
     net, x1 = _build("smp FPN")
     x = torch.cat([x1, x1.flip(-1), x1.flip(-2)])
-    model = undiscard.wrap(net, budget=8, task="segmentation")
+    model = undiscard.wrap(net, budget=8, task="segmentation", extend="zero")
     with torch.no_grad():
         assert model(x).shape == (3, K, *x.shape[-2:])
     states = check_states(model, net, x, output=select_output)

@@ -86,7 +86,7 @@ def test_untraceable_model_is_returned_unchanged():
 def test_tutorial_net_each_pool_call_is_a_unit():
     net = _net(TutorialNet)
     x = torch.randn(4, 3, 32, 32)
-    model = undiscard.wrap(net, budget=4, example_input=x[:1])
+    model = undiscard.wrap(net, budget=4, example_input=x[:1], extend="zero")  # polyphase's semantics below
     assert [u.name for u in model.search_units] == ["pool", "pool__1"]
     assert model.num_states == 16
     assert torch.equal(undiscard.wrap(net, budget=1)(x), net(x))

@@ -482,7 +482,7 @@ def test_minicnn_from_pypi(one_thread):
     simple = mini.SimpleCNN().eval().double()
     with torch.no_grad():
         assert torch.equal(undiscard.wrap(simple, budget=1)(x), simple(x))
-        model = undiscard.wrap(simple, budget=4, example_input=x[:1])
+        model = undiscard.wrap(simple, budget=4, example_input=x[:1], extend="zero")  # polyphase's semantics
         assert [u.name for u in model.search_units] == ["pool", "pool__1"] and model.num_states == 16
         assert model(x).shape == (x.shape[0], 10)
         for state in [(0, 0), (2, 1), (3, 3)]:

@@ -13,8 +13,8 @@ An :class:`Engine` is built once per input shape (:mod:`undiscard.setup`). It kn
   activation is replicated R² times and the unit runs per sample at phases 0..R²-1 — same results,
   and the unit's layers cost the same;
 - how to expand *some* children only (:meth:`Engine.expand_some`, for a search whose order is known
-  before the children are computed): the unit's layers make the same dense pass as in an expansion and
-  keep the chosen rows (:class:`~undiscard.execution.Select`), everything after runs on those rows only;
+  before the children are computed): the unit's layers compute only the chosen phases, one strided pass
+  each (:class:`~undiscard.execution.Select`), and everything after runs on those rows only;
 - how to run given states from a searched unit's cut on the root's cached activation
   (:meth:`Engine.run_rows`, for a fixed list of states: ``criterion="calibrated"``);
 - the cost of everything it ran, in FLOPs (convolutions and matrix products, as counted by
@@ -70,8 +70,8 @@ class _Flops:
     baseline: float = 0.0  # per sample: one plain forward of the network, the unit of every cost
     root: float = 0.0  # per sample: features + head as the split runs them (more than baseline only for a
     # split whose head re-runs the network's forward, undiscard.hook_split)
-    # Engine.expand_some at each searched depth: per parent (the unit's dense pass and what runs before it
-    # in its segment) and per selected child (the rest of the unit's segment)
+    # Engine.expand_some at each searched depth: per parent (what runs before the unit in its segment) and
+    # per selected child (its phase of the unit and the rest of the segment)
     select_fixed: dict[int, float] = field(default_factory=dict)
     select_row: dict[int, float] = field(default_factory=dict)
 
@@ -341,8 +341,8 @@ class Engine:
     def expand_some(self, depth: int, caches: Tensor, prefix: Tensor, rows: Tensor,
                     phases: Tensor) -> tuple[Tensor, Tensor]:
         """Features (K, ...) and logits (K, ...) of child ``phases[k]`` (>= 1) at searched unit ``depth`` of
-        parent ``rows[k]``, with no caches: the rows of :meth:`expand` a search that goes no deeper uses,
-        computed the same way (the unit's dense pass, then only those rows). Arguments as in :meth:`expand`."""
+        parent ``rows[k]``, with no caches: the rows of :meth:`expand` a search that goes no deeper uses, each
+        phase computed alone (equal to :meth:`expand`'s rows to float rounding). Arguments as in :meth:`expand`."""
         assert self.flops is not None
         k, unit = self.cut[depth], self.searched[depth]
         m = caches.shape[0]

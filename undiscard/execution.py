@@ -7,8 +7,10 @@ A *phase plan* maps a unit index to what its layers should compute for the curre
   ordinary strided pass);
 - ``EXPAND``: all R² phases from one dense pass; the batch grows from N to N*R² (sample-major:
   row n*R² + s is sample n at phase s).
-- a :class:`Select`: some of those rows only — the same dense pass, then row k of the output is sample
-  ``rows[k]`` at phase ``phases[k]`` (bit for bit the rows of ``EXPAND`` a search uses; the batch becomes K).
+- a :class:`Select`: some of those rows only — row k of the output is sample ``rows[k]`` at phase
+  ``phases[k]``, each phase computed alone (as a per-sample phase: one strided pass per distinct phase,
+  so K children cost K phases, not the R² of a dense pass); the batch becomes K. The values are those of
+  the rows of ``EXPAND`` to float rounding (a strided pass and a dense pass sliced are different kernels).
 
 The plan lives in a ``ContextVar``, so concurrent threads (each with its own context) never see each
 other's plans, and no module attribute is written while a forward runs. ``PhasedModel`` owns a deep copy
@@ -43,8 +45,8 @@ EXPAND = _Expand()
 @dataclass(frozen=True)
 class Select:
     """Rows of ``EXPAND`` without the others: output row k is input row ``rows[k]`` at phase ``phases[k]``
-    (both (K,) long). Computed from the same dense pass as ``EXPAND``, so the values are identical; the
-    layers after the unit then run on K rows instead of N*R²."""
+    (both (K,) long). Each phase is computed alone (``one_phase``, as ``run_state`` does), so K children
+    cost K phases of the unit's layers; the layers after the unit then run on K rows instead of N*R²."""
 
     rows: Tensor
     phases: Tensor
@@ -104,8 +106,8 @@ class _PhasedForward:
             return self.forward(x, *args, **kwargs)
         if spec is EXPAND:
             return self.adapter.all_phases(self.layer_ref, x).flatten(0, 1)
-        if isinstance(spec, Select):
-            return self.adapter.all_phases(self.layer_ref, x)[spec.rows, spec.phases]
+        if isinstance(spec, Select):  # only the chosen phases: one strided pass per distinct phase
+            return _per_sample(self.layer_ref, self.adapter, x[spec.rows], spec.phases, self.forward)
         return _per_sample(self.layer_ref, self.adapter, x, spec, self.forward)
 
     def __deepcopy__(self, memo):

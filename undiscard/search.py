@@ -61,7 +61,7 @@ class Step(NamedTuple):
     """One pass of a search, for one image, as the engine charges it (:meth:`~undiscard.engine.Engine.step_flops`).
 
     kind: ``"expand"`` (all R² children of one parent at searched unit ``depth``), ``"select"`` (``rows``
-    children of one parent from the same dense pass: :meth:`~undiscard.engine.Engine.expand_some`) or
+    children of one parent, each phase computed alone: :meth:`~undiscard.engine.Engine.expand_some`) or
     ``"rows"`` (``rows`` states run from unit ``depth``'s cut, the cached activation replicated per state:
     :meth:`~undiscard.engine.Engine.run_rows`).
     """

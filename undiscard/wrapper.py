@@ -23,7 +23,7 @@ from .discovery import Unit
 from .engine import Engine
 from .errors import UndiscardError
 from .geometry import UnitSelector, num_states
-from .layers.extension import attach_extensions, check_extend
+from .layers.extension import DEFAULT_EXTEND, attach_extensions, check_extend
 from .inputs import check_example, check_input, check_net, empty_output, run_network, warn_not_finite
 from .outputs import OutputSelector, check_selector, select_output
 from .prepare import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
@@ -43,7 +43,7 @@ class Undiscard(TestTimeModule):
                  head: Callable[[nn.Module, Tensor], Tensor] | None = None,
                  layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0, order: object = None,
                  aggregator: AttentionAggregator | str | Path | None = None, example_input: Tensor | None = None,
-                 output: OutputSelector = None, task: str | Task | None = None, extend: str = "zero"):
+                 output: OutputSelector = None, task: str | Task | None = None, extend: str = DEFAULT_EXTEND):
         check_net(net)
         check_budget(budget, None)
         order, _ = resolve_order(get_criterion(criterion), order), get_aggregate(aggregate)  # unknown names: one line
@@ -223,8 +223,8 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
         **kwargs: ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
             (callables ``(model, x)``) to split an unknown model, ``layout``, ``strict`` (raise on unsupported strided
             layers), ``chunk_size`` (most images x states rows per pass after the root: the memory knob),
-            ``seed``, ``order`` (``undiscard calibrate`` file or states), ``extend`` (read past the edge: ``zero``,
-            ``replicate``, ``background``; :mod:`undiscard.layers.extension`), ``example_input``, ``output`` (logits
+            ``seed``, ``order`` (``undiscard calibrate`` file or states), ``extend`` (read past the edge: ``background``
+            (default), ``zero``, ``replicate``; :mod:`undiscard.layers.extension`), ``example_input``, ``output`` (logits
             in a dict/tuple output: :mod:`undiscard.outputs`), ``task`` (classification/segmentation; None: detect).
     """
     return Undiscard(net, budget, criterion, aggregate, align, units, **kwargs)
