@@ -1,0 +1,176 @@
+"""Which method is best at a given cost? TTA alone, the phase search alone and both, on the zoo.
+
+Per zoo model, on the first ``--limit`` test images (clean, and translated by seeded 1-4 px offsets,
+zero fill, as ``undiscard demo``), every method's clean top-1, shifted top-1, shift consistency and
+cost in plain forwards per image (every view and every state counted):
+
+- TTA alone: ``flip`` (2 views), the ``standard`` policy's first T views for T = 4, 8 with mean
+  aggregation, and gps/augtta fitted on ``--fit-images`` validation images of the train split (never
+  the test set);
+- ours alone: the phase search at B = 2, 4, 8 for each ``--criteria`` (``offset`` is static: children
+  are computed only when taken, so B=2 costs about 2), aggregated by entropy and attention, with
+  ``--extend`` (default: replicate);
+- both: ``flip`` x ours, each view with its own search at B = 2, 4, logits averaged.
+
+Then, at each total cost cap (2, 4, 8), the best method of each family with cost <= cap, per measure,
+averaged over the models (a method enters only where it fits the cap on every model).
+
+    python scripts/equal_cost.py --limit 2000 --out results/equal_cost/zoo_2000.json
+
+Run from the checkout with the package installed (``pip install -e .``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from collections import defaultdict
+
+import torch
+
+from undiscard import zoo
+from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
+from undiscard.evaluation import batches, search_predictions
+from undiscard.metrics import topk_correct
+from undiscard.models import load_model
+from undiscard.report import format_table
+from undiscard.tta import TTA, make_aggregator, policy_views
+from undiscard.wrapper import wrap
+
+CAPS = (2, 4, 8)
+MEASURES = ("top1", "top1_shifted", "consistency")
+
+
+def _views(net, views, x: torch.Tensor, size: int) -> torch.Tensor:
+    tta = TTA(net, views, "mean")
+    with torch.no_grad():
+        return torch.cat([tta.view_logits(x[s]) for s in batches(len(x), size)])
+
+
+def _search(model, x: torch.Tensor, budgets: list[int], aggregates: list[str], size: int):
+    predict = search_predictions(model, budgets, [(a, model.align) for a in aggregates])
+    out, cost = defaultdict(list), dict.fromkeys(budgets, 0.0)
+    with torch.no_grad():
+        for s in batches(len(x), size):
+            for (b, (a, _)), (logits, c, _) in predict(x[s]).items():
+                out[(b, a)].append(logits)
+                if a == aggregates[0]:
+                    cost[b] += c * (s.stop - s.start)
+    return {k: torch.cat(v) for k, v in out.items()}, {b: c / len(x) for b, c in cost.items()}
+
+
+def _row(model: str, family: str, method: str, clean, shifted, y, cost: float) -> dict:
+    n = len(y)
+    same = int((clean.argmax(-1) == shifted.argmax(-1)).sum())
+    return {"model": model, "family": family, "method": method, "cost": round(cost, 4), "n": n,
+            "top1": 100.0 * topk_correct(clean, y, 1) / n, "top1_shifted": 100.0 * topk_correct(shifted, y, 1) / n,
+            "consistency": 100.0 * same / n}
+
+
+def run_model(name: str, args) -> list[dict]:
+    loaded = load_model(f"zoo:{name}")
+    size, chans = loaded.preprocess.input_size, loaded.preprocess.in_chans
+    images, labels = load_fashion_mnist("test")
+    padded = resize(to_float(images[:args.limit]), size)
+    data = {"clean": normalize(padded, chans), "shifted": normalize(shift_images(padded, 4, 0)[0], chans)}
+    y = torch.as_tensor(labels[:args.limit])
+    net, m = loaded.model, f"zoo:{name}"
+    rows = []
+    # TTA alone
+    flip = policy_views("flip")
+    standard = policy_views("standard")[:8]
+    logits = {w: _views(net, standard, d, args.batch_size) for w, d in data.items()}
+    flip_logits = {w: _views(net, flip, d, args.batch_size) for w, d in data.items()}
+    rows.append(_row(m, "plain", "plain", logits["clean"][:, 0], logits["shifted"][:, 0], y, 1.0))
+    rows.append(_row(m, "TTA", "flip/mean", *(flip_logits[w].mean(1) for w in data), y, 2.0))
+    (_, _), (xv, yv) = load_train_val()
+    xf = normalize(resize(to_float(xv[:args.fit_images]), size), chans)
+    fit = _views(net, standard, xf, args.batch_size)
+    for t in (4, 8):
+        rows.append(_row(m, "TTA", f"{args.tag}standard{t}/mean", *(logits[w][:, :t].mean(1) for w in data), y, float(t)))
+        for a in ("gps", "augtta"):
+            agg = make_aggregator(a, t, budget=t, num_classes=fit.shape[-1])
+            with torch.enable_grad():
+                agg.fit(fit[:, :t], torch.as_tensor(yv[:args.fit_images]))
+            used = agg.views()
+            with torch.no_grad():
+                outs = [agg(logits[w][:, :t][:, used]) for w in data]
+            rows.append(_row(m, "TTA", f"{args.tag}standard{t}/{a}", *outs, y, float(len(used))))
+    # ours alone and flip x ours
+    aggregates = ["entropy", "attention"] if loaded.aggregator is not None else ["entropy"]
+    criteria = [c for c in args.criteria.split(",") if c]  # "": TTA rows only
+    for criterion in criteria:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model = wrap(net, budget=1, criterion=criterion, units=loaded.units, aggregate=aggregates[-1],
+                         aggregator=loaded.aggregator, extend=args.extend, example_input=data["clean"][:1])
+        ident = {w: _search(model, d, [1, 2, 4, 8], aggregates, args.batch_size) for w, d in data.items()}
+        flipped = {w: _search(model, d.flip(-1), [1, 2, 4], aggregates, args.batch_size) for w, d in data.items()}
+        for a in aggregates:
+            for b in (2, 4, 8):
+                rows.append(_row(m, "ours", f"{criterion} B{b}/{a}", ident["clean"][0][(b, a)],
+                                 ident["shifted"][0][(b, a)], y, ident["clean"][1][b]))
+            for b in (1, 2, 4):
+                outs = [(ident[w][0][(b, a)] + flipped[w][0][(b, a)]) / 2 for w in data]
+                cost = ident["clean"][1][b] + flipped["clean"][1][b]
+                family = "TTA" if b == 1 else "both"
+                if b > 1 or (a == aggregates[0] and criterion == criteria[0]):
+                    rows.append(_row(m, family, f"flip x {criterion} B{b}/{a}" if b > 1 else "flip/mean (as views)",
+                                     *outs, y, cost))
+    return rows
+
+
+def summary(rows: list[dict], caps=CAPS) -> list[dict]:
+    """Per cap and family, the best zoo-average of each measure over the methods that fit the cap on
+    every model (cost <= cap), with the method that gives it."""
+    by_method = defaultdict(list)
+    for r in rows:
+        by_method[(r["family"], r["method"])].append(r)
+    models = {r["model"] for r in rows}
+    out = []
+    for cap in caps:
+        for family in ("plain", "TTA", "ours", "both"):
+            entry = {"cap": cap, "family": family}
+            for measure in MEASURES:
+                best = None
+                for (fam, method), rs in by_method.items():
+                    if fam != family or {r["model"] for r in rs} != models or max(r["cost"] for r in rs) > cap:
+                        continue
+                    mean = sum(r[measure] for r in rs) / len(rs)
+                    if best is None or mean > best[0]:
+                        best = (mean, method, sum(r["cost"] for r in rs) / len(rs))
+                entry[measure] = None if best is None else f"{best[0]:.2f} ({best[1]}, {best[2]:.2f}x)"
+            out.append(entry)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=None, help="comma-separated zoo names (default: all)")
+    ap.add_argument("--limit", type=int, default=2000, help="first N test images (default: 2000)")
+    ap.add_argument("--criteria", default="offset,entropy")
+    ap.add_argument("--extend", default="replicate")
+    ap.add_argument("--fit-images", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="prefix of the standard policy's method names (to merge runs)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in (args.models.split(",") if args.models else zoo.list_models()):
+        t0 = time.perf_counter()
+        rows += run_model(name, args)
+        print(f"zoo:{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"settings": vars(args), "rows": rows, "summary": summary(rows)}, f, indent=1)
+    cols = [("model", "model"), ("family", "family"), ("method", "method"), ("cost", "cost"), ("top1", "top-1"),
+            ("top1_shifted", "shifted"), ("consistency", "consistency")]
+    print(format_table(rows, cols))
+    print(format_table(summary(rows), [("cap", "cost <="), ("family", "family")] + [(k, k) for k in MEASURES]))
+
+
+if __name__ == "__main__":
+    main()
