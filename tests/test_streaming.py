@@ -90,6 +90,26 @@ def test_worker_processes_give_the_same_batches(data):
         assert torch.equal(a.images, b.images) and torch.equal(a.shifted, b.shifted) and a.unreadable == b.unreadable
 
 
+def test_workers_restarted_per_segment_give_the_same_batches(data):
+    """SegmentedLoader (workers bounded in memory by restarting them every segment): the same batches,
+    in the same order, as one loader in the calling process, with segments that cut the folder 4 ways."""
+    from undiscard.data.folder import FolderImages
+    from undiscard.data.loading import SegmentedLoader, _Collate
+
+    order = list(range(len(data.paths)))
+    offsets = random_offsets(len(order), 2, seed=3)
+    one = list(folder_loader(data, order, PRE, batch_size=3, workers=0, offsets=offsets))
+    segmented = SegmentedLoader(FolderImages(data, order, PRE.image_kwargs()), order, 3, 2,
+                                _Collate(PRE.mean, PRE.std, offsets), False, segment=3)
+    assert segmented.segment == 3 and len(segmented) == len(one)
+    two = list(segmented)
+    assert len(two) == len(one)
+    for a, b in zip(one, two):
+        assert torch.equal(a.images, b.images) and torch.equal(a.shifted, b.shifted)
+        assert torch.equal(a.positions, b.positions) and a.unreadable == b.unreadable
+    assert isinstance(folder_loader(data, order, PRE, batch_size=3, workers=2), SegmentedLoader)
+
+
 def test_streamed_evaluation_counts_what_the_in_memory_one_counts():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 6, 3, 2, 1), nn.ReLU(),

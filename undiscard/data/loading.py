@@ -100,8 +100,38 @@ def folder_loader(data: FolderData, order: Sequence[int], pre: "Preprocess", *, 
     dataset = FolderImages(data, order, pre.image_kwargs(), labels)
     n_batches = -(-len(sampler if sampler is not None else dataset) // batch_size)  # type: ignore[arg-type]
     workers = max(0, min(workers, n_batches))  # no idle processes for a small folder
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
-                      collate_fn=_Collate(pre.mean, pre.std, offsets), pin_memory=pin_memory)
+    collate = _Collate(pre.mean, pre.std, offsets)
+    if workers == 0:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=0,
+                          collate_fn=collate, pin_memory=pin_memory)
+    return SegmentedLoader(dataset, list(sampler if sampler is not None else range(len(dataset))), batch_size,
+                           workers, collate, pin_memory)
+
+
+class SegmentedLoader:
+    """A ``DataLoader`` with ``workers`` processes, restarted every ``segment`` images (whole batches).
+
+    A loader worker's resident memory grows with every batch it hands over (about 0.35 MB per 224-px
+    image per worker here, linear in the folder's size; not in-process, not the collector or the sharing
+    strategy: benchmarks/README.md), so one set of workers for a whole ImageNet-sized folder would not
+    stay bounded. Fresh workers per segment bound it by the segment, at the cost of one fork per segment;
+    the batches are those one loader over ``positions`` would give, in the same order."""
+
+    def __init__(self, dataset: FolderImages, positions: list[int], batch_size: int, workers: int, collate,
+                 pin_memory: bool, segment: int = 512) -> None:
+        self.dataset, self.sampler, self.batch_size = dataset, positions, batch_size
+        self.workers, self.collate, self.pin_memory = workers, collate, pin_memory
+        self.segment = max(1, segment // batch_size) * batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.sampler), self.segment):
+            part = self.sampler[start:start + self.segment]
+            workers = max(1, min(self.workers, -(-len(part) // self.batch_size)))
+            yield from DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, sampler=part,
+                                  num_workers=workers, collate_fn=self.collate, pin_memory=self.pin_memory)
 
 
 def load_labelled(root: str | Path, loaded: "LoadedModel", limit: int | None = None, seed: int = 0,
