@@ -60,7 +60,12 @@ def test_classification_outputs_do_not_depend_on_chunk_size(criterion):
     if criterion == "entropy":
         assert len({s for per in states for s in per}) > 8  # images chose different states
     for out, st in rest:
-        assert torch.equal(out, ref) and st == states
+        assert st == states
+        if criterion == "entropy":
+            assert torch.equal(out, ref)
+        else:  # offset's cheap path runs each chosen phase alone, in passes whose rows depend on the chunk:
+            # 1-row matrix products round differently even in float64 (as calibrated below)
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_calibrated_outputs_do_not_depend_on_chunk_size():
