@@ -38,7 +38,7 @@ class Undiscard(TestTimeModule):
     """A model that searches discarded phases at test time (see :func:`wrap`)."""
 
     def __init__(self, net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate: str = "entropy",
-                 align: bool = True, units: UnitSelector = None, *,
+                 align: bool | str = True, units: UnitSelector = None, *,
                  features: Callable[[nn.Module, Tensor], Tensor] | None = None,
                  head: Callable[[nn.Module, Tensor], Tensor] | None = None,
                  layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0, order: object = None,
@@ -217,7 +217,7 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
             ``learned`` (most attention first), ``calibrated`` (the first B states of ``order=``).
         aggregate: how states combine (:mod:`undiscard.aggregate`): ``mean`` or ``entropy`` weighting of
             their feature maps, or ``attention`` (the learned aggregator; untrained it equals ``mean``).
-        align: shift each state's feature map by its offset before aggregating.
+        align: shift each state's map by its offset before aggregating (dense: :mod:`undiscard.dense_alignment`).
         units: indices or names of the units to search (default: all spatial units but the first and
             the last; all of them when there are fewer than three). ``model.all_units`` lists them all.
         **kwargs: ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
