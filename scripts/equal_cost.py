@@ -31,33 +31,16 @@ import torch
 
 from undiscard import zoo
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
-from undiscard.evaluation import batches, search_predictions
 from undiscard.metrics import topk_correct
 from undiscard.models import load_model
 from undiscard.report import format_table
-from undiscard.tta import TTA, make_aggregator, policy_views
+from undiscard.tta import make_aggregator, policy_views
+
+from compare_tta import search_logits, view_logits  # scripts/ is sys.path[0] when run as a script
 from undiscard.wrapper import wrap
 
 CAPS = (2, 4, 8)
 MEASURES = ("top1", "top1_shifted", "consistency")
-
-
-def _views(net, views, x: torch.Tensor, size: int) -> torch.Tensor:
-    tta = TTA(net, views, "mean")
-    with torch.no_grad():
-        return torch.cat([tta.view_logits(x[s]) for s in batches(len(x), size)])
-
-
-def _search(model, x: torch.Tensor, budgets: list[int], aggregates: list[str], size: int):
-    predict = search_predictions(model, budgets, [(a, model.align) for a in aggregates])
-    out, cost = defaultdict(list), dict.fromkeys(budgets, 0.0)
-    with torch.no_grad():
-        for s in batches(len(x), size):
-            for (b, (a, _)), (logits, c, _) in predict(x[s]).items():
-                out[(b, a)].append(logits)
-                if a == aggregates[0]:
-                    cost[b] += c * (s.stop - s.start)
-    return {k: torch.cat(v) for k, v in out.items()}, {b: c / len(x) for b, c in cost.items()}
 
 
 def _row(model: str, family: str, method: str, clean, shifted, y, cost: float) -> dict:
@@ -80,13 +63,13 @@ def run_model(name: str, args) -> list[dict]:
     # TTA alone
     flip = policy_views("flip")
     standard = policy_views("standard")[:8]
-    logits = {w: _views(net, standard, d, args.batch_size) for w, d in data.items()}
-    flip_logits = {w: _views(net, flip, d, args.batch_size) for w, d in data.items()}
+    logits = {w: view_logits(net, standard, d, args.batch_size) for w, d in data.items()}
+    flip_logits = {w: view_logits(net, flip, d, args.batch_size) for w, d in data.items()}
     rows.append(_row(m, "plain", "plain", logits["clean"][:, 0], logits["shifted"][:, 0], y, 1.0))
     rows.append(_row(m, "TTA", "flip/mean", *(flip_logits[w].mean(1) for w in data), y, 2.0))
     (_, _), (xv, yv) = load_train_val()
     xf = normalize(resize(to_float(xv[:args.fit_images]), size), chans)
-    fit = _views(net, standard, xf, args.batch_size)
+    fit = view_logits(net, standard, xf, args.batch_size)
     for t in (4, 8):
         rows.append(_row(m, "TTA", f"{args.tag}standard{t}/mean", *(logits[w][:, :t].mean(1) for w in data), y, float(t)))
         for a in ("gps", "augtta"):
@@ -105,8 +88,8 @@ def run_model(name: str, args) -> list[dict]:
             warnings.simplefilter("ignore", UserWarning)
             model = wrap(net, budget=1, criterion=criterion, units=loaded.units, aggregate=aggregates[-1],
                          aggregator=loaded.aggregator, extend=args.extend, example_input=data["clean"][:1])
-        ident = {w: _search(model, d, [1, 2, 4, 8], aggregates, args.batch_size) for w, d in data.items()}
-        flipped = {w: _search(model, d.flip(-1), [1, 2, 4], aggregates, args.batch_size) for w, d in data.items()}
+        ident = {w: search_logits(model, d, [1, 2, 4, 8], aggregates, args.batch_size) for w, d in data.items()}
+        flipped = {w: search_logits(model, d.flip(-1), [1, 2, 4], aggregates, args.batch_size) for w, d in data.items()}
         for a in aggregates:
             for b in (2, 4, 8):
                 rows.append(_row(m, "ours", f"{criterion} B{b}/{a}", ident["clean"][0][(b, a)],

@@ -8,6 +8,7 @@ difference). Prints one line per case: OK/FAIL, seconds (compilation included), 
     python results/issue16/compile_probe.py eager aot_eager inductor
 """
 import sys
+from pathlib import Path
 import time
 
 import torch
@@ -16,13 +17,10 @@ from torch import nn
 import undiscard
 
 torch.set_num_threads(1)
-torch.manual_seed(0)
-layers: list[nn.Module] = []
-c = 3
-for _ in range(3):
-    layers += [nn.Conv2d(c, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU()]
-    c = 8
-net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for the tests' tiny net
+from tests.test_compile_script import tiny  # noqa: E402
+
+net = tiny()
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
