@@ -4,8 +4,8 @@ Per zoo model, on the first ``--limit`` test images (clean, and translated by se
 zero fill, as ``undiscard demo``), every method's clean top-1, shifted top-1, shift consistency and
 cost in plain forwards per image (every view and every state counted):
 
-- TTA alone: ``flip`` (2 views), the ``standard`` policy's first T views for T = 4, 8 with mean
-  aggregation, and gps/augtta fitted on ``--fit-images`` validation images of the train split (never
+- TTA alone: ``flip`` (2 views), the first T views (T = 4, 8) of the ``standard`` policy and of the old
+  standard policy written as translations (``translation-standard``), with mean aggregation, and gps/augtta fitted on ``--fit-images`` validation images of the train split (never
   the test set);
 - ours alone: the phase search at B = 2, 4, 8 for each ``--criteria`` (``offset`` is static: children
   are computed only when taken, so B=2 costs about 2), aggregated by entropy and attention, with
@@ -37,6 +37,7 @@ from undiscard.report import format_table
 from undiscard.tta import make_aggregator, policy_views
 
 from compare_tta import search_logits, view_logits  # scripts/ is sys.path[0] when run as a script
+from order_tta_views import old_standard
 from undiscard.wrapper import wrap
 
 CAPS = (2, 4, 8)
@@ -60,26 +61,27 @@ def run_model(name: str, args) -> list[dict]:
     y = torch.as_tensor(labels[:args.limit])
     net, m = loaded.model, f"zoo:{name}"
     rows = []
-    # TTA alone
-    flip = policy_views("flip")
-    standard = policy_views("standard")[:8]
-    logits = {w: view_logits(net, standard, d, args.batch_size) for w, d in data.items()}
-    flip_logits = {w: view_logits(net, flip, d, args.batch_size) for w, d in data.items()}
-    rows.append(_row(m, "plain", "plain", logits["clean"][:, 0], logits["shifted"][:, 0], y, 1.0))
+    # TTA alone: the standard policy (real crops) and, as a TTA for translation-trained models, the old
+    # standard policy with its corner "crops" written as the translations they were
+    flip_logits = {w: view_logits(net, policy_views("flip"), d, args.batch_size) for w, d in data.items()}
+    rows.append(_row(m, "plain", "plain", flip_logits["clean"][:, 0], flip_logits["shifted"][:, 0], y, 1.0))
     rows.append(_row(m, "TTA", "flip/mean", *(flip_logits[w].mean(1) for w in data), y, 2.0))
     (_, _), (xv, yv) = load_train_val()
     xf = normalize(resize(to_float(xv[:args.fit_images]), size), chans)
-    fit = view_logits(net, standard, xf, args.batch_size)
-    for t in (4, 8):
-        rows.append(_row(m, "TTA", f"{args.tag}standard{t}/mean", *(logits[w][:, :t].mean(1) for w in data), y, float(t)))
-        for a in ("gps", "augtta"):
-            agg = make_aggregator(a, t, budget=t, num_classes=fit.shape[-1])
-            with torch.enable_grad():
-                agg.fit(fit[:, :t], torch.as_tensor(yv[:args.fit_images]))
-            used = agg.views()
-            with torch.no_grad():
-                outs = [agg(logits[w][:, :t][:, used]) for w in data]
-            rows.append(_row(m, "TTA", f"{args.tag}standard{t}/{a}", *outs, y, float(len(used))))
+    for tag, views in (("", policy_views("standard")[:8]), ("translation-", old_standard(size)[:8])):
+        logits = {w: view_logits(net, views, d, args.batch_size) for w, d in data.items()}
+        fit = view_logits(net, views, xf, args.batch_size)
+        for t in (4, 8):
+            rows.append(_row(m, "TTA", f"{tag}standard{t}/mean", *(logits[w][:, :t].mean(1) for w in data), y,
+                             float(t)))
+            for a in ("gps", "augtta"):
+                agg = make_aggregator(a, t, budget=t, num_classes=fit.shape[-1])
+                with torch.enable_grad():
+                    agg.fit(fit[:, :t], torch.as_tensor(yv[:args.fit_images]))
+                used = agg.views()
+                with torch.no_grad():
+                    outs = [agg(logits[w][:, :t][:, used]) for w in data]
+                rows.append(_row(m, "TTA", f"{tag}standard{t}/{a}", *outs, y, float(len(used))))
     # ours alone and flip x ours
     aggregates = ["entropy", "attention"] if loaded.aggregator is not None else ["entropy"]
     criteria = [c for c in args.criteria.split(",") if c]  # "": TTA rows only
@@ -137,7 +139,6 @@ def main() -> None:
     ap.add_argument("--fit-images", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tag", default="", help="prefix of the standard policy's method names (to merge runs)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
