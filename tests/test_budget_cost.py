@@ -64,25 +64,25 @@ def _zoo(name: str):
 
 
 MODELS = {
-    "conv": (conv_net, 32, True),
-    "tv_resnet18": (archs.ARCHS["tv_resnet18"][0], 32, False),
-    "timm_efficientnet_b0": (archs.ARCHS["timm_efficientnet_b0"][0], 32, False),
-    "timm_convnext_atto": (archs.ARCHS["timm_convnext_atto"][0], 32, False),
-    "timm_swin": (archs.ARCHS["timm_swin"][0], 32, False),
-    "tv_vit_tiny": (archs.ARCHS["tv_vit_tiny"][0], 16, False),  # replicate mode: the batch cannot grow in a layer
-    "zoo_resnet_basic": (_zoo("resnet_basic"), None, False),
-    "zoo_swin": (_zoo("swin"), None, False),
+    "conv": (conv_net, 32),
+    "tv_resnet18": (archs.ARCHS["tv_resnet18"][0], 32),
+    "timm_efficientnet_b0": (archs.ARCHS["timm_efficientnet_b0"][0], 32),
+    "timm_convnext_atto": (archs.ARCHS["timm_convnext_atto"][0], 32),
+    "timm_swin": (archs.ARCHS["timm_swin"][0], 32),
+    "tv_vit_tiny": (archs.ARCHS["tv_vit_tiny"][0], 16),  # replicate mode: the batch cannot grow in a layer
+    "zoo_resnet_basic": (_zoo("resnet_basic"), None),
+    "zoo_swin": (_zoo("swin"), None),
 }
 
 
 def _setup(name: str):
-    build, size, exact = MODELS[name]
+    build, size = MODELS[name]
     torch.manual_seed(0)
     net = build().eval()
     chans = 1 if size is None else 3
     size = size or 32
     x = torch.randn(3, chans, size, size, generator=torch.Generator().manual_seed(1))
-    return net, x, exact
+    return net, x
 
 
 def _expand_all(model: undiscard.Undiscard, x: torch.Tensor, budget: int):
@@ -95,7 +95,7 @@ def _expand_all(model: undiscard.Undiscard, x: torch.Tensor, budget: int):
 @pytest.mark.parametrize("criterion,seed", [("offset", 0), ("random", 3)])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cheap_search_equals_expand_all(name: str, criterion: str, seed: int) -> None:
-    net, x, _ = _setup(name)
+    net, x = _setup(name)
     probe = undiscard.wrap(net, budget=1, example_input=x[:1])
     budgets = [b for b in (2, 3, 5, 8) if b <= probe.num_states]
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_cheap_search_equals_expand_all(name: str, criterion: str, seed: int) ->
 
 @pytest.mark.parametrize("name", ["conv", "tv_resnet18", "tv_vit_tiny"])
 def test_budget_two_costs_the_root_and_one_child(name: str) -> None:
-    net, x, _ = _setup(name)
+    net, x = _setup(name)
     model = undiscard.wrap(net, budget=2, criterion="offset")
     with torch.no_grad():
         model(x)
@@ -137,7 +137,7 @@ def test_budget_two_costs_the_root_and_one_child(name: str) -> None:
 
 
 def test_cost_hooks_add_up_on_the_cheap_path() -> None:
-    net, x, _ = _setup("tv_resnet18")
+    net, x = _setup("tv_resnet18")
     model = undiscard.wrap(net, budget=5, criterion="offset")
     engine = model.prepare(x)
     calls = []

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .aggregate import align_maps
 from .candidates import Candidates, stack_candidates
 from .errors import UndiscardError
 from .wrapper import Undiscard
@@ -61,12 +60,8 @@ class TrainResult:
 def state_scores(model: Undiscard, cands: Candidates) -> Tensor:
     """(N, B) scores of the searched states by ``model.aggregator`` (higher first for the ``learned``
     criterion): each state's map aligned as aggregation aligns it, against state 0's map."""
-    engine = cands.engine
-    feats, logits, offsets = stack_candidates(cands, engine)
-    states = model.task.state_maps(engine, feats, logits)
-    maps = states.maps
-    if model.align and states.stride is not None:
-        maps = align_maps(maps, offsets, states.stride)
+    feats, logits, offsets = stack_candidates(cands, cands.engine)
+    maps = model.task.aligned_states(cands.engine, feats, logits, offsets, model.align).maps
     return model.aggregator.state_scores(maps, offsets, maps[:, 0])
 
 

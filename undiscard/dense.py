@@ -127,6 +127,14 @@ class SegmentationTask(Task):
         """Combined logits (N, K, H, W) of the states' output ``logits`` (N, B, K, H, W), aligned at output
         resolution by :meth:`shifts` of their ``offsets`` (N, B, 2); the per-pixel ``entropy`` weights are
         those of the aligned logits. ``features`` are not used (the logits are what is combined)."""
+        states = self.aligned_states(engine, features, logits, offsets, align)
+        combined, _ = aggregation.combine(states, states.maps, offsets, self, aggregator)
+        return combined
+
+    def aligned_states(self, engine: "Engine", features: Tensor, logits: Tensor, offsets: Tensor,
+                       align: object) -> StateMaps:
+        """The states' output ``logits`` (N, B, K, H, W) shifted back by :meth:`shifts` (cells a shifted
+        state does not cover filled from state 0: :func:`~undiscard.aggregate.align_filled`)."""
         _check_dense(logits, 2)
         stride = None
         maps = logits
@@ -137,5 +145,4 @@ class SegmentationTask(Task):
                 raise UndiscardError(f"cannot align the states' outputs: a {logits.shape[-2]}x{logits.shape[-1]} "
                                      "output is at no whole stride of the network's input; pass align=False")
             maps = align_filled(logits, shifts, stride)
-        combined, _ = aggregation.combine(StateMaps(maps, None, stride), maps, offsets, self, aggregator)
-        return combined
+        return StateMaps(maps, None, stride)

@@ -87,11 +87,18 @@ class Task:
         ``logits`` (N, B, *output) and ``offsets`` (N, B, 2). The states' maps (:meth:`state_maps`) are
         aligned by offset when ``align`` and they are a grid, combined by ``aggregation``, and turned
         into the output (:meth:`finish`)."""
+        states = self.aligned_states(engine, features, logits, offsets, align)
+        maps, extra = aggregation.combine(states, logits, offsets, self, aggregator)
+        return self.finish(engine, maps, extra)
+
+    def aligned_states(self, engine: "Engine", features: Tensor, logits: Tensor, offsets: Tensor,
+                       align: object) -> StateMaps:
+        """The maps :meth:`combine` combines: :meth:`state_maps`, aligned by offset when ``align`` and they
+        are a grid (what the attention aggregator's per-state scores are computed on, too)."""
         states = self.state_maps(engine, features, logits)
         if align and states.stride is not None:
             states = replace(states, maps=align_maps(states.maps, offsets, states.stride))
-        maps, extra = aggregation.combine(states, logits, offsets, self, aggregator)
-        return self.finish(engine, maps, extra)
+        return states
 
     def state_maps(self, engine: "Engine", features: Tensor, logits: Tensor) -> StateMaps:
         """The maps to combine from N images' B states: native ``features`` (N, B, ...) and ``logits``
@@ -180,6 +187,13 @@ class AutoTask(ClassificationTask):
         if dense is None:
             return super().combine(engine, aggregation, features, logits, offsets, align, aggregator)
         return dense.combine(engine, aggregation, features, logits, offsets, align, aggregator)
+
+    def aligned_states(self, engine: "Engine", features: Tensor, logits: Tensor, offsets: Tensor,
+                       align: object) -> StateMaps:
+        dense = self._task(logits.dim() - 2)
+        if dense is None:
+            return super().aligned_states(engine, features, logits, offsets, align)
+        return dense.aligned_states(engine, features, logits, offsets, align)
 
     def tally(self):
         return super().tally() if self.dense is None else self.dense.tally()

@@ -111,8 +111,8 @@ def folder_loader(data: FolderData, order: Sequence[int], pre: "Preprocess", *, 
 class SegmentedLoader:
     """A ``DataLoader`` with ``workers`` processes, restarted every ``segment`` images (whole batches).
 
-    A loader worker's resident memory grows with every batch it hands over (about 0.35 MB per 224-px
-    image per worker here, linear in the folder's size; not in-process, not the collector or the sharing
+    A loader worker's resident memory grows with every batch it hands over (up to about 1.6 MB per 224-px
+    image it hands over, here; linear in the folder's size; not in-process, not the collector or the sharing
     strategy: benchmarks/README.md), so one set of workers for a whole ImageNet-sized folder would not
     stay bounded. Fresh workers per segment bound it by the segment, at the cost of one fork per segment;
     the batches are those one loader over ``positions`` would give, in the same order."""
