@@ -3,7 +3,8 @@
 Reads the PNG folder ``bench_eval_memory.py`` writes (``--root``, default its N=2000 folder) with the
 preprocessing of torchvision's mobilenet_v3_small (224 px) and prints, every 15 batches, the RSS (MiB) of
 each live worker process, from ``/proc``. ``--segment 0`` uses one DataLoader for the whole folder (the
-loader before workers were restarted per segment), otherwise ``SegmentedLoader`` with that segment.
+loader before workers were restarted per segment), otherwise ``SegmentedLoader`` with that segment
+(``folder_loader(..., segment=)``).
 
     python benchmarks/probe_loader_workers.py --workers 2 --segment 0     # grows with the images read
     python benchmarks/probe_loader_workers.py --workers 2 --segment 512   # bounded by the segment
@@ -14,10 +15,8 @@ import argparse
 import os
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from undiscard.data.folder import FolderImages, scan_folder
-from undiscard.data.loading import SegmentedLoader, _Collate
+from undiscard.data.folder import scan_folder
+from undiscard.data.loading import folder_loader
 from undiscard.models import load_model
 
 
@@ -41,12 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     pre = load_model("torchvision:mobilenet_v3_small").preprocess
     data = scan_folder(args.root)
-    order = list(range(len(data.paths)))
-    dataset, collate = FolderImages(data, order, pre.image_kwargs()), _Collate(pre.mean, pre.std, None)
-    if args.segment:
-        loader = SegmentedLoader(dataset, order, args.batch_size, args.workers, collate, False, args.segment)
-    else:
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
+    loader = folder_loader(data, list(range(len(data.paths))), pre, batch_size=args.batch_size, workers=args.workers,
+                           segment=args.segment)
     for i, _ in enumerate(loader):
         if i % 15 == 0:
             print(f"{i * args.batch_size:6d} images: worker RSS (MiB) {[rss_mib(p) for p in children()]}", flush=True)

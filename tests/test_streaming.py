@@ -108,6 +108,7 @@ def test_workers_restarted_per_segment_give_the_same_batches(data):
         assert torch.equal(a.images, b.images) and torch.equal(a.shifted, b.shifted)
         assert torch.equal(a.positions, b.positions) and a.unreadable == b.unreadable
     assert isinstance(folder_loader(data, order, PRE, batch_size=3, workers=2), SegmentedLoader)
+    assert not isinstance(folder_loader(data, order, PRE, batch_size=3, workers=2, segment=0), SegmentedLoader)
 
 
 def test_streamed_evaluation_counts_what_the_in_memory_one_counts():

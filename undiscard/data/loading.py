@@ -87,7 +87,7 @@ class _Collate:
 def folder_loader(data: FolderData, order: Sequence[int], pre: "Preprocess", *, batch_size: int,
                   workers: int = DEFAULT_WORKERS, offsets: Tensor | None = None,
                   sampler: Iterable[int] | None = None, labels: Sequence[int] | None = None,
-                  pin_memory: bool = False) -> DataLoader:
+                  pin_memory: bool = False, segment: int = 512) -> "DataLoader | SegmentedLoader":
     """A ``DataLoader`` of batches (:class:`FolderBatch`) over images ``order`` of a scanned folder: ``workers``
     processes (0: the calling process) read and preprocess each batch as it is needed, so at most a few
     batches (``workers`` x ``prefetch_factor`` 2 ahead) are in memory, whatever the folder's size.
@@ -95,17 +95,18 @@ def folder_loader(data: FolderData, order: Sequence[int], pre: "Preprocess", *, 
     ``offsets`` (len(order), 2): the shift of the image at each position (``random_offsets``), applied
     per batch; None for no shifted copies. ``sampler``: the positions to read, in order (default all;
     :class:`undiscard.distributed.ShardSampler` for this process's shard). ``labels``: per path of
-    ``data`` (default ``data.labels``).
+    ``data`` (default ``data.labels``). ``segment``: with workers, images per set of worker processes
+    (:class:`SegmentedLoader`; 0: one set for the whole folder, whose memory grows with it).
     """
     dataset = FolderImages(data, order, pre.image_kwargs(), labels)
     n_batches = -(-len(sampler if sampler is not None else dataset) // batch_size)  # type: ignore[arg-type]
     workers = max(0, min(workers, n_batches))  # no idle processes for a small folder
     collate = _Collate(pre.mean, pre.std, offsets)
-    if workers == 0:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=0,
+    if workers == 0 or segment == 0:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                           collate_fn=collate, pin_memory=pin_memory)
     return SegmentedLoader(dataset, list(sampler if sampler is not None else range(len(dataset))), batch_size,
-                           workers, collate, pin_memory)
+                           workers, collate, pin_memory, segment)
 
 
 class SegmentedLoader:
