@@ -8,7 +8,8 @@ cost in plain forwards per image (every view and every state counted):
   standard policy written as translations (``translation-standard``), with mean aggregation, and gps/augtta fitted on ``--fit-images`` validation images of the train split (never
   the test set);
 - ours alone: the phase search at B = 2, 4, 8 for each ``--criteria`` (``offset`` is static: children
-  are computed only when taken, so B=2 costs about 2), aggregated by entropy and attention, with
+  are computed only when taken, so B=2 costs about 2; ``calibrated`` uses the shipped order of
+  undiscard/zoo/orders and stops where it says), aggregated by entropy and attention, with
   ``--extend`` (default: replicate);
 - both: ``flip`` x ours, each view with its own search at B = 2, 4, logits averaged.
 
@@ -89,7 +90,8 @@ def run_model(name: str, args) -> list[dict]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             model = wrap(net, budget=1, criterion=criterion, units=loaded.units, aggregate=aggregates[-1],
-                         aggregator=loaded.aggregator, extend=args.extend, example_input=data["clean"][:1])
+                         aggregator=loaded.aggregator, extend=args.extend, example_input=data["clean"][:1],
+                         order=loaded.order if criterion == "calibrated" else None)
         ident = {w: search_logits(model, d, [1, 2, 4, 8], aggregates, args.batch_size) for w, d in data.items()}
         flipped = {w: search_logits(model, d.flip(-1), [1, 2, 4], aggregates, args.batch_size) for w, d in data.items()}
         for a in aggregates:

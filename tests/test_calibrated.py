@@ -65,8 +65,35 @@ def test_root_is_put_first_and_phase_range_checked() -> None:
     with pytest.raises(UndiscardError, match="out of range"):
         m(X)
     m = undiscard.wrap(net(), budget=4, criterion="calibrated", order=[(0, 0, 1)], units=[0, 1, 2])
-    with pytest.raises(undiscard.errors.PhaseError, match="larger than"):
-        m(X)
+    with torch.no_grad():  # a budget beyond the order evaluates the whole order, as a tree search that runs out
+        assert [[c.state for c in per] for per in m.candidates(X)] == [[(0, 0, 0), (0, 0, 1)]] * len(X)
+
+
+@pytest.mark.parametrize("budget", [1, 3, 6])
+def test_stop_caps_every_budget(budget: int, tmp_path) -> None:
+    order = StateOrder(ORDER, stop=3)
+    path = save_order(order, tmp_path / "o.json")
+    assert load_order(path).stop == 3 and load_order(path).searched == ORDER[:3]
+    m = undiscard.wrap(net(), budget=budget, criterion="calibrated", order=path, units=[0, 1, 2])
+    ref = undiscard.wrap(net(), budget=min(budget, 3), criterion="calibrated", order=ORDER, units=[0, 1, 2])
+    with torch.no_grad():
+        assert [c.state for c in m.candidates(X)[0]] == ORDER[:min(budget, 3)]
+        assert torch.equal(m(X), ref(X)) and m.last_cost == pytest.approx(ref.last_cost, rel=1e-12)
+        if budget == 1:
+            assert torch.equal(m(X), net()(X))
+    with pytest.raises(UndiscardError, match="stop must be"):
+        StateOrder(ORDER, stop=7)
+    with pytest.raises(UndiscardError, match="stop must be"):
+        StateOrder(ORDER, stop=0)
+
+
+def test_best_prefix_is_the_shortest_most_accurate() -> None:
+    from undiscard.calibration import best_prefix
+
+    assert best_prefix([0.5]) == 1  # nothing helped: the original model alone
+    assert best_prefix([0.5, 0.4, 0.45]) == 1
+    assert best_prefix([0.5, 0.6, 0.6, 0.55]) == 2  # ties: the cheaper prefix
+    assert best_prefix([0.5, 0.4, 0.7]) == 3  # a greedy step may pay off one step later
 
 
 def test_greedy_by_hand() -> None:
@@ -84,3 +111,27 @@ def test_calibrate_ranks_every_state_deterministically() -> None:
     a, b = calibrate(m, X, y, greedy=3), calibrate(m, X, y, greedy=3)
     assert a.states == b.states and a.states[0] == (0, 0) and len(set(a.states)) == 16
     assert len(a.meta["greedy_accuracy"]) == 4
+    curve = a.meta["greedy_accuracy"]
+    assert a.stop == 1 + curve.index(max(curve)) and calibrate(m, X, y, greedy=3, stop=False).stop is None
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_combine_of_aligned_subsets_equals_combine(task: str) -> None:
+    # calibration aligns every state once and combines subsets of them: the same as combining each subset
+    from undiscard.aggregate import get_aggregate
+    from undiscard.candidates import find_candidates, stack_candidates
+    from undiscard.criteria import SearchContext, get_criterion
+
+    seg = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 5, 3, 2, 1),
+                        nn.Upsample(scale_factor=4, mode="bilinear"))
+    m = undiscard.wrap(net() if task == "classification" else seg.eval(), budget=8, task=task, units=[0, 1])
+    engine = m.prepare(X[:1])
+    cands = find_candidates(engine, X, 8, get_criterion("entropy"), SearchContext.of(engine, m.task, 0, None),
+                            chunk_size=256)
+    f, lg, off = stack_candidates(cands, engine)
+    aligned = m.task.aligned_states(engine, f, lg, off, m.align)
+    for idx in ([0], [0, 3], [0, 5, 1, 7]):
+        for how in ("entropy", "mean"):
+            want = m.task.combine(engine, get_aggregate(how), f[:, idx], lg[:, idx], off[:, idx], m.align, None)
+            got = m.task.combine_aligned(engine, get_aggregate(how), aligned.select(idx), lg[:, idx], off[:, idx], None)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

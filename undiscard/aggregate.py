@@ -100,13 +100,20 @@ def shift_axis(m: Tensor, offset: Tensor, stride: int, dim: int) -> Tensor:
     return out
 
 
-def _per_image(fn, maps: Tensor, *args) -> Tensor:
-    """``fn(maps, *args)`` computed one image at a time (dim 0), into one output: the values of one call
-    on the whole batch (every op here treats images independently), with temporaries of one image's size."""
-    if maps.shape[0] <= 1:
-        return fn(maps, *args)
+BLOCK_BYTES = 1 << 24  # the largest temporary (16 MiB) a batched aggregation step makes at once
+
+
+def _in_blocks(fn, maps: Tensor, *args) -> Tensor:
+    """``fn(maps, *args)`` computed in blocks of images (dim 0) into one output: the values of one call on
+    the whole batch (every op here treats images independently), with temporaries of at most about
+    ``BLOCK_BYTES`` (one image's size when an image is larger)."""
     n = maps.shape[0]
-    parts = [fn(maps[i:i + 1], *(a[i:i + 1] if a.shape[0] == n else a for a in args)) for i in range(n)]
+    per_image = max(1, maps[:1].numel() * maps.element_size())
+    block = max(1, BLOCK_BYTES // per_image)
+    if n <= block:
+        return fn(maps, *args)
+    parts = [fn(maps[i:i + block], *(a[i:i + block] if a.shape[0] == n else a for a in args))
+             for i in range(0, n, block)]
     return torch.cat(parts)
 
 
@@ -118,7 +125,7 @@ def align_maps(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tensor:
         offsets, stride = offsets * stride.denominator, stride.numerator
     if stride <= 1 and bool((offsets == 0).all()):
         return maps
-    return _per_image(lambda m, o: shift_axis(shift_axis(m, o[..., 0], stride, dim=3), o[..., 1], stride, dim=4),
+    return _in_blocks(lambda m, o: shift_axis(shift_axis(m, o[..., 0], stride, dim=3), o[..., 1], stride, dim=4),
                       maps, offsets)
 
 
@@ -127,8 +134,8 @@ def align_filled(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tenso
     that a state's shifted map does not cover is filled from state 0's map (the original model's at that
     cell) instead of zeros: ``aligned + (1 - covered) * maps[:, 0]``, ``covered`` the aligned map of ones
     (0 in the first ``offset`` output pixels, 1 further in, a fraction in between at fractional offsets).
-    States at offset 0 are returned unchanged, bit for bit. Computed image by image, like :func:`align_maps`."""
-    return _per_image(lambda m, o: _filled(m, o, stride), maps, offsets)
+    States at offset 0 are returned unchanged, bit for bit. Computed in blocks of images, like :func:`align_maps`."""
+    return _in_blocks(lambda m, o: _filled(m, o, stride), maps, offsets)
 
 
 def _filled(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tensor:
@@ -141,11 +148,11 @@ def _filled(maps: Tensor, offsets: Tensor, stride: int | Fraction) -> Tensor:
 
 def weighted_sum(maps: Tensor, weights: Tensor) -> Tensor:
     """Sum over B of (N, B, ...) maps with (N, B) weights -> (N, ...). Per-location weights (N, B, h, w)
-    of (N, B, C, h, w) maps apply to every channel. Computed image by image (no (N, B, ...) temporary)."""
+    of (N, B, C, h, w) maps apply to every channel. Computed in blocks of images (no (N, B, ...) temporary)."""
     if weights.dim() == 4 and maps.dim() == 5:
         weights = weights[:, :, None]
     w = weights.to(maps.dtype).view(*weights.shape, *([1] * (maps.dim() - weights.dim())))
-    return _per_image(lambda m, v: (m * v).sum(1), maps, w)
+    return _in_blocks(lambda m, v: (m * v).sum(1), maps, w)
 
 
 # --------------------------------------------------------------------------------------- registry

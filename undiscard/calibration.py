@@ -4,19 +4,22 @@ A :class:`StateOrder` is a ranked list of states of a model's searched units (th
 original model, always first), with the units' names. With ``wrap(net, criterion="calibrated",
 order=ORDER)`` a budget of B evaluates the first B states of the list — no tree, no scores, each state
 run from its first non-zero unit on the root's cached activation (:meth:`undiscard.engine.Engine.run_rows`):
-the cheapest search there is, and its cost is known before the call.
+the cheapest search there is, and its cost is known before the call. An order may carry a ``stop``: the
+search then evaluates at most its first ``stop`` states, whatever the budget (as a tree search stops when
+its states run out) — :func:`calibrate` sets it where adding states stopped helping on the calibration
+split, so a model whose discarded phases do not help it (the zoo's Swin) is searched little or not at all.
 
 :func:`calibrate` makes one: every state of the searched units is evaluated on labelled images (never
 the test set), then states are added greedily, each time the one whose addition gives the aggregate
 (the model's own ``aggregate``/``align``) the highest top-1 accuracy, ties broken by the lower mean
 negative log-likelihood and then by the state's index; states left after ``greedy`` steps follow by their
-own accuracy. ``undiscard calibrate`` (:mod:`undiscard.cli.calibrate`) writes one as a small JSON file;
+own accuracy. ``stop`` is the shortest greedy prefix with the highest aggregate accuracy (``stop=False``: none).
+``undiscard calibrate`` (:mod:`undiscard.cli.calibrate`) writes one as a small JSON file;
 ``scripts/calibrate_zoo.py`` writes one per zoo model to ``undiscard/zoo/orders/NAME.json``
-(:func:`zoo_order_path`); none is shipped yet: on the first model compared (resnet_basic, 1000 validation
-images) the calibrated order did not beat entropy/random/offset (results/issue15/).
+(:func:`zoo_order_path`), ranked on the 5,000 held-out validation images of the training split.
 
 File format (JSON): ``{"format": "undiscard-state-order", "version": 1, "units": [names], "states":
-[[phase, ...], ...], "meta": {...}}`` — ``meta`` says how it was made (data, images, seed, aggregate,
+[[phase, ...], ...], "stop": int or null, "meta": {...}}`` — ``meta`` says how it was made (data, images, seed, aggregate,
 accuracy after each greedy step, each state's own accuracy).
 """
 from __future__ import annotations
@@ -38,8 +41,8 @@ if TYPE_CHECKING:  # type hints only
     from .discovery import Unit
     from .wrapper import Undiscard
 
-__all__ = ["StateOrder", "as_order", "load_order", "save_order", "zoo_order_path", "greedy_order", "calibrate",
-           "ORDERS_DIR", "FORMAT"]
+__all__ = ["StateOrder", "as_order", "load_order", "save_order", "zoo_order_path", "greedy_order", "best_prefix",
+           "calibrate", "ORDERS_DIR", "FORMAT"]
 
 FORMAT = "undiscard-state-order"
 ORDERS_DIR = Path(__file__).with_name("zoo") / "orders"
@@ -53,6 +56,7 @@ class StateOrder:
     states: list[State]
     units: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    stop: int | None = None  # the search evaluates at most the first ``stop`` states (None: all of them)
 
     def __post_init__(self) -> None:
         try:
@@ -72,6 +76,15 @@ class StateOrder:
                                  f"found at position {self.states.index(root)}")
         if len(set(self.states)) != len(self.states):
             raise UndiscardError("a state order lists a state twice")
+        if self.stop is not None and (isinstance(self.stop, bool) or not isinstance(self.stop, int)
+                                      or not 1 <= self.stop <= len(self.states)):
+            raise UndiscardError(f"a state order's stop must be an int in 1..{len(self.states)} (or null), "
+                                 f"got {self.stop!r}")
+
+    @property
+    def searched(self) -> list[State]:
+        """The states a search may evaluate, in order: the first ``stop`` (all when ``stop`` is None)."""
+        return self.states if self.stop is None else self.states[:self.stop]
 
     def check(self, units: Sequence["Unit"]) -> None:
         """One :class:`UndiscardError` unless the states fit the searched ``units`` (names, count, rates)."""
@@ -90,7 +103,7 @@ class StateOrder:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": 1, "units": self.units, "states": [list(s) for s in self.states],
-                "meta": self.meta}
+                "stop": self.stop, "meta": self.meta}
 
 
 def load_order(path: str | Path) -> StateOrder:
@@ -104,7 +117,7 @@ def load_order(path: str | Path) -> StateOrder:
         raise UndiscardError(f"cannot read the state order {path}: {err}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("states"), list):
         raise UndiscardError(f"{path} is not a state order file (undiscard calibrate writes them)")
-    return StateOrder(data["states"], data.get("units"), dict(data.get("meta") or {}))
+    return StateOrder(data["states"], data.get("units"), dict(data.get("meta") or {}), data.get("stop"))
 
 
 def save_order(order: StateOrder, path: str | Path) -> Path:
@@ -168,13 +181,21 @@ def greedy_order(combine: Callable[[list[int]], Tensor], single: Tensor, labels:
 
 
 @torch.no_grad()
+def best_prefix(curve: Sequence[float]) -> int:
+    """The length of the shortest prefix of a greedy order with the highest accuracy (``curve[k]``: the
+    aggregate's accuracy with the first k + 1 states)."""
+    return 1 + max(range(len(curve)), key=lambda k: (curve[k], -k))
+
+
 def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 16, batch_size: int = 256,
-              progress: Callable[[int], None] | None = None, meta: dict[str, Any] | None = None) -> StateOrder:
+              progress: Callable[[int], None] | None = None, meta: dict[str, Any] | None = None,
+              stop: bool = True) -> StateOrder:
     """Rank the states of ``model``'s searched units on labelled ``images`` (N, C, H, W) and ``labels`` (N,).
 
     Every state is evaluated on every image (``progress(images done)`` after each batch, then
     ``progress(1)`` per greedy step), aggregated as the model aggregates (its ``aggregate``, ``align``
-    and aggregator), and ranked by :func:`greedy_order`. ``meta`` is added to the order's record."""
+    and aggregator), and ranked by :func:`greedy_order`. With ``stop``, the order's ``stop`` is
+    :func:`best_prefix` of the greedy accuracies. ``meta`` is added to the order's record."""
     from .aggregate import get_aggregate  # lazy: calibration sits below the search in the layers
     from .candidates import find_candidates, stack_candidates
     from .criteria import SearchContext, get_criterion
@@ -201,8 +222,10 @@ def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 
     how = get_aggregate(model.aggregate)
     labels = labels.to(lg.device).long()
 
+    aligned = model.task.aligned_states(engine, f, lg, off, model.align)  # once: each state aligns on its own
+
     def combine(idx: list[int]) -> Tensor:
-        return model.task.combine(engine, how, f[:, idx], lg[:, idx], off[:, idx], model.align, model.aggregator)
+        return model.task.combine_aligned(engine, how, aligned.select(idx), lg[:, idx], off[:, idx], model.aggregator)
 
     ranking, curve = greedy_order(combine, lg, labels, greedy, progress)
     own = [_score(lg[:, r], labels)[0] / labels.shape[0] for r in range(len(states))]
@@ -213,4 +236,4 @@ def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 
     record.update(meta or {})
     if not all(math.isfinite(a) for a in curve):
         raise UndiscardError("calibration produced non-finite accuracies")
-    return StateOrder([states[r] for r in ranking], full.units, record)
+    return StateOrder([states[r] for r in ranking], full.units, record, best_prefix(curve) if stop else None)

@@ -102,9 +102,9 @@ def _listed(engine: Engine, x: Tensor, order: Sequence[tuple[int, ...]], budget:
     """The first ``budget`` states of ``order`` for every image of ``x``, in that order: each state runs
     from its first non-zero unit's cut on the root's activation there, in passes of at most ``chunk_size``
     rows (images x states; one row at least). A candidate's steps are the passes of a search that would
-    stop at it."""
-    if budget > len(order):
-        raise PhaseError(f"budget {budget} is larger than the {len(order)} states of the calibrated order")
+    stop at it. A budget beyond the order evaluates the whole order (a tree search, too, stops when its
+    states run out)."""
+    budget = min(budget, len(order))
     n = x.shape[0]
     feats, logits, caches = engine.root_caches(x)
     cands = [[Candidate(order[0], feats[i], logits[i])] for i in range(n)]

@@ -162,7 +162,8 @@ class Learned(Criterion):
 
 @register_criterion("calibrated")
 class Calibrated(Criterion):
-    """The first B states of a ranked list (:class:`~undiscard.calibration.StateOrder`, ``wrap(order=...)``);
+    """The first B states of a ranked list (:class:`~undiscard.calibration.StateOrder`, ``wrap(order=...)``),
+    at most its ``stop`` (fewer when the list is shorter than B, as a tree search stops when states run out);
     as scores (unused by the library's own search), a state's rank, unranked states after all others."""
 
     static = True
@@ -171,7 +172,7 @@ class Calibrated(Criterion):
     def fixed_order(self, ctx):
         if ctx.order is None:
             raise UndiscardError(NO_ORDER)
-        return ctx.order.states
+        return ctx.order.searched
 
     def score(self, ctx, images, features, logits, states, depth):
         rank = {s: r for r, s in enumerate(self.fixed_order(ctx))}

@@ -127,7 +127,11 @@ class SegmentationTask(Task):
         """Combined logits (N, K, H, W) of the states' output ``logits`` (N, B, K, H, W), aligned at output
         resolution by :meth:`shifts` of their ``offsets`` (N, B, 2); the per-pixel ``entropy`` weights are
         those of the aligned logits. ``features`` are not used (the logits are what is combined)."""
-        states = self.aligned_states(engine, features, logits, offsets, align)
+        return self.combine_aligned(engine, aggregation, self.aligned_states(engine, features, logits, offsets, align),
+                                    logits, offsets, aggregator)
+
+    def combine_aligned(self, engine: "Engine", aggregation: Aggregation, states: StateMaps, logits: Tensor,
+                        offsets: Tensor, aggregator: nn.Module | None) -> Tensor:
         combined, _ = aggregation.combine(states, states.maps, offsets, self, aggregator)
         return combined
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ._compat import import_timm, import_torchvision
+from .calibration import zoo_order_path
 from .errors import UndiscardError
 from .files import load_weights
 
@@ -75,6 +76,7 @@ class LoadedModel:
     class_names: list[str] = field(default_factory=list)
     units: list[str] | None = None  # units to search by default (None: the wrapper's default)
     aggregator: str | None = None  # a shipped attention aggregator file, if any
+    order: str | None = None  # a shipped calibrated state order file (criterion="calibrated"), if any
     random_weights: bool = False  # built untrained (nothing is downloaded): load_model warns without weights=
 
 
@@ -269,6 +271,6 @@ def _zoo(name: str) -> LoadedModel:
     size = int(cfg["input_size"][-1])
     pre = Preprocess(input_size=size, in_chans=int(cfg["in_chans"]), mean=tuple(cfg["mean"]),
                      std=tuple(cfg["std"]), crop_pct=1.0, pad_to=size)
-    agg = zoo.aggregator_path(base)
+    agg, order = zoo.aggregator_path(base), zoo_order_path(base)
     return LoadedModel(f"zoo:{base}", model, pre, list(cfg.get("class_names", [])), units=zoo.search_units(base),
-                       aggregator=str(agg) if agg.is_file() else None)
+                       aggregator=str(agg) if agg.is_file() else None, order=str(order) if order.is_file() else None)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +58,10 @@ class StateMaps:
     extra: Tensor | None
     stride: int | Fraction | None
 
+    def select(self, index: Sequence[int]) -> "StateMaps":
+        """The maps of the states at positions ``index`` of every image (dim 1), in that order."""
+        return StateMaps(self.maps[:, index], None if self.extra is None else self.extra[:, index], self.stride)
+
 
 class Task:
     """What one kind of prediction means for search and aggregation (see the module docstring)."""
@@ -87,7 +91,13 @@ class Task:
         ``logits`` (N, B, *output) and ``offsets`` (N, B, 2). The states' maps (:meth:`state_maps`) are
         aligned by offset when ``align`` and they are a grid, combined by ``aggregation``, and turned
         into the output (:meth:`finish`)."""
-        states = self.aligned_states(engine, features, logits, offsets, align)
+        return self.combine_aligned(engine, aggregation, self.aligned_states(engine, features, logits, offsets, align),
+                                    logits, offsets, aggregator)
+
+    def combine_aligned(self, engine: "Engine", aggregation: "Aggregation", states: StateMaps, logits: Tensor,
+                        offsets: Tensor, aggregator: nn.Module | None) -> Tensor:
+        """:meth:`combine` of states already aligned (:meth:`aligned_states`; a :meth:`StateMaps.select` of
+        them combines a subset, each state aligned on its own, without aligning again)."""
         maps, extra = aggregation.combine(states, logits, offsets, self, aggregator)
         return self.finish(engine, maps, extra)
 
@@ -187,6 +197,13 @@ class AutoTask(ClassificationTask):
         if dense is None:
             return super().combine(engine, aggregation, features, logits, offsets, align, aggregator)
         return dense.combine(engine, aggregation, features, logits, offsets, align, aggregator)
+
+    def combine_aligned(self, engine: "Engine", aggregation: "Aggregation", states: StateMaps, logits: Tensor,
+                        offsets: Tensor, aggregator: nn.Module | None) -> Tensor:
+        dense = self._task(logits.dim() - 2)
+        if dense is None:
+            return super().combine_aligned(engine, aggregation, states, logits, offsets, aggregator)
+        return dense.combine_aligned(engine, aggregation, states, logits, offsets, aggregator)
 
     def aligned_states(self, engine: "Engine", features: Tensor, logits: Tensor, offsets: Tensor,
                        align: object) -> StateMaps:

@@ -4,7 +4,8 @@ Every state of the searched units is evaluated on the labelled images of ``--dat
 for zoo models the held-out validation part of the Fashion-MNIST training split), then states are added
 greedily, each time the one that makes the aggregate (``--aggregate``, aligned unless ``--no-align``)
 most accurate (:mod:`undiscard.calibration`). The result is a small JSON file that
-``wrap(net, criterion="calibrated", order=FILE)`` uses: budget B evaluates its first B states.
+``wrap(net, criterion="calibrated", order=FILE)`` uses: budget B evaluates its first B states, and never
+more than the order's ``stop``, the shortest greedy prefix that was most accurate (``--no-stop``: no limit).
 """
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-align", dest="align", action="store_false", help="rank for unaligned aggregation")
     p.add_argument("--greedy", type=int, default=DEFAULT_GREEDY,
                    help=f"greedy steps; later states follow by their own accuracy (default: {DEFAULT_GREEDY})")
+    p.add_argument("--stop", action=argparse.BooleanOptionalAction, default=True,
+                   help="limit searches to the most accurate greedy prefix (default: on)")
+    p.add_argument("--aggregator", default=None, help="attention aggregator file for --aggregate attention "
+                                                       "(default: a zoo model's shipped one)")
     p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N labelled images")
@@ -68,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
     pre = loaded.preprocess
     x = normalize_batch(x01, pre.mean, pre.std).to(device)
     units = parse_units(args.units) if args.units is not None else loaded.units
+    aggregator = (args.aggregator or loaded.aggregator) if args.aggregate == "attention" else None
+    if args.aggregate == "attention" and aggregator is None:
+        raise CLIError("--aggregate attention needs --aggregator FILE (train one with: undiscard train-aggregator)")
     model = wrap(loaded.model.to(device), budget=1, aggregate=args.aggregate, align=args.align, units=units,
-                 seed=args.seed)
+                 aggregator=aggregator, seed=args.seed)
     states = num_states(model.prepare(x[:1]).search_units)
     t0 = time.perf_counter()
     meta = {"model": loaded.name, "data": described, "seed": args.seed, "limit": args.limit,
@@ -77,17 +85,19 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar(len(y) + min(args.greedy, states - 1), f"{loaded.name} calibrate",
                       enabled=not args.quiet) as bar:
         order = calibrate(model, x, y.to(device), greedy=args.greedy, batch_size=args.batch_size,
-                          progress=bar.update, meta=meta)
+                          progress=bar.update, meta=meta, stop=args.stop)
     order.meta["seconds"] = time.perf_counter() - t0
     save_order(order, args.out)
     summary = {"model": loaded.name, "out": str(args.out), "units": order.units,
                "states": [list(s) for s in order.states[:min(len(order.states), args.greedy + 1)]],
-               "greedy_accuracy": order.meta["greedy_accuracy"], "images": order.meta["images"],
+               "stop": order.stop, "greedy_accuracy": order.meta["greedy_accuracy"], "images": order.meta["images"],
                "seconds": order.meta["seconds"]}
     if args.json:
         emit_json(summary)
     else:
         for b, (s, acc) in enumerate(zip(order.states, order.meta["greedy_accuracy"]), 1):
             print(f"budget {b:2d}: + state {list(s)}  aggregate top-1 {100 * acc:.2f}")
+        if order.stop is not None:
+            print(f"searches stop after {order.stop} state{'s' * (order.stop > 1)} (the most accurate prefix)")
         print(f"wrote {args.out} ({summary['seconds']:.0f} s)", file=sys.stderr)
     return 0

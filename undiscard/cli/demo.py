@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from ..calibration import zoo_order_path
 from ..evaluation import Row, evaluate
 from ..layers.extension import EXTEND_MODES
 from ..plots import write_plots
@@ -44,6 +45,16 @@ from .common import (CLIError, add_output_args, aggregator_needers, check_out_di
                      parse_aggregates, parse_budgets, progress_bar, resolve_device, set_threads, wrap_options)
 
 DEFAULT_LIMIT = 500
+
+
+def _zoo_order(name: str, criterion: str) -> dict[str, str]:
+    """``order=`` of zoo model ``name``'s shipped calibrated order when ``criterion`` is calibrated."""
+    if criterion != "calibrated":
+        return {}
+    path = zoo_order_path(name)
+    if not path.is_file():
+        raise CLIError(f"--criterion calibrated: zoo:{name} has no shipped state order (scripts/calibrate_zoo.py)")
+    return {"order": str(path)}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -62,8 +73,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--aggregator", default=None, help="attention aggregator file (with a single --models)")
     p.add_argument("--align", choices=("on", "off", "both"), default="on",
                    help="offset alignment of the maps before aggregating (default: on)")
-    p.add_argument("--criterion", default="entropy", choices=("entropy", "learned", "random", "offset"),
-                   help="search order (default: entropy; learned uses the shipped aggregator)")
+    p.add_argument("--criterion", default="entropy", choices=("entropy", "learned", "random", "offset", "calibrated"),
+                   help="search order (default: entropy; learned uses the shipped aggregator, calibrated the "
+                        "shipped state order, both for zoo models only)")
     p.add_argument("--extend", choices=EXTEND_MODES, default=None,
                    help="what phases read past the bottom/right edge, for every searched model (zoo, "
                         "EfficientNet-Lite0, segmentation): wrap(extend=...); default: wrap's own. There is no "
@@ -130,7 +142,8 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
                 continue
             learned = bool(aggregator_needers(wanted, args.criterion))
             model = wrap(net, budget=1, criterion=args.criterion, aggregate=wanted[0], align=aligns[0],
-                         units=zoo.search_units(name), aggregator=aggregator if learned else None, **wrap_options(args))
+                         units=zoo.search_units(name), aggregator=aggregator if learned else None,
+                         **_zoo_order(name, args.criterion), **wrap_options(args))
             rows += evaluate(f"zoo:{name}", model, x, y.to(device), budgets, shifted=xs,
                              variants=[(a, al) for a in wanted for al in aligns], batch_size=args.batch_size,
                              progress=bar.update)

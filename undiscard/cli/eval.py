@@ -61,7 +61,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "an aggregator)")
     p.add_argument("--order", default=None,
                    help="state order file from `undiscard calibrate` (for this model and its units): "
-                        "wrap(criterion='calibrated', order=FILE); implies --criterion calibrated")
+                        "wrap(criterion='calibrated', order=FILE); implies --criterion calibrated (zoo models: "
+                        "their shipped order when not given)")
     p.add_argument("--extend", choices=EXTEND_MODES, default=None,
                    help="what phases read past the bottom/right edge: wrap(extend=...) (default: wrap's own)")
     p.add_argument("--aggregate", default="entropy",
@@ -164,6 +165,8 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     if needers and aggregator is None:
         raise CLIError(f"{' / '.join(needers)} need{'s' * (len(needers) == 1)} --aggregator FILE "
                        "(train one with: undiscard train-aggregator)")
+    if args.criterion == "calibrated" and args.order is None:
+        args.order = loaded.order  # a zoo model's shipped order (None: wrap says what is missing)
     model = wrap(loaded.model.to(device), budget=1, criterion=args.criterion, aggregate=args.aggregates[0],
                  align=args.align, units=parse_units(args.units) if args.units is not None else loaded.units,
                  aggregator=aggregator if needers else None, seed=args.seed, **wrap_options(args))
