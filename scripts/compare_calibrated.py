@@ -1,8 +1,8 @@
-"""Calibrated vs entropy vs random vs offset search on the zoo, at budgets 1, 2, 4, with cost (issue 15).
+"""Calibrated vs entropy vs learned vs random vs offset search on the zoo, at budgets 1, 2, 4, with cost (issue 15).
 
 First ``--limit`` test images (bundled Fashion-MNIST test set), clean top-1, top-1 on copies shifted by
 1-4 px (seed 0) and consistency (same top-1 for the image and its shifted copy), entropy aggregation,
-each model's default units; the calibrated order of model NAME is ``--orders``/NAME.json (default: the
+each model's default units (``learned``: most attention first, from the model's shipped aggregator); the calibrated order of model NAME is ``--orders``/NAME.json (default: the
 shipped ones, scripts/calibrate_zoo.py), or ``--orders DIR --suffix _val1000`` for DIR/NAME_val1000.json:
 
     python scripts/compare_calibrated.py [--limit 2000] [--models resnet_basic,swin] [--json out.json]
@@ -22,7 +22,7 @@ from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, 
 from undiscard.evaluation import evaluate
 from undiscard.models import load_model
 
-CRITERIA = ("entropy", "random", "offset", "calibrated")
+CRITERIA = ("entropy", "learned", "random", "offset", "calibrated")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         for crit in CRITERIA:
             path = (zoo_order_path(name) if args.orders is None
                     else Path(args.orders) / f"{args.prefix}{name}{args.suffix}.json")
-            kw = {"order": path} if crit == "calibrated" else {}
+            kw = {"order": path} if crit == "calibrated" else {"aggregator": loaded.aggregator} if crit == "learned" else {}
             for r in evaluate(name, loaded.model, x, y, budgets, shifted=xs, criterion=crit, units=loaded.units, **kw):
                 d = r if isinstance(r, dict) else r.__dict__
                 rows.append({"model": name, "criterion": crit, **{k: d.get(k) for k in
@@ -61,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
+    print("\nzoo average (models: " + ", ".join(sorted({r["model"] for r in rows})) + ")\n"
+          "| criterion | B | top-1 | top-1 shifted | consistency | cost x |\n|---|---:|---:|---:|---:|---:|")
+    for crit in CRITERIA:
+        for b in budgets:
+            rs = [r for r in rows if r["criterion"] == crit and r["budget"] == b]
+            mean = {k: sum(r[k] for r in rs) / len(rs) for k in ("top1", "top1_shifted", "consistency", "cost")}
+            print(f"| {crit} | {b} | {mean['top1']:.2f} | {mean['top1_shifted']:.2f} | {mean['consistency']:.2f} | "
+                  f"{mean['cost']:.2f} |")
     return 0
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import undiscard
+from undiscard import zoo
 from undiscard.calibration import StateOrder, calibrate, greedy_order, load_order, save_order
 from undiscard.errors import UndiscardError
 
@@ -135,3 +136,21 @@ def test_combine_of_aligned_subsets_equals_combine(task: str) -> None:
             want = m.task.combine(engine, get_aggregate(how), f[:, idx], lg[:, idx], off[:, idx], m.align, None)
             got = m.task.combine_aligned(engine, get_aggregate(how), aligned.select(idx), lg[:, idx], off[:, idx], None)
             torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_shipped_zoo_orders_fit_their_models(name: str) -> None:
+    # every zoo classifier ships an order made on validation images, for its default units, with a stop
+    from undiscard.calibration import zoo_order_path
+    from undiscard.models import load_model
+
+    loaded = load_model(f"zoo:{name}")
+    assert loaded.order == str(zoo_order_path(name))
+    order = load_order(loaded.order)
+    size = zoo.model_config(name)["input_size"]
+    m = undiscard.wrap(loaded.model, budget=1, units=loaded.units, example_input=torch.zeros(1, *size))
+    order.check(m.search_units)
+    assert order.stop is not None and 1 <= order.stop <= len(order.states)
+    assert order.meta["images"] == 5000 and "validation" in order.meta["data"]
+    curve = order.meta["greedy_accuracy"]
+    assert curve[order.stop - 1] == max(curve)

@@ -112,3 +112,34 @@ def test_demo_help_shows_no_raw_markup(capsys):
         main(["demo", "--help"])
     text = capsys.readouterr().out
     assert "``" not in text and ":mod:" not in text and "--extend" in text and "`undiscard.summary`" in text
+
+
+def test_eval_calibrated_without_order_uses_the_shipped_one(capsys, monkeypatch, folder):
+    from undiscard.calibration import load_order, zoo_order_path
+
+    if not zoo_order_path(MODEL).is_file():
+        pytest.skip(f"no shipped order for {MODEL}")
+    spy = Spy()
+    monkeypatch.setattr("undiscard.cli.eval.wrap", spy)
+    assert main(["eval", "--model", f"zoo:{MODEL}", "--data", str(folder), "--budget", "1,16", "--criterion",
+                 "calibrated", "--workers", "0", "--quiet", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    [(kwargs, model)] = spy.calls
+    shipped = load_order(zoo_order_path(MODEL))
+    assert kwargs["order"] == str(zoo_order_path(MODEL)) and model.order.searched == shipped.searched
+    x = torch.zeros(2, zoo.model_config(MODEL)["in_chans"], *zoo.model_config(MODEL)["input_size"][-2:])
+    model.budget = 16  # capped at the order's stop
+    assert [list(map(tuple, s)) for s in model.search(x)] == [shipped.searched] * 2
+    assert [r["criterion"] for r in rows] == ["calibrated", "calibrated"]
+
+
+def test_demo_calibrated_uses_each_models_shipped_order(capsys, monkeypatch):
+    from undiscard.calibration import zoo_order_path
+
+    spy = Spy()
+    monkeypatch.setattr("undiscard.cli.demo.wrap", spy)
+    assert main(["demo", "--models", MODEL, "--limit", "8", "--budget", "1,2", "--no-lite0", "--no-tta",
+                 "--no-segmentation", "--criterion", "calibrated", "--quiet", "--json"]) == 0
+    json.loads(capsys.readouterr().out)
+    [(kwargs, model)] = [(k, m) for k, m in spy.calls if k.get("criterion") == "calibrated"]
+    assert kwargs["order"] == str(zoo_order_path(MODEL)) and model.criterion == "calibrated"
