@@ -154,3 +154,18 @@ def test_shipped_zoo_orders_fit_their_models(name: str) -> None:
     assert order.meta["images"] == 5000 and "validation" in order.meta["data"]
     curve = order.meta["greedy_accuracy"]
     assert curve[order.stop - 1] == max(curve)
+
+
+def test_calibrate_runs_without_autograd(monkeypatch) -> None:
+    import undiscard.calibration as cal
+
+    seen = []
+    real = cal.greedy_order
+
+    def spy(combine, single, labels, greedy, progress=None):
+        seen.append((torch.is_grad_enabled(), combine([0, 1]).requires_grad, single.requires_grad))
+        return real(combine, single, labels, greedy, progress)
+
+    monkeypatch.setattr(cal, "greedy_order", spy)
+    calibrate(undiscard.wrap(net(), budget=1, units=[0, 1]), X, torch.tensor([0, 3, 7]), greedy=2)
+    assert seen == [(False, False, False)]

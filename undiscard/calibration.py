@@ -180,13 +180,13 @@ def greedy_order(combine: Callable[[list[int]], Tensor], single: Tensor, labels:
     return chosen, curve
 
 
-@torch.no_grad()
 def best_prefix(curve: Sequence[float]) -> int:
     """The length of the shortest prefix of a greedy order with the highest accuracy (``curve[k]``: the
     aggregate's accuracy with the first k + 1 states)."""
     return 1 + max(range(len(curve)), key=lambda k: (curve[k], -k))
 
 
+@torch.no_grad()
 def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 16, batch_size: int = 256,
               progress: Callable[[int], None] | None = None, meta: dict[str, Any] | None = None,
               stop: bool = True) -> StateOrder:
