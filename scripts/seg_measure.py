@@ -15,7 +15,9 @@ in): mIoU clean / shifted, pixel shift consistency, pixel accuracy, boundary F1,
 - ``flip x ours``: ``DenseTTA(wrap(net, ...), "flip")`` at 2 and 4 states per view (entropy);
 - ``--criterion offset``: ours and flip x ours with the offset order instead (its children are chosen
   before they are computed, so B states cost about B forwards); rows named ``ours (offset)``, written
-  to ``seg_measure[_N]_offset.*``.
+  to ``seg_measure[_N]_offset.*``. ``--criterion calibrated``: each model's shipped order
+  (``undiscard/zoo/orders/NAME.json``, ``scripts/calibrate_zoo.py``; ranked by mIoU on validation canvases),
+  budget B evaluating its first min(B, stop) states; rows ``ours (calibrated)``.
 
 ``--align`` picks the alignment of ``ours`` (default ``lineage``: each state shifted by the phase offsets of
 the units that move the output, :mod:`undiscard.dense_alignment`; ``offset``: the whole offset, as before;
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 
 import undiscard
+from undiscard.calibration import zoo_order_path
 from undiscard.data import segmentation as segdata
 from undiscard.data.shift import shift_images
 from undiscard.report import format_table, write_json, write_text
@@ -73,7 +76,8 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
                   flush=True)
         rows.extend(new)
 
-    model = undiscard.wrap(net, budget=1, task="segmentation", criterion=criterion, align=align)
+    order = {"order": zoo_order_path(name)} if criterion == "calibrated" else {}  # the shipped order
+    model = undiscard.wrap(net, budget=1, task="segmentation", criterion=criterion, align=align, **order)
     ours = "ours" if criterion == "entropy" else f"ours ({criterion})"
     if "ours" not in skip:
         try:
@@ -157,7 +161,12 @@ def main() -> int:
     ap.add_argument("--criterion", default="entropy", help="search order of ours and flip x ours")
     ap.add_argument("--reuse", type=Path, default=None, help="with --skip tta: an earlier JSON to take TTA rows from")
     ap.add_argument("--out", type=Path, default=Path("results/segmentation"))
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="measure nothing: join the rows of runs made in parallel (--models X --out DIR each) "
+                         "into --out's files for --criterion")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out, args.criterion)
     align = {"lineage": True, "offset": "offset", "none": False}[args.align]
     reused = json.loads(args.reuse.read_text())["rows"] if args.reuse else None
     torch.set_num_threads(1)
@@ -180,16 +189,40 @@ def main() -> int:
                        reused, args.criterion)
         rows += r
         notes += n
-        stem = args.out / ("seg_measure" if not args.limit else f"seg_measure_{args.limit}")
-        if args.criterion != "entropy":
-            stem = stem.with_name(f"{stem.name}_{args.criterion}")
-        write_json(stem.with_suffix(".json"), {"settings": settings, "rows": rows, "notes": notes,
-                                               "verdicts": verdicts(rows), "wall_seconds": time.time() - t0})
-        table = format_table(rows, COLUMNS, markdown=True)
-        write_text(stem.with_suffix(".md"), f"{settings['canvases']} test canvases, shifts 1-{args.max_shift} px, "
-                   f"seed {args.seed}: `{settings['command']}`\n\n{table}\n\n"
-                   + "".join(f"- {v}\n" for v in verdicts(rows)) + "".join(f"- failed: {n}\n" for n in notes))
+        write(output_stem(args.out, args.limit, args.criterion), settings, rows, notes, time.time() - t0)
     print("\n".join(verdicts(rows) + notes))
+    return 0
+
+
+def output_stem(out: Path, limit: int | None, criterion: str) -> Path:
+    stem = out / ("seg_measure" if not limit else f"seg_measure_{limit}")
+    return stem.with_name(f"{stem.name}_{criterion}") if criterion != "entropy" else stem
+
+
+def write(stem: Path, settings: dict, rows: list[dict], notes: list[str], seconds: float) -> None:
+    """``stem``.json (settings, rows, notes, verdicts) and ``stem``.md (the table and the verdicts)."""
+    write_json(stem.with_suffix(".json"), {"settings": settings, "rows": rows, "notes": notes,
+                                           "verdicts": verdicts(rows), "wall_seconds": seconds})
+    table = format_table(rows, COLUMNS, markdown=True)
+    commands = settings.get("commands") or [settings["command"]]
+    write_text(stem.with_suffix(".md"), f"{settings['canvases']} test canvases, shifts 1-{settings['max_shift']} px, "
+               f"seed {settings['seed']}: " + " and ".join(f"`{c}`" for c in commands) + f"\n\n{table}\n\n"
+               + "".join(f"- {v}\n" for v in verdicts(rows)) + "".join(f"- failed: {n}\n" for n in notes))
+
+
+def merge(paths: list[Path], out: Path, criterion: str) -> int:
+    """``--merge``: one result from runs over disjoint models with the same settings."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    first = runs[0]["settings"]
+    same = ("canvases", "max_shift", "seed", "align", "criterion")
+    if any(any(r["settings"][k] != first[k] for k in same) for r in runs):
+        print(f"error: the runs differ in their settings ({', '.join(same)})", file=sys.stderr)
+        return 1
+    settings = {**first, "commands": [r["settings"]["command"] for r in runs], "merged_from": [str(p) for p in paths],
+                "command": "python " + " ".join(sys.argv)}
+    rows = [row for r in runs for row in r["rows"]]
+    write(output_stem(out, first["canvases"] if first["canvases"] != 2000 else None, criterion), settings, rows,
+          [n for r in runs for n in r["notes"]], max(r["wall_seconds"] for r in runs))
     return 0
 
 

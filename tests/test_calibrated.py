@@ -162,9 +162,9 @@ def test_calibrate_runs_without_autograd(monkeypatch) -> None:
     seen = []
     real = cal.greedy_order
 
-    def spy(combine, single, labels, greedy, progress=None):
+    def spy(combine, single, labels, greedy, progress=None, score=cal._score):
         seen.append((torch.is_grad_enabled(), combine([0, 1]).requires_grad, single.requires_grad))
-        return real(combine, single, labels, greedy, progress)
+        return real(combine, single, labels, greedy, progress, score)
 
     monkeypatch.setattr(cal, "greedy_order", spy)
     calibrate(undiscard.wrap(net(), budget=1, units=[0, 1]), X, torch.tensor([0, 3, 7]), greedy=2)

@@ -170,13 +170,17 @@ class Aggregation:
                 aggregator: nn.Module | None) -> tuple[Tensor, Tensor | None]:
         """Combined ``(maps (N, C, h, w), extra (N, P, C) or None)`` of aligned ``states`` (N, B, ...),
         given the states' ``logits`` (N, B, *output) and ``offsets`` (N, B, 2)."""
-        weights = self.weights(logits, task)
+        weights = self.state_weights(states, logits, task)
         extra = weighted_sum(states.extra, weights) if states.extra is not None else None
         return weighted_sum(states.maps, weights), extra
 
     def weights(self, logits: Tensor, task: "Task") -> Tensor:
         """Per-state weights (N, B, ...) summing to 1 over B."""
         raise NotImplementedError
+
+    def state_weights(self, states: "StateMaps", logits: Tensor, task: "Task") -> Tensor:
+        """:meth:`weights` of the states to combine (an aggregation may use what ``states`` carry)."""
+        return self.weights(logits, task)
 
 
 _AGGREGATES: NamedRegistry[Aggregation] = NamedRegistry("aggregate")
@@ -200,6 +204,10 @@ class Entropy(Aggregation):
 
     def weights(self, logits: Tensor, task: "Task") -> Tensor:
         return task.entropy_weights(logits)
+
+    def state_weights(self, states: "StateMaps", logits: Tensor, task: "Task") -> Tensor:
+        # entropies computed ahead (Task.with_entropy) are those entropy_weights would compute now
+        return self.weights(logits, task) if states.entropy is None else entropy_weights(states.entropy)
 
 
 @register_aggregate("attention")

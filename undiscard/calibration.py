@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -153,29 +153,33 @@ def all_states(units: Sequence["Unit"]) -> list[State]:
 
 
 # --- ranking -------------------------------------------------------------------------------------------
-def _score(logits: Tensor, labels: Tensor) -> tuple[int, float]:
-    """(correct top-1 count, mean NLL) of (N, K) logits."""
-    return int((logits.argmax(-1) == labels).sum()), float(F.cross_entropy(logits.double(), labels))
+def _score(logits: Tensor, labels: Tensor) -> tuple[float, float]:
+    """(top-1 accuracy, mean NLL) of (N, K) logits: the classification task's calibration score."""
+    from .task import ClassificationTask  # lazy: calibration sits below the tasks in the layers
+
+    return ClassificationTask().calibration_score(logits, labels)
 
 
 def greedy_order(combine: Callable[[list[int]], Tensor], single: Tensor, labels: Tensor, greedy: int,
-                 progress: Callable[[int], None] | None = None) -> tuple[list[int], list[float]]:
+                 progress: Callable[[int], None] | None = None,
+                 score: Callable[[Tensor, Tensor], tuple[float, float]] = _score) -> tuple[list[int], list[float]]:
     """Positions 0..S-1 of S states ranked: 0 first, then ``greedy`` greedy steps, each adding the state whose
-    addition makes ``combine(positions)`` (aggregated (N, K) logits) most accurate (ties: lower NLL, then the
-    position); the rest by their own logits ``single`` (N, S, K) (accuracy, then NLL, then position).
-    Returns the ranking and the aggregate's accuracy after each greedy step (the first: state 0 alone)."""
-    n, s = single.shape[0], single.shape[1]
+    addition makes ``combine(positions)`` (aggregated logits (N, *output)) score best (``score(logits,
+    labels)`` -> (quality, NLL), default top-1 accuracy; ties: lower NLL, then the position); the rest by
+    their own logits ``single`` (N, S, *output) (quality, then NLL, then position).
+    Returns the ranking and the aggregate's quality after each greedy step (the first: state 0 alone)."""
+    s = single.shape[1]
     chosen = [0]
-    curve = [_score(single[:, 0], labels)[0] / n]
+    curve = [score(single[:, 0], labels)[0]]
     left = list(range(1, s))
     for _ in range(min(greedy, s - 1)):
-        best = min(left, key=lambda r: (-(sc := _score(combine(chosen + [r]), labels))[0], sc[1], r))
+        best = min(left, key=lambda r: (-(sc := score(combine(chosen + [r]), labels))[0], sc[1], r))
         chosen.append(best)
         left.remove(best)
-        curve.append(_score(combine(chosen), labels)[0] / n)
+        curve.append(score(combine(chosen), labels)[0])
         if progress is not None:
             progress(1)
-    own = {r: _score(single[:, r], labels) for r in left}
+    own = {r: score(single[:, r], labels) for r in left}
     chosen += sorted(left, key=lambda r: (-own[r][0], own[r][1], r))
     return chosen, curve
 
@@ -189,16 +193,22 @@ def best_prefix(curve: Sequence[float]) -> int:
 @torch.no_grad()
 def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 16, batch_size: int = 256,
               progress: Callable[[int], None] | None = None, meta: dict[str, Any] | None = None,
-              stop: bool = True) -> StateOrder:
-    """Rank the states of ``model``'s searched units on labelled ``images`` (N, C, H, W) and ``labels`` (N,).
+              stop: bool = True, dtype: torch.dtype | None = None) -> StateOrder:
+    """Rank the states of ``model``'s searched units on labelled ``images`` (N, C, H, W) and ``labels``
+    ((N,) classes; (N, H, W) label maps for a dense task).
 
     Every state is evaluated on every image (``progress(images done)`` after each batch, then
-    ``progress(1)`` per greedy step), aggregated as the model aggregates (its ``aggregate``, ``align``
-    and aggregator), and ranked by :func:`greedy_order`. With ``stop``, the order's ``stop`` is
-    :func:`best_prefix` of the greedy accuracies. ``meta`` is added to the order's record."""
+    ``progress(1)`` per greedy step), aligned and aggregated as the model aggregates (its ``aggregate``,
+    ``align`` and aggregator), and ranked by :func:`greedy_order` with the model's task's
+    :meth:`~undiscard.task.Task.calibration_score` (top-1 accuracy; mIoU for segmentation). With
+    ``stop``, the order's ``stop`` is :func:`best_prefix` of the greedy scores. ``meta`` is added to the
+    order's record. ``dtype`` (e.g. ``torch.float16``): the states' aligned maps and logits are kept in it
+    between evaluation and ranking, and each combination is computed in float32 — half the memory, for
+    dense outputs (every state of every image is held: N x S x K x H x W values)."""
     from .aggregate import get_aggregate  # lazy: calibration sits below the search in the layers
     from .candidates import find_candidates, stack_candidates
     from .criteria import SearchContext, get_criterion
+    from .task import StateMaps
 
     if images.shape[0] < 1 or images.shape[0] != labels.shape[0]:
         raise UndiscardError(f"calibration needs labelled images: got {images.shape[0]} images and "
@@ -210,26 +220,50 @@ def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 
     states = all_states(units)
     full = StateOrder(states, [u.name for u in units])
     ctx = SearchContext.of(engine, model.task, model.seed, full)
-    feats, logits, offsets = [], [], []
-    for start in range(0, images.shape[0], batch_size):
+    task = model.task
+    entropy = model.aggregate == "entropy"  # each state's entropies once, not once per subset combined
+    n, stride = images.shape[0], None
+    held: dict[str, Tensor | None] = {}  # every image's states, filled batch by batch (no concatenation copy)
+
+    def hold(key: str, t: Tensor | None, start: int, cast: bool) -> None:
+        if t is None:
+            held[key] = None
+            return
+        if key not in held:
+            held[key] = t.new_empty((n, *t.shape[1:]), dtype=dtype if cast and dtype is not None else t.dtype)
+        held[key][start:start + t.shape[0]] = t
+
+    for start in range(0, n, batch_size):
         x = images[start:start + batch_size]
         cands = find_candidates(engine, x, len(states), get_criterion("calibrated"), ctx, chunk_size=model.chunk_size)
         f, lg, off = stack_candidates(cands, engine)
-        feats.append(f), logits.append(lg), offsets.append(off)
+        aligned = task.aligned_states(engine, f, lg, off, model.align)  # once: each state aligns on its own
+        del cands, f  # only the aligned maps are combined: the batch's native features are freed here
+        if entropy:
+            aligned = task.with_entropy(aligned, lg)
+        hold("maps", aligned.maps, start, True), hold("extra", aligned.extra, start, True)
+        hold("entropy", aligned.entropy, start, False), hold("logits", lg, start, True), hold("offsets", off, start, False)
+        stride = aligned.stride
+        del aligned, lg, off
         if progress is not None:
             progress(x.shape[0])
-    f, lg, off = torch.cat(feats), torch.cat(logits), torch.cat(offsets)
+    aligned = StateMaps(held["maps"], held["extra"], stride, held["entropy"])
+    lg, off = held["logits"], held["offsets"]
+    del held
     how = get_aggregate(model.aggregate)
     labels = labels.to(lg.device).long()
-
-    aligned = model.task.aligned_states(engine, f, lg, off, model.align)  # once: each state aligns on its own
+    score = task.calibration_score
+    wide = (lambda t: t) if dtype is None else (lambda t: None if t is None else t.float())
 
     def combine(idx: list[int]) -> Tensor:
-        return model.task.combine_aligned(engine, how, aligned.select(idx), lg[:, idx], off[:, idx], model.aggregator)
+        sel = aligned.select(idx)
+        sel = replace(sel, maps=wide(sel.maps), extra=wide(sel.extra))
+        return task.combine_aligned(engine, how, sel, wide(lg[:, idx]), off[:, idx], model.aggregator)
 
-    ranking, curve = greedy_order(combine, lg, labels, greedy, progress)
-    own = [_score(lg[:, r], labels)[0] / labels.shape[0] for r in range(len(states))]
+    ranking, curve = greedy_order(combine, lg, labels, greedy, progress, score)  # scores cast what they need
+    own = [score(lg[:, r], labels)[0] for r in range(len(states))]
     record = {"images": int(images.shape[0]), "aggregate": model.aggregate, "align": bool(model.align),
+              "task": getattr(getattr(task, "dense", None), "name", None) or task.name.replace("auto", "classification"),
               "greedy_steps": len(curve) - 1, "greedy_accuracy": curve,
               "state_accuracy": {",".join(map(str, states[r])): own[r] for r in ranking},
               "method": "greedy: each step adds the state that makes the aggregate most accurate"}

@@ -30,6 +30,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .aggregate import Aggregation, align_maps, entropy_weights, normalized_entropy
@@ -52,15 +53,22 @@ class StateMaps:
     stride: total stride from the first searched unit's input grid to the maps (a Fraction for maps finer
         than that grid: a dense output); None when the maps are not a spatial grid (a class token, a
         sequence without a known grid).
+    entropy: the normalised entropies (N, B, *predictions) the ``entropy`` aggregation weighs the states
+        by, when computed ahead (:meth:`Task.with_entropy`; calibration combines many subsets of the same
+        states); None: computed from the logits at each combination.
     """
 
     maps: Tensor
     extra: Tensor | None
     stride: int | Fraction | None
+    entropy: Tensor | None = None
 
     def select(self, index: Sequence[int]) -> "StateMaps":
         """The maps of the states at positions ``index`` of every image (dim 1), in that order."""
-        return StateMaps(self.maps[:, index], None if self.extra is None else self.extra[:, index], self.stride)
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[:, index]
+
+        return StateMaps(self.maps[:, index], pick(self.extra), self.stride, pick(self.entropy))
 
 
 class Task:
@@ -84,6 +92,11 @@ class Task:
         """Weights of the ``entropy`` aggregation from per-state logits (N, B, *output): ``1 - entropy``,
         normalised over B (uniform where all are 0); shaped (N, B, *predictions)."""
         return entropy_weights(self.entropy(logits))
+
+    def with_entropy(self, states: StateMaps, logits: Tensor) -> StateMaps:
+        """``states`` with the entropies the ``entropy`` aggregation weighs them by (:attr:`StateMaps.entropy`),
+        computed once from the states' ``logits`` (N, B, *output)."""
+        return replace(states, entropy=self.entropy(logits))
 
     def combine(self, engine: "Engine", aggregation: "Aggregation", features: Tensor, logits: Tensor,
                 offsets: Tensor, align: bool, aggregator: nn.Module | None) -> Tensor:
@@ -109,6 +122,12 @@ class Task:
         if align and states.stride is not None:
             states = replace(states, maps=align_maps(states.maps, offsets, states.stride))
         return states
+
+    def calibration_score(self, logits: Tensor, labels: Tensor) -> tuple[float, float]:
+        """How good predictions ``logits`` (N, *output) are against ``labels``: (quality in [0, 1], higher is
+        better; mean negative log-likelihood, the tie-break) — what :func:`undiscard.calibration.calibrate`
+        ranks states by."""
+        raise NotImplementedError
 
     def state_maps(self, engine: "Engine", features: Tensor, logits: Tensor) -> StateMaps:
         """The maps to combine from N images' B states: native ``features`` (N, B, ...) and ``logits``
@@ -140,6 +159,11 @@ class ClassificationTask(Task):
     def state_uncertainty(self, logits: Tensor) -> Tensor:
         # at least float32 (half logits), but float64 logits keep their precision
         return normalized_entropy(logits if logits.dtype == torch.float64 else logits.float())
+
+    def calibration_score(self, logits: Tensor, labels: Tensor) -> tuple[float, float]:
+        """(top-1 accuracy, mean NLL in float64) of (N, K) logits against (N,) labels."""
+        return (int((logits.argmax(-1) == labels).sum()) / labels.shape[0],
+                float(F.cross_entropy(logits.double(), labels)))
 
     def state_maps(self, engine: "Engine", features: Tensor, logits: Tensor) -> StateMaps:
         n, b = features.shape[:2]
@@ -211,6 +235,14 @@ class AutoTask(ClassificationTask):
         if dense is None:
             return super().aligned_states(engine, features, logits, offsets, align)
         return dense.aligned_states(engine, features, logits, offsets, align)
+
+    def with_entropy(self, states: StateMaps, logits: Tensor) -> StateMaps:
+        dense = self._task(logits.dim() - 2)
+        return super().with_entropy(states, logits) if dense is None else dense.with_entropy(states, logits)
+
+    def calibration_score(self, logits: Tensor, labels: Tensor) -> tuple[float, float]:
+        dense = self._task(logits.dim() - 1)
+        return super().calibration_score(logits, labels) if dense is None else dense.calibration_score(logits, labels)
 
     def tally(self):
         return super().tally() if self.dense is None else self.dense.tally()

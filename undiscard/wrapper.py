@@ -47,6 +47,8 @@ class Undiscard(TestTimeModule):
         check_net(net)
         check_budget(budget, None)
         order, _ = resolve_order(get_criterion(criterion), order), get_aggregate(aggregate)  # unknown names: one line
+        if units is None and criterion == "calibrated" and order is not None and order.units is not None:
+            units = list(order.units)  # the units the order was ranked for
         if chunk_size < 1:
             raise UndiscardError(f"chunk_size must be >= 1, got {chunk_size}")
         task = get_task(task)
@@ -219,7 +221,8 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
             their feature maps, or ``attention`` (the learned aggregator; untrained it equals ``mean``).
         align: shift each state's map by its offset before aggregating (dense: :mod:`undiscard.dense_alignment`).
         units: indices or names of the units to search (default: all spatial units but the first and
-            the last; all of them when there are fewer than three). ``model.all_units`` lists them all.
+            the last; all of them when there are fewer than three; with ``criterion="calibrated"``, the
+            units its ``order`` names). ``model.all_units`` lists them all.
         **kwargs: ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
             (callables ``(model, x)``) to split an unknown model, ``layout``, ``strict`` (raise on unsupported strided
             layers), ``chunk_size`` (most images x states rows per pass after the root: the memory knob),

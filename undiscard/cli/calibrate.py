@@ -6,6 +6,13 @@ greedily, each time the one that makes the aggregate (``--aggregate``, aligned u
 most accurate (:mod:`undiscard.calibration`). The result is a small JSON file that
 ``wrap(net, criterion="calibrated", order=FILE)`` uses: budget B evaluates its first B states, and never
 more than the order's ``stop``, the shortest greedy prefix that was most accurate (``--no-stop``: no limit).
+
+``--task segmentation`` ranks a segmenter's states by the aggregate's mIoU on a segmentation folder
+(``DIR/images`` and ``DIR/masks``, as ``undiscard eval --task segmentation`` reads; ``--limit N``: its
+first N pairs); the states' outputs are kept in float16 until ranked (all of them are held at once).
+
+    python scripts/export_seg_folder.py /tmp/seg_val --split val --limit 500
+    undiscard calibrate --task segmentation --model zoo:seg_fpn --data /tmp/seg_val --out fpn_order.json
 """
 from __future__ import annotations
 
@@ -18,11 +25,13 @@ import torch
 
 from ..calibration import calibrate, save_order
 from ..data.folder import normalize_batch
+from ..data.seg_folder import read_seg_folder, scan_seg_folder
 from ..geometry import num_states
 from ..report import check_writable_dir
 from ..wrapper import wrap
 from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, emit_json,
                      load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)
+from .seg_models import load_seg_model
 
 DEFAULT_GREEDY = 16
 
@@ -31,7 +40,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="rank states on labelled images (criterion='calibrated')",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
-    add_labelled_data_args(p, "labelled images")
+    add_labelled_data_args(p, "labelled images (--task segmentation: a folder DIR/images, DIR/masks)")
+    p.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+                   help="what the model predicts (default: classification)")
+    p.add_argument("--ignore-index", type=int, default=255, help="segmentation: unlabelled mask value (default: 255)")
     p.add_argument("--out", type=Path, required=True, help="state order file to write (JSON; a missing "
                                                            "directory is created)")
     p.add_argument("--aggregate", default="entropy", help="aggregation the order is ranked for (default: entropy)")
@@ -43,8 +55,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--aggregator", default=None, help="attention aggregator file for --aggregate attention "
                                                        "(default: a zoo model's shipped one)")
     p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N labelled images")
+    p.add_argument("--batch-size", type=int, default=None, help="images per search (default: 256; segmentation 16)")
+    p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N labelled images "
+                                                            "(segmentation: the folder's first N pairs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_fit_output_args(p)  # --json, --device, --quiet
@@ -57,7 +70,32 @@ def _check_out(path: Path) -> None:
     check_writable_dir(path.parent)
 
 
+def _classification_inputs(args: argparse.Namespace, device: torch.device):
+    """(model name, network, units, normalised images, labels, data described, shipped aggregator)."""
+    loaded = load_cli_model(args)
+    x01, y, described = load_labelled(args, loaded, args.quiet)
+    pre = loaded.preprocess
+    units = parse_units(args.units) if args.units is not None else loaded.units
+    return loaded.name, loaded.model, units, normalize_batch(x01, pre.mean, pre.std).to(device), y, described, \
+        loaded.aggregator
+
+
+def _segmentation_inputs(args: argparse.Namespace, device: torch.device):
+    """As :func:`_classification_inputs`, from a segmentation folder; ``--ignore-index`` pixels become -1
+    (the segmentation score counts only labels that are classes)."""
+    folder = scan_seg_folder(args.data)
+    seg = load_seg_model(args.model, args.weights)
+    x01, y, names = read_seg_folder(folder, seg.in_chans, seg.input_size, args.limit)
+    y = torch.where(y == args.ignore_index, -1, y)
+    units = parse_units(args.units) if args.units is not None else None
+    return seg.name, seg.model, units, normalize_batch(x01, seg.mean, seg.std).to(device), y, \
+        f"{args.data} ({len(names)} image/mask pairs)", None
+
+
 def run(args: argparse.Namespace) -> int:
+    segmentation = args.task == "segmentation"
+    if args.batch_size is None:
+        args.batch_size = 16 if segmentation else 256
     for flag in ("batch_size",):
         if getattr(args, flag) <= 0:
             raise CLIError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
@@ -68,36 +106,34 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)
     _check_out(args.out)
-    loaded = load_cli_model(args)
-    x01, y, described = load_labelled(args, loaded, args.quiet)
-    pre = loaded.preprocess
-    x = normalize_batch(x01, pre.mean, pre.std).to(device)
-    units = parse_units(args.units) if args.units is not None else loaded.units
-    aggregator = (args.aggregator or loaded.aggregator) if args.aggregate == "attention" else None
+    name, net, units, x, y, described, shipped = (_segmentation_inputs if segmentation else _classification_inputs)(
+        args, device)
+    aggregator = (args.aggregator or shipped) if args.aggregate == "attention" else None
     if args.aggregate == "attention" and aggregator is None:
         raise CLIError("--aggregate attention needs --aggregator FILE (train one with: undiscard train-aggregator)")
-    model = wrap(loaded.model.to(device), budget=1, aggregate=args.aggregate, align=args.align, units=units,
-                 aggregator=aggregator, seed=args.seed)
+    model = wrap(net.to(device), budget=1, aggregate=args.aggregate, align=args.align, units=units,
+                 aggregator=aggregator, seed=args.seed, task="segmentation" if segmentation else None)
     states = num_states(model.prepare(x[:1]).search_units)
     t0 = time.perf_counter()
-    meta = {"model": loaded.name, "data": described, "seed": args.seed, "limit": args.limit,
+    meta = {"model": name, "data": described, "seed": args.seed, "limit": args.limit,
             "torch": str(torch.__version__)}
-    with progress_bar(len(y) + min(args.greedy, states - 1), f"{loaded.name} calibrate",
-                      enabled=not args.quiet) as bar:
+    with progress_bar(len(y) + min(args.greedy, states - 1), f"{name} calibrate", enabled=not args.quiet) as bar:
         order = calibrate(model, x, y.to(device), greedy=args.greedy, batch_size=args.batch_size,
-                          progress=bar.update, meta=meta, stop=args.stop)
+                          progress=bar.update, meta=meta, stop=args.stop,
+                          dtype=torch.float16 if segmentation else None)
     order.meta["seconds"] = time.perf_counter() - t0
     save_order(order, args.out)
-    summary = {"model": loaded.name, "out": str(args.out), "units": order.units,
+    summary = {"model": name, "task": args.task, "out": str(args.out), "units": order.units,
                "states": [list(s) for s in order.states[:min(len(order.states), args.greedy + 1)]],
                "stop": order.stop, "greedy_accuracy": order.meta["greedy_accuracy"], "images": order.meta["images"],
                "seconds": order.meta["seconds"]}
     if args.json:
         emit_json(summary)
     else:
+        metric = "mIoU" if segmentation else "top-1"
         for b, (s, acc) in enumerate(zip(order.states, order.meta["greedy_accuracy"]), 1):
-            print(f"budget {b:2d}: + state {list(s)}  aggregate top-1 {100 * acc:.2f}")
+            print(f"budget {b:2d}: + state {list(s)}  aggregate {metric} {100 * acc:.2f}")
         if order.stop is not None:
-            print(f"searches stop after {order.stop} state{'s' * (order.stop > 1)} (the most accurate prefix)")
+            print(f"searches stop after {order.stop} state{'s' * (order.stop > 1)} (the best prefix)")
         print(f"wrote {args.out} ({summary['seconds']:.0f} s)", file=sys.stderr)
     return 0

@@ -213,3 +213,16 @@ def wrap_options(args: argparse.Namespace) -> dict[str, str]:
     """``--order FILE`` and ``--extend MODE`` as ``wrap()`` keyword arguments; those not given (or that a
     command lacks, as ``demo`` lacks ``--order``) are left to wrap's defaults."""
     return {k: getattr(args, k) for k in ("order", "extend") if getattr(args, k, None) is not None}
+
+
+def shipped_order(name: str, criterion: str) -> dict[str, str]:
+    """``order=`` of zoo model ``name``'s shipped calibrated order when ``criterion`` is calibrated ({}
+    otherwise); a zoo model without one is a :class:`CLIError`."""
+    from ..calibration import zoo_order_path
+
+    if criterion != "calibrated":
+        return {}
+    path = zoo_order_path(name)
+    if not path.is_file():
+        raise CLIError(f"--criterion calibrated: zoo:{name} has no shipped state order (scripts/calibrate_zoo.py)")
+    return {"order": str(path)}

@@ -31,7 +31,6 @@ import time
 
 import torch
 
-from ..calibration import zoo_order_path
 from ..evaluation import Row, evaluate
 from ..layers.extension import EXTEND_MODES
 from ..plots import write_plots
@@ -42,19 +41,10 @@ from .demo_segmentation import SEG_DEFAULT_LIMIT, plot_segmentation, segmentatio
 from .demo_segmentation import available as segmentation_available
 from .eval_segmentation import SEG_COLUMNS
 from .common import (CLIError, add_output_args, aggregator_needers, check_out_dir, emit_json, help_text,
-                     parse_aggregates, parse_budgets, progress_bar, resolve_device, set_threads, wrap_options)
+                     parse_aggregates, parse_budgets, progress_bar, resolve_device, set_threads, shipped_order,
+                     wrap_options)
 
 DEFAULT_LIMIT = 500
-
-
-def _zoo_order(name: str, criterion: str) -> dict[str, str]:
-    """``order=`` of zoo model ``name``'s shipped calibrated order when ``criterion`` is calibrated."""
-    if criterion != "calibrated":
-        return {}
-    path = zoo_order_path(name)
-    if not path.is_file():
-        raise CLIError(f"--criterion calibrated: zoo:{name} has no shipped state order (scripts/calibrate_zoo.py)")
-    return {"order": str(path)}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -143,7 +133,7 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
             learned = bool(aggregator_needers(wanted, args.criterion))
             model = wrap(net, budget=1, criterion=args.criterion, aggregate=wanted[0], align=aligns[0],
                          units=zoo.search_units(name), aggregator=aggregator if learned else None,
-                         **_zoo_order(name, args.criterion), **wrap_options(args))
+                         **shipped_order(name, args.criterion), **wrap_options(args))
             rows += evaluate(f"zoo:{name}", model, x, y.to(device), budgets, shifted=xs,
                              variants=[(a, al) for a in wanted for al in aligns], batch_size=args.batch_size,
                              progress=bar.update)

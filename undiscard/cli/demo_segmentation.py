@@ -3,7 +3,9 @@
 For every segmentation zoo model (``zoo:seg_*``, when segmentation_models_pytorch is installed), on the
 first ``--seg-limit`` bundled test canvases (default 200; ``--full``: all 2,000) and copies shifted by
 1..``--max-shift`` px: the network (budget 1), the phase search at the demo's budgets up to 4
-(``wrap(net, task="segmentation")``, entropy criterion and aggregation), flip TTA (2 views, mean of
+(``wrap(net, task="segmentation")``, the demo's ``--criterion`` — ``calibrated``: each model's shipped
+order, ranked by mIoU on validation canvases — except ``learned``, for which the segmentation zoo has no
+aggregators and these rows use ``entropy``; entropy aggregation), flip TTA (2 views, mean of
 probabilities) and flip x ours at 2 states per view — mIoU, shifted mIoU, pixel shift consistency,
 boundary F1 and cost in plain forwards. A model whose search fails is reported with its network row
 and a one-line note. Writes ``segmentation_miou_vs_cost.png`` with ``--out``.
@@ -25,6 +27,15 @@ SEG_DEFAULT_LIMIT = 200
 def available() -> bool:
     """Whether the segmentation zoo can be built here (segmentation_models_pytorch installed)."""
     return importlib.util.find_spec("segmentation_models_pytorch") is not None
+
+
+def _search_options(args: argparse.Namespace, name: str) -> dict:
+    """``criterion=`` (and ``order=``) of the segmentation rows for the demo's ``--criterion``."""
+    from .common import shipped_order
+
+    criterion = getattr(args, "criterion", "entropy")
+    criterion = "entropy" if criterion == "learned" else criterion  # no segmentation aggregators
+    return {"criterion": criterion, **shipped_order(name, criterion)}
 
 
 def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[dict]:
@@ -52,7 +63,7 @@ def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torc
     with progress_bar(len(y) * len(names) * 3, "demo segmentation", enabled=not args.quiet) as bar:
         for name in names:
             net = segzoo.create_model(name).to(device)
-            model = wrap(net, budget=1, task="segmentation", **wrap_options(args))  # demo --extend
+            model = wrap(net, budget=1, task="segmentation", **_search_options(args, name), **wrap_options(args))
             label = f"zoo:{name}"
             try:
                 t, s = run_seg_pairs(x, y, search_predictions_dense(model, bs, ["entropy"]), [(b, "entropy") for b in bs],

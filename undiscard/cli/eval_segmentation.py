@@ -69,6 +69,8 @@ def run_segmentation(args: argparse.Namespace) -> int:
     if args.shift:
         shifted01, offsets = shift_images(x01, args.shift, args.seed)
         xs = normalize_batch(shifted01, seg.mean, seg.std).to(device)
+    if args.criterion == "calibrated" and args.order is None:
+        args.order = seg.order  # a zoo segmenter's shipped order (None: wrap says what is missing)
     model = wrap(net, budget=1, task="segmentation", criterion=args.criterion, aggregate=aggregates[0],
                  align=args.align, seed=args.seed, **wrap_options(args))
     if args.tta is not None:

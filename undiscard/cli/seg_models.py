@@ -20,6 +20,7 @@ class SegModel:
     input_size: int | None  # resize every pair to this (None: keep the images' own size)
     size_divisor: int  # what multi-scale views are padded to
     class_names: list[str]
+    order: str | None = None  # a zoo segmenter's shipped calibrated state order (criterion="calibrated"), if any
 
 
 def load_seg_model(spec: str, weights: str | None = None) -> SegModel:
@@ -33,8 +34,12 @@ def load_seg_model(spec: str, weights: str | None = None) -> SegModel:
         net = segzoo.create_model(name, pretrained=weights is None)
         if weights is not None:
             load_weights(net, weights)
+        from ..calibration import zoo_order_path
+
+        shipped = zoo_order_path(name)
         return SegModel(spec, net.eval(), int(cfg["in_chans"]), tuple(cfg["mean"]), tuple(cfg["std"]),
-                        int(cfg["input_size"][-1]), 32, list(cfg["class_names"]))
+                        int(cfg["input_size"][-1]), 32, list(cfg["class_names"]),
+                        str(shipped) if shipped.exists() and weights is None else None)
     from ..models import load_model
 
     loaded = load_model(spec, weights=weights)
