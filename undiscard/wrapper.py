@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .aggregate import get_aggregate
 from .attention import AttentionAggregator, AttentionScorer, fit_aggregator, resolve_aggregator
 from .candidates import Candidates, engine_of, find_candidates, stack_candidates
-from .criteria import SearchContext, StateScorer, custom_criterion, get_criterion, resolve_order
+from .criteria import SearchContext, StateScorer, custom_criterion, get_criterion, order_units, resolve_order
 from .discovery import Unit
 from .engine import Engine
 from .errors import UndiscardError
@@ -47,16 +47,14 @@ class Undiscard(TestTimeModule):
         check_net(net)
         check_budget(budget, None)
         order, _ = resolve_order(get_criterion(criterion), order), get_aggregate(aggregate)  # unknown names: one line
-        if units is None and criterion == "calibrated" and order is not None and order.units is not None:
-            units = list(order.units)  # the units the order was ranked for
         if chunk_size < 1:
             raise UndiscardError(f"chunk_size must be >= 1, got {chunk_size}")
-        task = get_task(task)
         super().__init__(net)
         self._units: Units | None = None
-        self.budget, self.task = budget, task
+        self.budget, self.task = budget, (task := get_task(task))
         self.aggregator, self._aggregator_units = resolve_aggregator(aggregator, align)
-        self.criterion, self.aggregate, self.align, self.unit_selector = criterion, aggregate, align, units
+        self.criterion, self.aggregate, self.align, self.unit_selector = criterion, aggregate, align, order_units(
+            criterion, order, units)
         self.strict, self.chunk_size, self.seed, self.order = strict, chunk_size, seed, order
         self.output, self.extend = check_selector(output), check_extend(extend)  # the logits; layers.extension
         self._split_args = SplitArgs(features, head, layout, self.output, task.at_output)
@@ -221,8 +219,7 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
             their feature maps, or ``attention`` (the learned aggregator; untrained it equals ``mean``).
         align: shift each state's map by its offset before aggregating (dense: :mod:`undiscard.dense_alignment`).
         units: indices or names of the units to search (default: all spatial units but the first and
-            the last; all of them when there are fewer than three; with ``criterion="calibrated"``, the
-            units its ``order`` names). ``model.all_units`` lists them all.
+            the last; all when there are fewer than three; ``criterion="calibrated"``: its order's).
         **kwargs: ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
             (callables ``(model, x)``) to split an unknown model, ``layout``, ``strict`` (raise on unsupported strided
             layers), ``chunk_size`` (most images x states rows per pass after the root: the memory knob),
