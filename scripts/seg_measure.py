@@ -221,7 +221,8 @@ def merge(paths: list[Path], out: Path, criterion: str) -> int:
     settings = {**first, "commands": [r["settings"]["command"] for r in runs], "merged_from": [str(p) for p in paths],
                 "command": "python " + " ".join(sys.argv)}
     rows = [row for r in runs for row in r["rows"]]
-    write(output_stem(out, first["canvases"] if first["canvases"] != 2000 else None, criterion), settings, rows,
+    whole = len(segdata.load_seg_test()[1])  # a run over the whole test split has no _N in its name
+    write(output_stem(out, first["canvases"] if first["canvases"] != whole else None, criterion), settings, rows,
           [n for r in runs for n in r["notes"]], max(r["wall_seconds"] for r in runs))
     return 0
 
