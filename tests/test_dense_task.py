@@ -458,6 +458,7 @@ def test_detected_from_a_dense_output_and_said_once():
             model(x)  # said once
             assert torch.equal(got, seg(net, budget=4, extend=model.extend)(x))
     assert model.split_method == "output" and isinstance(model.task.dense, SegmentationTask)
+    assert model.task.resolved_name == "segmentation"
 
 
 def test_classification_stays_the_default_for_class_logits():
@@ -465,7 +466,10 @@ def test_classification_stays_the_default_for_class_logits():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.no_grad():
-            auto = undiscard.wrap(net, budget=4)(x)
+            wrapped = undiscard.wrap(net, budget=4)
+            assert wrapped.task.resolved_name == "classification"  # before any call, too
+            auto = wrapped(x)
+            assert wrapped.task.resolved_name == "classification"
             assert torch.equal(auto, undiscard.wrap(net, budget=4, task="classification")(x))
     assert isinstance(undiscard.wrap(net).task, ClassificationTask)
 

@@ -263,7 +263,7 @@ def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 
     ranking, curve = greedy_order(combine, lg, labels, greedy, progress, score)  # scores cast what they need
     own = [score(lg[:, r], labels)[0] for r in range(len(states))]
     record = {"images": int(images.shape[0]), "aggregate": model.aggregate, "align": bool(model.align),
-              "task": getattr(getattr(task, "dense", None), "name", None) or task.name.replace("auto", "classification"),
+              "task": task.resolved_name,
               "greedy_steps": len(curve) - 1, "greedy_accuracy": curve,
               "state_accuracy": {",".join(map(str, states[r])): own[r] for r in ranking},
               "method": "greedy: each step adds the state that makes the aggregate most accurate"}

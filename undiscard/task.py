@@ -79,6 +79,11 @@ class Task:
     # decide from the model's output ((N, K, H, W) outputs are), False to split at the last feature map
     at_output: ClassVar[bool | None] = False
 
+    @property
+    def resolved_name(self) -> str:
+        """The registered name of the task that really applies (``auto`` resolves to what it detected)."""
+        return self.name
+
     def entropy(self, logits: Tensor) -> Tensor:
         """Normalised entropy in [0, 1] of every prediction in ``logits`` (…, *output) -> (…, *predictions)."""
         raise NotImplementedError
@@ -196,6 +201,10 @@ class AutoTask(ClassificationTask):
 
     def __init__(self) -> None:
         self.dense: Task | None = None  # the segmentation task, once a dense output was seen
+
+    @property
+    def resolved_name(self) -> str:
+        return "classification" if self.dense is None else self.dense.resolved_name
 
     def _task(self, output_dims: int) -> Task | None:
         """The dense task for logits with ``output_dims`` dims per prediction (K, H, W); None: classification."""
