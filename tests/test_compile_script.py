@@ -65,3 +65,14 @@ def test_compiled_wrapped_model_with_aot_eager_equals_eager():
             assert torch.equal(torch.compile(undiscard.wrap(net, budget=1), backend="aot_eager")(X), net(X))
     finally:
         torch._dynamo.reset()
+
+
+def test_importing_undiscard_leaves_the_compiler_unloaded():
+    """The eager-only functions disable compilation at their first call (undiscard/_eager.py), so
+    ``import undiscard`` (and a command line that never compiles) does not pay for torch._dynamo."""
+    import subprocess
+    import sys
+
+    code = "import sys, undiscard, undiscard.cli; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ._eager import eager
 from .criteria import Criterion, SearchContext
 from .engine import Engine
 from .errors import PhaseError
@@ -61,7 +62,7 @@ def engine_of(cands: list[list[Candidate]], engines: Mapping[tuple, Engine]) -> 
     return engine
 
 
-@torch.compiler.disable  # a data-dependent heap search: batch sizes change every step, nothing to compile
+@eager  # a data-dependent heap search: batch sizes change every step, nothing to compile
 @torch.no_grad()
 def find_candidates(engine: Engine, x: Tensor, budget: int, criterion: Criterion, ctx: SearchContext,
                     attention: AttentionFactory | None = None, chunk_size: int = 256) -> Candidates:

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._eager import eager
 from .aggregate import get_aggregate
 from .attention import AttentionAggregator, AttentionScorer, fit_aggregator, resolve_aggregator
 from .candidates import Candidates, engine_of, find_candidates, stack_candidates
@@ -105,7 +106,7 @@ class Undiscard(TestTimeModule):
         self._known("split_method", ready=bool(self._engines))
         return next(iter(self._engines.values())).split.method
 
-    @torch.compiler.disable  # setup (tracing, deep copies, FLOP counting) always runs eagerly
+    @eager  # setup (tracing, deep copies, FLOP counting) always runs eagerly
     def prepare(self, x: Tensor) -> Engine:
         """Set the model up for inputs shaped like ``x`` (done on the first call above budget 1 otherwise)."""
         check_example(x)
