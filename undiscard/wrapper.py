@@ -71,11 +71,12 @@ class Undiscard(TestTimeModule):
 
     @budget.setter
     def budget(self, value: int) -> None:
-        self._budget = self.check_budget(value)
+        self._budget = check_budget(value, self._units)
 
-    def check_budget(self, budget: int) -> int:
-        """``budget`` if positive and within the searched units' states (after setup); else a one-line PhaseError."""
-        return check_budget(budget, self._units)
+    def check_budget(self, budget: int | None) -> int | None:
+        """``budget`` if positive and within the searched units' states (after setup), or None (a call's
+        "the model's own"); else a one-line PhaseError."""
+        return None if budget is None else check_budget(budget, self._units)
 
     def _known(self, what: str, ready: bool = True) -> Units:
         if self._units is None or not ready:
@@ -170,8 +171,7 @@ class Undiscard(TestTimeModule):
             return cands.empty
         engine = engine_of(cands, self._engines)
         how = get_aggregate(self.aggregate if aggregate is None else aggregate)
-        if budget is not None:
-            self.check_budget(budget)
+        self.check_budget(budget)
         lengths = {len(per) for per in cands}
         if budget is not None and len(lengths) > 1:  # ragged: images found different numbers of states
             cands, budget = [per[:budget] for per in cands], None
@@ -187,8 +187,7 @@ class Undiscard(TestTimeModule):
         if len(cands) == 0:
             return 0.0, 0.0
         engine = engine_of(cands, self._engines)
-        if budget is not None:
-            self.check_budget(budget)
+        self.check_budget(budget)
         return engine.search_cost([per[:budget][-1].expansions for per in cands])
 
     def search(self, x: Tensor) -> list[list[tuple[int, ...]]]:
