@@ -2,6 +2,7 @@
 
     python scripts/train_segzoo.py --model seg_fpn [--epochs E] [--seed 0] [--threads 1]
     python scripts/train_segzoo.py --model seg_fpn --probe 30     # throughput only, nothing saved
+    torchrun --nproc-per-node 2 scripts/train_segzoo.py --model seg_fpn ...   # data-parallel, one core each
 
 Recipe (per-model values in ``undiscard.zoo.segmentation.train_recipe``): every epoch draws
 ``canvases_per_epoch`` *fresh* train canvases (``canvas_generator("train", seed)``, indices continuing
@@ -17,6 +18,12 @@ the saved fp16 weights. Everything is seeded (torch.manual_seed, one torch.Gener
 and flips, the canvases' own SeedSequence). The log records wall time, process CPU time (all threads)
 and the 1-minute load average, since the 2 cores may be shared.
 Outputs: undiscard/zoo/weights/NAME.pt (fp16 state_dict), undiscard/zoo/logs/NAME.json.
+
+Under ``torchrun`` (gloo, one thread per process) every process trains a different ``batch_size`` of
+canvases per step (the global batch is ``batch_size`` x processes; DistributedDataParallel averages the
+gradients), so an epoch of ``canvases_per_epoch`` takes 1/processes of the steps; rank r flips with seed
+``seed + r`` (rank 0's stream is the single-process one). Only rank 0 validates, tests, prints and saves;
+the train loss and pixel accuracy it logs are its own share of the batches, the CPU time is summed over ranks.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from undiscard import distributed
 from undiscard.data import segmentation as segdata
 from undiscard.metrics import segmentation as segmetrics
 from undiscard.zoo import segmentation as segzoo
@@ -72,6 +80,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads (default 1: on a shared 2-core machine 2 threads ran 7x slower per CPU-second)")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="per process (default: the model's recipe)")
+    ap.add_argument("--canvases-per-epoch", type=int, default=None, help="over all processes (default: the recipe)")
     ap.add_argument("--amp", choices=["fp32", "bf16"], default=None)
     ap.add_argument("--probe", type=float, default=None, metavar="SECONDS",
                     help="measure training throughput for this many seconds, print the projected time, save nothing")
@@ -82,8 +92,17 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    rank, world = distributed.setup(torch.device("cpu"))
+    try:
+        return train(args, rank, world)
+    finally:
+        distributed.teardown()
+
+
+def train(args: argparse.Namespace, rank: int, world: int) -> int:
+    main = rank == 0
     recipe = segzoo.train_recipe(args.model)
-    for key in ("epochs", "lr", "amp"):
+    for key in ("epochs", "lr", "amp", "batch_size", "canvases_per_epoch"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
     bf16 = recipe["amp"] == "bf16"
@@ -100,26 +119,29 @@ def main() -> int:
         return 1
 
     model = segzoo.build_model(args.model).to(memory_format=fmt)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe["lr"])
     bs, cpe = recipe["batch_size"], recipe["canvases_per_epoch"]
-    steps_per_epoch = cpe // bs
+    steps_per_epoch = cpe // (bs * world)
     if args.max_batches:
         steps_per_epoch = min(steps_per_epoch, args.max_batches)
     total = steps_per_epoch * recipe["epochs"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=max(total, 1),
                                                 pct_start=recipe["warmup"], anneal_strategy="cos",
                                                 cycle_momentum=False, div_factor=25.0, final_div_factor=1e3)
-    g = torch.Generator().manual_seed(args.seed)
-    print(f"{args.model}: {n_params / 1e6:.3f}M params, {recipe}, {steps_per_epoch} steps/epoch", flush=True)
+    g = torch.Generator().manual_seed(args.seed + rank)
+    if main:
+        print(f"{args.model}: {n_params / 1e6:.3f}M params, {recipe}, {steps_per_epoch} steps/epoch"
+              + (f" on each of {world} processes" if world > 1 else ""), flush=True)
 
     def step(start: int) -> tuple[float, int, int]:
         x, y = train_batch(train_gen, start, bs, recipe["flip"], g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x.contiguous(memory_format=fmt))
+            logits = net(x.contiguous(memory_format=fmt))
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,10 +154,13 @@ def main() -> int:
         step(0)  # warm-up (allocations, oneDNN kernel selection)
         tp, cp, n = time.time(), time.process_time(), 0
         while time.time() - tp < args.probe:
-            step((n + 1) * bs)
+            step(((n + 1) * world + rank) * bs)
             n += 1
         wall, cpu = time.time() - tp, time.process_time() - cp
-        need = recipe["epochs"] * steps_per_epoch * bs
+        if not main:
+            return 0
+        n *= world  # every process trained as many canvases
+        need, cpu = recipe["epochs"] * steps_per_epoch * bs * world, cpu * world
         print(f"probe {args.model}: {n * bs / wall:.1f} canvases/s wall, {n * bs / cpu:.1f} per CPU-second "
               f"(load {os.getloadavg()[0]:.2f}); recipe = {need} canvases: {need / (n * bs / wall) / 60:.1f} min wall "
               f"here, {need / (n * bs / cpu) / 60:.1f} CPU-min ({need / (n * bs / cpu) / 60 / args.threads:.1f} min "
@@ -148,10 +173,12 @@ def main() -> int:
         te, ce = time.time(), time.process_time()
         loss_sum, correct, seen = 0.0, 0, 0
         for i in range(steps_per_epoch):
-            loss, c, n = step(epoch * cpe + i * bs)
+            loss, c, n = step(epoch * cpe + (i * world + rank) * bs)
             loss_sum, correct, seen = loss_sum + loss * bs, correct + c, seen + n
-            if i % 25 == 0:
+            if i % 25 == 0 and main:
                 print(f"  epoch {epoch + 1} step {i}/{steps_per_epoch} loss {loss:.4f} ({time.time() - te:.0f}s)", flush=True)
+        if not main:
+            continue
         val = evaluate(model, val_images, val_masks)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / (steps_per_epoch * bs),
                         "train_pixel_acc": correct / seen, "val_miou": val["miou"], "val_pixel_acc": val["pixel_acc"],
@@ -163,6 +190,12 @@ def main() -> int:
               flush=True)
 
     train_seconds, train_cpu_seconds = time.time() - t0, time.process_time() - c0
+    if world > 1:
+        total_cpu = torch.tensor([train_cpu_seconds], dtype=torch.float64)
+        torch.distributed.all_reduce(total_cpu)
+        train_cpu_seconds = float(total_cpu)
+    if not main:
+        return 0
     model = model.to(memory_format=torch.contiguous_format)
     state = fp16_state(model)
     eval_model = segzoo.build_model(args.model)
@@ -177,7 +210,7 @@ def main() -> int:
             "model": args.model, "family": cfg["family"], "params": n_params,
             "input_size": list(cfg["input_size"]), "recipe": recipe, "seed": args.seed,
             "data": {"canvas": asdict(train_gen.config),
-                     "train_canvases_seen": recipe["epochs"] * steps_per_epoch * bs,
+                     "train_canvases_seen": recipe["epochs"] * steps_per_epoch * bs * world,
                      "train_sources": len(train_gen.images), "val_canvases": VAL_CANVASES,
                      "val_sources": "5,000 Fashion-MNIST train images held out (train_val_split seed 0)",
                      "test_canvases": len(test_images), "test_seed": test_info["seed"],
@@ -192,7 +225,7 @@ def main() -> int:
             "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
             "load_avg_1min_mean_epochs": float(np.mean([h["load_avg_1min"] for h in history])) if history else None,
             **run_record(t0, c0, load0[0], ("timm",)),
-            "smp": sys.modules["segmentation_models_pytorch"].__version__,
+            "smp": sys.modules["segmentation_models_pytorch"].__version__, "processes": world,
         }
         wpath = segzoo.CATALOG.save(args.model, state, log)
         print(f"saved {wpath} ({wpath.stat().st_size / 1e6:.2f} MB) and logs/{args.model}.json", flush=True)
