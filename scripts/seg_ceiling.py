@@ -32,11 +32,15 @@ from undiscard.metrics.segmentation import confusion_matrix, iou_per_class
 from undiscard.zoo import segmentation as segzoo
 
 
+def object_rows(layouts: np.ndarray) -> np.ndarray:
+    """The objects of padded layouts (N, max_objects, 5) (padding rows are -1), canvas by canvas: (n, 5)."""
+    return np.concatenate([lay[lay[:, 0] >= 0] for lay in layouts])
+
+
 @torch.no_grad()
-def predict(name: str, images: np.ndarray, batch: int = 500) -> np.ndarray:
-    """Class (0..9) that zoo classifier ``name`` predicts for each uint8 (N, 28, 28) image."""
+def predict(name: str, net: torch.nn.Module, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    """Class (0..9) that zoo classifier ``name`` (loaded as ``net``) predicts for each uint8 (N, 28, 28) image."""
     spec = zoo.model_config(name)
-    net = zoo.create_model(name)
     out = [net(preprocess(images[i:i + batch], input_size=spec["input_size"][-1], in_chans=spec["in_chans"])).argmax(1)
            for i in range(0, len(images), batch)]
     return torch.cat(out).numpy()
@@ -77,7 +81,7 @@ def main() -> int:
     info = segdata.seg_test_info()
     gen = segdata.canvas_generator("test", seed=info["seed"])
     layouts = info["layouts"]
-    rows = np.concatenate([lay[lay[:, 0] >= 0] for lay in layouts])
+    rows = object_rows(layouts)
     sources, true = rows[:, 0], rows[:, 1] - 1
     test_images, test_labels = load_fashion_mnist("test")
     assert np.array_equal(test_labels[sources], true), "layouts do not match the Fashion-MNIST test labels"
@@ -87,8 +91,9 @@ def main() -> int:
     results.append({"classifier": "true labels", "view": "-", "object_acc": 1.0, "miou": float(oracle.mean()),
                     "iou": oracle.tolist()})
     for name in args.models.split(","):
+        net = zoo.create_model(name)
         for view, imgs in views.items():
-            pred = predict(name, imgs)
+            pred = predict(name, net, imgs)
             iou = score(gen, layouts, pred, masks)
             results.append({"classifier": name, "view": view, "object_acc": float((pred == true).mean()),
                             "miou": float(iou.mean()), "iou": iou.tolist()})
@@ -96,7 +101,7 @@ def main() -> int:
                   flush=True)
     seg = [{"classifier": f"zoo:{m} (segmenter)", "view": "canvas", "object_acc": None,
             "miou": zoo_log["test_miou"], "iou": zoo_log["test_iou"]}
-           for m in ("seg_deeplabv3plus", "seg_fpn", "seg_segformer")
+           for m in segzoo.list_models()
            if (zoo_log := segzoo.training_log(m))]
     names = segdata.CLASS_NAMES
     lines = ["| labels from | view | objects right | mIoU | " + " | ".join(names) + " |",

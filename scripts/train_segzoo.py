@@ -163,8 +163,8 @@ def train(args: argparse.Namespace, rank: int, world: int) -> int:
         need, cpu = recipe["epochs"] * steps_per_epoch * bs * world, cpu * world
         print(f"probe {args.model}: {n * bs / wall:.1f} canvases/s wall, {n * bs / cpu:.1f} per CPU-second "
               f"(load {os.getloadavg()[0]:.2f}); recipe = {need} canvases: {need / (n * bs / wall) / 60:.1f} min wall "
-              f"here, {need / (n * bs / cpu) / 60:.1f} CPU-min ({need / (n * bs / cpu) / 60 / args.threads:.1f} min "
-              f"on {args.threads} idle cores)", flush=True)
+              f"here, {need / (n * bs / cpu) / 60:.1f} CPU-min ({need / (n * bs / cpu) / 60 / (args.threads * world):.1f} min "
+              f"on {args.threads * world} idle cores)", flush=True)
         return 0
 
     history = []

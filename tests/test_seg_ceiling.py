@@ -22,13 +22,12 @@ def ceiling():
 
 
 @pytest.fixture(scope="module")
-def canvases():
+def canvases(ceiling):
     _, masks = seg.load_seg_test()
     info = seg.seg_test_info()
     n = 12
     layouts = info["layouts"][:n]
-    rows = np.concatenate([lay[lay[:, 0] >= 0] for lay in layouts])
-    return seg.canvas_generator("test", seed=info["seed"]), layouts, masks[:n], rows
+    return seg.canvas_generator("test", seed=info["seed"]), layouts, masks[:n], ceiling.object_rows(layouts)
 
 
 def test_true_labels_repaint_the_masks_exactly(ceiling, canvases):

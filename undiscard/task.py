@@ -204,7 +204,7 @@ class AutoTask(ClassificationTask):
 
     @property
     def resolved_name(self) -> str:
-        return "classification" if self.dense is None else self.dense.resolved_name
+        return ClassificationTask.name if self.dense is None else self.dense.resolved_name
 
     def _task(self, output_dims: int) -> Task | None:
         """The dense task for logits with ``output_dims`` dims per prediction (K, H, W); None: classification."""
