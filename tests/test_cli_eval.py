@@ -179,9 +179,12 @@ def test_eval_with_tta_counts_every_view(capsys, folder):
     data, class_map, images, labels = folder
     base = ["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map", str(class_map), "--shift", "2"]
     plain = run_json(capsys, base + ["--budget", "1,2"])["results"]
-    rows = run_json(capsys, base + ["--budget", "1,2", "--tta", "flip"])["results"]
+    baseline, *rows = run_json(capsys, base + ["--budget", "1,2", "--tta", "flip"])["results"]
     assert [(r["budget"], r["tta"], r["tta_views"], r["total_budget"]) for r in rows] == \
         [(1, "flip/mean", 2, 2), (2, "flip/mean", 2, 4)]
+    # the plain network's row comes first, measured on the same images: the row without --tta
+    assert (baseline["budget"], baseline["tta"], baseline["cost"], baseline["family"]) == (1, None, 1.0, "plain")
+    assert baseline["top1"] == plain[0]["top1"] and baseline["top1_shifted"] == plain[0]["top1_shifted"]
     assert rows[0]["cost"] == pytest.approx(2.0)
     assert rows[1]["cost"] == pytest.approx(2 * plain[1]["cost"], rel=0.25)  # flipped images search differently
     assert main(base + ["--tta", "flip", "--tta-aggregate", "gps", "--quiet"]) == 2
@@ -195,7 +198,7 @@ def test_fit_tta_then_eval_with_the_file(capsys, folder, tmp_path):
                             "--policy", "standard", "--aggregate", "gps", "--tta-budget", "3", "--out", str(out)])
     assert out.is_file() and len(log["views"]) == 30 and 1 <= len(log["views_used"]) <= 3
     rows = run_json(capsys, ["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--class-map", str(class_map),
-                             "--budget", "1", "--tta", "standard", "--tta-file", str(out)])["results"]
+                             "--budget", "1", "--tta", "standard", "--tta-file", str(out)])["results"][1:]
     assert rows[0]["tta_views"] == len(log["views_used"]) and rows[0]["cost"] == pytest.approx(len(log["views_used"]))
     assert main(["eval", "--model", f"zoo:{MODEL}", "--data", str(data), "--tta", "flip", "--tta-file", str(out),
                  "--quiet"]) == 2

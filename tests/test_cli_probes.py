@@ -394,7 +394,7 @@ def test_input_smaller_than_a_fixed_size_model_takes(capsys, images):
 @needs_model
 def test_weights_that_are_a_directory(capsys, tmp_path, images):
     code = cli(["predict", "--model", ZOO, "--weights", str(tmp_path), str(images["rgb"])])
-    assert "cannot read weights file" in one_line_error(capsys, code)
+    assert "is a directory, not a weights file" in one_line_error(capsys, code)
 
 
 def test_class_map_that_is_not_text(capsys, images, folder):
@@ -407,23 +407,25 @@ def test_class_map_that_is_not_text(capsys, images, folder):
 
 @needs_model
 def test_ctrl_c_while_writing_a_plot_leaves_no_partial_file(capsys, folder, tmp_path, monkeypatch):
+    """The files of a run replace the old ones together: Ctrl-C while the plots are written leaves the
+    previous run's set as it was (not its JSON replaced and its plots not), and nothing half-written."""
     from matplotlib.figure import Figure
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics_vs_budget.png").write_bytes(b"the previous run's plot")
+    (out / "results.json").write_text('{"previous": true}')
 
     def interrupted_savefig(self, fname, *args, **kwargs):
-        Path(fname).write_bytes(b"\x89PNG half of it")  # a partial write, then Ctrl-C
+        fname.write(b"\x89PNG half of it")  # a partial write, then Ctrl-C
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Figure, "savefig", interrupted_savefig)
     code = cli(["eval", "--model", ZOO, "--data", str(folder), "--budget", "1", "--quiet", "--out", str(out)])
     assert one_line_error(capsys, code, expected=130) == "undiscard eval: interrupted"
     assert (out / "metrics_vs_budget.png").read_bytes() == b"the previous run's plot"
-    assert json.loads((out / "results.json").read_text())["images"] == 6  # written before: complete
-    assert "top1" in (out / "results.csv").read_text().splitlines()[0]
-    assert not (out / "accuracy_vs_cost.png").exists() and no_temporary_files(out)
+    assert json.loads((out / "results.json").read_text()) == {"previous": True}
+    assert sorted(p.name for p in out.iterdir()) == ["metrics_vs_budget.png", "results.json"]
 
 
 @needs_model
@@ -444,8 +446,7 @@ def test_ctrl_c_while_saving_a_fitted_tta_file(capsys, folder, tmp_path, monkeyp
 
     def interrupted_save(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
-        with open(f, "r+b") as fh:  # the file cut short, as a kill mid-write leaves it
-            fh.truncate(10)
+        f.truncate(10)  # the file cut short, as a kill mid-write leaves it
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", interrupted_save)

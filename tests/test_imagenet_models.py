@@ -236,12 +236,18 @@ def test_eval_without_an_imagenet_model_keeps_folder_order(capsys, wnid_folder):
 
 
 @needs_lite0
-def test_eval_says_why_wnid_like_folders_are_not_mapped(capsys, wnid_folder, tmp_path):
+def test_eval_refuses_folders_a_1000_class_model_cannot_map(capsys, wnid_folder, tmp_path):
+    """A 1000-class model and a folder that is no ImageNet-1k class: sorted positions would label the
+    images as other classes (0% accuracy, exit 0), so it is refused unless --class-map says what to do."""
     data = tmp_path / "val"
     shutil.copytree(wnid_folder, data)
     (data / "n02123045").rename(data / "n99999999")  # not an ImageNet-1k class
-    out, err = _eval(capsys, ["--model", "efficientnet-lite0", "--data", str(data)])
-    assert out["labels"] == "sorted folder names" and "1 of them are not ImageNet-1k WordNet ids (n99999999)" in err
+    code = main(["eval", "--model", "efficientnet-lite0", "--data", str(data), "--budget", "1", "--quiet", "--json"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "1 of the 3 class folders are neither ImageNet-1k WordNet ids nor class names (n99999999)" in err
+    out, _ = _eval(capsys, ["--model", "efficientnet-lite0", "--data", str(data), "--class-map", "sorted"])
+    assert out["labels"] == "sorted folder names (--class-map sorted)" and out["images"] == 3
 
 
 # ---------------------------------------------------------------- predict names classes

@@ -19,14 +19,24 @@ own accuracy. ``stop`` is the shortest greedy prefix with the highest aggregate 
 (:func:`zoo_order_path`), ranked on the 5,000 held-out validation images of the training split.
 
 File format (JSON): ``{"format": "undiscard-state-order", "version": 1, "units": [names], "states":
-[[phase, ...], ...], "stop": int or null, "meta": {...}}`` — ``meta`` says how it was made (data, images, seed, aggregate,
-accuracy after each greedy step, each state's own accuracy).
+[[phase, ...], ...], "stop": int or null, "fingerprint": {...}, "meta": {...}}`` — ``meta`` says how it was made
+(data, images, seed, aggregate, accuracy after each greedy step, each state's own accuracy). Every field is
+checked when read, in one place (:class:`StateOrder`): phases are integers (not ``1.7``, ``"12"`` or
+``true``), ``units`` a list of names, ``meta`` and ``fingerprint`` objects.
+
+``fingerprint`` (:func:`model_fingerprint`) identifies the model the order was ranked on: the network's
+class, its parameter count, and per searched unit its name, rate and layers' classes and weight shapes.
+An order used on a model whose fingerprint differs (another architecture whose unit names happen to
+match) gets a ``UserWarning`` saying what differs; an order without one (made before fingerprints were
+recorded) is not checked.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import math
+import numbers
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -38,11 +48,13 @@ from torch import Tensor
 from .errors import UndiscardError
 
 if TYPE_CHECKING:  # type hints only
+    from torch import nn
+
     from .discovery import Unit
     from .wrapper import Undiscard
 
 __all__ = ["StateOrder", "as_order", "load_order", "save_order", "zoo_order_path", "greedy_order", "best_prefix",
-           "calibrate", "ORDERS_DIR", "FORMAT"]
+           "calibrate", "model_fingerprint", "fingerprint_difference", "ORDERS_DIR", "FORMAT"]
 
 FORMAT = "undiscard-state-order"
 ORDERS_DIR = Path(__file__).with_name("zoo") / "orders"
@@ -57,12 +69,31 @@ class StateOrder:
     units: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     stop: int | None = None  # the search evaluates at most the first ``stop`` states (None: all of them)
+    fingerprint: dict[str, Any] | None = None  # the model it was ranked on (:func:`model_fingerprint`)
 
     def __post_init__(self) -> None:
-        try:
-            self.states = [tuple(int(p) for p in s) for s in self.states]
-        except (TypeError, ValueError):
-            raise UndiscardError("a state order is a list of states, each a list of phases (ints)") from None
+        if isinstance(self.states, (str, bytes)) or not isinstance(self.states, Sequence):
+            raise UndiscardError(f"a state order's states must be a list of states, got {type(self.states).__name__}")
+        states = []
+        for i, s in enumerate(self.states):
+            if isinstance(s, (str, bytes)) or not isinstance(s, Sequence):
+                raise UndiscardError(f"state {i} of the order is {s!r}: each state is a list of phases (integers)")
+            bad = next((p for p in s if isinstance(p, bool) or not isinstance(p, numbers.Integral)), None)
+            if bad is not None or any(p is None for p in s):
+                raise UndiscardError(f"state {i} of the order, {list(s)!r}, has phase {bad!r} "
+                                     f"({type(bad).__name__}): phases are integers")
+            states.append(tuple(int(p) for p in s))
+        self.states = states
+        if self.units is not None and (isinstance(self.units, (str, bytes)) or not isinstance(self.units, Sequence)
+                                       or not all(isinstance(u, str) for u in self.units)):
+            raise UndiscardError(f"a state order's units must be a list of unit names (or null), got {self.units!r}")
+        if self.units is not None:
+            self.units = list(self.units)
+        for name, value in (("meta", self.meta), ("fingerprint", self.fingerprint)):
+            if value is not None and not isinstance(value, dict):
+                raise UndiscardError(f"a state order's {name} must be an object (a mapping), got "
+                                     f"{type(value).__name__}")
+        self.meta = dict(self.meta or {})
         if not self.states:
             raise UndiscardError("the state order is empty")
         length = len(self.states[0])
@@ -75,7 +106,8 @@ class StateOrder:
             raise UndiscardError(f"the all-zero state (the original model) must come first in a state order, "
                                  f"found at position {self.states.index(root)}")
         if len(set(self.states)) != len(self.states):
-            raise UndiscardError("a state order lists a state twice")
+            twice = next(s for i, s in enumerate(self.states) if s in self.states[:i])
+            raise UndiscardError(f"a state order lists a state twice: {list(twice)}")
         if self.stop is not None and (isinstance(self.stop, bool) or not isinstance(self.stop, int)
                                       or not 1 <= self.stop <= len(self.states)):
             raise UndiscardError(f"a state order's stop must be an int in 1..{len(self.states)} (or null), "
@@ -101,33 +133,83 @@ class StateOrder:
                     raise UndiscardError(f"state {list(s)} of the order: phase {p} out of range for unit {u.name} "
                                          f"(rate {u.rate})")
 
+    def check_model(self, net: "nn.Module", units: Sequence["Unit"]) -> None:
+        """A ``UserWarning`` when the order's fingerprint (if it has one) is not ``net``'s with these
+        searched ``units``: it was ranked on another model."""
+        if not self.fingerprint:
+            return
+        differs = fingerprint_difference(self.fingerprint, model_fingerprint(net, units))
+        if differs:
+            warnings.warn(f"the state order was calibrated on another model ({differs}): its states may rank "
+                          "poorly here; calibrate one for this model (undiscard calibrate)", UserWarning, stacklevel=4)
+
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "units": self.units, "states": [list(s) for s in self.states],
-                "stop": self.stop, "meta": self.meta}
+        blob = {"format": FORMAT, "version": 1, "units": self.units, "states": [list(s) for s in self.states],
+                "stop": self.stop}
+        if self.fingerprint is not None:
+            blob["fingerprint"] = self.fingerprint
+        blob["meta"] = self.meta
+        return blob
+
+
+def model_fingerprint(net: "nn.Module", units: Sequence["Unit"]) -> dict[str, Any]:
+    """What identifies the model an order is ranked on, cheaply and whatever the input size: the network's
+    class (module path), its parameter count, and per searched unit its name, rate and, per layer, the
+    layer's class and weight shape (None for a layer without weights, e.g. a pooling)."""
+    modules = dict(net.named_modules())
+
+    def layer(name: str) -> list:
+        m = modules.get(name)
+        weight = getattr(m, "weight", None)
+        shape = list(weight.shape) if isinstance(weight, Tensor) else None
+        return [type(m).__name__ if m is not None else None, shape]
+
+    cls = type(net)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "parameters": int(sum(p.numel() for p in net.parameters())),
+            "units": [{"name": u.name, "rate": int(u.rate), "layers": [layer(n) for n in u.layers]} for u in units]}
+
+
+def fingerprint_difference(recorded: dict[str, Any], actual: dict[str, Any]) -> str | None:
+    """What differs between two :func:`model_fingerprint` records, in a few words (None: they match)."""
+    if recorded.get("class") != actual.get("class"):
+        return f"{recorded.get('class')}, not {actual.get('class')}"
+    if recorded.get("parameters") != actual.get("parameters"):
+        return f"{recorded.get('parameters')} parameters, not {actual.get('parameters')}"
+    for mine, theirs in itertools.zip_longest(recorded.get("units") or [], actual.get("units") or []):
+        if mine != theirs:
+            name = (mine or theirs or {}).get("name") if isinstance(mine or theirs, dict) else None
+            return f"unit {name} has other layers or shapes" if name else "other searched units"
+    return None
 
 
 def load_order(path: str | Path) -> StateOrder:
-    """The :class:`StateOrder` in a JSON file (:func:`save_order`); one :class:`UndiscardError` if it is not one."""
-    path = Path(path)
+    """The :class:`StateOrder` in a JSON file (:func:`save_order`); one :class:`UndiscardError` naming the
+    file if it is not one, or if any field is malformed."""
+    from .files import check_file
+
+    path = check_file(path, "state order file")
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UndiscardError(f"state order file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UndiscardError(f"cannot read the state order {path}: {err}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("states"), list):
         raise UndiscardError(f"{path} is not a state order file (undiscard calibrate writes them)")
-    return StateOrder(data["states"], data.get("units"), dict(data.get("meta") or {}), data.get("stop"))
+    if data.get("version", 1) != 1:
+        raise UndiscardError(f"{path} is a state order of version {data.get('version')!r}; this undiscard reads "
+                             "version 1")
+    try:
+        return StateOrder(data["states"], data.get("units"), data.get("meta") or {}, data.get("stop"),
+                          data.get("fingerprint"))
+    except UndiscardError as err:
+        raise UndiscardError(f"state order {path}: {err}") from None
 
 
 def save_order(order: StateOrder, path: str | Path) -> Path:
-    """Write ``order`` as JSON to ``path`` atomically (a temporary file renamed); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(order.to_json(), indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    """Write ``order`` as JSON to ``path`` atomically (:func:`undiscard.atomic.atomic_write`: a new temporary
+    file, renamed over ``path`` when complete; a link or a directory at ``path`` is refused); returns the path."""
+    from .report import write_text
+
+    return write_text(path, json.dumps(order.to_json(), indent=1) + "\n")
 
 
 def as_order(order: "StateOrder | str | Path | Sequence[Sequence[int]] | None") -> StateOrder | None:
@@ -270,4 +352,5 @@ def calibrate(model: "Undiscard", images: Tensor, labels: Tensor, greedy: int = 
     record.update(meta or {})
     if not all(math.isfinite(a) for a in curve):
         raise UndiscardError("calibration produced non-finite accuracies")
-    return StateOrder([states[r] for r in ranking], full.units, record, best_prefix(curve) if stop else None)
+    return StateOrder([states[r] for r in ranking], full.units, record, best_prefix(curve) if stop else None,
+                      model_fingerprint(model.net, units))

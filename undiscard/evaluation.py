@@ -231,8 +231,10 @@ def evaluate_tta(name: str, tta, images: Tensor, labels: Tensor, budgets: Sequen
 
 @torch.no_grad()
 def evaluate_tta_stream(name: str, tta, stream: Iterable[Batch], budgets: Sequence[int], *,
-                        progress: Callable[[int], None] | None = None) -> list[Row]:
-    """:func:`evaluate_tta` over a stream of batches (:data:`Batch`), consumed once."""
+                        progress: Callable[[int], None] | None = None, baseline: bool = False) -> list[Row]:
+    """:func:`evaluate_tta` over a stream of batches (:data:`Batch`), consumed once. ``baseline``: the
+    plain network's row too (budget 1, no TTA, cost 1), first, measured on the same batches — the
+    reference every TTA row is compared with."""
     inner = tta.model
     wrapped = isinstance(inner, Undiscard)
     if not wrapped and any(b != 1 for b in budgets):
@@ -243,18 +245,24 @@ def evaluate_tta_stream(name: str, tta, stream: Iterable[Batch], budgets: Sequen
         for b in budgets:
             inner.check_budget(b)
 
-    def predict(x: Tensor) -> dict[int, Prediction]:
-        out = {}
+    def predict(x: Tensor) -> dict[int | str, Prediction]:
+        out: dict[int | str, Prediction] = {}
+        if baseline:
+            out["plain"] = (inner(x, budget=1) if wrapped else inner(x), 1.0, 1.0)
         for b in budgets:
             logits = tta(x, phase_budget=b if wrapped else None)
             out[b] = (logits, tta.last_cost, tta.last_cost_ideal)
         return out
 
-    counted = run_batches(stream, predict, list(budgets), progress=progress)
-    return [row_from_counts(_template(name, inner if wrapped else None, b, counted.n, counted.seconds,
-                                      tta=f"{tta.policy_name}/{tta.aggregator.name}", tta_views=len(tta.views)),
-                            counted.counts(b))
-            for b in budgets]
+    keys: list[int | str] = (["plain"] if baseline else []) + list(budgets)
+    counted = run_batches(stream, predict, keys, progress=progress)
+    model = inner if wrapped else None
+    plain = [row_from_counts(_template(name, model, 1, counted.n, counted.seconds), counted.counts("plain"))] \
+        if baseline else []
+    return plain + [row_from_counts(_template(name, model, b, counted.n, counted.seconds,
+                                              tta=f"{tta.policy_name}/{tta.aggregator.name}", tta_views=len(tta.views)),
+                                    counted.counts(b))
+                    for b in budgets]
 
 
 @torch.no_grad()

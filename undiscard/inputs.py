@@ -1,7 +1,11 @@
 """What a wrapped model checks about its inputs, and the one-line errors it gives when the network fails.
 
 - :func:`check_net`: ``wrap`` was given a module (not a model name, a class, None);
-- :func:`check_input`: a batched image tensor (N, C, H, W); :func:`check_example`, one to set up on;
+- :func:`check_input`: a batched image tensor (N, C, H, W); :func:`check_example`, one to set up on (on a
+  device that holds values), and :func:`finite_example`, the first image without NaN or inf in it (setup
+  checks the split against the model's output, which a non-finite image would make meaningless);
+- :func:`check_search_input`: at budget > 1 the search runs without autograd, so an input that
+  requires grad is refused rather than silently given no gradient (and a meta tensor, which holds no values);
 - :func:`warn_not_finite`: a warning naming how many images hold NaN or inf (their outputs will not be
   finite; the other images are unaffected);
 - :func:`run_network`: the network itself on a batch (budget 1), its failures explained;
@@ -24,8 +28,8 @@ from .execution import phase_plan
 from .outputs import OutputSelector, select_output
 from .testtime import TestTimeModule
 
-__all__ = ["check_net", "check_example", "check_input", "warn_not_finite", "run_network", "empty_output", "input_error",
-           "smallest_size", "first_line"]
+__all__ = ["check_net", "check_example", "finite_example", "check_input", "check_search_input", "warn_not_finite",
+           "run_network", "empty_output", "input_error", "smallest_size", "first_line"]
 
 
 def first_line(err: BaseException) -> str:
@@ -59,6 +63,37 @@ def check_example(x: object) -> None:
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     if x.shape[0] == 0:
         raise PhaseError("prepare() needs at least one example image, got a batch of 0")
+    _check_not_meta(x)
+
+
+def _check_not_meta(x: Tensor) -> None:
+    if x.device.type == "meta":
+        raise PhaseError("the input is on the meta device, which holds no values: the phase search compares the "
+                         "states' outputs, so budget > 1 needs tensors on a real device (budget 1 runs net(x) as is)")
+
+
+def finite_example(x: Tensor) -> Tensor:
+    """The first image of ``x`` (a batch of 1) whose values are all finite, to set the model up on; a
+    :class:`PhaseError` when every image holds NaN or inf."""
+    if not x.is_floating_point():
+        return x[:1].clone()
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not bool(finite.any()):
+        raise PhaseError(f"all {x.shape[0]} input images hold NaN or infinite values: the model is set up on a "
+                         "finite image (check the input and its normalisation, e.g. a std of 0 or nan)")
+    i = int(finite.nonzero()[0, 0])
+    return x[i:i + 1].clone()
+
+
+def check_search_input(x: Tensor) -> None:
+    """What a search (budget > 1) cannot take, as one :class:`PhaseError`: a meta tensor (no values to
+    compare), or an input that requires grad while grad mode is on (the search runs without autograd, so
+    the input would silently get no gradient)."""
+    _check_not_meta(x)
+    if x.requires_grad and torch.is_grad_enabled():
+        raise PhaseError("the input requires grad, but gradients do not flow through the phase search (budget > 1 "
+                         "runs without autograd): pass x.detach() or run under torch.no_grad(), or use budget=1, "
+                         "which is net(x) and differentiable")
 
 
 def check_input(x: object) -> None:

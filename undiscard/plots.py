@@ -14,10 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .report import atomic_path
+from .atomic import atomic_write
 from .summary import FAMILIES, LIMITS, is_pooled, method_points, pareto_front, zoo_average
 
-__all__ = ["write_plots", "budget_figure", "method_figure", "pareto_figure", "pareto_grid_figure",
+PLOT_FILES = ("metrics_vs_budget.png", "accuracy_vs_cost.png", "tta_comparison.png", "pareto.png",
+              "pareto_per_model.png", "photo_pairs.png")  # every file write_plots may write
+
+__all__ = ["PLOT_FILES", "write_plots", "budget_figure", "method_figure", "pareto_figure", "pareto_grid_figure",
            "photo_pairs_figure", "line_style", "series_name", "METRIC_LABELS", "FAMILY_STYLE"]
 
 Row = dict[str, Any]
@@ -129,9 +132,10 @@ def budget_figure(rows: Sequence[Row], xkey: str = "budget", metrics: Sequence[s
 
 
 def method_figure(rows: Sequence[Row], metrics: Sequence[str] | None = None):
-    """Each metric against total budget (views x states), one line per method, averaged over the pooled
-    (zoo) models only — or the one model's own rows when there is no zoo. Every ``ours`` and ``TTA``
-    line starts at the plain network (total budget 1)."""
+    """Each metric against cost (plain forwards per image, every view and search counted: what a method
+    really spends, where views x states would understate a search), one line per method, averaged over
+    the pooled (zoo) models only — or the one model's own rows when there is no zoo. Every ``ours`` and
+    ``TTA`` line starts at the plain network (cost 1)."""
     points, what = _averaged(rows)
     metrics = [m for m in (metrics or METRIC_LABELS) if any(p.get(m) is not None for p in points)]
     fig, axes = _figure(max(1, len(metrics)))
@@ -143,16 +147,16 @@ def method_figure(rows: Sequence[Row], metrics: Sequence[str] | None = None):
             mine = [p for p in points if p["series"] == s]
             if fam in ("ours alone", "TTA alone"):
                 mine = plain + mine
-            pts = sorted((p["total"], p[key]) for p in mine if p.get(key) is not None)
+            pts = sorted((p["cost"], p[key]) for p in mine if p.get(key) is not None)
             if pts:
                 ax.plot(*zip(*pts), label=s, markersize=4,
                         **line_style(FAMILIES.index(fam), i))
         _log2_axis(ax)
-        ax.set_xlabel("total budget (views x states)")
+        ax.set_xlabel("cost (plain forwards per image)")
         ax.set_ylabel(METRIC_LABELS.get(key, key))
         ax.set_title(METRIC_LABELS.get(key, key).replace(" (%)", ""), fontsize=9)
         ax.grid(alpha=0.3)
-    _finish(fig, axes, f"methods at equal total budget: {what}")
+    _finish(fig, axes, f"methods against cost: {what}")
     return fig
 
 
@@ -247,8 +251,8 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        with atomic_write(path) as f:
+            fig.savefig(f, dpi=120, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
     return path
@@ -256,15 +260,18 @@ def _save(fig, path: Path) -> Path:
 
 def write_plots(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
     """Every plot of ``rows`` into ``out_dir``, each built, saved (atomically) and closed in turn:
-    ``metrics_vs_budget.png`` and ``accuracy_vs_cost.png`` (labelled rows, phase search alone),
-    ``tta_comparison.png`` (with TTA rows), ``pareto.png``, ``pareto_per_model.png`` (more than one
-    model), ``photo_pairs.png`` (rows without top-1: photo pairs). Returns the paths written."""
+    ``metrics_vs_budget.png`` and ``accuracy_vs_cost.png`` (labelled rows, phase search alone: drawn when
+    the phase search alone was measured, or when nothing but the plain network was), ``tta_comparison.png``
+    (with TTA rows), ``pareto.png``, ``pareto_per_model.png`` (more than one model), ``photo_pairs.png``
+    (rows without top-1: photo pairs). Nothing is drawn that was not measured. Returns the paths written."""
     out = Path(out_dir)
     labelled = [r for r in rows if r.get("top1") is not None]
     todo: list[tuple[Callable[[], Any], str]] = []
-    if labelled:
+    searched = any(not r.get("tta") and int(r.get("budget") or 1) > 1 for r in labelled)
+    if labelled and (searched or not any(r.get("tta") for r in labelled)):
         todo += [(lambda: budget_figure(labelled), "metrics_vs_budget.png"),
                  (lambda: budget_figure(labelled, "cost", ["top1", "top1_shifted"]), "accuracy_vs_cost.png")]
+    if labelled:
         if any(r.get("tta") for r in labelled):
             todo.append((lambda: method_figure(labelled), "tta_comparison.png"))
         todo.append((lambda: pareto_figure(labelled), "pareto.png"))

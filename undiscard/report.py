@@ -1,23 +1,22 @@
 """Presenting results: terminal tables, JSON, CSV and atomic result files. Pure formatting; no model code.
 The plots are :mod:`undiscard.plots`, the best-method-per-cost summary :mod:`undiscard.summary`.
 
-Every result file undiscard writes (JSON, CSV, PNG, aggregator and TTA files) goes through
-:func:`atomic_path`: it is written under a temporary name in the same directory and renamed over the
-target only once complete, so an interrupted run (Ctrl-C, a crash, a full disk) never leaves a
-half-written file — the target is either the old file, absent, or the complete new one.
+Every file undiscard writes goes through :mod:`undiscard.atomic` (re-exported here: :func:`atomic_path`,
+:func:`check_writable_dir`, :class:`ResultWriteError`): written under a new temporary name and renamed
+over the target only once complete, never through a link, so an interrupted run (Ctrl-C, a crash, a full
+disk) never leaves a half-written file — the target is either the old file, absent, or the complete new
+one; the files of one run are replaced together (:class:`~undiscard.atomic.OutputSet`).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
-import secrets
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from .errors import UndiscardError
+from .atomic import ResultWriteError, atomic_path, atomic_write, check_writable_dir
 
 __all__ = ["format_table", "write_json", "write_csv", "write_text", "atomic_path", "check_writable_dir",
            "ResultWriteError"]
@@ -56,58 +55,10 @@ def format_table(rows: Rows, columns: Sequence[tuple[str, str]] = COLUMNS, markd
     return "\n".join([line(heads), sep, *(line(c) for c in cells)])
 
 
-class ResultWriteError(UndiscardError, OSError):
-    """A result file could not be written (one line naming the file and the reason)."""
-
-
-def check_writable_dir(directory: str | Path) -> Path:
-    """``directory`` if it is, or can be created as, a directory this process may write to; else one
-    :class:`ResultWriteError` line: an existing file in the way, or an unwritable (read-only) ancestor.
-
-    Missing directories are not created here (the writers create them), so a run that fails before
-    writing leaves nothing behind. Commands call this before any work, so a bad ``--out`` fails at once.
-    """
-    d = Path(directory)
-    if d.exists() and not d.is_dir():
-        raise ResultWriteError(f"{d} is a file, not a directory")
-    existing = d
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ResultWriteError(f"cannot create directory {d}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ResultWriteError(f"cannot write to {existing}: permission denied or read-only")
-    return d
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed over ``path`` (``os.replace``) when the block
-    ends normally, deleted when it raises — KeyboardInterrupt included — leaving ``path`` untouched.
-
-    Missing parent directories are created. The temporary name is hidden (``.NAME.PID.RANDOM.tmpSUFFIX``)
-    and keeps ``path``'s suffix, so writers that pick a format by extension (matplotlib) still work.
-    An OSError (unwritable directory, a parent that is a file, a full disk) becomes one
-    :class:`ResultWriteError` line naming ``path``.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
-    try:
-        check_writable_dir(path.parent)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ResultWriteError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`undiscard.atomic.atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
     return Path(path)
 
 
@@ -120,12 +71,12 @@ def write_csv(path: Path, rows: Rows) -> Path:
     """``rows`` as CSV (one column per key seen in any row; lists joined by commas, dicts as JSON), written
     atomically."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: _csv_cell(r.get(k)) for k in keys})
-    return Path(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _csv_cell(r.get(k)) for k in keys})
+    return write_text(path, text.getvalue())
 
 
 def _csv_cell(v: Any) -> Any:

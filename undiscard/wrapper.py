@@ -25,7 +25,8 @@ from .engine import Engine
 from .errors import UndiscardError
 from .geometry import UnitSelector, num_states
 from .layers.extension import DEFAULT_EXTEND, attach_extensions, check_extend
-from .inputs import check_example, check_input, check_net, empty_output, run_network, warn_not_finite
+from .inputs import (check_example, check_input, check_net, check_search_input, empty_output, finite_example,
+                     run_network, warn_not_finite)
 from .outputs import OutputSelector, check_selector, select_output
 from .prepare import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
 from .task import Task, get_task
@@ -48,8 +49,8 @@ class Undiscard(TestTimeModule):
         check_net(net)
         check_budget(budget, None)
         order, _ = resolve_order(get_criterion(criterion), order), get_aggregate(aggregate)  # unknown names: one line
-        if chunk_size < 1:
-            raise UndiscardError(f"chunk_size must be >= 1, got {chunk_size}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise UndiscardError(f"chunk_size must be an integer >= 1 (rows per pass), got {chunk_size!r}")
         super().__init__(net)
         self._units: Units | None = None
         self.budget, self.task = budget, (task := get_task(task))
@@ -111,7 +112,7 @@ class Undiscard(TestTimeModule):
     def prepare(self, x: Tensor) -> Engine:
         """Set the model up for inputs shaped like ``x`` (done on the first call above budget 1 otherwise)."""
         check_example(x)
-        return self._engine((tuple(x.shape[1:]), x.dtype, x.device), lambda: self._build(x[:1].clone()))
+        return self._engine((tuple(x.shape[1:]), x.dtype, x.device), lambda: self._build(finite_example(x)))
 
     def _build(self, x: Tensor) -> Engine:
         if self._units is None and self._split_args.features is None:  # features=/head= see the net as given
@@ -120,6 +121,8 @@ class Undiscard(TestTimeModule):
         self._units = choose_units(self.net, found, self._units, self.unit_selector, self.budget)
         attach_extensions(self.net, [n for u in self._units.search_units for n in u.layers], x, self.extend)
         engine = build_engine(self.net, x, self._units, self._split_args)
+        if self.order is not None:  # ranked on this model? (a UserWarning when its fingerprint differs)
+            self.order.check_model(self.net, self._units.search_units)
         needs = get_aggregate(self.aggregate).needs_aggregator or get_criterion(self.criterion).needs_aggregator
         if needs or self.aggregator is not None:  # check the aggregator against this setup, or make one
             self.aggregator = fit_aggregator(self.aggregator, self._aggregator_units, engine, x, self.seed)
@@ -154,6 +157,7 @@ class Undiscard(TestTimeModule):
         if x.shape[0] == 0:
             return Candidates.of_empty(self._empty(x))
         if budget > 1:
+            check_search_input(x)
             warn_not_finite(x)
         engine = self.prepare(x)
         criterion = get_criterion(self.criterion) if scorer is None else custom_criterion(scorer)

@@ -27,9 +27,8 @@ from ..calibration import calibrate, save_order
 from ..data.folder import normalize_batch
 from ..data.seg_folder import read_seg_folder, scan_seg_folder
 from ..geometry import num_states
-from ..report import check_writable_dir
 from ..wrapper import wrap
-from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, emit_json,
+from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, check_out_file, emit_json,
                      load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)
 from .seg_models import load_seg_model
 
@@ -64,10 +63,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _check_out(path: Path) -> None:
-    if path.is_dir():
-        raise CLIError(f"--out {path} is a directory: give a file name, e.g. {path / 'order.json'}")
-    check_writable_dir(path.parent)
 
 
 def _classification_inputs(args: argparse.Namespace, device: torch.device):
@@ -105,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--limit must be positive, got {args.limit}")
     set_threads(args.threads)
     device = resolve_device(args.device)
-    _check_out(args.out)
+    outputs, _ = check_out_file(args.out, "order.json", log=False)  # a link or a directory there: refused now
     name, net, units, x, y, described, shipped = (_segmentation_inputs if segmentation else _classification_inputs)(
         args, device)
     aggregator = (args.aggregator or shipped) if args.aggregate == "attention" else None
@@ -122,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
                           progress=bar.update, meta=meta, stop=args.stop,
                           dtype=torch.float16 if segmentation else None)
     order.meta["seconds"] = time.perf_counter() - t0
-    save_order(order, args.out)
+    with outputs as staging:  # written under a new name and renamed: never through a link, never colliding
+        save_order(order, staging / args.out.name)
     summary = {"model": name, "task": args.task, "out": str(args.out), "units": order.units,
                "states": [list(s) for s in order.states[:min(len(order.states), args.greedy + 1)]],
                "stop": order.stop, "greedy_accuracy": order.meta["greedy_accuracy"], "images": order.meta["images"],

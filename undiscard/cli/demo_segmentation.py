@@ -59,6 +59,10 @@ def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torc
     bs = [b for b in budgets if b <= 4] or [1]
     common = dict(ignore_index=segdata.IGNORE_INDEX, shifted=xs, offsets=offsets, batch_size=50)
     names = [m for m in segzoo.list_models() if segzoo.weights_path(m).exists()]
+    missing = [m for m in segzoo.list_models() if m not in names]
+    if missing:
+        print(f"undiscard demo: skipping segmentation zoo models without weights: {', '.join(missing)}",
+              file=sys.stderr)
     rows: list[dict] = []
     with progress_bar(len(y) * len(names) * 3, "demo segmentation", enabled=not args.quiet) as bar:
         for name in names:
@@ -97,7 +101,7 @@ def plot_segmentation(rows: list[dict], out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report import atomic_path
+    from ..atomic import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -121,8 +125,7 @@ def plot_segmentation(rows: list[dict], out_dir: Path) -> Path:
     fig.suptitle(f"segmentation zoo ({len(models)} models{f', {n} test canvases each' if n else ''})", fontsize=10)
     fig.tight_layout()
     path = Path(out_dir) / "segmentation_miou_vs_cost.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=100, format="png", bbox_inches="tight")
     plt.close(fig)
     return path

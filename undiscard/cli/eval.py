@@ -3,14 +3,19 @@
 Reports top-1, top-5 and cost per budget; with ``--shift PIXELS`` also top-1 on seeded randomly shifted
 copies (each image translated by an offset with 1 <= max(|dy|, |dx|) <= PIXELS, zero fill, before
 normalisation) and shift consistency. Files that are not images are skipped and counted; unreadable
-images likewise (both counts are printed and are in the JSON).
+images likewise; entries that are not read at all (hidden names, broken or looping links, FIFOs, files
+outside the class folders; links to folders are followed once) are named with their reason. All are
+printed and are in the JSON's ``skipped``.
 
 Images are streamed: a ``torch.utils.data.DataLoader`` with ``--workers`` processes reads, preprocesses
 and shifts one batch at a time, so memory stays flat in the folder's size.
 
-Labels: the sorted folder names (0, 1, ...), or ``--class-map`` (a file, or ``imagenet``). A folder whose
-subfolders are all ImageNet-1k WordNet ids (``n01440764``, ...) evaluated with a 1000-class model is
-labelled with the standard ImageNet indices without a map; that is said on stderr and in the JSON.
+Labels (the same rule in ``calibrate``, ``train-aggregator`` and ``fit-tta``): ``--class-map`` (a file,
+``imagenet`` or ``sorted``), else for a model with 1000 classes the standard ImageNet index of each folder
+named by an ImageNet-1k WordNet id (``n01440764``) or class name (``tench``, ``espresso_maker``), said on
+stderr and in the JSON; a 1000-class model with folders that are neither is refused (their sorted
+positions would silently mean other classes). Other models: the sorted folder names (0, 1, ...). Every
+index must be an integer from 0 to the model's classes - 1.
 
 
 ``--aggregate`` may list several aggregations (``mean,entropy,attention``): they are evaluated on the
@@ -28,19 +33,20 @@ import torch
 
 from ..aggregate import AGGREGATES
 from ..data.loading import DEFAULT_WORKERS, folder_loader
-from ..data.folder import detect_imagenet_classes, load_class_map, scan_folder
-from ..data.imagenet import imagenet_class_map, is_wnid
+from ..data.folder import scan_folder
+from ..data.labels import folder_labels, output_classes
+from ..data.walk import describe_skipped
 from .. import distributed
 from ..data.shift import random_offsets
 from ..errors import UndiscardError
 from ..evaluation import Batch, evaluate_stream, evaluate_tta_stream, row_from_counts
 from ..layers.extension import EXTEND_MODES
-from ..plots import write_plots
+from ..plots import PLOT_FILES, write_plots
 from ..report import COLUMNS, format_table, write_csv, write_json
 from ..summary import family, method_label
 from ..search import CRITERIA
 from ..wrapper import wrap
-from .common import (CLIError, help_text, add_model_args, add_output_args, aggregator_needers, check_out_dir, emit_json,
+from .common import (CLASS_MAP_HELP, CLIError, help_text, add_model_args, add_output_args, aggregator_needers, check_out_dir, emit_json,
                      load_cli_model, parse_aggregates, parse_budgets, parse_units, progress_bar, resolve_device,
                      wrap_options)
 from .tta_options import add_tta_args, build_tta
@@ -51,10 +57,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--data", required=True, help="image folder: DIR/CLASS/IMAGE")
-    p.add_argument("--class-map", default=None,
-                   help="folder name -> class index: JSON object, text with one name per line, or 'imagenet' "
-                        "(WordNet-id folders n01440764, ... -> standard ImageNet indices; detected by itself "
-                        "when every folder is an ImageNet wnid and the model has 1000 classes)")
+    p.add_argument("--class-map", default=None, help=CLASS_MAP_HELP)
     p.add_argument("--budget", default="1,4,8,16", help="comma-separated budgets (default: 1,4,8,16)")
     p.add_argument("--criterion", default=None,
                    help=f"one of {', '.join(CRITERIA)} (default: entropy, or calibrated with --order; learned: needs "
@@ -107,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--workers must be >= 0, got {args.workers}")
     if args.shift < 0:
         raise CLIError(f"--shift must be >= 0, got {args.shift}")
-    check_out_dir(args.out)
+    outputs = check_out_dir(args.out, ["results.json", "results.csv", *PLOT_FILES])
     rank, world = distributed.setup(device)
     try:
-        code = _run(args, budgets, device, rank, world)
+        code = _run(args, budgets, device, rank, world, outputs)
     except BaseException:
         distributed.teardown(wait=False)
         raise
@@ -118,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, rank: int, world: int) -> int:
-    class_map = load_class_map(args.class_map) if args.class_map else None
-    data = scan_folder(args.data, class_map)
+def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, rank: int, world: int,
+         outputs) -> int:
+    data = scan_folder(args.data)
     loaded = load_cli_model(args)
     pre = loaded.preprocess
     if args.shift >= pre.input_size:
@@ -134,27 +137,13 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     # shifts are drawn for the whole (global) list, so a sharded run shifts each image as one process would
     all_offsets = random_offsets(total_images, args.shift, args.seed) if args.shift else None
     quiet = args.quiet or rank != 0
-    with torch.no_grad():  # the class count, from the output shape (independent of the pixels)
-        k = loaded.model(torch.zeros(1, pre.in_chans, pre.input_size, pre.input_size)).shape[-1]
-    labels_from = f"class map {args.class_map}" if args.class_map else "sorted folder names"
-    labels = list(data.labels)
-    imagenet_index = detect_imagenet_classes(data.classes, k) if class_map is None else None
-    if imagenet_index is not None:  # WordNet-id folders: the standard ImageNet indices, not sorted positions
-        labels = [imagenet_index[c] for c in labels]
-        labels_from = "ImageNet WordNet ids (detected)"
-        if rank == 0:
-            print(f"class folders are ImageNet WordNet ids: labelled with the standard 1000-class indices "
-                  f"({len(data.classes)} classes; --class-map FILE overrides)", file=sys.stderr)
-    elif class_map is None and rank == 0 and any(is_wnid(c) for c in data.classes):  # say why not detected
-        odd = [c for c in data.classes if c not in imagenet_class_map()]
-        why = (f"{len(odd)} of them are not ImageNet-1k WordNet ids ({', '.join(odd[:3])}{' ...' * (len(odd) > 3)})"
-               if odd else f"the model has {k} classes, not 1000")
-        print(f"class folders look like WordNet ids, but {why}: labels are the sorted folder positions "
-              "(pass --class-map to choose)", file=sys.stderr)
-    top = max(labels[i] for i in order)
-    if top >= k:
-        raise CLIError(f"labels go up to {top} but the model has {k} classes: "
-                       "pass --class-map (or --num-classes with --weights)")
+    k = output_classes(loaded.model, pre.in_chans, pre.input_size)  # from the output shape, not the pixels
+    # the folders' class indices: --class-map, ImageNet ids or names (detected), or sorted positions; checked
+    found = folder_labels(data.classes, k, args.class_map, used={data.labels[i] for i in order})
+    labels_from = found.source
+    labels = [found.index[c] for c in data.labels]
+    if found.note and rank == 0:
+        print(found.note, file=sys.stderr)
     # torchrun: every world-th image (ShardSampler); one process reads with --workers processes
     loader = folder_loader(data, order, pre, batch_size=args.batch_size, workers=args.workers, offsets=all_offsets,
                            sampler=distributed.ShardSampler(total_images, rank, world), labels=labels,
@@ -178,7 +167,7 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                            f"{', '.join(args.aggregates)}")
         tta = build_tta(args, loaded, model, quiet)
         with progress_bar(shard_size, f"{loaded.name} + TTA", enabled=not quiet) as bar:
-            rows = evaluate_tta_stream(loaded.name, tta, stream, budgets, progress=bar.update)
+            rows = evaluate_tta_stream(loaded.name, tta, stream, budgets, progress=bar.update, baseline=True)
     else:
         with progress_bar(shard_size, loaded.name, enabled=not quiet) as bar:
             rows = evaluate_stream(loaded.name, model, stream, budgets,
@@ -192,13 +181,15 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     result = [r.as_dict() for r in rows]
     for r in result:  # cost is in every row; family and method say what it compares at that cost
         r["family"], r["method"] = family(r), method_label(r)
-    skipped = {"non_image_files": data.skipped_non_image, "unreadable_images": sorted(unreadable)}
+    skipped = {"non_image_files": data.skipped_non_image, "unreadable_images": sorted(unreadable),
+               "not_read": [{"path": s.path, "reason": s.reason} for s in data.skipped]}
     payload = {"results": result, "data": str(args.data), "labels": labels_from, "images": total_images - len(unreadable),
                "processes": world, "skipped": skipped}
-    if args.out is not None:
-        write_json(args.out / "results.json", payload)
-        write_csv(args.out / "results.csv", result)
-        write_plots(result, args.out)
+    if outputs is not None:  # every file of the run replaces the old ones together (undiscard.atomic.OutputSet)
+        with outputs as staging:
+            write_json(staging / "results.json", payload)
+            write_csv(staging / "results.csv", result)
+            write_plots(result, staging)
     if args.json:
         emit_json(payload)
     else:
@@ -208,6 +199,8 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     if data.skipped_non_image or unreadable:
         print(f"skipped {data.skipped_non_image} non-image files and {len(unreadable)} unreadable images",
               file=sys.stderr)
+    if data.skipped:
+        print(f"not read: {describe_skipped(data.skipped)}", file=sys.stderr)
     return 0
 
 

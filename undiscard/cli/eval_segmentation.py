@@ -21,6 +21,7 @@ import torch
 from ..data.folder import normalize_batch
 from ..data.seg_folder import read_seg_folder, scan_seg_folder
 from ..data.shift import shift_images
+from ..data.walk import describe_skipped
 from ..report import format_table, write_csv, write_json
 from ..seg_evaluation import run_seg_pairs, search_predictions_dense, seg_rows, tta_predictions
 from ..tta import DENSE_AGGREGATES, DenseTTA
@@ -51,7 +52,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     if args.tta is not None and tta_aggregate not in DENSE_AGGREGATES:
         raise CLIError(f"--tta-aggregate {tta_aggregate!r} is not a dense aggregate: expected one of "
                        f"{', '.join(DENSE_AGGREGATES)}")
-    check_out_dir(args.out)
+    outputs = check_out_dir(args.out, ["results.json", "results.csv"])
     folder = scan_seg_folder(args.data)
     seg = load_seg_model(args.model, args.weights)
     x01, y, names = read_seg_folder(folder, seg.in_chans, seg.input_size, args.limit)
@@ -97,15 +98,18 @@ def run_segmentation(args: argparse.Namespace) -> int:
                                          progress=bar.update)
     rows = seg_rows(tallies, describe, seconds)
     payload = {"task": "segmentation", "results": rows, "data": str(args.data), "images": len(names),
-               "unmatched": folder.unmatched, "ignore_index": args.ignore_index, "shift": args.shift,
-               "seed": args.seed}
-    if args.out is not None:
-        write_json(args.out / "results.json", payload)
-        write_csv(args.out / "results.csv", rows)
+               "unmatched": folder.unmatched, "not_read": [{"path": s.path, "reason": s.reason} for s in folder.skipped],
+               "ignore_index": args.ignore_index, "shift": args.shift, "seed": args.seed}
+    if outputs is not None:  # both files replace the old ones together (undiscard.atomic.OutputSet)
+        with outputs as staging:
+            write_json(staging / "results.json", payload)
+            write_csv(staging / "results.csv", rows)
     if args.json:
         emit_json(payload)
     else:
         print(format_table(rows, SEG_COLUMNS))
     if folder.unmatched:
         print(f"skipped {len(folder.unmatched)} names with an image or a mask but not both", file=sys.stderr)
+    if folder.skipped:
+        print(f"not read: {describe_skipped(folder.skipped)}", file=sys.stderr)
     return 0

@@ -18,7 +18,7 @@ from ..data.folder import normalize_batch
 from ..report import write_json
 from ..tta import FITTED, TTA
 from ..wrapper import wrap
-from .common import (CLIError, add_fit_output_args, add_model_args, check_out_file, emit_json, load_cli_model,
+from .common import (CLASS_MAP_HELP, CLIError, add_fit_output_args, add_model_args, check_out_file, emit_json, load_cli_model,
                      load_labelled, parse_units, progress_bar, resolve_device)
 
 
@@ -27,7 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--data", required=True, help="labelled images: an idx directory (zoo) or DIR/CLASS/IMAGE")
-    p.add_argument("--class-map", default=None, help="folder name -> class index (JSON or one name per line)")
+    p.add_argument("--class-map", default=None, help=CLASS_MAP_HELP)
     p.add_argument("--policy", default="standard", help="flip, standard, expanded, or comma-separated views")
     p.add_argument("--aggregate", default="gps", help=f"one of {', '.join(FITTED)} (default: gps)")
     p.add_argument("--tta-budget", type=int, default=None, help="views to use (gps: greedy steps); default all")
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise CLIError(f"{flag} must be positive, got {value}")
     device = resolve_device(args.device)
-    log_path = check_out_file(args.out)
+    outputs, log_path = check_out_file(args.out, "gps.pt")
     loaded = load_cli_model(args)
     x01, y, described = load_labelled(args, loaded, args.quiet)
     pre = loaded.preprocess
@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
            "aggregate": args.aggregate, "views_used": [v.name for v in tta.views], "budget": args.budget,
            "data": described, "images": len(y), "seconds": time.perf_counter() - t0,
            "fit_top1": fitted_acc, "fit_top1_mean_of_all_views": mean_acc}
-    tta.save(args.out, meta=log)
-    write_json(log_path, log, indent=1)
+    with outputs as staging:  # the aggregator and its log replace the old ones together
+        tta.save(staging / args.out.name, meta=log)
+        write_json(staging / log_path.name, log, indent=1)
     if args.json:
         emit_json(log)
     else:

@@ -37,16 +37,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def check_image_files(images: list[str], model: str) -> None:
-    """One :class:`CLIError` for the first of ``images`` that is not a file: a directory gets its own
-    message (predict reads image files; ``undiscard eval --data DIR`` reads a folder), anything else is
-    "image not found"."""
+    """One :class:`CLIError` for the first of ``images`` that is not a regular file: a directory gets its
+    own message (predict reads image files; ``undiscard eval --data DIR`` reads a folder), a FIFO, device
+    or socket says what it is (it is never opened), a missing path is "image not found"."""
+    from ..files import check_file
+
     for p in images:
         path = Path(p)
         if path.is_dir():
             raise CLIError(f"{p} is a directory, not an image file: predict takes image files; to run on a "
                            f"folder of images use: undiscard eval --model {model} --data {p}")
-        if not path.is_file():
-            raise CLIError(f"image not found: {p}")
+        check_file(path, "image", CLIError)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                        f"{args.rank_temperature}")
     set_threads(args.threads)
     device = resolve_device(args.device)
-    log_path = check_out_file(args.out)
+    outputs, log_path = check_out_file(args.out)
     loaded = load_cli_model(args)
     x01, y, described = load_labelled(args, loaded, args.quiet)
     pre = loaded.preprocess
@@ -107,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
            "rank_weight": args.rank_weight, "rank_temperature": args.rank_temperature, "extend": model.extend,
            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t0,
            "torch": str(torch.__version__), "history": result.history}
-    save_aggregator(args.out, model.aggregator, model=loaded.name, units=log["units"], align=args.align, meta=log)
-    write_json(log_path, log, indent=1)
+    with outputs as staging:  # the aggregator and its log replace the old ones together
+        save_aggregator(staging / args.out.name, model.aggregator, model=loaded.name, units=log["units"],
+                        align=args.align, meta=log)
+        write_json(staging / log_path.name, log, indent=1)
     if args.json:
         emit_json(log)
     else:

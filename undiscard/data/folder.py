@@ -1,10 +1,12 @@
 """Users' own images: an ImageFolder-style directory read with PIL, preprocessed like the model expects.
 
 Layout: ``DIR/CLASS/IMAGE`` — one subfolder per class, labels from the sorted folder names (0, 1, ...),
-or from a class map that names each folder's index in the model's output (e.g. ImageNet WordNet ids).
-Files whose extension is not an image type are **skipped and counted**; images PIL cannot read
-(corrupt, truncated, over PIL's decompression-bomb pixel limit) are skipped and counted too. Both counts
-are reported, so nothing is dropped silently.
+or from a class map that names each folder's index in the model's output (e.g. ImageNet WordNet ids;
+the whole rule is :func:`undiscard.data.labels.folder_labels`). Files whose extension is not an image type
+are **skipped and counted**; images PIL cannot read (corrupt, truncated, over PIL's decompression-bomb
+pixel limit) are skipped and counted too; entries that are not read at all (hidden names, broken or
+looping links, FIFOs, devices, files outside the class folders: :mod:`undiscard.data.walk`) are skipped and
+named with their reason. All are reported, so nothing is dropped silently.
 
 Preprocessing (:class:`undiscard.models.Preprocess`): convert to RGB or grayscale as the model's input
 channels require; if ``pad_to`` is set and the image is no larger, zero-pad it to that size (the zoo's
@@ -15,7 +17,6 @@ the model's mean and std.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -30,12 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UndiscardError
+from .labels import IMAGENET_CLASS_MAP, detect_imagenet_classes, load_class_map
+from .walk import FolderWalk, Skipped, describe_skipped
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderData", "FolderImages", "FolderItem", "ImageReadError", "scan_folder",
            "load_image", "resize_and_crop", "load_class_map", "detect_imagenet_classes", "IMAGENET_CLASS_MAP",
            "normalize_batch"]
-
-IMAGENET_CLASS_MAP = "imagenet"  # --class-map imagenet: the shipped WordNet id -> index map
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -49,58 +50,26 @@ class FolderData:
     classes: list[str]
     skipped_non_image: int = 0
     skipped_unreadable: list[str] = field(default_factory=list)
-
-
-def load_class_map(path: str | Path) -> dict[str, int]:
-    """Folder name -> class index: a JSON object, or a text file with one name per line (the line number
-    is the index; only the first whitespace-separated word of a line is used, so ImageNet's
-    ``n01440764 tench, Tinca tinca`` lines work; lines starting with ``#`` are comments). The word
-    ``imagenet`` names the shipped ImageNet-1k map, WordNet id -> standard index (a file called
-    ``imagenet`` is given as ``./imagenet``)."""
-    if str(path) == IMAGENET_CLASS_MAP:
-        from .imagenet import imagenet_class_map
-
-        return imagenet_class_map()
-    p = Path(path)
-    if not p.is_file():
-        raise UndiscardError(f"class map not found: {p}")
-    try:
-        text = p.read_text()
-    except UnicodeDecodeError:
-        raise UndiscardError(f"class map {p} is not a text file (JSON, or one folder name per line)") from None
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UndiscardError(f"class map {p} is not valid JSON: {err}") from None
-        if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
-            raise UndiscardError(f"class map {p} must be a JSON object of folder name -> integer index")
-        return {str(k): int(v) for k, v in data.items()}
-    names = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return {name: i for i, name in enumerate(names)}
-
-
-def detect_imagenet_classes(classes: list[str], num_classes: int) -> list[int] | None:
-    """When no class map was given: if the model has 1000 outputs and every class folder is the WordNet
-    id of an ImageNet-1k class (``n01440764``, ...), the standard class index of each folder (in the
-    order of ``classes``), else None. Sorted folder indices are right only for the full 1000-folder set;
-    any subset needs this map."""
-    from .imagenet import NUM_IMAGENET_CLASSES, imagenet_class_map, is_imagenet_folder
-
-    if num_classes != NUM_IMAGENET_CLASSES or not is_imagenet_folder(classes):
-        return None
-    index = imagenet_class_map()
-    return [index[c] for c in classes]
+    skipped: list[Skipped] = field(default_factory=list)  # entries not read at all, with the reason
 
 
 def scan_folder(root: str | Path, class_map: dict[str, int] | None = None) -> FolderData:
-    """Find ``root/CLASS/*`` images (see module docstring). Errors name the problem in one line."""
+    """Find ``root/CLASS/*`` images (see module docstring) with the one folder walker
+    (:class:`undiscard.data.walk.FolderWalk`): symbolic links to folders are followed once, and every entry
+    that is not read (hidden, a broken link, a FIFO, a file outside the class folders, ...) is in
+    ``skipped`` with its reason. Labels are the sorted folder positions, or ``class_map``'s (every folder
+    must have an index; :func:`undiscard.data.labels.folder_labels` is the whole rule). Errors name the
+    problem in one line."""
     root = Path(root)
     if not root.exists():
         raise UndiscardError(f"data directory not found: {root}")
     if not root.is_dir():
         raise UndiscardError(f"not a directory: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    walk = FolderWalk()
+    walk.enter(root)
+    dirs, loose = walk.entries(root)
+    walk.skipped += [Skipped(str(f), "not in a class folder (the layout is DIR/CLASS/IMAGE)") for f in loose]
+    classes = [d.name for d in dirs]
     if not classes:
         raise UndiscardError(f"no class subfolders in {root} (expected DIR/CLASS/IMAGE)")
     if class_map is not None:
@@ -110,17 +79,16 @@ def scan_folder(root: str | Path, class_map: dict[str, int] | None = None) -> Fo
                                  + (" ..." if len(unknown) > 5 else ""))
     paths, labels, skipped = [], [], 0
     for i, c in enumerate(classes):
-        for f in sorted((root / c).rglob("*")):
-            if not f.is_file() or f.name.startswith("."):
-                continue
+        for f in walk.files(root / c):
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped += 1
                 continue
             paths.append(f)
             labels.append(class_map[c] if class_map is not None else i)
     if not paths:
-        raise UndiscardError(f"no images found in {root} ({skipped} non-image files skipped)")
-    return FolderData(paths, labels, classes, skipped_non_image=skipped)
+        other = f", {describe_skipped(walk.skipped)} not read" if walk.skipped else ""
+        raise UndiscardError(f"no images found in {root} ({skipped} non-image files skipped{other})")
+    return FolderData(paths, labels, classes, skipped_non_image=skipped, skipped=walk.skipped)
 
 
 class FolderItem(NamedTuple):

@@ -4,7 +4,8 @@
 ImageNet synset info) holds one ``WNID<TAB>names`` line per class, class k on data line k. The standard
 index order is the sorted WordNet ids, the output order of every ImageNet-1k classifier. This lets
 ``predict`` name ImageNet classes and ``eval`` label an ImageNet-style folder (subfolders named by
-WordNet id, e.g. ``n01440764``) with the model's class indices, without timm or a hand-made map.
+WordNet id, e.g. ``n01440764``, or by class name, e.g. ``tench`` or ``espresso_maker``) with the model's
+class indices, without timm or a hand-made map.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["IMAGENET_CLASSES_FILE", "NUM_IMAGENET_CLASSES", "imagenet_wnids", "imagenet_class_names",
-           "imagenet_class_map", "is_wnid", "is_imagenet_folder"]
+           "imagenet_class_map", "is_wnid", "is_imagenet_folder", "imagenet_classes_named", "normalise_name"]
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
 NUM_IMAGENET_CLASSES = 1000
@@ -53,3 +54,28 @@ def is_imagenet_folder(class_folders: list[str]) -> bool:
     """All folder names are WordNet ids of ImageNet-1k classes (and there is at least one)."""
     known = imagenet_class_map()
     return bool(class_folders) and all(c in known for c in class_folders)
+
+
+def normalise_name(name: str) -> str:
+    """A class name as folder names write it, compared case-blind with ``_`` for a space:
+    ``Espresso_Maker`` -> ``espresso maker``."""
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+@lru_cache(maxsize=1)
+def _names() -> dict[str, tuple[int, ...]]:
+    index: dict[str, set[int]] = {}
+    for k, names in enumerate(_table()[1]):
+        for name in {names, *names.split(",")}:
+            index.setdefault(normalise_name(name), set()).add(k)
+    return {name: tuple(sorted(ks)) for name, ks in index.items()}
+
+
+def imagenet_classes_named(folder: str) -> tuple[int, ...]:
+    """The ImageNet-1k classes a folder name denotes: its WordNet id's class, or every class one of whose
+    comma-separated names (or whose whole name list) it is, compared by :func:`normalise_name`. Empty: none;
+    more than one: the name is ambiguous (``crane`` is a bird and a machine)."""
+    known = imagenet_class_map()
+    if folder in known:
+        return (known[folder],)
+    return _names().get(normalise_name(folder), ())

@@ -4,6 +4,7 @@ images that fitting commands use. No argparse here: the CLI passes plain values.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
@@ -14,8 +15,9 @@ from torch.utils.data import DataLoader
 from ..errors import UndiscardError
 from ..progress import progress_bar
 from . import fashion_mnist
-from .fashion_mnist import has_idx_files, load_train_val
-from .folder import FolderData, FolderImages, FolderItem, load_class_map, load_image, normalize_batch, scan_folder
+from .fashion_mnist import has_idx_files, load_val
+from .folder import FolderData, FolderImages, FolderItem, load_image, normalize_batch, scan_folder
+from .labels import check_labels, folder_labels, output_classes
 from .preprocess import resize, to_float
 from .shift import shift_images
 
@@ -140,9 +142,11 @@ def load_labelled(root: str | Path, loaded: "LoadedModel", limit: int | None = N
     """Labelled training images for fitting (never the test set), as [0, 1] tensors and labels.
 
     ``root`` is either a directory with the Fashion-MNIST idx files (zoo models: the 5,000-image
-    validation part of the train split, which the zoo never trained on) or an image folder
-    ROOT/CLASS/IMAGE (labels: ``class_map`` or the sorted folder names). ``limit`` keeps a seeded
-    random ``limit`` of them. Returns images, labels and a description.
+    validation part of the train split, which the zoo never trained on; only the images kept are read,
+    :func:`undiscard.data.fashion_mnist.load_val`) or an image folder ROOT/CLASS/IMAGE (labels: the rule of
+    :func:`undiscard.data.labels.folder_labels`, as ``eval`` labels a folder: ``class_map``, ImageNet
+    detection, or the sorted folder names). Every label is checked against the model's classes.
+    ``limit`` keeps a seeded random ``limit`` of them. Returns images, labels and a description.
     """
     root = Path(root)
     if not root.is_dir():
@@ -153,18 +157,25 @@ def load_labelled(root: str | Path, loaded: "LoadedModel", limit: int | None = N
         test_only = " (only the test split: fitting never uses it)" if has_idx_files(root, "test") else ""
         raise UndiscardError(f"--data {root} holds neither the Fashion-MNIST train idx files{test_only} nor "
                              "class subfolders DIR/CLASS/IMAGE")
+    pre = loaded.preprocess
+    k = output_classes(loaded.model, pre.in_chans, pre.input_size)
     if has_idx_files(root, "train"):
         if not loaded.name.startswith("zoo:"):
             raise UndiscardError("Fashion-MNIST idx files fit the zoo models only; give an image folder "
                                  "DIR/CLASS/IMAGE")
-        _, (val_images, val_labels) = load_train_val(root)
-        x01 = resize(to_float(val_images), loaded.preprocess.input_size)
+        val_images, val_labels = load_val(root, limit, seed)
         y = torch.as_tensor(val_labels).long()
-        what = f"Fashion-MNIST train split, held-out validation part ({len(y)} images) of {root}"
-    else:
-        data = scan_folder(root, load_class_map(class_map) if class_map else None)
-        x01, y, _ = read_folder_images(data, list(range(len(data.paths))), loaded.preprocess, quiet)
-        what = f"image folder {root} ({len(y)} images)"
+        check_labels(y, k, source=f"Fashion-MNIST labels in {root}")
+        x01 = resize(to_float(val_images), pre.input_size)
+        what = f"Fashion-MNIST train split, held-out validation part (5000 images) of {root}"
+        return x01, y, what + (f", seeded subset of {len(y)}" if limit is not None and limit < 5000 else "")
+    data = scan_folder(root)
+    labels = folder_labels(data.classes, k, class_map, used=data.labels)
+    if labels.note and not quiet:
+        print(labels.note, file=sys.stderr)
+    data.labels = [labels.index[c] for c in data.labels]
+    x01, y, _ = read_folder_images(data, list(range(len(data.paths))), pre, quiet)
+    what = f"image folder {root} ({len(y)} images; labels: {labels.source})"
     if limit is not None and limit < len(y):
         keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
         x01, y = x01[keep], y[keep]

@@ -6,13 +6,20 @@ label, the colours only show it) or **grayscale** ("L"/"I" mode: the value is th
 refused (its colours would need a colour -> class map). ``ignore_index`` (255 by default) marks pixels
 without a label; they are counted nowhere.
 
-Pairs are matched by file stem (``a.jpg`` with ``a.png``); images without a mask and masks without an
-image are skipped and counted. :func:`write_seg_folder` writes canvases (e.g. the bundled test split,
-``scripts/export_seg_folder.py``) in this layout, masks as palette PNGs (:data:`PALETTE`).
+Pairs are matched by their path inside ``images/`` and ``masks/`` without the suffix (``a.jpg`` with
+``a.png``; sub-folders alike); images without a mask and masks without an image are skipped and counted.
+Both folders are walked by the one folder walker (:mod:`undiscard.data.walk`): links to folders followed
+once, and whatever is not read is named with its reason — hidden entries, FIFOs, broken links, files
+that are not images, a second image or mask of one name, and masks in a lossy format (JPEG, WebP: their
+values are not exact class indices; masks may be PNG, BMP, TIFF, GIF or PGM). A pair whose image or mask
+cannot be decoded (truncated, corrupt) is skipped and named too, and the rest of the folder is read.
+:func:`write_seg_folder` writes canvases (e.g. the bundled test split, ``scripts/export_seg_folder.py``) in
+this layout, masks as palette PNGs (:data:`PALETTE`).
 """
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +28,16 @@ import torch
 from PIL import Image
 
 from ..errors import UndiscardError
+from .walk import FolderWalk, Skipped
 
 __all__ = ["SegFolder", "SegFolderError", "scan_seg_folder", "read_seg_folder", "read_mask", "write_seg_folder",
-           "PALETTE", "palette_image", "colorize", "overlay"]
+           "PALETTE", "palette_image", "colorize", "overlay", "save_marked_png", "is_marked_png", "PNG_MARK"]
+
+PNG_MARK = "undiscard"  # the PNG "Software" text chunk of every mask and overlay undiscard writes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif", ".pgm"}  # lossless: the values are the labels
+LOSSY_SUFFIXES = {".jpg", ".jpeg", ".webp"}
 
 
 class SegFolderError(UndiscardError, ValueError):
@@ -57,10 +69,36 @@ class SegFolder:
     images: list[Path]
     masks: list[Path]
     unmatched: list[str] = field(default_factory=list)  # names with an image or a mask but not both
+    skipped: list[Skipped] = field(default_factory=list)  # entries not read, and pairs that could not be
+
+
+def _by_name(walk: FolderWalk, folder: Path, suffixes: set[str], what: str) -> tuple[dict[str, Path], set[str]]:
+    """``folder``'s files of ``suffixes`` by their path inside it without the suffix; the rest skipped and
+    named. Also the names whose file was refused (a lossy mask), so they are not counted as unmatched."""
+    found: dict[str, Path] = {}
+    refused: set[str] = set()
+    for f in walk.files(folder):
+        name = f.relative_to(folder).with_suffix("").as_posix()
+        suffix = f.suffix.lower()
+        if suffix not in suffixes:
+            if what == "mask" and suffix in LOSSY_SUFFIXES:
+                walk.skipped.append(Skipped(str(f), f"a {suffix.lstrip('.').upper()} mask: lossy compression changes "
+                                                    "the class indices; save masks as PNG"))
+                refused.add(name)
+            else:
+                walk.skipped.append(Skipped(str(f), f"not {'an image' if what == 'image' else 'a mask'} "
+                                                    f"(extension {suffix or 'none'})"))
+            continue
+        if name in found:
+            walk.skipped.append(Skipped(str(f), f"a second {what} named {name} (beside {found[name].name})"))
+            continue
+        found[name] = f
+    return found, refused
 
 
 def scan_seg_folder(root: str | os.PathLike) -> SegFolder:
-    """Pairs of ``root/images/*`` and ``root/masks/*.png`` with the same stem (one line if none)."""
+    """Pairs of ``root/images/*`` and ``root/masks/*`` with the same name (see the module docstring; one
+    line if none)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"segmentation folder not found: {root}")
@@ -69,13 +107,15 @@ def scan_seg_folder(root: str | os.PathLike) -> SegFolder:
         if not d.is_dir():
             raise SegFolderError(f"{root} has no {d.name}/ folder: a segmentation folder holds images/NAME.png "
                                  "and masks/NAME.png with matching names")
-    images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}
+    walk = FolderWalk()
+    images, _ = _by_name(walk, img_dir, IMAGE_SUFFIXES, "image")
+    masks, refused = _by_name(walk, mask_dir, MASK_SUFFIXES, "mask")
     names = sorted(set(images) & set(masks))
     if not names:
-        raise SegFolderError(f"no image in {img_dir} has a mask of the same name in {mask_dir} (masks are .png)")
+        lossy = " (some masks are JPEG or WebP: save them as PNG)" if refused else ""
+        raise SegFolderError(f"no image in {img_dir} has a mask of the same name in {mask_dir}{lossy}")
     return SegFolder(root, [images[n] for n in names], [masks[n] for n in names],
-                     sorted(set(images) ^ set(masks)))
+                     sorted((set(images) ^ set(masks)) - refused), walk.skipped)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -89,6 +129,19 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                              "holding one class index per pixel")
 
 
+# how PIL fails on a broken file
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, MemoryError, struct.error, Image.DecompressionBombError)
+
+
+def _is_mask_error(image: Path, in_chans: int) -> bool:
+    """Whether, of a pair that failed, the image reads (so the mask is the broken file)."""
+    try:
+        _read_image(image, in_chans)
+        return True
+    except _DECODE_ERRORS:
+        return False
+
+
 def _read_image(path: Path, in_chans: int) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("L" if in_chans == 1 else "RGB")
@@ -98,14 +151,23 @@ def _read_image(path: Path, in_chans: int) -> np.ndarray:
 
 def read_seg_folder(folder: SegFolder, in_chans: int = 3, size: int | None = None,
                     limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images as float [0, 1] (N, in_chans, H, W), masks int64 (N, H, W), names. With ``size``, each pair
+    """Images as float [0, 1] (N, in_chans, H, W), masks int64 (N, H, W), names (of the pairs read: a pair
+    that cannot be decoded is appended to ``folder.skipped`` and left out). With ``size``, each pair
     is resized to (size, size): the image bilinearly, the mask by nearest neighbour. Without it, every
     image must have the size of the first (one line naming the first that does not), and each mask the
     size of its image."""
     pairs = list(zip(folder.images, folder.masks))[:limit]
-    xs, ys = [], []
+    xs, ys, names = [], [], []
     for ip, mp in pairs:
-        img, mask = _read_image(ip, in_chans), read_mask(mp)
+        try:
+            img, mask = _read_image(ip, in_chans), read_mask(mp)
+        except SegFolderError:
+            raise
+        except _DECODE_ERRORS as err:  # one broken file: skipped and named, the rest is read
+            which = mp if _is_mask_error(ip, in_chans) else ip
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            folder.skipped.append(Skipped(str(which), f"cannot be read ({first}); its pair is skipped"))
+            continue
         if img.shape[1:] != mask.shape:
             raise SegFolderError(f"image {ip.name} is {img.shape[2]}x{img.shape[1]} but its mask is "
                                  f"{mask.shape[1]}x{mask.shape[0]}")
@@ -121,7 +183,11 @@ def read_seg_folder(folder: SegFolder, in_chans: int = 3, size: int | None = Non
                                  "input size to resize to)")
         xs.append(x)
         ys.append(y)
-    return torch.stack(xs), torch.stack(ys), [p.stem for p, _ in pairs]
+        names.append(ip.stem)
+    if not xs:
+        raise SegFolderError(f"none of the {len(pairs)} image/mask pairs in {folder.root} could be read "
+                             f"(first: {folder.skipped[-1].path}: {folder.skipped[-1].reason})")
+    return torch.stack(xs), torch.stack(ys), names
 
 
 def palette_image(labels: np.ndarray) -> Image.Image:
@@ -132,6 +198,30 @@ def palette_image(labels: np.ndarray) -> Image.Image:
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     im.putpalette(PALETTE.reshape(-1).tolist())
     return im
+
+
+def save_marked_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write ``image`` as a PNG at ``path`` atomically (:func:`undiscard.atomic.atomic_write`), with the
+    text chunk ``Software: undiscard`` that :func:`is_marked_png` recognises."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from ..atomic import atomic_write
+
+    info = PngInfo()
+    info.add_text("Software", PNG_MARK)
+    with atomic_write(path) as f:
+        image.save(f, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def is_marked_png(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG that undiscard wrote (:func:`save_marked_png`); any file that cannot be
+    opened as one is not."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and str(im.info.get("Software", "")) == PNG_MARK
+    except Exception:  # noqa: BLE001 - not a PNG, unreadable, over the pixel limit: not ours
+        return False
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
@@ -153,12 +243,15 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
 def write_seg_folder(root: str | os.PathLike, images: np.ndarray, masks: np.ndarray,
                      names: list[str] | None = None) -> Path:
     """Write uint8 images (N, H, W) or (N, H, W, 3) and label maps (N, H, W) as ``root/images/NAME.png``
-    (grayscale or RGB) and ``root/masks/NAME.png`` (palette). Default names: 0000, 0001, ..."""
+    (grayscale or RGB) and ``root/masks/NAME.png`` (palette), each atomically
+    (:func:`undiscard.atomic.atomic_write`: never through a link). Default names: 0000, 0001, ..."""
+    from ..atomic import atomic_write
+
     root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
     names = names or [f"{i:04d}" for i in range(len(images))]
     for name, img, mask in zip(names, images, masks):
-        Image.fromarray(np.asarray(img, np.uint8)).save(root / "images" / f"{name}.png")
-        palette_image(mask).save(root / "masks" / f"{name}.png")
+        for path, im in ((root / "images" / f"{name}.png", Image.fromarray(np.asarray(img, np.uint8))),
+                         (root / "masks" / f"{name}.png", palette_image(mask))):
+            with atomic_write(path) as f:
+                im.save(f, format="PNG")
     return root

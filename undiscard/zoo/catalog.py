@@ -93,14 +93,15 @@ class Catalog(Generic[S]):
 
     def save(self, name: str, state: dict[str, Any], log: dict[str, Any]) -> Path:
         """Write model ``name``'s weights ``state`` (see :func:`fp16_state`) and its training ``log`` (which
-        gains ``weights_bytes``), each atomically (:func:`undiscard.report.atomic_path`); the weights path."""
+        gains ``weights_bytes``), each atomically (:func:`undiscard.atomic.atomic_write`); the weights path."""
         import torch
 
-        from ..report import atomic_path, write_text
+        from ..atomic import atomic_write
+        from ..report import write_text
 
         path = self.weights_path(name)
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        with atomic_write(path) as f:
+            torch.save(state, f)
         log["weights_bytes"] = path.stat().st_size
         write_text(self.logs_dir / f"{self.spec(name).name}.json", json.dumps(log, indent=1) + "\n")
         return path
