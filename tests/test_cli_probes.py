@@ -417,7 +417,10 @@ def test_ctrl_c_while_writing_a_plot_leaves_no_partial_file(capsys, folder, tmp_
     (out / "results.json").write_text('{"previous": true}')
 
     def interrupted_savefig(self, fname, *args, **kwargs):
-        fname.write(b"\x89PNG half of it")  # a partial write, then Ctrl-C
+        if hasattr(fname, "write"):  # a partial write (to a file object or a name), then Ctrl-C
+            fname.write(b"\x89PNG half of it")
+        else:
+            Path(fname).write_bytes(b"\x89PNG half of it")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Figure, "savefig", interrupted_savefig)

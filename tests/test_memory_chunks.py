@@ -1,9 +1,12 @@
 """``chunk_size`` bounds the rows of every pass and changes no result (issue 16, item 3).
 
-- Outputs and chosen states are bit for bit the same for chunk_size 1, 7 and 256 (float64: this CPU's
-  float64 kernels give each row the same value whatever the batch, except a 1-row linear layer; see
-  benchmarks/README.md for float32), for a classifier (entropy and offset criteria, budget 8; calibrated)
-  and a dense model.
+- The chosen states are the same for chunk_size 1, 7 and 256, and the outputs equal to float64 rounding
+  (rtol = atol = 1e-12), for a classifier (entropy and offset criteria, budget 8; calibrated) and a dense
+  model. Not bit for bit: a pass of other rows is a matrix product of another shape, and which BLAS or
+  oneDNN kernel runs (and how it rounds a row) depends on the shape and on the CPU — an AVX-512 Xeon with
+  1 or 2 threads rounds differently from the CPU these tests were written on (``MKL_CBWR=COMPATIBLE``
+  shows it here). Bit-for-bit equality is asserted only where one kernel runs on one shape: budget 1
+  against ``net(x)``, elsewhere in the suite.
 - Every expansion runs at most ``max(chunk_size, R²)`` rows, every listed-state pass at most
   ``chunk_size`` rows; the root runs the whole batch, as the plain forward does.
 - After stacking, the candidates hold views of the stacked tensors (the features are kept once).
@@ -60,26 +63,22 @@ def test_classification_outputs_do_not_depend_on_chunk_size(criterion):
     if criterion == "entropy":
         assert len({s for per in states for s in per}) > 8  # images chose different states
     for out, st in rest:
-        assert st == states
-        if criterion == "entropy":
-            assert torch.equal(out, ref)
-        else:  # offset's cheap path runs each chosen phase alone, in passes whose rows depend on the chunk:
-            # 1-row matrix products round differently even in float64 (as calibrated below)
-            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        assert st == states  # the search itself does not depend on the chunk size
+        # passes of other row counts are matrix products of other shapes: equal to float64 rounding
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_calibrated_outputs_do_not_depend_on_chunk_size():
-    """Listed states run rows from a cut (images x states per pass), so chunk_size 1 makes 1-row passes,
-    whose linear head BLAS computes as a matrix-vector product, rounded differently from the same row in a
-    larger batch even in float64: chunk sizes whose passes all have 2 rows or more are bit for bit equal,
-    chunk_size 1 equal to rounding."""
+    """Listed states run rows from a cut (images x states per pass), so each chunk size makes passes of
+    other row counts, whose matrix products BLAS may round differently (a 1-row pass is even a
+    matrix-vector product): every chunk size gives the same outputs to float64 rounding."""
     net, x = classifier(), batch(8)
     order = [(0, 0, 0), (1, 0, 0), (0, 2, 0), (0, 0, 3), (3, 1, 0), (0, 1, 2), (2, 0, 1), (1, 1, 1)]
     with torch.no_grad():
         outs = {c: undiscard.wrap(net, budget=8, criterion="calibrated", order=order, units=[0, 1, 2],
                                   chunk_size=c)(x) for c in (1, 2, 4, 256)}
-    assert torch.equal(outs[2], outs[256]) and torch.equal(outs[4], outs[256])
-    torch.testing.assert_close(outs[1], outs[256], rtol=1e-12, atol=1e-12)
+    for c in (1, 2, 4):
+        torch.testing.assert_close(outs[c], outs[256], rtol=1e-12, atol=1e-12)
 
 
 def test_dense_outputs_do_not_depend_on_chunk_size():
@@ -88,7 +87,8 @@ def test_dense_outputs_do_not_depend_on_chunk_size():
     runs = _runs(lambda c: undiscard.wrap(net, budget=6, task="segmentation", units=[0, 1, 2], chunk_size=c), x)
     assert runs[0][0].shape == (5, 4, 32, 32)
     for out, st in runs[1:]:
-        assert torch.equal(out, runs[0][0]) and st == runs[0][1]
+        assert st == runs[0][1]
+        torch.testing.assert_close(out, runs[0][0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 7, 13])

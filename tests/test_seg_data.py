@@ -119,7 +119,12 @@ def test_bundled_test_split_matches_the_generator():
     gen = seg.canvas_generator("test", seed=info["seed"], config=info["config"])
     for i in (0, 1, 2, 999, n - 1):
         img, lab = gen.canvas(i)
-        assert np.array_equal(img, images[i]) and np.array_equal(lab, masks[i])
+        # the objects are resized by float32 interpolation, whose last bit depends on the kernel the CPU
+        # picks (ATEN_CPU_CAPABILITY=default moves one pixel of canvas 1999 by one grey level): the
+        # bundled canvases are the generator's to one grey level, on at most 0.1% of the pixels
+        diff = np.abs(img.astype(np.int64) - images[i].astype(np.int64))
+        assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3
+        assert (lab != masks[i]).mean() <= 1e-3
         lay = info["layouts"][i]
         assert np.array_equal(lay[lay[:, 0] >= 0], gen.layout(i))
 

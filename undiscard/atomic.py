@@ -25,7 +25,9 @@ refusal is one :class:`ResultWriteError` line naming the path and what to do.
 Stale temporary files and staging folders of earlier runs are removed only when they are provably ours:
 the name has this module's pattern (or the pattern of earlier undiscard versions,
 ``.NAME.PID.RANDOM.tmpSUFFIX``), the entry is a regular file (a real folder for staging) owned by this
-user, and the process whose id the name holds is no longer running.
+user, and the process whose id the name holds is no longer running (or, for a staging folder, is this
+process and no longer writing it: a commit that failed half-way). Recovery runs whenever a run checks
+or writes an output folder.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +56,8 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 
 Replace = Callable[[Path], bool]  # may an existing regular file at this target be replaced?
+_ACTIVE: set[str] = set()  # staging folders this process is writing now (never recovered while in here)
+_ACTIVE_LOCK = threading.Lock()
 
 
 class ResultWriteError(UndiscardError, OSError):
@@ -136,6 +141,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stale_staging(pid: int, path: str) -> bool:
+    """Whether the staging folder ``path`` of process ``pid`` is no longer being written."""
+    if pid == os.getpid():
+        with _ACTIVE_LOCK:
+            return os.path.abspath(path) not in _ACTIVE
+    return not _alive(pid)
+
+
 def _ours(entry: os.DirEntry, want_dir: bool) -> bool:
     try:
         st = entry.stat(follow_symlinks=False)
@@ -157,7 +170,7 @@ def recover_directory(directory: str | Path) -> list[str]:
         return done
     for entry in entries:
         m = _STAGING.match(entry.name)
-        if m and not _alive(int(m.group(1))) and _ours(entry, want_dir=True):
+        if m and _stale_staging(int(m.group(1)), entry.path) and _ours(entry, want_dir=True):
             done += _recover_staging(directory, Path(entry.path))
             continue
         m = _TMP.match(entry.name) or _LEGACY_TMP.match(entry.name)
@@ -307,6 +320,8 @@ class OutputSet:
         if bad:
             raise ResultWriteError(f"cannot write {bad[0]!r} as a result file name")
         check_writable_dir(self.directory)
+        if self.directory.is_dir():
+            recover_directory(self.directory)  # an earlier run's set finished (or removed) before checking
         self.check()
 
     def check(self) -> None:
@@ -321,6 +336,8 @@ class OutputSet:
             staging = self.directory / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
             try:
                 os.mkdir(staging, 0o700)
+                with _ACTIVE_LOCK:
+                    _ACTIVE.add(os.path.abspath(staging))
                 break
             except FileExistsError:
                 continue
@@ -333,15 +350,19 @@ class OutputSet:
         staging, self._staging = self._staging, None
         if staging is None:
             return
-        if kind is not None:
-            _remove_staging(staging)
-            return
         try:
-            self._commit(staging)
-        except BaseException:
-            if not (staging / _JOURNAL).exists():
+            if kind is not None:
                 _remove_staging(staging)
-            raise
+                return
+            try:
+                self._commit(staging)
+            except BaseException:
+                if not (staging / _JOURNAL).exists():
+                    _remove_staging(staging)
+                raise
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(os.path.abspath(staging))
 
     def _commit(self, staging: Path) -> None:
         written = sorted(e.name for e in os.scandir(staging))

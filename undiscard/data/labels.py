@@ -106,8 +106,8 @@ def _imagenet(classes: Sequence[str]) -> tuple[list[int] | None, list[str], str]
             index.append(found[0])
         else:
             bad.append(f"{c} (names {len(found)} classes: {', '.join(map(str, found[:4]))})" if found else c)
-    kinds = {"WordNet ids" if is_wnid(c) else "class names" for c in classes}
-    return (None if bad else index), bad, " and ".join(sorted(kinds, reverse=True))
+    kinds = [k for k in ("WordNet ids", "class names") if any(is_wnid(c) == (k == "WordNet ids") for c in classes)]
+    return (None if bad else index), bad, " and ".join(kinds)
 
 
 def detect_imagenet_classes(classes: list[str], num_classes: int) -> list[int] | None:
