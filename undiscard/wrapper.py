@@ -135,7 +135,9 @@ class Undiscard(TestTimeModule):
 
     def forward(self, x: Tensor, budget: int | None = None) -> Tensor:
         """Logits (N, K): aggregated over ``budget`` searched states (default: the model's own; a per-call
-        budget leaves the model's setting alone); ``budget=1`` is ``net(x)`` exactly."""
+        budget leaves the model's setting alone); ``budget=1`` is ``net(x)`` exactly, differentiable. Above
+        budget 1 the search runs without autograd: an ``x`` that requires grad is refused in one line (the
+        output's gradient reaches only the head and the attention aggregator)."""
         check_input(x)
         budget = self.budget if budget is None else self.check_budget(budget)
         if x.shape[0] == 0:

@@ -3,8 +3,9 @@
 Every failure the user can cause (a missing path, an unknown model, a bad budget, an unwritable
 ``--out``, an unreadable image, an unknown device, ...) is reported as one line on stderr with exit
 status 2 — never a traceback; usage errors too (``undiscard eval --help`` shows the usage). Ctrl-C
-prints one line and exits with 130, leaving no half-written result file (see
-:func:`undiscard.report.atomic_path`). Anything unexpected (a bug, or a model whose own forward fails)
+prints one line and exits with 130, leaving no half-written result file and no mixed set of old and new
+ones; no command writes through a link or over a file it did not create (:mod:`undiscard.atomic`).
+Anything unexpected (a bug, or a model whose own forward fails)
 is one line with exit status 1; ``UNDISCARD_DEBUG=1`` shows its traceback. Warnings are one line each.
 """
 from __future__ import annotations
