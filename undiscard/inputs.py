@@ -2,6 +2,7 @@
 
 - :func:`check_net`: ``wrap`` was given a module (not a model name, a class, None);
 - :func:`check_input`: a batched image tensor (N, C, H, W); :func:`check_example`, one to set up on;
+  :func:`image_batch`, the batch given as ``model(x)`` or ``model(pixel_values=x)``;
 - :func:`warn_not_finite`: a warning naming how many images hold NaN or inf (their outputs will not be
   finite; the other images are unaffected);
 - :func:`run_network`: the network itself on a batch (budget 1), its failures explained;
@@ -21,10 +22,10 @@ from torch import Tensor, nn
 
 from .errors import PhaseError, UndiscardError
 from .execution import phase_plan
-from .outputs import OutputSelector, select_output
+from .outputs import OutputSelector, present, select_output
 from .testtime import TestTimeModule
 
-__all__ = ["check_net", "check_example", "check_input", "warn_not_finite", "run_network", "empty_output", "input_error",
+__all__ = ["check_net", "check_example", "check_input", "image_batch", "warn_not_finite", "run_network", "empty_output", "input_error",
            "smallest_size", "first_line"]
 
 
@@ -82,21 +83,32 @@ def warn_not_finite(x: Tensor, stacklevel: int = 4) -> None:
                       "their outputs will not be finite either", UserWarning, stacklevel=stacklevel)
 
 
-def run_network(net: nn.Module, x: Tensor, output: OutputSelector) -> Tensor:
-    """``net(x)`` with no phase plan, in the caller's grad mode, the logits selected (:mod:`undiscard.outputs`);
-    a failure is one :func:`input_error`."""
+def image_batch(x: object, pixel_values: object) -> Tensor:
+    """The image batch a wrapped model is called with, given positionally (``model(x)``) or by the keyword
+    Hugging Face models take it by (``model(pixel_values=x)``), checked by :func:`check_input`."""
+    if (x is None) == (pixel_values is None):
+        raise PhaseError("pass the image batch once: model(x) or model(pixel_values=x)")
+    x = pixel_values if x is None else x
+    check_input(x)
+    return x  # type: ignore[return-value]
+
+
+def run_network(net: nn.Module, x: Tensor, output: OutputSelector) -> object:
+    """``net(x)`` with no phase plan, in the caller's grad mode, as a wrapped model returns it (the logits
+    selected, or the output itself where it has a form: :func:`undiscard.outputs.present`); a failure is
+    one :func:`input_error`."""
     try:
         with phase_plan(None):
             out = net(x)
     except Exception as err:
         raise input_error(net, x, err) from None
-    return select_output(out, output)
+    return present(out, output)
 
 
 def empty_output(net: nn.Module, x: Tensor, output: OutputSelector) -> Tensor:
     """The output for a batch of 0 images ``x``: ``net(x)`` itself, or, for a network whose forward cannot
     take 0 images (``x.view(x.size(0), -1)``), its output on one blank image, sliced to 0 rows (same shape
-    per image, dtype and device)."""
+    per image, dtype and device): the logits tensor, whatever the network's output type."""
     with phase_plan(None):
         try:
             return select_output(net(x), output)

@@ -55,7 +55,7 @@ from .errors import UndiscardError
 from .execution import phase_plan
 from .graph_split import GraphSplitError, graph_split
 from .hook_split import HookSplitError, hook_split
-from .outputs import OutputError, OutputSelector, select_output
+from .outputs import OutputError, OutputForm, OutputSelector, output_form, select_output
 
 __all__ = ["Split", "SplitError", "get_split", "output_split", "register_split", "to_map", "from_map"]
 
@@ -75,6 +75,7 @@ class Split:
     grid: tuple[int, int] | None = None  # (h, w) of a ``tokens`` layout's map (see :func:`to_map`)
     alignable: bool = False  # the maps are a real grid with more than one cell (set by settle)
     map_size: tuple[int, int] | None = None  # (h, w) of the output, for the output split (output_split)
+    form: OutputForm | None = None  # the network's output type, to give results back in (outputs.present)
 
     def features(self, x: Tensor) -> Tensor:
         for stage in self.stages:
@@ -105,16 +106,24 @@ class Split:
         return from_map(maps, extra, self.layout)
 
 
-SplitFactory = Callable[[nn.Module], Split]
-_SPLITS: dict[str, SplitFactory] = {}
+SplitFactory = Callable[..., Split]  # (model) -> Split, or (model, example input) -> Split (with_input=True)
+_SPLITS: dict[str, tuple[SplitFactory, bool]] = {}
+_OUTPUT_SPLITS: dict[str, SplitFactory] = {}
 
 
-def register_split(*classes: str) -> Callable[[SplitFactory], SplitFactory]:
-    """Register a split factory for model classes given by fully qualified name."""
+def register_split(*classes: str, with_input: bool = False, at_output: bool = False
+                   ) -> Callable[[SplitFactory], SplitFactory]:
+    """Register a split factory for model classes given by fully qualified name. ``with_input``: the
+    factory also takes the example input batch (for splits whose stages depend on the input size).
+    ``at_output``: a dense task's split (identity head, :func:`output_split`) for those classes, taking
+    ``(model, example input, output selector)``, used instead of the model's forward as one stage."""
 
     def deco(fn: SplitFactory) -> SplitFactory:
         for c in classes:
-            _SPLITS[c] = fn
+            if at_output:
+                _OUTPUT_SPLITS[c] = fn
+            else:
+                _SPLITS[c] = (fn, with_input)
         return fn
 
     return deco
@@ -268,9 +277,10 @@ def _checked(split: Split, model: nn.Module, x: Tensor, expected: Tensor, output
 def _factories(model: nn.Module) -> list[tuple[str, Callable[[nn.Module, Tensor, OutputSelector], Split]]]:
     """The automatic splits to try for ``model``, in order (see module docstring)."""
     found: list[tuple[str, Callable[[nn.Module, Tensor, OutputSelector], Split]]] = []
-    factory = _SPLITS.get(class_path(model))
-    if factory is not None:
-        found.append(("registry", lambda m, x, o: factory(m)))
+    registered = _SPLITS.get(class_path(model))
+    if registered is not None:
+        factory, with_input = registered
+        found.append(("registry", lambda m, x, o: factory(m, x) if with_input else factory(m)))
     if hasattr(model, "forward_features") and hasattr(model, "forward_head") and \
             type(model).__module__.startswith("timm."):
         found.append(("timm", lambda m, x, o: _timm_split(m)))
@@ -297,7 +307,16 @@ def get_split(model: nn.Module, x: Tensor,
     if (features is None) != (head is None):
         raise UndiscardError("pass both features= and head=, or neither")
     with torch.no_grad(), phase_plan(None):
-        expected = select_output(model(x), output)
+        raw = model(x)
+    split = _get_split(model, x, features, head, layout, output, grid, at_output, select_output(raw, output))
+    split.form = output_form(raw, output)
+    return split
+
+
+def _get_split(model: nn.Module, x: Tensor, features: Callable[[nn.Module, Tensor], Tensor] | None,
+               head: Callable[[nn.Module, Tensor], Tensor] | None, layout: str, output: OutputSelector,
+               grid: tuple[int, int] | None, at_output: bool | None, expected: Tensor) -> Split:
+    """:func:`get_split` once the model's logits ``expected`` on ``x`` are known."""
     if expected.dim() < 2 or expected.shape[0] != x.shape[0]:
         raise SplitError(f"the model's logits for a batch of {x.shape[0]} have shape {tuple(expected.shape)}: a "
                          "budget above 1 needs (N, ...) outputs that keep the batch dimension (a squeeze() drops "
@@ -312,12 +331,16 @@ def get_split(model: nn.Module, x: Tensor,
         return split
     reasons: list[str] = []
     if at_output or (at_output is None and expected.dim() == 4):
-        split = output_split(model, output)
-        why = _checked(split, model, x, expected, output, grid)
-        if why is None:
-            split.map_size = (int(expected.shape[-2]), int(expected.shape[-1])) if expected.dim() == 4 else None
-            return split
-        reasons.append(f"output: {why}")
+        registered_output = _OUTPUT_SPLITS.get(class_path(model))
+        candidates = [("registry", lambda: registered_output(model, x, output))] if registered_output else []
+        for method, make in candidates + [("output", lambda: output_split(model, output))]:
+            split = make()
+            why = _checked(split, model, x, expected, output, grid)
+            if why is None:
+                split.method = "output" if method == "output" else f"output ({split.method or method})"
+                split.map_size = (int(expected.shape[-2]), int(expected.shape[-1])) if expected.dim() == 4 else None
+                return split
+            reasons.append(f"{method} output: {why}")
     for method, make in _factories(model):
         try:
             split = make(model, x, output)
@@ -326,7 +349,7 @@ def get_split(model: nn.Module, x: Tensor,
             continue
         why = _checked(split, model, x, expected, output, grid)
         if why is None:
-            split.method = method
+            split.method = f"{method} ({split.method})" if split.method else method
             return split
         reasons.append(f"{method}: {why}")
     raise SplitError(f"cannot split {class_path(model)} into features and head ({'; '.join(reasons)}): pass "

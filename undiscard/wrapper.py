@@ -25,8 +25,8 @@ from .engine import Engine
 from .errors import UndiscardError
 from .geometry import UnitSelector, num_states
 from .layers.extension import DEFAULT_EXTEND, attach_extensions, check_extend
-from .inputs import check_example, check_input, check_net, empty_output, run_network, warn_not_finite
-from .outputs import OutputSelector, check_selector, select_output
+from .inputs import check_example, check_input, check_net, empty_output, image_batch, run_network, warn_not_finite
+from .outputs import OutputSelector, check_selector, in_form, select_output
 from .prepare import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
 from .task import Task, get_task
 from .testtime import TestTimeModule
@@ -130,15 +130,15 @@ class Undiscard(TestTimeModule):
         self._set_cost(0.0, 0.0)
         return empty_output(self.net, x, self.output)
 
-    def forward(self, x: Tensor, budget: int | None = None) -> Tensor:
-        """Logits (N, K): aggregated over ``budget`` searched states (default: the model's own; a per-call
-        budget leaves the model's setting alone); ``budget=1`` is ``net(x)`` exactly."""
-        check_input(x)
-        budget = self.budget if budget is None else self.check_budget(budget)
+    def forward(self, x: Tensor | None = None, budget: int | None = None, *, pixel_values: Tensor | None = None):
+        """Logits (N, K) of ``x`` (or ``pixel_values=``) over ``budget`` states (default: the model's; a call's own leaves
+        it alone), in the network's output type where it has one (:mod:`undiscard.outputs`); budget 1 is net(x) exactly."""
+        x, budget = image_batch(x, pixel_values), self.budget if budget is None else self.check_budget(budget)
         if x.shape[0] == 0:
             return self._empty(x)
         if budget > 1:
-            return self.aggregate_candidates(self.candidates(x, budget))
+            cands = self.candidates(x, budget)
+            return in_form(engine_of(cands, self._engines).split.form, self.aggregate_candidates(cands))
         out = run_network(self.net, x, self.output)  # budget 1: before any setup (discovery, split) that could fail
         self._set_cost(1.0, 1.0)
         return out

@@ -35,6 +35,7 @@ from ..data.shift import random_offsets
 from ..errors import UndiscardError
 from ..evaluation import Batch, evaluate_stream, evaluate_tta_stream, row_from_counts
 from ..layers.extension import EXTEND_MODES
+from ..outputs import select_output
 from ..plots import write_plots
 from ..report import COLUMNS, format_table, write_csv, write_json
 from ..summary import family, method_label
@@ -135,7 +136,7 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     all_offsets = random_offsets(total_images, args.shift, args.seed) if args.shift else None
     quiet = args.quiet or rank != 0
     with torch.no_grad():  # the class count, from the output shape (independent of the pixels)
-        k = loaded.model(torch.zeros(1, pre.in_chans, pre.input_size, pre.input_size)).shape[-1]
+        k = select_output(loaded.model(torch.zeros(1, pre.in_chans, pre.input_size, pre.input_size))).shape[-1]
     labels_from = f"class map {args.class_map}" if args.class_map else "sorted folder names"
     labels = list(data.labels)
     imagenet_index = detect_imagenet_classes(data.classes, k) if class_map is None else None
