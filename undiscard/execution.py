@@ -122,7 +122,9 @@ class _PhasedForward:
 
 def is_phased(module: object) -> bool:
     """Whether ``module`` is a unit layer that follows phase plans (:func:`install_phased_layers`)."""
-    return isinstance(getattr(module, "__dict__", {}).get("forward"), _PhasedForward)
+    forward = getattr(module, "__dict__", {}).get("forward")
+    forward = getattr(forward, "wrapped", forward)  # under a hook split's gate (undiscard.hook_split)
+    return isinstance(forward, _PhasedForward)
 
 
 def install_phased_layers(net: nn.Module, unit_layers: Sequence[Sequence[str]], copy_net: bool = True) -> nn.Module:
