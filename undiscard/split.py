@@ -15,21 +15,24 @@ every supported model needs ``logits == head(features(x))``. A :class:`Split` sa
   the split is verified (:meth:`Split.settle`): a split that says ``"nchw"`` but gives 3-D features is
   ``"tokens"``, 2-D ones ``"vector"``; ``alignable`` says whether its maps are a real grid to align.
   :meth:`Split.to_maps`/:meth:`Split.from_maps` convert with it.
-- ``method``: which of the rules below made it (for reports).
+- ``method``: which of the rules below made it (for reports), with the split's own detail in parentheses.
+- ``form``: the network's output type (:func:`undiscard.outputs.output_form`), to give results back in.
 
 Splits are tried in order, and the first that reproduces the model is used:
 
 1. ``features=``/``head=`` given to ``wrap()`` (used as given; an error if they do not reproduce it);
 1b. for a dense task (``at_output``: segmentation, whose states combine the output logits themselves), the
-   *output split* (:func:`output_split`): the features are the model's selected output, the head is the
-   identity — no head to re-run per state;
-2. the registry below, keyed by the model's exact class (torchvision classifiers, EfficientNet-Lite);
+   *output split*: the features are the model's selected output, the head is the identity — no head to
+   re-run per state; a class registered with ``register_split(..., at_output=True)`` (Hugging Face
+   segmenters, :mod:`undiscard.hf_splits`) gives its encoder as stages, otherwise :func:`output_split`;
+2. the registry below, keyed by the model's exact class (torchvision classifiers, EfficientNet-Lite, Hugging
+   Face classifiers in :mod:`undiscard.hf_splits`);
 3. any timm model (``forward_features``/``forward_head``);
 4. graph capture (:mod:`undiscard.graph_split`): the model's ``torch.fx`` graph, cut after the last
    spatial feature map; the head is the rest of the graph, whatever the model's code does there;
 5. the hook fallback (:mod:`undiscard.hook_split`) for models fx cannot trace: the model's own forward,
-   stopped at / resumed from its last module that returns a feature map (each head call then costs
-   about a full forward, and the search cannot cache activations).
+   stopped at its last module that returns a feature map and resumed at cuts before the units and
+   after that module (earlier module calls skipped), so states and the head cost what runs after them.
 
 Every split is verified once on the first input: ``head(features(x))`` must equal the model's logits
 bit for bit (same shape, dtype and values); a split that crashes or differs is skipped, and when none is
