@@ -9,7 +9,6 @@ cuts before the searched units where the split is registered. Loading ``hf:DIR``
 """
 from __future__ import annotations
 
-import copy
 import random
 import subprocess
 import sys
@@ -26,36 +25,14 @@ from undiscard.layers import polyphase  # noqa: E402
 from undiscard.models import load_model  # noqa: E402
 
 from .hf_archs import CLASSIFIERS, SEGMENTERS, SINGLE_UNIT_SEGMENTERS, build  # noqa: E402
+from .test_architectures import reference_logits  # noqa: E402
 
 TOL = dict(rtol=1e-9, atol=1e-9)  # float64: a dense and a strided pass round differently only at 1e-15
 
 
-class _RefPhase(nn.Module):
-    """A unit layer replaced by one of its phases, computed by the all-phases (dense) path."""
-
-    def __init__(self, layer: nn.Module, phase: int):
-        super().__init__()
-        self.layer, self.phase = layer, phase
-
-    def __getattr__(self, name: str):  # the models read their layers' weight dtype, stride, kernel size
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["layer"], name)
-
-    def forward(self, x: torch.Tensor, *args: object) -> torch.Tensor:
-        return polyphase(self.layer, x, args=args)[:, self.phase]
-
-
 def _reference(net: nn.Module, units: list, state: dict[int, int], x: torch.Tensor) -> torch.Tensor:
-    ref = copy.deepcopy(net)
-    for u, phase in state.items():
-        for name in units[u].layers:
-            parent, _, child = name.rpartition(".")
-            owner = ref.get_submodule(parent) if parent else ref
-            setattr(owner, child, _RefPhase(getattr(owner, child), phase))
-    with torch.no_grad():
-        return ref(pixel_values=x).logits
+    """Module surgery (each unit layer replaced by its dense-path phase: tests/test_architectures.py)."""
+    return reference_logits(net, units, state, x).logits
 
 
 @pytest.fixture(scope="module", params=sorted(CLASSIFIERS))

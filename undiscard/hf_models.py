@@ -4,7 +4,8 @@
 and ``load_model("hf:/path/to/dir")`` (any ``hf:`` name that is an existing directory) one saved with
 ``save_pretrained`` — with ``AutoModelForSemanticSegmentation`` when its config names a
 ``*ForSemanticSegmentation`` architecture, else ``AutoModelForImageClassification``. Its preprocessing
-comes from the model's ``AutoImageProcessor`` (``preprocessor_config.json``), as :class:`Preprocess`:
+comes from the model's ``AutoImageProcessor`` (``preprocessor_config.json``), as the arguments of
+:class:`undiscard.models.Preprocess` (this module does not import :mod:`undiscard.models`, which loads it lazily):
 
 - ``size``: ``{"shortest_edge": s}`` with a centre crop ``crop_size`` c: input ``c``, crop ``c / s`` (the short
   side resized to ``s``, then cropped); ConvNeXt-style ``crop_pct`` with ``shortest_edge`` s < 384: input
@@ -24,8 +25,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from torch import nn
+
 from .errors import UndiscardError
-from .models import LoadedModel, Preprocess
 
 __all__ = ["load_hf", "hf_preprocess"]
 
@@ -46,8 +48,8 @@ def _side(size: object, key: str) -> int | None:
     return None if value is None else int(value)
 
 
-def hf_preprocess(processor: object, in_chans: int = 3) -> Preprocess:
-    """The :class:`Preprocess` of an ``AutoImageProcessor`` (see module docstring)."""
+def hf_preprocess(processor: object, in_chans: int = 3) -> dict:
+    """The :class:`~undiscard.models.Preprocess` arguments of an ``AutoImageProcessor`` (see module docstring)."""
     size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
     short, height = _side(size, "shortest_edge"), _side(size, "height")
     cropped = bool(getattr(processor, "do_center_crop", False)) and _side(crop, "height") is not None
@@ -74,8 +76,8 @@ def hf_preprocess(processor: object, in_chans: int = 3) -> Preprocess:
     if getattr(processor, "do_flip_channel_order", False):
         warnings.warn(f"the model's image processor ({type(processor).__name__}) flips images to BGR; undiscard "
                       "feeds RGB images", UserWarning, stacklevel=3)
-    return Preprocess(input_size=int(input_size), in_chans=in_chans, mean=mean, std=std, crop_pct=float(pct),
-                      interpolation=interpolation)
+    return dict(input_size=int(input_size), in_chans=in_chans, mean=mean, std=std, crop_pct=float(pct),
+                interpolation=interpolation)
 
 
 def _missing(name: str, err: Exception) -> UndiscardError:
@@ -86,8 +88,9 @@ def _missing(name: str, err: Exception) -> UndiscardError:
                           f"pass a save_pretrained directory as hf:/path/to/dir ({type(err).__name__})")
 
 
-def load_hf(name: str, num_classes: int | None = None) -> LoadedModel:
-    """The ``hf:`` model ``name`` (a hub id or a ``save_pretrained`` directory; see module docstring)."""
+def load_hf(name: str, num_classes: int | None = None) -> tuple[nn.Module, dict, list[str]]:
+    """The ``hf:`` model ``name`` (a hub id or a ``save_pretrained`` directory; see module docstring): the
+    model in eval mode, its preprocessing arguments (:func:`hf_preprocess`) and its class names."""
     transformers = _transformers()
     local = Path(name).expanduser()
     where = str(local) if local.is_dir() else name
@@ -108,5 +111,4 @@ def load_hf(name: str, num_classes: int | None = None) -> LoadedModel:
     if num_classes is not None and num_classes != len(labels):
         raise UndiscardError(f"hf:{name} has {len(labels)} classes; --num-classes {num_classes} does not fit")
     names = [str(labels.get(i, labels.get(str(i), i))) for i in range(len(labels))]
-    pre = hf_preprocess(processor, int(getattr(config, "num_channels", 3)))
-    return LoadedModel(f"hf:{name}", model.eval(), pre, names)
+    return model.eval(), hf_preprocess(processor, int(getattr(config, "num_channels", 3))), names

@@ -263,7 +263,8 @@ def _hf(name: str) -> LoadedModel:
     from .hf_models import load_hf  # imports transformers only now
 
     base, kw = _split_classes(name)
-    return load_hf(base, kw.get("num_classes"))
+    model, pre, names = load_hf(base, kw.get("num_classes"))
+    return LoadedModel(f"hf:{base}", model, Preprocess(**pre), names)
 
 
 @register_source("zoo")

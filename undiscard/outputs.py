@@ -121,7 +121,7 @@ def select_output(out: Any, output: OutputSelector = None) -> Tensor:
     raise OutputError(f"output= must be a key (str), an index (int) or a callable, got {type(output).__name__}")
 
 
-def _fields(out: Any) -> list[str] | None:
+def _field_names(out: Any) -> list[str] | None:
     """The field names of a dataclass instance or a namedtuple, else None."""
     if dataclasses.is_dataclass(out) and not isinstance(out, type):
         return [f.name for f in dataclasses.fields(out) if f.init]
@@ -147,7 +147,7 @@ def output_form(out: Any, output: OutputSelector = None) -> OutputForm | None:
     """The form a wrapped model gives results back in for the network output ``out``, or None (the
     logits tensor): a dataclass or namedtuple whose field ``logits`` (``output=None``) or ``output`` (a str)
     is the selected tensor."""
-    names = _fields(out)
+    names = _field_names(out)
     field = "logits" if output is None else output
     if names is None or not isinstance(field, str) or field not in names:
         return None
