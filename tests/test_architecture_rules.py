@@ -32,6 +32,7 @@ THIRD_PARTY_PRIVATES = {
     "_buffers": "torch.nn.Module's buffer dict (unshare.py)",
     "_modules": "torch.nn.Module's child dict (unshare.py)",
     "_ConvNd": "torch's base class of every convolution (inputs.py finds a model's first one)",
+    "_fields": "a namedtuple's field names, its public API (outputs.py returns results in a network's namedtuple)",
     "_transform_input": "torchvision GoogLeNet's input transform, the first stage of its split",
     "_process_input": "torchvision ViT's patchify, the first stage of its split",
     **{name: "efficientnet_lite_pytorch EfficientNet's own layers and settings (its split)"

@@ -25,13 +25,22 @@ from .archs import ARCHS, build
 
 
 class _RefPhase(nn.Module):
+    """A unit layer replaced by one of its phases from the all-phases path; other attributes read through
+    to the layer (models that read their layers' weight dtype or stride: Hugging Face ViT, MobileNet)."""
+
     def __init__(self, layer: nn.Module, phase: int):
         super().__init__()
         self.layer = layer
         self.phase = phase
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return polyphase(self.layer, x)[:, self.phase]
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+    def forward(self, x: torch.Tensor, *args: object) -> torch.Tensor:
+        return polyphase(self.layer, x, args=args)[:, self.phase]
 
 
 def reference_logits(net: nn.Module, units: list[undiscard.Unit], state: dict[int, int], x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ install_import_fix()  # `import undiscard, timm` works on the CPU torch (undisca
 from .aggregate import register_aggregate
 from .criteria import register_criterion
 from .dense import SegmentationTask  # registers task="segmentation"
+from . import hf_splits  # noqa: F401  (registers the Hugging Face splits; imports no transformers)
 from .discovery import Unit, find_units
 from .errors import PhaseError, UndiscardError, UnsupportedLayerError
 from .layers import polyphase, register_adapter

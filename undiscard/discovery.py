@@ -16,6 +16,10 @@ stride) cannot be phase-shifted. It is **left at phase 0** and reported by modul
 in a ``UserWarning`` (``strict=True`` raises ``UnsupportedLayerError`` instead). A unit that merges with
 such a layer is unsupported too, since shifting only half of a merge would misalign it.
 
+Global pooling: a layer whose stride exceeds its input in both dimensions (Hugging Face EfficientNet's
+``AvgPool2d(hidden_dim, ceil_mode=True)`` on a 7x7 map) computes one window over the whole input and
+subsamples nothing: every phase but 0 would read only the extension past the edge. It is not a unit.
+
 Side units: a strided layer whose output does not carry the main feature grid forward (PVT's
 spatial-reduction convs, which subsample only the keys and values of attention) is a unit with
 ``spatial=False``. Its phases are valid states, but they translate nothing, so it contributes no offset
@@ -102,10 +106,6 @@ def _functional_stride(func: Any, args: tuple, kwargs: dict) -> tuple[int, int] 
         return pair(stride)
     except TypeError:
         return None
-
-
-def _grid(t: Tensor, channels_last: bool) -> tuple[int, int]:
-    return (int(t.shape[-3]), int(t.shape[-2])) if channels_last else (int(t.shape[-2]), int(t.shape[-1]))
 
 
 class _UnionFind:
@@ -224,12 +224,15 @@ class _Tracer(TorchFunctionMode):
         if rate <= 1:
             self.mark(output, union)
             return
+        x = next(t for t in tree_leaves(args) if isinstance(t, Tensor))
+        out = output if isinstance(output, Tensor) else next(t for t in tree_leaves(output) if isinstance(t, Tensor))
+        in_grid, out_grid = adapter.grids(module, x, out, tuple(args[1:]))
+        if rate > max(in_grid):  # one window over the whole input (a global pooling): nothing is subsampled
+            self.mark(output, union)
+            return
         call = self.new_call(name, class_path(module), rate, union)
         self.seen_names[name] = self.seen_names.get(name, 0) + 1
-        x = next(t for t in tree_leaves(args) if isinstance(t, Tensor))
-        call.in_grid = _grid(x, adapter.channels_last)
-        out = output if isinstance(output, Tensor) else next(t for t in tree_leaves(output) if isinstance(t, Tensor))
-        call.out_grid = _grid(out, adapter.channels_last)
+        call.in_grid, call.out_grid = in_grid, out_grid
         self.mark(output, union | {call.tag})
 
 

@@ -72,17 +72,17 @@ def current_plan() -> Mapping[int, PhaseSpec] | None:
 
 
 def _per_sample(layer: nn.Module, adapter: PhaseAdapter, x: Tensor, phases: Tensor,
-                forward) -> Tensor:
+                forward, args: tuple = ()) -> Tensor:
     if phases.shape[0] != x.shape[0]:
         raise RuntimeError(f"phase plan has {phases.shape[0]} phases for a batch of {x.shape[0]}")
     values = torch.unique(phases)
     if values.numel() == 1:
         s = int(values[0])
-        return forward(x) if s == 0 else adapter.one_phase(layer, x, s)
+        return forward(x, *args) if s == 0 else adapter.one_phase(layer, x, s, *args)
     out: Tensor | None = None
     for s in values.tolist():
         idx = (phases == s).nonzero().flatten()
-        part = forward(x[idx]) if s == 0 else adapter.one_phase(layer, x[idx], s)
+        part = forward(x[idx], *args) if s == 0 else adapter.one_phase(layer, x[idx], s, *args)
         if out is None:
             out = part.new_empty((x.shape[0], *part.shape[1:]))
         out[idx] = part
@@ -102,13 +102,13 @@ class _PhasedForward:
     def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
         plan = _PLAN.get()
         spec = None if plan is None else plan.get(self.unit)
-        if spec is None or args or kwargs:
+        if spec is None or kwargs or (args and not self.adapter.takes_args):
             return self.forward(x, *args, **kwargs)
         if spec is EXPAND:
-            return self.adapter.all_phases(self.layer_ref, x).flatten(0, 1)
+            return self.adapter.all_phases(self.layer_ref, x, *args).flatten(0, 1)
         if isinstance(spec, Select):  # only the chosen phases: one strided pass per distinct phase
-            return _per_sample(self.layer_ref, self.adapter, x[spec.rows], spec.phases, self.forward)
-        return _per_sample(self.layer_ref, self.adapter, x, spec, self.forward)
+            return _per_sample(self.layer_ref, self.adapter, x[spec.rows], spec.phases, self.forward, args)
+        return _per_sample(self.layer_ref, self.adapter, x, spec, self.forward, args)
 
     def __deepcopy__(self, memo):
         layer = copy.deepcopy(self.layer_ref, memo)
@@ -122,7 +122,9 @@ class _PhasedForward:
 
 def is_phased(module: object) -> bool:
     """Whether ``module`` is a unit layer that follows phase plans (:func:`install_phased_layers`)."""
-    return isinstance(getattr(module, "__dict__", {}).get("forward"), _PhasedForward)
+    forward = getattr(module, "__dict__", {}).get("forward")
+    forward = getattr(forward, "wrapped", forward)  # under a hook split's gate (undiscard.hook_split)
+    return isinstance(forward, _PhasedForward)
 
 
 def install_phased_layers(net: nn.Module, unit_layers: Sequence[Sequence[str]], copy_net: bool = True) -> nn.Module:

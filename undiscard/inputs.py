@@ -6,6 +6,7 @@
   checks the split against the model's output, which a non-finite image would make meaningless);
 - :func:`check_search_input`: at budget > 1 the search runs without autograd, so an input that
   requires grad is refused rather than silently given no gradient (and a meta tensor, which holds no values);
+- :func:`image_batch`, the batch given as ``model(x)`` or ``model(pixel_values=x)``;
 - :func:`warn_not_finite`: a warning naming how many images hold NaN or inf (their outputs will not be
   finite; the other images are unaffected);
 - :func:`run_network`: the network itself on a batch (budget 1), its failures explained;
@@ -25,11 +26,11 @@ from torch import Tensor, nn
 
 from .errors import PhaseError, UndiscardError
 from .execution import phase_plan
-from .outputs import OutputSelector, select_output
+from .outputs import OutputSelector, present, select_output
 from .testtime import TestTimeModule
 
-__all__ = ["check_net", "check_example", "finite_example", "check_input", "check_search_input", "warn_not_finite",
-           "run_network", "empty_output", "input_error", "smallest_size", "first_line"]
+__all__ = ["check_net", "check_example", "finite_example", "check_input", "check_search_input", "check_chunk_size", "image_batch",
+           "warn_not_finite", "run_network", "empty_output", "input_error", "smallest_size", "first_line"]
 
 
 def first_line(err: BaseException) -> str:
@@ -88,12 +89,19 @@ def finite_example(x: Tensor) -> Tensor:
 def check_search_input(x: Tensor) -> None:
     """What a search (budget > 1) cannot take, as one :class:`PhaseError`: a meta tensor (no values to
     compare), or an input that requires grad while grad mode is on (the search runs without autograd, so
-    the input would silently get no gradient)."""
+    the input would silently get no gradient); then :func:`warn_not_finite`."""
     _check_not_meta(x)
     if x.requires_grad and torch.is_grad_enabled():
         raise PhaseError("the input requires grad, but gradients do not flow through the phase search (budget > 1 "
                          "runs without autograd): pass x.detach() or run under torch.no_grad(), or use budget=1, "
                          "which is net(x) and differentiable")
+    warn_not_finite(x, stacklevel=5)
+
+
+def check_chunk_size(chunk_size: object) -> None:
+    """``wrap(chunk_size=...)``: an integer >= 1 (rows per pass), else one :class:`UndiscardError`."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise UndiscardError(f"chunk_size must be an integer >= 1 (rows per pass), got {chunk_size!r}")
 
 
 def check_input(x: object) -> None:
@@ -117,21 +125,32 @@ def warn_not_finite(x: Tensor, stacklevel: int = 4) -> None:
                       "their outputs will not be finite either", UserWarning, stacklevel=stacklevel)
 
 
-def run_network(net: nn.Module, x: Tensor, output: OutputSelector) -> Tensor:
-    """``net(x)`` with no phase plan, in the caller's grad mode, the logits selected (:mod:`undiscard.outputs`);
-    a failure is one :func:`input_error`."""
+def image_batch(x: object, pixel_values: object) -> Tensor:
+    """The image batch a wrapped model is called with, given positionally (``model(x)``) or by the keyword
+    Hugging Face models take it by (``model(pixel_values=x)``), checked by :func:`check_input`."""
+    if (x is None) == (pixel_values is None):
+        raise PhaseError("pass the image batch once: model(x) or model(pixel_values=x)")
+    x = pixel_values if x is None else x
+    check_input(x)
+    return x  # type: ignore[return-value]
+
+
+def run_network(net: nn.Module, x: Tensor, output: OutputSelector) -> object:
+    """``net(x)`` with no phase plan, in the caller's grad mode, as a wrapped model returns it (the logits
+    selected, or the output itself where it has a form: :func:`undiscard.outputs.present`); a failure is
+    one :func:`input_error`."""
     try:
         with phase_plan(None):
             out = net(x)
     except Exception as err:
         raise input_error(net, x, err) from None
-    return select_output(out, output)
+    return present(out, output)
 
 
 def empty_output(net: nn.Module, x: Tensor, output: OutputSelector) -> Tensor:
     """The output for a batch of 0 images ``x``: ``net(x)`` itself, or, for a network whose forward cannot
     take 0 images (``x.view(x.size(0), -1)``), its output on one blank image, sliced to 0 rows (same shape
-    per image, dtype and device)."""
+    per image, dtype and device): the logits tensor, whatever the network's output type."""
     with phase_plan(None):
         try:
             return select_output(net(x), output)

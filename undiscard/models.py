@@ -1,4 +1,5 @@
-"""Loading models by name: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``efficientnet-lite0/1/2``.
+"""Loading models by name: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``efficientnet-lite0/1/2``,
+``hf:ORG/NAME`` or ``hf:/path/to/save_pretrained/dir`` (Hugging Face ``transformers``: :mod:`undiscard.hf_models`).
 
 A registry of *sources*, keyed by prefix; each source turns a name into ``(model, preprocessing)``.
 Nothing is ever downloaded: timm and torchvision models are built with random weights unless a weights
@@ -108,7 +109,7 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     source = _SOURCES.get(prefix if name else spec)
     if source is None:
         raise UndiscardError(f"unknown model {spec!r}: expected one of zoo:NAME, timm:NAME, torchvision:NAME, "
-                             + ", ".join(LITE_MODELS))
+                             "hf:ORG/NAME, " + ", ".join(LITE_MODELS))
     if num_classes is not None:
         name = f"{name}|{num_classes}"
     loaded = source(name if name else spec)
@@ -255,6 +256,15 @@ def _lite(variant: str, name: str) -> LoadedModel:
 
 for _variant in LITE_MODELS:
     register_source(_variant)(functools.partial(_lite, _variant))
+
+
+@register_source("hf")
+def _hf(name: str) -> LoadedModel:
+    from .hf_models import load_hf  # imports transformers only now
+
+    base, kw = _split_classes(name)
+    model, pre, names = load_hf(base, kw.get("num_classes"))
+    return LoadedModel(f"hf:{base}", model, Preprocess(**pre), names)
 
 
 @register_source("zoo")

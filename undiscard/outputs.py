@@ -14,17 +14,30 @@ tensor, the logits, chosen by this rule (``output=None``):
 ``wrap(net, output=...)`` overrides the rule: a ``str`` (a key of a Mapping, or an attribute name), an
 ``int`` (an index into a tuple or list) or a callable ``output(out) -> Tensor``. Whatever cannot be
 selected is one :class:`OutputError` that names what the model returned and what to pass.
+
+What a wrapped model returns (:func:`present`, :class:`OutputForm`): when the logits are a *field* of a
+dataclass or namedtuple output — Hugging Face's ``ImageClassifierOutput``/``SemanticSegmenterOutput``,
+whose ``logits`` the default rule selects, or the field named by ``output="name"`` — the wrapped model
+gives its result back in that type: at budget 1 the network's output itself (the very object
+``net(x)`` returned), above budget 1 a new instance whose selected field holds the aggregated logits
+and whose other fields are None. They are not the original model's (its hidden states, attentions or
+loss describe one forward pass, not the aggregate of several), and there is no loss (no labels are
+given). Every other output (a tensor, a dict, a plain tuple, an object with a ``.logits`` attribute,
+a callable ``output=``) gives the logits tensor, at every budget.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from torch import Tensor
 
 from .errors import UndiscardError
 
-__all__ = ["OutputError", "OutputSelector", "select_output", "check_selector", "describe_output"]
+__all__ = ["OutputError", "OutputSelector", "OutputForm", "select_output", "check_selector", "describe_output",
+           "output_form", "present", "in_form"]
 
 OutputSelector = Union[str, int, Callable[[Any], Tensor], None]
 
@@ -106,3 +119,49 @@ def select_output(out: Any, output: OutputSelector = None) -> Tensor:
             raise OutputError(f"output={output}: the model returned {describe_output(out)}")
         return _tensor(out[output], out, f"element {output}")
     raise OutputError(f"output= must be a key (str), an index (int) or a callable, got {type(output).__name__}")
+
+
+def _field_names(out: Any) -> list[str] | None:
+    """The field names of a dataclass instance or a namedtuple, else None."""
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return [f.name for f in dataclasses.fields(out) if f.init]
+    if isinstance(out, tuple) and isinstance(getattr(type(out), "_fields", None), tuple):
+        return list(type(out)._fields)
+    return None
+
+
+@dataclass(frozen=True)
+class OutputForm:
+    """A network's output type and the field that holds its logits (see the module docstring)."""
+
+    kind: type
+    field: str
+    names: tuple[str, ...]
+
+    def build(self, logits: Tensor) -> Any:
+        """A new output of this type: ``field`` = ``logits``, every other field None."""
+        return self.kind(**{**{n: None for n in self.names}, self.field: logits})
+
+
+def output_form(out: Any, output: OutputSelector = None) -> OutputForm | None:
+    """The form a wrapped model gives results back in for the network output ``out``, or None (the
+    logits tensor): a dataclass or namedtuple whose field ``logits`` (``output=None``) or ``output`` (a str)
+    is the selected tensor."""
+    names = _field_names(out)
+    field = "logits" if output is None else output
+    if names is None or not isinstance(field, str) or field not in names:
+        return None
+    if not isinstance(getattr(out, field, None), Tensor):
+        return None
+    return OutputForm(type(out), field, tuple(names))
+
+
+def present(out: Any, output: OutputSelector = None) -> Any:
+    """What a wrapped model returns for the network's own output ``out`` (budget 1): ``out`` itself where
+    it has a form (:func:`output_form`), else its selected logits."""
+    return out if output_form(out, output) is not None else select_output(out, output)
+
+
+def in_form(form: OutputForm | None, logits: Tensor) -> Any:
+    """``logits`` in ``form`` (a new output of the network's type), or the tensor itself without one."""
+    return logits if form is None else form.build(logits)

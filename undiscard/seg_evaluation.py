@@ -154,7 +154,7 @@ def search_predictions_dense(model: nn.Module, budgets: Sequence[int],
     def predict(x: Tensor) -> dict[tuple[int, str], SegPrediction]:
         out: dict[tuple[int, str], SegPrediction] = {}
         if top == 1:
-            y = model(x, budget=1)
+            y = select_output(model(x, budget=1))
             return {(1, a): (y, 1.0, 1.0) for a in aggregates}
         cands = model.candidates(x, top)
         for b in budgets:

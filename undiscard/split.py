@@ -15,21 +15,24 @@ every supported model needs ``logits == head(features(x))``. A :class:`Split` sa
   the split is verified (:meth:`Split.settle`): a split that says ``"nchw"`` but gives 3-D features is
   ``"tokens"``, 2-D ones ``"vector"``; ``alignable`` says whether its maps are a real grid to align.
   :meth:`Split.to_maps`/:meth:`Split.from_maps` convert with it.
-- ``method``: which of the rules below made it (for reports).
+- ``method``: which of the rules below made it (for reports), with the split's own detail in parentheses.
+- ``form``: the network's output type (:func:`undiscard.outputs.output_form`), to give results back in.
 
 Splits are tried in order, and the first that reproduces the model is used:
 
 1. ``features=``/``head=`` given to ``wrap()`` (used as given; an error if they do not reproduce it);
 1b. for a dense task (``at_output``: segmentation, whose states combine the output logits themselves), the
-   *output split* (:func:`output_split`): the features are the model's selected output, the head is the
-   identity — no head to re-run per state;
-2. the registry below, keyed by the model's exact class (torchvision classifiers, EfficientNet-Lite);
+   *output split*: the features are the model's selected output, the head is the identity — no head to
+   re-run per state; a class registered with ``register_split(..., at_output=True)`` (Hugging Face
+   segmenters, :mod:`undiscard.hf_splits`) gives its encoder as stages, otherwise :func:`output_split`;
+2. the registry below, keyed by the model's exact class (torchvision classifiers, EfficientNet-Lite, Hugging
+   Face classifiers in :mod:`undiscard.hf_splits`);
 3. any timm model (``forward_features``/``forward_head``);
 4. graph capture (:mod:`undiscard.graph_split`): the model's ``torch.fx`` graph, cut after the last
    spatial feature map; the head is the rest of the graph, whatever the model's code does there;
 5. the hook fallback (:mod:`undiscard.hook_split`) for models fx cannot trace: the model's own forward,
-   stopped at / resumed from its last module that returns a feature map (each head call then costs
-   about a full forward, and the search cannot cache activations).
+   stopped at its last module that returns a feature map and resumed at cuts before the units and
+   after that module (earlier module calls skipped), so states and the head cost what runs after them.
 
 Every split is verified once on the first input: ``head(features(x))`` must equal the model's logits
 bit for bit (same shape, dtype and values); a split that crashes or differs is skipped, and when none is
@@ -55,7 +58,7 @@ from .errors import UndiscardError
 from .execution import phase_plan
 from .graph_split import GraphSplitError, graph_split
 from .hook_split import HookSplitError, hook_split
-from .outputs import OutputError, OutputSelector, select_output
+from .outputs import OutputError, OutputForm, OutputSelector, output_form, select_output
 
 __all__ = ["Split", "SplitError", "get_split", "output_split", "register_split", "to_map", "from_map"]
 
@@ -75,6 +78,7 @@ class Split:
     grid: tuple[int, int] | None = None  # (h, w) of a ``tokens`` layout's map (see :func:`to_map`)
     alignable: bool = False  # the maps are a real grid with more than one cell (set by settle)
     map_size: tuple[int, int] | None = None  # (h, w) of the output, for the output split (output_split)
+    form: OutputForm | None = None  # the network's output type, to give results back in (outputs.present)
 
     def features(self, x: Tensor) -> Tensor:
         for stage in self.stages:
@@ -105,16 +109,24 @@ class Split:
         return from_map(maps, extra, self.layout)
 
 
-SplitFactory = Callable[[nn.Module], Split]
-_SPLITS: dict[str, SplitFactory] = {}
+SplitFactory = Callable[..., Split]  # (model) -> Split, or (model, example input) -> Split (with_input=True)
+_SPLITS: dict[str, tuple[SplitFactory, bool]] = {}
+_OUTPUT_SPLITS: dict[str, SplitFactory] = {}
 
 
-def register_split(*classes: str) -> Callable[[SplitFactory], SplitFactory]:
-    """Register a split factory for model classes given by fully qualified name."""
+def register_split(*classes: str, with_input: bool = False, at_output: bool = False
+                   ) -> Callable[[SplitFactory], SplitFactory]:
+    """Register a split factory for model classes given by fully qualified name. ``with_input``: the
+    factory also takes the example input batch (for splits whose stages depend on the input size).
+    ``at_output``: a dense task's split (identity head, :func:`output_split`) for those classes, taking
+    ``(model, example input, output selector)``, used instead of the model's forward as one stage."""
 
     def deco(fn: SplitFactory) -> SplitFactory:
         for c in classes:
-            _SPLITS[c] = fn
+            if at_output:
+                _OUTPUT_SPLITS[c] = fn
+            else:
+                _SPLITS[c] = (fn, with_input)
         return fn
 
     return deco
@@ -268,9 +280,10 @@ def _checked(split: Split, model: nn.Module, x: Tensor, expected: Tensor, output
 def _factories(model: nn.Module) -> list[tuple[str, Callable[[nn.Module, Tensor, OutputSelector], Split]]]:
     """The automatic splits to try for ``model``, in order (see module docstring)."""
     found: list[tuple[str, Callable[[nn.Module, Tensor, OutputSelector], Split]]] = []
-    factory = _SPLITS.get(class_path(model))
-    if factory is not None:
-        found.append(("registry", lambda m, x, o: factory(m)))
+    registered = _SPLITS.get(class_path(model))
+    if registered is not None:
+        factory, with_input = registered
+        found.append(("registry", lambda m, x, o: factory(m, x) if with_input else factory(m)))
     if hasattr(model, "forward_features") and hasattr(model, "forward_head") and \
             type(model).__module__.startswith("timm."):
         found.append(("timm", lambda m, x, o: _timm_split(m)))
@@ -297,7 +310,16 @@ def get_split(model: nn.Module, x: Tensor,
     if (features is None) != (head is None):
         raise UndiscardError("pass both features= and head=, or neither")
     with torch.no_grad(), phase_plan(None):
-        expected = select_output(model(x), output)
+        raw = model(x)
+    split = _get_split(model, x, features, head, layout, output, grid, at_output, select_output(raw, output))
+    split.form = output_form(raw, output)
+    return split
+
+
+def _get_split(model: nn.Module, x: Tensor, features: Callable[[nn.Module, Tensor], Tensor] | None,
+               head: Callable[[nn.Module, Tensor], Tensor] | None, layout: str, output: OutputSelector,
+               grid: tuple[int, int] | None, at_output: bool | None, expected: Tensor) -> Split:
+    """:func:`get_split` once the model's logits ``expected`` on ``x`` are known."""
     if expected.dim() < 2 or expected.shape[0] != x.shape[0]:
         raise SplitError(f"the model's logits for a batch of {x.shape[0]} have shape {tuple(expected.shape)}: a "
                          "budget above 1 needs (N, ...) outputs that keep the batch dimension (a squeeze() drops "
@@ -312,12 +334,16 @@ def get_split(model: nn.Module, x: Tensor,
         return split
     reasons: list[str] = []
     if at_output or (at_output is None and expected.dim() == 4):
-        split = output_split(model, output)
-        why = _checked(split, model, x, expected, output, grid)
-        if why is None:
-            split.map_size = (int(expected.shape[-2]), int(expected.shape[-1])) if expected.dim() == 4 else None
-            return split
-        reasons.append(f"output: {why}")
+        registered_output = _OUTPUT_SPLITS.get(class_path(model))
+        candidates = [("registry", lambda: registered_output(model, x, output))] if registered_output else []
+        for method, make in candidates + [("output", lambda: output_split(model, output))]:
+            split = make()
+            why = _checked(split, model, x, expected, output, grid)
+            if why is None:
+                split.method = "output" if method == "output" else f"output ({split.method or method})"
+                split.map_size = (int(expected.shape[-2]), int(expected.shape[-1])) if expected.dim() == 4 else None
+                return split
+            reasons.append(f"{method} output: {why}")
     for method, make in _factories(model):
         try:
             split = make(model, x, output)
@@ -326,7 +352,7 @@ def get_split(model: nn.Module, x: Tensor,
             continue
         why = _checked(split, model, x, expected, output, grid)
         if why is None:
-            split.method = method
+            split.method = f"{method} ({split.method})" if split.method else method
             return split
         reasons.append(f"{method}: {why}")
     raise SplitError(f"cannot split {class_path(model)} into features and head ({'; '.join(reasons)}): pass "

@@ -25,9 +25,9 @@ from .engine import Engine
 from .errors import UndiscardError
 from .geometry import UnitSelector, num_states
 from .layers.extension import DEFAULT_EXTEND, attach_extensions, check_extend
-from .inputs import (check_example, check_input, check_net, check_search_input, empty_output, finite_example,
-                     run_network, warn_not_finite)
-from .outputs import OutputSelector, check_selector, select_output
+from .inputs import (check_chunk_size, check_example, check_input, check_net, check_search_input, empty_output,
+                     finite_example, image_batch, run_network)
+from .outputs import OutputSelector, check_selector, in_form, select_output
 from .prepare import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
 from .task import Task, get_task
 from .testtime import TestTimeModule
@@ -46,11 +46,8 @@ class Undiscard(TestTimeModule):
                  layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0, order: object = None,
                  aggregator: AttentionAggregator | str | Path | None = None, example_input: Tensor | None = None,
                  output: OutputSelector = None, task: str | Task | None = None, extend: str = DEFAULT_EXTEND):
-        check_net(net)
-        check_budget(budget, None)
+        check_net(net), check_budget(budget, None), check_chunk_size(chunk_size)
         order, _ = resolve_order(get_criterion(criterion), order), get_aggregate(aggregate)  # unknown names: one line
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise UndiscardError(f"chunk_size must be an integer >= 1 (rows per pass), got {chunk_size!r}")
         super().__init__(net)
         self._units: Units | None = None
         self.budget, self.task = budget, (task := get_task(task))
@@ -121,8 +118,7 @@ class Undiscard(TestTimeModule):
         self._units = choose_units(self.net, found, self._units, self.unit_selector, self.budget)
         attach_extensions(self.net, [n for u in self._units.search_units for n in u.layers], x, self.extend)
         engine = build_engine(self.net, x, self._units, self._split_args)
-        if self.order is not None:  # ranked on this model? (a UserWarning when its fingerprint differs)
-            self.order.check_model(self.net, self._units.search_units)
+        if self.order is not None: self.order.check_model(self.net, self._units.search_units)  # noqa: E701 - warns
         needs = get_aggregate(self.aggregate).needs_aggregator or get_criterion(self.criterion).needs_aggregator
         if needs or self.aggregator is not None:  # check the aggregator against this setup, or make one
             self.aggregator = fit_aggregator(self.aggregator, self._aggregator_units, engine, x, self.seed)
@@ -133,17 +129,16 @@ class Undiscard(TestTimeModule):
         self._set_cost(0.0, 0.0)
         return empty_output(self.net, x, self.output)
 
-    def forward(self, x: Tensor, budget: int | None = None) -> Tensor:
-        """Logits (N, K): aggregated over ``budget`` searched states (default: the model's own; a per-call
-        budget leaves the model's setting alone); ``budget=1`` is ``net(x)`` exactly, differentiable. Above
-        budget 1 the search runs without autograd: an ``x`` that requires grad is refused in one line (the
-        output's gradient reaches only the head and the attention aggregator)."""
-        check_input(x)
-        budget = self.budget if budget is None else self.check_budget(budget)
+    def forward(self, x: Tensor | None = None, budget: int | None = None, *, pixel_values: Tensor | None = None):
+        """Logits (N, K) of ``x`` (or ``pixel_values=``) over ``budget`` states (default: the model's; a call's own leaves
+        it alone), in the network's output type where it has one (:mod:`undiscard.outputs`); budget 1 is net(x) exactly
+        (differentiable; above 1 the search runs without autograd, and an x that requires grad is refused)."""
+        x, budget = image_batch(x, pixel_values), self.budget if budget is None else self.check_budget(budget)
         if x.shape[0] == 0:
             return self._empty(x)
         if budget > 1:
-            return self.aggregate_candidates(self.candidates(x, budget))
+            cands = self.candidates(x, budget)
+            return in_form(engine_of(cands, self._engines).split.form, self.aggregate_candidates(cands))
         out = run_network(self.net, x, self.output)  # budget 1: before any setup (discovery, split) that could fail
         self._set_cost(1.0, 1.0)
         return out
@@ -159,8 +154,7 @@ class Undiscard(TestTimeModule):
         if x.shape[0] == 0:
             return Candidates.of_empty(self._empty(x))
         if budget > 1:
-            check_search_input(x)
-            warn_not_finite(x)
+            check_search_input(x)  # meta tensors and inputs requiring grad refused, NaN/inf warned about
         engine = self.prepare(x)
         criterion = get_criterion(self.criterion) if scorer is None else custom_criterion(scorer)
         cands = find_candidates(engine, x, budget, criterion, SearchContext.of(engine, self.task, self.seed, self.order),

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..data.folder import ImageReadError, load_image, normalize_batch
+from ..outputs import select_output
 from ..wrapper import wrap
 from .common import CLIError, add_model_args, emit_json, load_cli_model, resolve_device
 
@@ -76,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     net = loaded.model.to(device)
     model = wrap(net, budget=args.budget, units=loaded.units)  # the model's default units, as eval and demo
     with torch.no_grad():
-        base = net(x).softmax(-1)
-        ours = model(x).softmax(-1)
+        base = select_output(net(x)).softmax(-1)
+        ours = select_output(model(x)).softmax(-1)
     names = loaded.class_names
 
     def topk(p: torch.Tensor) -> list[dict]:

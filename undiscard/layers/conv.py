@@ -3,7 +3,8 @@
 Registered classes (exact class, never subclasses):
 
 - ``torch.nn.Conv2d``: int/tuple padding, ``'valid'``, ``'same'`` (stride 1 only, so rate 1),
-  dilation, groups, every ``padding_mode``;
+  dilation, groups, every ``padding_mode``; also Hugging Face EfficientNet's
+  ``EfficientNetDepthwiseConv2d``, a Conv2d subclass that only sets ``groups`` (its forward is Conv2d's);
 - timm ``Conv2dSame`` / ``Conv2dSameExport`` (TF-"same" padding computed from the input size; the
   export variant reuses the ``ZeroPad2d`` it cached on its first call, exactly as its forward does);
 - efficientnet-lite-pytorch ``Conv2dStaticSamePadding`` (its ``static_padding`` sub-module, then the
@@ -68,7 +69,7 @@ class _ConvAdapter(WindowedAdapter):
         return F.conv2d(x, layer.weight, layer.bias, stride, 0, plan.geometry.dilation, layer.groups)
 
 
-@register_adapter(nn.Conv2d)
+@register_adapter(nn.Conv2d, "transformers.models.efficientnet.modeling_efficientnet.EfficientNetDepthwiseConv2d")
 class Conv2dAdapter(_ConvAdapter):
     """``torch.nn.Conv2d``. Zero padding that is symmetric stays the op's padding; any other padding
     (reflect/replicate/circular modes, asymmetric 'same') is applied explicitly first, as the layer

@@ -134,10 +134,11 @@ def attach_extensions(net: nn.Module, layer_names: Sequence[str], x: Tensor, mod
     seen: dict[str, Tensor] = {}
     hooks = []
     for name in layer_names:
-        last = bool(getattr(get_adapter(modules[name]), "channels_last", False))
+        adapter = get_adapter(modules[name])
+        last = bool(getattr(adapter, "channels_last", False))
 
-        def record(module: nn.Module, args: tuple, name: str = name, last: bool = last) -> None:
-            inp = args[0]
+        def record(module: nn.Module, args: tuple, name: str = name, last: bool = last, adapter=adapter) -> None:
+            inp = args[0] if adapter is None else adapter.map_of(module, args[0], tuple(args[1:]))
             h, w = (inp.shape[-3], inp.shape[-2]) if last else (inp.shape[-2], inp.shape[-1])
             seen[name] = (inp[0, h // 2, w // 2, :] if last else inp[0, :, h // 2, w // 2]).detach().clone()
 

@@ -18,6 +18,14 @@ Registered classes (exact class): torchvision ``PatchMerging`` (norm -> reductio
 
 Layout: input (..., H, W, C); ``all_phases`` returns (..., 4, Ho, Wo, C') with Ho = ceil(H/2),
 Wo = ceil(W/2); ``one_phase`` returns (..., Ho, Wo, C').
+
+Hugging Face ``transformers`` Swin and Swin v2 merge *token sequences*: their forward takes
+``(tokens (N, H*W, C), input_dimensions (H, W))``, views the tokens as (N, H, W, C), zero-pads odd
+H/W at the bottom/right, concatenates the same (0,0), (1,0), (0,1), (1,1) neighbours and returns
+(N, Ho*Wo, C') tokens in row-major order. ``SwinPatchMerging`` applies norm -> reduction,
+``Swinv2PatchMerging`` reduction -> norm. Their adapters take ``input_dimensions`` as the forward's
+further argument (``PhaseAdapter.takes_args``): ``all_phases`` returns (N, 4, Ho*Wo, C'),
+``one_phase`` (N, Ho*Wo, C').
 """
 from __future__ import annotations
 
@@ -31,7 +39,8 @@ from .extension import extension_of, fill_unread
 from .functional import check_output_size, phase_offset, split_phases
 from .registry import PhaseAdapter, register_adapter
 
-__all__ = ["PatchMergingAdapter", "PatchMergingV2Adapter", "CONCAT_ORDER"]
+__all__ = ["PatchMergingAdapter", "PatchMergingV2Adapter", "HFSwinPatchMergingAdapter", "HFSwinv2PatchMergingAdapter",
+           "CONCAT_ORDER"]
 
 #: (row, col) offsets of the four concatenated neighbours, in the layers' concat order.
 CONCAT_ORDER: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (0, 1), (1, 1))
@@ -97,5 +106,44 @@ class PatchMergingAdapter(_MergingAdapter):
 )
 class PatchMergingV2Adapter(_MergingAdapter):
     """Patch merging with reduction before norm (Swin v2)."""
+
+    norm_first = False
+
+
+class _TokenMergingAdapter(_MergingAdapter):
+    """Hugging Face patch merging: (N, H*W, C) tokens and ``input_dimensions`` (H, W) in, tokens out."""
+
+    takes_args = True
+
+    def map_of(self, layer: nn.Module, x: Tensor, args: tuple = ()) -> Tensor:
+        if len(args) != 1 or len(args[0]) != 2 or x.dim() != 3:
+            raise PhaseError(f"{class_path(layer)} expects (tokens (N, H*W, C), input_dimensions (H, W)), got "
+                             f"{tuple(x.shape)} and {len(args)} more arguments")
+        h, w = (int(d) for d in args[0])
+        if h * w != x.shape[1]:
+            raise PhaseError(f"{class_path(layer)}: {x.shape[1]} tokens are not a {h}x{w} grid")
+        return x.view(x.shape[0], h, w, x.shape[2])
+
+    def grids(self, layer: nn.Module, x: Tensor, output: Tensor, args: tuple = ()) -> tuple[tuple[int, int], tuple[int, int]]:
+        h, w = self.map_of(layer, x, args).shape[1:3]
+        return (int(h), int(w)), ((int(h) + 1) // 2, (int(w) + 1) // 2)
+
+    def all_phases(self, layer: nn.Module, x: Tensor, *args: object) -> Tensor:
+        return super().all_phases(layer, self.map_of(layer, x, args)).flatten(2, 3)  # (N, 4, Ho*Wo, C')
+
+    def one_phase(self, layer: nn.Module, x: Tensor, phase: int, *args: object) -> Tensor:
+        return super().one_phase(layer, self.map_of(layer, x, args), phase).flatten(1, 2)  # (N, Ho*Wo, C')
+
+
+@register_adapter("transformers.models.swin.modeling_swin.SwinPatchMerging")
+class HFSwinPatchMergingAdapter(_TokenMergingAdapter):
+    """Hugging Face ``SwinPatchMerging`` (norm before reduction)."""
+
+    norm_first = True
+
+
+@register_adapter("transformers.models.swinv2.modeling_swinv2.Swinv2PatchMerging")
+class HFSwinv2PatchMergingAdapter(_TokenMergingAdapter):
+    """Hugging Face ``Swinv2PatchMerging`` (reduction before norm)."""
 
     norm_first = False

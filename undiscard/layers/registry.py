@@ -29,9 +29,25 @@ class PhaseAdapter(ABC):
     Attributes:
         channels_last: True when the layer's input and output keep the spatial dims at (-3, -2)
             (NHWC, as Swin's patch merging); False for NCHW layers (spatial dims at (-2, -1)).
+        takes_args: True when the layer's forward takes positional arguments after its input (Hugging
+            Face Swin's patch merging takes ``(tokens, input_dimensions)``): they are handed to
+            :meth:`all_phases`, :meth:`one_phase` and :meth:`grids` as ``args``. Otherwise a call with
+            more arguments than the input runs the layer's own forward, at phase 0.
     """
 
     channels_last: bool = False
+    takes_args: bool = False
+
+    def map_of(self, layer: nn.Module, x: Tensor, args: tuple = ()) -> Tensor:
+        """The layer's input ``x`` as a map in its layout: (N, C, H, W), or (N, H, W, C) when
+        ``channels_last``; ``args``: the forward's further arguments (see ``takes_args``)."""
+        return x
+
+    def grids(self, layer: nn.Module, x: Tensor, output: Tensor, args: tuple = ()) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Spatial sizes (H, W) of the layer's input ``x`` and of its ``output`` in one call."""
+        h_dim, w_dim = (-3, -2) if self.channels_last else (-2, -1)
+        x = self.map_of(layer, x, args)
+        return (int(x.shape[h_dim]), int(x.shape[w_dim])), (int(output.shape[h_dim]), int(output.shape[w_dim]))
 
     @abstractmethod
     def rate(self, layer: nn.Module) -> int:
@@ -94,7 +110,7 @@ def _require_adapter(layer: nn.Module) -> PhaseAdapter:
 
 
 
-def polyphase(layer: nn.Module, x: Tensor, phase: int | None = None) -> Tensor:
+def polyphase(layer: nn.Module, x: Tensor, phase: int | None = None, args: tuple = ()) -> Tensor:
     """Evaluate a subsampling layer at its discarded phases.
 
     Args:
@@ -102,6 +118,8 @@ def polyphase(layer: nn.Module, x: Tensor, phase: int | None = None) -> Tensor:
             merging, timm same-padding layers, ...).
         x: the layer's input, in the layer's own layout (NCHW, or NHWC for patch merging).
         phase: None for all phases; otherwise s = dy*R + dx in [0, R²).
+        args: the further arguments of the layer's forward, for layers that take them (Hugging Face
+            Swin's patch merging: ``(input_dimensions,)``; see ``PhaseAdapter.takes_args``).
 
     Returns:
         phase None: (N, R², *out) where ``out`` is the default output shape without the batch dim;
@@ -109,13 +127,15 @@ def polyphase(layer: nn.Module, x: Tensor, phase: int | None = None) -> Tensor:
     """
     adapter = _require_adapter(layer)
     rate = adapter.rate(layer)
+    if args and not adapter.takes_args:
+        raise PhaseError(f"{class_path(layer)} takes no arguments after its input")
     if phase is None:
-        return adapter.all_phases(layer, x)
+        return adapter.all_phases(layer, x, *args)
     if isinstance(phase, bool) or not isinstance(phase, int):
         raise PhaseError(f"phase must be an int or None, got {type(phase).__name__}")
     if not 0 <= phase < rate * rate:
         raise PhaseError(f"phase {phase} out of range for {class_path(layer)} with rate {rate}: "
                          f"expected 0 <= phase < {rate * rate}")
     if phase == 0:
-        return layer(x)
-    return adapter.one_phase(layer, x, phase)
+        return layer(x, *args)
+    return adapter.one_phase(layer, x, phase, *args)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UndiscardError
+from ..outputs import select_output
 from ..testtime import TestTimeModule
 from .aggregators import FITTED, TTAAggregator, TTAFileError, load_tta, make_aggregator
 from .views import View, policy_views
@@ -82,7 +83,7 @@ class TTA(nn.Module):
         call = {"budget": phase_budget} if wrapped and phase_budget is not None else {}
         for start in range(0, batch.shape[0], self.chunk_size):
             chunk = batch[start:start + self.chunk_size]
-            outs.append(self.model(chunk, **call))
+            outs.append(select_output(self.model(chunk, **call)))  # a ModelOutput's .logits, ...
             cost += (self.model.last_cost if wrapped else 1.0) * chunk.shape[0]
             ideal += (self.model.last_cost_ideal if wrapped else 1.0) * chunk.shape[0]
         self.last_cost, self.last_cost_ideal = cost / x.shape[0], ideal / x.shape[0]
