@@ -44,7 +44,7 @@ from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from .errors import UndiscardError
 
-__all__ = ["ResultWriteError", "check_writable_dir", "check_target", "atomic_write", "atomic_path", "OutputSet",
+__all__ = ["file_kind", "ResultWriteError", "check_writable_dir", "check_target", "atomic_write", "atomic_path", "OutputSet",
            "recover_directory", "STAGING_PREFIX"]
 
 STAGING_PREFIX = ".undiscard-run-"
@@ -84,11 +84,13 @@ def check_writable_dir(directory: str | Path) -> Path:
     return d
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages, from its ``st_mode``: ``a directory``, ``a FIFO (named
+    pipe)``, ``a socket``, ``a device`` (or ``not a regular file``)."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
-        return "a FIFO"
+        return "a FIFO (named pipe)"
     if stat.S_ISSOCK(mode):
         return "a socket"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -121,7 +123,7 @@ def check_target(path: str | Path, replace: Replace | None = None, inputs: Seque
         raise ResultWriteError(f"{path} is a symbolic link: undiscard never writes through or replaces a link "
                                f"(remove it, or {hint})")
     if not stat.S_ISREG(st.st_mode):
-        raise ResultWriteError(f"{path} is {_kind(st.st_mode)}, not a file: undiscard does not replace it "
+        raise ResultWriteError(f"{path} is {file_kind(st.st_mode)}, not a file: undiscard does not replace it "
                                f"(remove or rename it, or {hint})")
     if replace is not None and not replace(path):
         raise ResultWriteError(f"{path} exists and was not written by undiscard: not replaced (remove it, or {hint})")

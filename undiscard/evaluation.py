@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UndiscardError
+from .outputs import select_output
 from .metrics.classification import Row, Tally, row_from_counts, topk_correct
 from .search import state_offset
 from .wrapper import Undiscard, wrap
@@ -248,7 +249,7 @@ def evaluate_tta_stream(name: str, tta, stream: Iterable[Batch], budgets: Sequen
     def predict(x: Tensor) -> dict[int | str, Prediction]:
         out: dict[int | str, Prediction] = {}
         if baseline:
-            out["plain"] = (inner(x, budget=1) if wrapped else inner(x), 1.0, 1.0)
+            out["plain"] = (select_output(inner(x, budget=1) if wrapped else inner(x)), 1.0, 1.0)
         for b in budgets:
             logits = tta(x, phase_budget=b if wrapped else None)
             out[b] = (logits, tta.last_cost, tta.last_cost_ideal)

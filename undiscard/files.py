@@ -19,21 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write, file_kind
 from .errors import UndiscardError
 
 __all__ = ["check_file", "safe_torch_load", "save_tagged", "load_tagged", "load_weights"]
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
 
 
 def check_file(path: str | Path, what: str, error: type[Exception] = UndiscardError) -> Path:
@@ -50,7 +39,7 @@ def check_file(path: str | Path, what: str, error: type[Exception] = UndiscardEr
     except OSError as err:
         raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path} is {_kind(st.st_mode)}, not {'an' if what[:1] in 'aeiou' else 'a'} {what}")
+        raise error(f"{path} is {file_kind(st.st_mode)}, not {'an' if what[:1] in 'aeiou' else 'a'} {what}")
     return path
 
 
@@ -90,8 +79,6 @@ def safe_torch_load(path: str | Path, what: str, error: type[Exception] = Undisc
 def save_tagged(path: str | Path, fmt: str, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (tensors, numbers, strings, lists; ``meta`` made JSON-safe) tagged with ``fmt``,
     atomically (:func:`undiscard.atomic.atomic_write`)."""
-    from .atomic import atomic_write
-
     path = Path(path)
     blob = {**payload, "format": fmt}
     if "meta" in blob:

@@ -44,7 +44,8 @@ def help_text(doc: str | None) -> str:
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
     p.add_argument("--out", type=Path, default=None,
-                   help="directory for result files (JSON, CSV, PNG); created if missing")
+                   help="directory for result files (JSON, CSV, PNG); created if missing. A run's files replace the "
+                        "old ones together; a link or directory where one goes is refused")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -151,7 +151,10 @@ def read_idx(path: str | os.PathLike, rows: Sequence[int] | np.ndarray | None = 
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as an idx file (gzip-compressed when ``path`` ends in ``.gz``)."""
+    """Write ``array`` as an idx file (gzip-compressed when ``path`` ends in ``.gz``), atomically
+    (:func:`undiscard.atomic.atomic_write`)."""
+    from ..atomic import atomic_write
+
     array = np.asarray(array)
     codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
     code = codes.get(array.dtype.newbyteorder("="))
@@ -159,9 +162,12 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         raise ValueError(f"idx cannot store dtype {array.dtype}")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     body = array.astype(np.dtype(_IDX_DTYPES[code]), copy=False).tobytes()
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(header + body)
+    with atomic_write(path) as f:
+        if str(path).endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=f) as gz:
+                gz.write(header + body)
+        else:
+            f.write(header + body)
 
 
 def _find(root: Path, stem: str) -> Path | None:

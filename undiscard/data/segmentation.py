@@ -254,16 +254,19 @@ def seg_test_info(path: str | os.PathLike | None = None) -> dict:
 
 
 def save_seg_split(path: str | os.PathLike, gen: CanvasGenerator, n: int) -> None:
-    """Write canvases 0..n-1 of ``gen`` with its seed, config and layouts (np.savez_compressed, uint8 maps)."""
+    """Write canvases 0..n-1 of ``gen`` with its seed, config and layouts (np.savez_compressed, uint8 maps),
+    atomically (:func:`undiscard.atomic.atomic_write`)."""
+    from ..atomic import atomic_write
+
     images, masks = gen.batch(range(n))
     layouts = np.full((n, gen.config.max_objects, len(OBJECT_FIELDS)), -1, np.int64)
     for i in range(n):
         lay = gen.layout(i)
         layouts[i, :len(lay)] = lay
     cfg = asdict(gen.config)
-    np.savez_compressed(path, images=images, masks=masks, seed=np.int64(gen.seed),
-                        layouts=layouts.astype(np.int16),
-                        config_keys=np.array(list(cfg)), config_values=np.array(list(cfg.values()), np.float64))
+    with atomic_write(path) as f:
+        np.savez_compressed(f, images=images, masks=masks, seed=np.int64(gen.seed), layouts=layouts.astype(np.int16),
+                            config_keys=np.array(list(cfg)), config_values=np.array(list(cfg.values()), np.float64))
 
 
 def to_input(images: np.ndarray | torch.Tensor, in_chans: int = 1) -> torch.Tensor:

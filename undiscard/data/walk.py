@@ -22,6 +22,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import file_kind
+
 __all__ = ["Skipped", "FolderWalk", "describe_skipped"]
 
 
@@ -38,16 +40,6 @@ def describe_skipped(skipped: list[Skipped], limit: int = 3) -> str:
     shown = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:limit])
     more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
     return f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} ({shown}{more})"
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe), not a file"
-    if stat.S_ISSOCK(mode):
-        return "a socket, not a file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device, not a file"
-    return "not a regular file"
 
 
 @dataclass
@@ -107,7 +99,7 @@ class FolderWalk:
             elif stat.S_ISREG(st.st_mode):
                 files.append(path)
             else:
-                self.skipped.append(Skipped(str(path), _kind(st.st_mode)))
+                self.skipped.append(Skipped(str(path), f"{file_kind(st.st_mode)}, not a file"))
         return dirs, files
 
     def files(self, folder: Path) -> list[Path]:
