@@ -427,11 +427,16 @@ def test_tta_plots_are_against_cost_and_only_what_was_measured(tmp_path):
             dict(base, budget=2, tta="flip/mean", tta_views=2, top1=82.0, cost=7.5)]
     written = sorted(p.name for p in write_plots(rows, tmp_path))
     assert written == ["pareto.png", "tta_comparison.png"]  # no "phase search alone" figure: none was measured
+    import matplotlib.pyplot as plt
+
     fig = method_figure(rows)
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == "cost (plain forwards per image)"
-    both = next(ln for ln in ax.get_lines() if "ours" in ln.get_label())
-    assert list(both.get_xdata()) == [7.5]  # the measured cost, not views x states (4)
+    try:
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == "cost (plain forwards per image)"
+        both = next(ln for ln in ax.get_lines() if "ours" in ln.get_label())
+        assert list(both.get_xdata()) == [7.5]  # the measured cost, not views x states (4)
+    finally:
+        plt.close(fig)
 
 
 # ---- 6. class maps: integers from 0, below the model's classes ----------------------------------------------

@@ -33,7 +33,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="accepted for symmetry; predict shows no progress bar")
     p.add_argument("--mask-out", default=None, help="segmentation: write the label map as a palette PNG here (and "
-                   "an overlay); one image: a file, several: a folder (zoo:seg_* models: default '.')")
+                   "an overlay); one image: a file, several: a folder of NAME.png (zoo:seg_* models without it: "
+                   "NAME.mask.png in the current directory). Never an input, a link, or a PNG undiscard did not write")
     return p
 
 
