@@ -181,3 +181,52 @@ def test_store_round_trip_and_half_storage(tmp_path):
         assert store.read("offsets", slice(0, 5)).dtype == torch.long
         assert store.max_rows == 5 and store.nbytes == 5 * 3 * 2 * 16 * 2 + 5 * 3 * 2 * 8
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def unlabelled(tmp_path):
+    """A folder of three unlabelled images (one in a subfolder), no class structure."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(5)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for k, where in enumerate(["a.png", "b.jpg", "sub/c.png"]):
+        arr = (torch.rand(48, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(tmp_path / "imgs" / where)
+    return tmp_path / "imgs"
+
+
+def test_cli_calibrates_without_labels(unlabelled, tmp_path, capsys):
+    import json
+
+    from undiscard.calibration import load_order
+    from undiscard.cli import main
+
+    out = tmp_path / "order.json"
+    assert main(["calibrate", "--model", "zoo:resnet_basic", "--objective", "consistency", "--data", str(unlabelled),
+                 "--pairs-per-image", "2", "--max-shift", "2", "--greedy", "2", "--out", str(out), "--quiet",
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    order = load_order(out)
+    assert summary["objective"] == "consistency" and order.meta["objective"] == "consistency"
+    assert order.meta["images"] == 6 and "3 unlabelled images" in order.meta["data"]
+    assert order.meta["peak_rss_mb"] > 0 and len(order.meta["greedy_accuracy"]) == 3
+    assert main(["calibrate", "--model", "zoo:seg_fpn", "--task", "segmentation", "--objective", "consistency",
+                 "--data", str(unlabelled), "--out", str(out), "--quiet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "for classifiers" in err and "\n" not in err
+
+
+def test_file_backed_views_calibrate_like_tensors(tmp_path):
+    from undiscard.state_store import DiskTensor
+
+    a, b = pairs(4)
+    m = undiscard.wrap(net(), budget=1, units=[0, 1])
+    da, db = DiskTensor(tmp_path / "a.bin", tuple(a.shape), torch.float32), DiskTensor(tmp_path / "b.bin",
+                                                                                     tuple(b.shape), torch.float32)
+    da.write(0, a)
+    db.write(0, b)
+    assert torch.equal(da[1:3], a[1:3])
+    want = calibrate(m, a, None, greedy=2, shifted=b, objective="consistency")
+    got = calibrate(m, da, None, greedy=2, shifted=db, objective="consistency")
+    assert got.states == want.states and got.meta["greedy_accuracy"] == want.meta["greedy_accuracy"]

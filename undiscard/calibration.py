@@ -200,19 +200,24 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _views(images: Tensor, labels: Tensor | None, shifted: Tensor | None, pairs: bool, name: str) -> Tensor:
-    """The rows calibration evaluates: ``images``, or for a pair objective ``images`` and ``shifted``
-    interleaved (row 2i is image i, row 2i+1 its displaced view); one UndiscardError for what does not fit."""
+def _rows(images: Tensor, labels: Tensor | None, shifted: Tensor | None, pairs: bool,
+          name: str) -> tuple[int, Callable[[int, int], Tensor]]:
+    """The number of rows calibration evaluates and how to read rows ``a..b-1``: ``images``' rows, or for a
+    pair objective ``images`` and ``shifted`` interleaved (row 2i is image i, row 2i+1 its displaced view; ``a``
+    and ``b`` even). ``images`` and ``shifted`` may be any tensors sliced by rows (a file-backed
+    :class:`~undiscard.state_store.DiskTensor`): only the rows asked for are read. One UndiscardError for
+    inputs that do not fit the objective."""
+    n = int(images.shape[0])
     if pairs:
-        if shifted is None or shifted.shape != images.shape or images.shape[0] < 1:
+        if shifted is None or tuple(shifted.shape) != tuple(images.shape) or n < 1:
             raise UndiscardError(f"objective {name!r} needs pairs of views: images and shifted= of the same shape "
                                  f"(the same scenes displaced by a few pixels), got "
                                  f"{None if shifted is None else tuple(shifted.shape)} for {tuple(images.shape)}")
-        return torch.stack([images, shifted], 1).flatten(0, 1)
-    if labels is None or images.shape[0] < 1 or images.shape[0] != labels.shape[0]:
-        raise UndiscardError(f"calibration needs labelled images: got {images.shape[0]} images and "
+        return 2 * n, lambda a, b: torch.stack([images[a // 2:b // 2], shifted[a // 2:b // 2]], 1).flatten(0, 1)
+    if labels is None or n < 1 or n != labels.shape[0]:
+        raise UndiscardError(f"calibration needs labelled images: got {n} images and "
                              f"{0 if labels is None else labels.shape[0]} labels (objective='consistency' needs none)")
-    return images
+    return n, lambda a, b: images[a:b]
 
 
 @torch.no_grad()
@@ -250,8 +255,10 @@ def calibrate(model: "Undiscard", images: Tensor, labels: Tensor | None = None, 
 
     t0 = time.perf_counter()
     goal = get_objective(objective)
-    x_all = _views(images, labels if goal.needs_labels else None, shifted, goal.pairs, objective)
-    engine = model.prepare(x_all[:1])
+    n, rows_of = _rows(images, labels if goal.needs_labels else None, shifted, goal.pairs, objective)
+    device = next((p.device for p in model.net.parameters()), torch.device("cpu"))
+    first = rows_of(0, 2 if goal.pairs else 1).to(device)[:1]
+    engine = model.prepare(first)
     units = engine.search_units
     if not units:
         raise UndiscardError("no unit is searched: there is nothing to calibrate")
@@ -260,20 +267,20 @@ def calibrate(model: "Undiscard", images: Tensor, labels: Tensor | None = None, 
     ctx = SearchContext.of(engine, model.task, model.seed, full)
     task = model.task
     entropy = model.aggregate == "entropy"  # each state's entropies once, not once per subset combined
-    n, budget, s = x_all.shape[0], int(memory_mb * 2 ** 20), len(states)
+    budget, s = int(memory_mb * 2 ** 20), len(states)
     with torch.no_grad():  # per-row sizes from one image: native features, logits (the maps are as large)
-        probe = engine.split.features(x_all[:1])
+        probe = engine.split.features(first)
         out = engine.split.head(probe)
     feature, output = probe[0].numel() + out[0].numel(), out[0].numel()
     # evaluation: the search's features, their aligned copies and the maps, all states, in float32; the search
     # itself runs at most ``search`` rows (images x states) per pass (~32 input-sized activations each)
-    evaluate = working_rows(budget // 2, s * 4 * (3 * feature + 2 * output), batch_size)
-    search = working_rows(budget // 2, 32 * 4 * x_all[0].numel(), model.chunk_size)
+    evaluate = working_rows(budget // 2, s * 4 * (3 * feature + 2 * output), batch_size, even=goal.pairs)
+    search = working_rows(budget // 2, 32 * 4 * first[0].numel(), model.chunk_size)
     store = StateStore(n, dtype, workdir)
     stride = None
     try:
         for start in range(0, n, evaluate):
-            x = x_all[start:start + evaluate]
+            x = rows_of(start, min(n, start + evaluate)).to(device)
             cands = find_candidates(engine, x, s, get_criterion("calibrated"), ctx, chunk_size=search)
             f, lg, off = stack_candidates(cands, engine)
             aligned = task.aligned_states(engine, f, lg, off, model.align)  # once: each state aligns on its own
@@ -289,7 +296,6 @@ def calibrate(model: "Undiscard", images: Tensor, labels: Tensor | None = None, 
         how = get_aggregate(model.aggregate)
         targets = labels.long() if goal.needs_labels and labels is not None else None
 
-        device = x_all.device
         if targets is not None:
             targets = targets.to(device)
 
