@@ -49,13 +49,29 @@ Predict = Callable[[Tensor], tuple[Tensor, float, float]]  # images -> (logits, 
 @dataclass(frozen=True)
 class Variant:
     label: str
-    kind: str  # plain, flip, aps, aps+plain, aps+runner-up, flip*aps
+    kind: str  # plain, flip, aps, aps+plain, aps+runner-up, flip*aps, search, flip*search
     units: tuple[int, ...] = ()
     rule: APSRule = field(default_factory=APSRule)
+    budget: int = 1  # search: states per view
+    criterion: str = "entropy"  # search: wrap's criterion ("calibrated": the model's shipped order)
 
     @property
     def states(self) -> int:
+        if self.kind.endswith("search"):
+            return self.budget * (2 if self.kind.startswith("flip") else 1)
         return 1 if self.kind in ("plain", "aps") else 2
+
+
+def order_variants(n_units: int) -> list[Variant]:
+    """``--set orders``: plain, flip TTA and APS at the first unit beside the wrapped model's searches (its
+    default units) — the shipped calibrated order and the default entropy search — at 2, 4, 8 states, and
+    flip TTA over them at 2 and 4 states per view."""
+    out = [Variant("plain", "plain"), Variant("flip TTA", "flip"), Variant("APS first L2", "aps", (0,)),
+           Variant("flip TTA x APS first L2", "flip*aps", (0,))]
+    for criterion in ("calibrated", "entropy"):
+        out += [Variant(f"{criterion} B={b}", "search", budget=b, criterion=criterion) for b in (2, 4, 8)]
+        out += [Variant(f"flip TTA x {criterion} B={b}", "flip*search", budget=b, criterion=criterion) for b in (2, 4)]
+    return out
 
 
 def variants(n_units: int) -> list[Variant]:
@@ -78,8 +94,14 @@ def variants(n_units: int) -> list[Variant]:
     return out
 
 
-def predictor(model: undiscard.Undiscard, net: torch.nn.Module, v: Variant) -> Predict:
+def predictor(model: undiscard.Undiscard, net: torch.nn.Module, v: Variant, order: str | None = None) -> Predict:
     flip = undiscard.TTA(net, policy="flip")
+    if v.kind.endswith("search"):  # the wrapped model as users get it: its default units, its order
+        if v.criterion == "calibrated" and order is None:
+            raise SystemExit("criterion calibrated: the model ships no order")
+        searched = undiscard.wrap(net, budget=v.budget, criterion=v.criterion,
+                                  order=order if v.criterion == "calibrated" else None)
+        flipped = undiscard.TTA(searched, policy="flip")
 
     def moved(states: list[tuple[int, ...]]) -> float:
         return sum(any(s) for s in states) / max(1, len(states))
@@ -103,6 +125,14 @@ def predictor(model: undiscard.Undiscard, net: torch.nn.Module, v: Variant) -> P
             r = aps(model, x, units, p, ch, features=True)
             second = aps(model, x, units, p, ch, ranks={units[0]: 1}, features=True)
             return aggregate_states(model, [r, second]), r.cost + second.cost, moved(r.states)
+        if v.kind == "search":
+            with torch.no_grad():
+                out = searched(x)
+            return out, searched.last_cost, 0.0
+        if v.kind == "flip*search":
+            with torch.no_grad():
+                out = flipped(x)
+            return out, flipped.last_cost, 0.0
         if v.kind == "flip*aps":
             a, b = aps(model, x, units, p, ch), aps(model, torch.flip(x, dims=(-1,)), units, p, ch)
             return (a.logits + b.logits) / 2, a.cost + b.cost, moved(a.states)
@@ -176,6 +206,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000, help="zoo: test images (default 2000)")
     ap.add_argument("--pairs", type=int, default=8, help="photos: pairs per evaluation photo (default 8)")
     ap.add_argument("--only", default=None, help="comma-separated variant labels to run (default: all)")
+    ap.add_argument("--set", choices=("aps", "orders"), default="aps",
+                    help="aps: where to apply APS (default); orders: the shipped orders beside plain, flip, APS")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
@@ -205,12 +237,13 @@ def main() -> None:
         units = undiscard.find_units(loaded.model, x[:1])
         spatial = [i for i, u in enumerate(units) if u.spatial]
         model = undiscard.wrap(loaded.model, budget=1, units=spatial, example_input=x[:1])
-        for v in variants(len(spatial)):
+        for v in (variants if args.set == "aps" else order_variants)(len(spatial)):
             if (name, v.label) in done or (only is not None and v.label not in only):
                 continue
             row = {"model": name, "variant": v.label, "kind": v.kind, "states": v.states,
                    "units": [model.search_units[k].name for k in v.units], "norm": v.rule.label,
-                   **measure(predictor(model, loaded.model, v), x, xs, hits, labelled, batch)}
+                   "budget": v.budget, "criterion": v.criterion if v.kind.endswith("search") else None,
+                   **measure(predictor(model, loaded.model, v, loaded.order), x, xs, hits, labelled, batch)}
             payload["rows"].append(row)
             print(f"{name:22s} {v.label:34s} top1 {row['top1']!s:>6.6} shifted {row['top1_shifted']!s:>6.6} "
                   f"cons {row['consistency']:6.2f} cost {row['cost']:5.3f} moved {row['moved']:5.1f}% "
