@@ -2,7 +2,8 @@
 
 For each model, on the same images, beside the plain model and flip TTA (``undiscard.TTA(net, "flip")``):
 
-- APS alone (1 state): at the first spatial unit with each norm (p = 1, 2, inf; channel-normalised or not),
+- APS alone (1 state): at the first spatial unit with each norm (p = 1, 2, inf; channel-normalised or not;
+  border cells left out of the score unless ``--border``),
   at the first k units and at all of them (L2 and L2/ch), at the second unit only, at the default searched
   units (all but the first and the last);
 - 2 states: APS + the plain model aggregated (the wrapped model's ``entropy`` aggregation, aligned by the
@@ -62,35 +63,38 @@ class Variant:
         return 1 if self.kind in ("plain", "aps") else 2
 
 
-def order_variants(n_units: int) -> list[Variant]:
-    """``--set orders``: plain, flip TTA and APS at the first unit beside the wrapped model's searches (its
-    default units) — the shipped calibrated order and the default entropy search — at 2, 4, 8 states, and
-    flip TTA over them at 2 and 4 states per view."""
+def order_variants(n_units: int, criteria: tuple[str, ...] = ("calibrated",)) -> list[Variant]:
+    """``--set orders``: plain, flip TTA and APS at the first unit beside the wrapped model's search with its
+    shipped calibrated order (its default units) at 2, 4, 8 states, and flip TTA over it at 2 and 4 states per
+    view (``--criteria`` adds others, e.g. the default ``entropy``)."""
     out = [Variant("plain", "plain"), Variant("flip TTA", "flip"), Variant("APS first L2", "aps", (0,)),
            Variant("flip TTA x APS first L2", "flip*aps", (0,))]
-    for criterion in ("calibrated", "entropy"):
+    for criterion in criteria:
         out += [Variant(f"{criterion} B={b}", "search", budget=b, criterion=criterion) for b in (2, 4, 8)]
         out += [Variant(f"flip TTA x {criterion} B={b}", "flip*search", budget=b, criterion=criterion) for b in (2, 4)]
     return out
 
 
-def variants(n_units: int) -> list[Variant]:
-    """The variants for a model whose wrapper searches ``n_units`` spatial units (all of them)."""
-    rules = [APSRule(p, c) for c in (False, True) for p in (1, 2, math.inf)]
+def variants(n_units: int, border: bool = False) -> list[Variant]:
+    """The variants for a model whose wrapper searches ``n_units`` spatial units (all of them); ``border``:
+    every APS rule scores the whole map (:class:`~undiscard.aps.APSRule`)."""
+    rules = [APSRule(p, c, border) for c in (False, True) for p in (1, 2, math.inf)]
     out = [Variant("plain", "plain"), Variant("flip TTA", "flip")]
     out += [Variant(f"APS first {r.label}", "aps", (0,), r) for r in rules]
     sets = {f"first {k}": tuple(range(k)) for k in range(2, n_units)}
     sets["all"] = tuple(range(n_units))
     for name, units in sets.items():
-        out += [Variant(f"APS {name} {r.label}", "aps", units, r) for r in (APSRule(2), APSRule(2, True))]
+        out += [Variant(f"APS {name} {r.label}", "aps", units, r)
+                for r in (APSRule(2, False, border), APSRule(2, True, border))]
+    l2 = APSRule(2, False, border)
     if n_units >= 2:
-        out.append(Variant("APS second only L2", "aps", (1,)))
+        out.append(Variant(f"APS second only {l2.label}", "aps", (1,), l2))
     if n_units >= 3:
-        out.append(Variant("APS default units L2", "aps", tuple(range(1, n_units - 1))))
-    out += [Variant("plain + APS first L2", "aps+plain", (0,)),
-            Variant("plain + APS all L2", "aps+plain", tuple(range(n_units))),
-            Variant("APS first L2 + runner-up", "aps+runner-up", (0,)),
-            Variant("flip TTA x APS first L2", "flip*aps", (0,))]
+        out.append(Variant(f"APS default units {l2.label}", "aps", tuple(range(1, n_units - 1)), l2))
+    out += [Variant(f"plain + APS first {l2.label}", "aps+plain", (0,), l2),
+            Variant(f"plain + APS all {l2.label}", "aps+plain", tuple(range(n_units)), l2),
+            Variant(f"APS first {l2.label} + runner-up", "aps+runner-up", (0,), l2),
+            Variant(f"flip TTA x APS first {l2.label}", "flip*aps", (0,), l2)]
     return out
 
 
@@ -107,7 +111,7 @@ def predictor(model: undiscard.Undiscard, net: torch.nn.Module, v: Variant, orde
         return sum(any(s) for s in states) / max(1, len(states))
 
     def run(x: Tensor) -> tuple[Tensor, float, float]:
-        units, p, ch = list(v.units), v.rule.p, v.rule.channel_norm
+        units, p, ch, bd = list(v.units), v.rule.p, v.rule.channel_norm, v.rule.border
         if v.kind == "plain":
             with torch.no_grad():
                 return net(x), 1.0, 0.0
@@ -116,14 +120,14 @@ def predictor(model: undiscard.Undiscard, net: torch.nn.Module, v: Variant, orde
                 out = flip(x)
             return out, flip.last_cost, 0.0
         if v.kind == "aps":
-            r = aps(model, x, units, p, ch)
+            r = aps(model, x, units, p, ch, border=bd)
             return r.logits, r.cost, moved(r.states)
         if v.kind == "aps+plain":
-            plain, r = aps(model, x, [], features=True), aps(model, x, units, p, ch, features=True)
+            plain, r = aps(model, x, [], features=True), aps(model, x, units, p, ch, border=bd, features=True)
             return aggregate_states(model, [plain, r]), plain.cost + r.cost, moved(r.states)
         if v.kind == "aps+runner-up":
-            r = aps(model, x, units, p, ch, features=True)
-            second = aps(model, x, units, p, ch, ranks={units[0]: 1}, features=True)
+            r = aps(model, x, units, p, ch, border=bd, features=True)
+            second = aps(model, x, units, p, ch, border=bd, ranks={units[0]: 1}, features=True)
             return aggregate_states(model, [r, second]), r.cost + second.cost, moved(r.states)
         if v.kind == "search":
             with torch.no_grad():
@@ -134,7 +138,7 @@ def predictor(model: undiscard.Undiscard, net: torch.nn.Module, v: Variant, orde
                 out = flipped(x)
             return out, flipped.last_cost, 0.0
         if v.kind == "flip*aps":
-            a, b = aps(model, x, units, p, ch), aps(model, torch.flip(x, dims=(-1,)), units, p, ch)
+            a, b = aps(model, x, units, p, ch, border=bd), aps(model, torch.flip(x, dims=(-1,)), units, p, ch, border=bd)
             return (a.logits + b.logits) / 2, a.cost + b.cost, moved(a.states)
         raise ValueError(v.kind)
 
@@ -208,6 +212,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated variant labels to run (default: all)")
     ap.add_argument("--set", choices=("aps", "orders"), default="aps",
                     help="aps: where to apply APS (default); orders: the shipped orders beside plain, flip, APS")
+    ap.add_argument("--border", action="store_true", help="APS scores whole maps, border cells included")
+    ap.add_argument("--criteria", default="calibrated", help="--set orders: the searches' criteria (default calibrated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
@@ -237,7 +243,9 @@ def main() -> None:
         units = undiscard.find_units(loaded.model, x[:1])
         spatial = [i for i, u in enumerate(units) if u.spatial]
         model = undiscard.wrap(loaded.model, budget=1, units=spatial, example_input=x[:1])
-        for v in (variants if args.set == "aps" else order_variants)(len(spatial)):
+        todo = (variants(len(spatial), args.border) if args.set == "aps"
+                else order_variants(len(spatial), tuple(c.strip() for c in args.criteria.split(","))))
+        for v in todo:
             if (name, v.label) in done or (only is not None and v.label not in only):
                 continue
             row = {"model": name, "variant": v.label, "kind": v.kind, "states": v.states,

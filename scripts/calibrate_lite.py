@@ -6,7 +6,7 @@ No labelled ImageNet images exist here, so each model's states (its default sear
 same scenes displaced by 1-16 px of real content. ``load_model("efficientnet-liteK").order`` then names the
 file, as zoo models' orders do.
 
-    python scripts/calibrate_lite.py [--objective agreement] [--pairs 8] [--models efficientnet-lite0,...]
+    python scripts/calibrate_lite.py [--objective agreement] [--pairs 4] [--units 1,2] [--models efficientnet-lite0,...]
     python scripts/calibrate_lite.py --objective consistency --out-dir /tmp/orders   # compare objectives
 """
 from __future__ import annotations
@@ -25,8 +25,10 @@ def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(LITE_MODELS))
     ap.add_argument("--objective", default="agreement", help="label-free objective (default: agreement)")
-    ap.add_argument("--pairs", type=int, default=8, help="pairs of views per calibration photo (default 8)")
+    ap.add_argument("--pairs", type=int, default=4, help="pairs of views per calibration photo (default 4)")
     ap.add_argument("--greedy", type=int, default=8, help="greedy steps (default 8)")
+    ap.add_argument("--units", default="1,2", help="units to rank the states of, as indices or names (default 1,2: "
+                                                   "the second and third strided layers, 16 states)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out-dir", type=Path, default=ORDERS_DIR)
@@ -34,7 +36,7 @@ def run(argv: list[str] | None = None) -> int:
     data = PHOTO_DIR / "calibration"
     for name in args.models.split(","):
         rc = main(["calibrate", "--model", name, "--objective", args.objective, "--data", str(data),
-                   "--pairs-per-image", str(args.pairs), "--greedy", str(args.greedy), "--seed", str(args.seed),
+                   "--pairs-per-image", str(args.pairs), "--units", args.units, "--greedy", str(args.greedy), "--seed", str(args.seed),
                    "--threads", str(args.threads), "--out", str(args.out_dir / f"{name}.json"), "--quiet"])
         if rc:
             return rc

@@ -61,11 +61,11 @@ def circular():
 def test_circular_network_is_shift_invariant_with_aps_everywhere(circular):
     net, model, x = circular
     assert [len(u.layers) for u in model.search_units] == [1, 2, 1]  # the block is one unit of two layers
-    ref = aps(model, x).logits
+    ref = aps(model, x, border=True).logits  # the whole map scores: no cell is special under circular padding
     plain_moved = 0.0
     for shift in [(1, 0), (0, 1), (1, 1), (3, 5), (2, 7), (8, 8), (31, 17)]:
         moved = torch.roll(x, shift, dims=(2, 3))
-        out = aps(model, moved).logits
+        out = aps(model, moved, border=True).logits
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         assert torch.equal(out.argmax(-1), ref.argmax(-1))
         with torch.no_grad():
@@ -75,8 +75,8 @@ def test_circular_network_is_shift_invariant_with_aps_everywhere(circular):
 
 def test_invariance_needs_every_unit(circular):
     _, model, x = circular
-    ref = aps(model, x, units=[0]).logits
-    out = aps(model, torch.roll(x, (1, 1), dims=(2, 3)), units=[0]).logits
+    ref = aps(model, x, units=[0], border=True).logits
+    out = aps(model, torch.roll(x, (1, 1), dims=(2, 3)), units=[0], border=True).logits
     assert float((out - ref).abs().max()) > 1e-3  # later plain units still see a half-cell shift
 
 
@@ -131,6 +131,15 @@ def test_scores_by_hand():
     # channel 0: energies 0, 2, 9, 0 -> /11; channel 1: only phase 3 -> 1
     torch.testing.assert_close(phase_scores(maps, APSRule(2, True)),
                                torch.tensor([[0.0, 2 / 11, 9 / 11, 1.0]], dtype=torch.float64))
+
+
+def test_border_cells_are_left_out_by_default():
+    maps = torch.zeros(1, 4, 1, 4, 4)  # (N, R², C, h, w): phase 0 large on its border, phase 1 inside
+    maps[0, 0, 0, 0, :] = 5.0
+    maps[0, 1, 0, 1:3, 1:3] = 1.0
+    assert rank_phases(phase_scores(maps, APSRule(2))).tolist() == [1]
+    assert rank_phases(phase_scores(maps, APSRule(2, border=True))).tolist() == [0]
+    assert phase_scores(maps, APSRule(1)).tolist() == [[0.0, 4.0, 0.0, 0.0]]
 
 
 def test_rank_phases_ties_and_runner_up():

@@ -21,6 +21,12 @@ Scores of a phase's map y (one image), over its positions and channels c:
   by its sum over the R² phases, so every channel votes with weight one and a few channels of large
   magnitude do not decide alone: the score is Σ_c e_c,s / Σ_s' e_c,s' (a channel that is zero at every
   phase votes uniformly).
+- ``border=False`` (the default): the first and last row and column of every phase map are left out of
+  the score (when the map has more than two). Those cells read the layer's padding or the extension past
+  the bottom/right edge, differently at each phase: on EfficientNet-Lite0's stem (TF "same" padding) that
+  edge alone makes phase 0's L2 norm the largest on every photo (by ~0.5%, against real differences of
+  ~0.2%), so APS would never move. ``border=True`` scores the whole map, as the paper does (its networks pad
+  circularly, where no cell is special; the invariance theorem needs it).
 
 With circular padding, strided convolutions and global average pooling, APS at *every* subsampling layer
 makes the network's output invariant to circular shifts of the input by any integer (the paper's
@@ -69,6 +75,7 @@ class APSRule:
 
     p: float = 2.0
     channel_norm: bool = False
+    border: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.p, bool) or float(self.p) not in NORMS:
@@ -79,7 +86,7 @@ class APSRule:
     def label(self) -> str:
         """A short name: ``L2``, ``Linf/ch`` (channel-normalised), ..."""
         p = "inf" if math.isinf(self.p) else str(int(self.p))
-        return f"L{p}" + ("/ch" if self.channel_norm else "")
+        return f"L{p}" + ("/ch" if self.channel_norm else "") + (" border" if self.border else "")
 
 
 def phase_scores(phases: Tensor, rule: APSRule, channels_last: bool = False) -> Tensor:
@@ -91,6 +98,8 @@ def phase_scores(phases: Tensor, rule: APSRule, channels_last: bool = False) -> 
     a = phases.detach().double().abs()
     if phases.dim() >= 4:  # channels at dim 2 (NCHW) or last (NHWC); energies per (image, phase, channel)
         a = a.movedim(-1, 2) if channels_last else a
+        if not rule.border and a.shape[-2] > 2 and a.shape[-1] > 2:
+            a = a[..., 1:-1, 1:-1]
         a = a.flatten(3)
     else:  # (N, R², L): a sequence without channels of its own: one channel
         a = a.unsqueeze(2)
@@ -186,14 +195,15 @@ class APSResult:
 
 @torch.no_grad()
 def aps(model: "Undiscard", x: Tensor, units: Sequence[int | str] | None = None, p: float = 2.0,
-        channel_norm: bool = False, *, ranks: Mapping[int, int] | None = None, features: bool = False) -> APSResult:
+        channel_norm: bool = False, *, border: bool = False, ranks: Mapping[int, int] | None = None,
+        features: bool = False) -> APSResult:
     """Run ``model``'s network once on ``x`` (N, C, H, W) with APS at ``units`` (positions or names among
     ``model.search_units``; None: all of them; ``[]``: none, the plain network bit for bit).
 
     ``ranks`` (position -> rank) keeps the ``rank``-th largest phase at a unit instead (1: the runner-up,
     a neighbour of the APS state). ``features=True`` runs the model's split (features, then head) and
-    returns the features too, for :func:`aggregate_states`."""
-    rule = APSRule(p, channel_norm)
+    returns the features too, for :func:`aggregate_states`. ``p``, ``channel_norm``, ``border``: :class:`APSRule`."""
+    rule = APSRule(p, channel_norm, border)
     engine = model.prepare(x)
     positions = aps_positions(engine, units)
     plan = aps_plan(engine, positions, rule, ranks)
