@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import undiscard
 from undiscard.calibration import StateOrder, calibrate
@@ -16,6 +15,8 @@ from undiscard.objectives import get_objective, pair_stats
 from undiscard.state_ranking import rank_states, working_rows
 from undiscard.state_store import StateStore
 from undiscard.task import ClassificationTask, StateMaps
+
+from .test_calibrated import net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,13 +93,6 @@ def test_greedy_picks_the_state_that_raises_consistency():
         assert ranked.positions == [0, 2, 1]
         assert ranked.curve == [0.5, 1.0]
         assert ranked.own[2][0] == 1.0 and ranked.own[1][0] == 0.5
-
-
-def net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 10, 1), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten()).eval()
 
 
 X = torch.randn(6, 3, 20, 20, generator=torch.Generator().manual_seed(1))

@@ -54,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import PhaseError, UndiscardError
 from .execution import Adaptive, phase_plan
-from .geometry import state_offsets
+from .geometry import select_units, state_offsets
 from .layers.registry import PhaseAdapter
 from .outputs import select_output
 
@@ -143,27 +143,10 @@ class PolyphaseChoice(Adaptive):
 
 def aps_positions(engine: "Engine", units: Sequence[int | str] | None) -> list[int]:
     """Positions among ``engine``'s searched units of the units to select: indices (negative from the end)
-    or names; None: all of them. One :class:`~undiscard.errors.PhaseError` for a bad one."""
+    or names (:func:`~undiscard.geometry.select_units`); None: all of them. One
+    :class:`~undiscard.errors.PhaseError` for a bad one."""
     searched = engine.search_units
-    if units is None:
-        return list(range(len(searched)))
-    names = [u.name for u in searched]
-    out: list[int] = []
-    for u in units:
-        if isinstance(u, bool) or not isinstance(u, (int, str)):
-            raise PhaseError(f"an APS unit is a searched unit's position or name, got {u!r}")
-        if isinstance(u, str):
-            if u not in names:
-                raise PhaseError(f"unit {u!r} is not searched: the searched units are {', '.join(names) or 'none'}")
-            k = names.index(u)
-        elif -len(searched) <= u < len(searched):
-            k = u % len(searched)
-        else:
-            raise PhaseError(f"APS unit position {u} out of range: {len(searched)} units are searched")
-        if k in out:
-            raise PhaseError(f"APS unit {names[k]!r} given twice")
-        out.append(k)
-    return sorted(out)
+    return list(range(len(searched))) if units is None else select_units(searched, list(units))
 
 
 def aps_plan(engine: "Engine", positions: Sequence[int], rule: APSRule,
