@@ -224,3 +224,22 @@ def test_file_backed_views_calibrate_like_tensors(tmp_path):
     want = calibrate(m, a, None, greedy=2, shifted=b, objective="consistency")
     got = calibrate(m, da, None, greedy=2, shifted=db, objective="consistency")
     assert got.states == want.states and got.meta["greedy_accuracy"] == want.meta["greedy_accuracy"]
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+def test_lite_models_ship_a_label_free_order(name):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from undiscard.calibration import load_order, zoo_order_path
+    from undiscard.models import load_model
+
+    if not zoo_order_path(name).is_file():
+        pytest.skip(f"{name}: no order shipped in this checkout (scripts/calibrate_lite.py)")
+    loaded = load_model(name)
+    assert loaded.order == str(zoo_order_path(name))
+    order = load_order(loaded.order)
+    assert order.meta["objective"] in ("consistency", "agreement", "kl")
+    assert "photos/calibration" in order.meta["data"] and order.stop is not None
+    size = loaded.preprocess.input_size
+    m = undiscard.wrap(loaded.model, budget=2, criterion="calibrated", order=order,
+                       example_input=torch.zeros(1, 3, size, size))
+    assert [u.name for u in m.search_units] == order.units
