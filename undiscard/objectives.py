@@ -132,7 +132,8 @@ def pair_stats(outputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per pair of rows (2i, 2i+1) of classification logits (2P, K): (top-1 agrees (P,) bool, the probability
     the two views agree Σ_k p_k q_k (P,), the symmetric KL divergence (P,)), in float64."""
     if outputs.dim() != 2 or outputs.shape[0] % 2:
-        raise UndiscardError(f"consistency objectives need (2P, K) logits of pairs of views, got {tuple(outputs.shape)}")
+        raise UndiscardError(f"consistency objectives need (2P, K) logits of pairs of views, got "
+                             f"{tuple(outputs.shape)}")
     logp = torch.log_softmax(outputs.double(), -1)
     a, b = logp[0::2], logp[1::2]
     agree = a.argmax(-1) == b.argmax(-1)

@@ -9,7 +9,7 @@ more than the order's ``stop``, the shortest greedy prefix that was most accurat
 
 ``--task segmentation`` ranks a segmenter's states by the aggregate's mIoU on a segmentation folder
 (``DIR/images`` and ``DIR/masks``, as ``undiscard eval --task segmentation`` reads; ``--limit N``: its
-first N pairs); the states' outputs are kept in float16 until ranked (all of them are held at once).
+first N pairs); the states' outputs are kept on disk in float16 until ranked (a chunk of images at a time in memory).
 
     python scripts/export_seg_folder.py /tmp/seg_val --split val --limit 500
     undiscard calibrate --task segmentation --model zoo:seg_fpn --data /tmp/seg_val --out fpn_order.json
@@ -67,8 +67,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                                        "(default: a zoo model's shipped one)")
     p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
     p.add_argument("--batch-size", type=int, default=None, help="images per search (default: 256; segmentation 16)")
-    p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N labelled images "
-                                                            "(segmentation: the folder's first N pairs)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use a seeded random subset of N labelled images (segmentation: the folder's first N pairs; "
+                        "label-free: its first N images)")
     p.add_argument("--objective", choices=OBJECTIVES, default="accuracy",
                    help="what the order maximises: accuracy (labelled --data, the default), or without labels "
                         "consistency, agreement, kl (on pairs of views of the images of --data)")

@@ -86,7 +86,8 @@ def crop_pairs(images: Sequence[Tensor], pairs_per_photo: int, size: int, max_sh
                              f"{max_shift} px")
         g = torch.Generator().manual_seed(seed * 7919 + p)
         corners = torch.randint(-reach, reach + 1, (pairs_per_photo, 2), generator=g) + margin
-        for (top, left), (dy, dx) in zip(corners.tolist(), random_offsets(pairs_per_photo, max_shift, seed + p).tolist()):
+        moves = random_offsets(pairs_per_photo, max_shift, seed + p).tolist()
+        for (top, left), (dy, dx) in zip(corners.tolist(), moves):
             base.append(img[:, top:top + size, left:left + size])
             moved.append(img[:, top + dy:top + dy + size, left + dx:left + dx + size])
             offsets.append((dy, dx))
