@@ -157,15 +157,17 @@ def test_shipped_zoo_orders_fit_their_models(name: str) -> None:
 
 
 def test_calibrate_runs_without_autograd(monkeypatch) -> None:
-    import undiscard.calibration as cal
+    import undiscard.state_ranking as ranking
 
     seen = []
-    real = cal.greedy_order
+    real = ranking.rank_states
 
-    def spy(combine, single, labels, greedy, progress=None, score=cal._score):
-        seen.append((torch.is_grad_enabled(), combine([0, 1]).requires_grad, single.requires_grad))
-        return real(combine, single, labels, greedy, progress, score)
+    def spy(store, chunk, combine, objective, task, targets, states, greedy, rows, progress=None):
+        maps, logits, offsets = chunk(slice(0, 2))
+        seen.append((torch.is_grad_enabled(), combine(maps, logits, offsets, [0, 1]).requires_grad,
+                     maps.maps.requires_grad))
+        return real(store, chunk, combine, objective, task, targets, states, greedy, rows, progress)
 
-    monkeypatch.setattr(cal, "greedy_order", spy)
+    monkeypatch.setattr(ranking, "rank_states", spy)
     calibrate(undiscard.wrap(net(), budget=1, units=[0, 1]), X, torch.tensor([0, 3, 7]), greedy=2)
     assert seen == [(False, False, False)]

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .layers import get_adapter
 from .layers.registry import PhaseAdapter
 
-__all__ = ["EXPAND", "Select", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
+__all__ = ["EXPAND", "Select", "Adaptive", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
 
 
 class _Expand:
@@ -52,7 +52,17 @@ class Select:
     phases: Tensor
 
 
-PhaseSpec = Union[Tensor, _Expand, Select]
+class Adaptive:
+    """A phase spec decided during the forward, per sample, from what the unit's layers see (the batch
+    keeps its size). The plan holds one instance per forward pass; it may keep what its first layer decided
+    for the unit's other layers (the instance lives only as long as that plan, no module is written)."""
+
+    def decide(self, layer: nn.Module, adapter: PhaseAdapter, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(phases (N,) long, the layer's output at them or None to compute it as a per-sample phase)."""
+        raise NotImplementedError
+
+
+PhaseSpec = Union[Tensor, _Expand, Select, Adaptive]
 _PLAN: contextvars.ContextVar[Mapping[int, PhaseSpec] | None] = contextvars.ContextVar(
     "undiscard_phase_plan", default=None)
 
@@ -108,6 +118,9 @@ class _PhasedForward:
             return self.adapter.all_phases(self.layer_ref, x, *args).flatten(0, 1)
         if isinstance(spec, Select):  # only the chosen phases: one strided pass per distinct phase
             return _per_sample(self.layer_ref, self.adapter, x[spec.rows], spec.phases, self.forward, args)
+        if isinstance(spec, Adaptive):
+            phases, out = spec.decide(self.layer_ref, self.adapter, x)
+            return out if out is not None else _per_sample(self.layer_ref, self.adapter, x, phases, self.forward, args)
         return _per_sample(self.layer_ref, self.adapter, x, spec, self.forward, args)
 
     def __deepcopy__(self, memo):

@@ -10,7 +10,9 @@ EfficientNet-Lite (tensorflow/tpu ``models/official/efficientnet``): native reso
 centre crop of ``size / (size + 32)`` of the short side resized to ``size`` with bicubic interpolation,
 and ``(pixel - 127) / 128`` on 0-255 pixels (the "inception-style" mean/std of ``efficientnet_lite_builder``).
 Models with 1000 ImageNet classes (the Lite models; timm and torchvision ImageNet architectures) get
-the shipped ImageNet class names (:mod:`undiscard.data.imagenet`).
+the shipped ImageNet class names (:mod:`undiscard.data.imagenet`). The Lite models' ``order`` is the shipped
+label-free state order (``scripts/calibrate_lite.py``: ranked by shift consistency on the bundled calibration
+photos, no labels), as zoo models ship theirs.
 """
 from __future__ import annotations
 
@@ -251,7 +253,9 @@ def _lite(variant: str, name: str) -> LoadedModel:
         raise UndiscardError(f"{variant} has 1000 ImageNet classes; --num-classes cannot change that")
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
         model = EfficientNet.from_pretrained(variant, weights_path=weights_file.get_model_file_path())
-    return LoadedModel(variant, model, lite_preprocess(variant), imagenet_class_names())
+    order = zoo_order_path(variant)  # a label-free order ranked on the bundled calibration photos, where shipped
+    return LoadedModel(variant, model, lite_preprocess(variant), imagenet_class_names(),
+                       order=str(order) if order.is_file() else None)
 
 
 for _variant in LITE_MODELS:

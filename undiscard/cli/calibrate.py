@@ -9,15 +9,25 @@ more than the order's ``stop``, the shortest greedy prefix that was most accurat
 
 ``--task segmentation`` ranks a segmenter's states by the aggregate's mIoU on a segmentation folder
 (``DIR/images`` and ``DIR/masks``, as ``undiscard eval --task segmentation`` reads; ``--limit N``: its
-first N pairs); the states' outputs are kept in float16 until ranked (all of them are held at once).
+first N pairs); the states' outputs are kept on disk in float16 until ranked (a chunk of images at a time in memory).
 
     python scripts/export_seg_folder.py /tmp/seg_val --split val --limit 500
     undiscard calibrate --task segmentation --model zoo:seg_fpn --data /tmp/seg_val --out fpn_order.json
+
+Without labels, ``--objective consistency`` (or the smooth ``agreement``, ``kl``) ranks states by how alike the
+aggregate's predictions are on pairs of views of the images of ``--data`` (any folder of images, read at any
+depth): per image, ``--pairs-per-image`` crops and the same scenes displaced by 1..``--max-shift`` pixels of real
+content (:mod:`undiscard.data.pairs`). Its states and views are kept on disk (float16), so memory stays within
+about ``--memory-mb`` plus the model, whatever the number of images; the order's meta records the time and
+the peak memory.
+
+    undiscard calibrate --model efficientnet-lite0 --objective consistency --data DIR_OF_PHOTOS --out lite0.json
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +37,7 @@ from ..calibration import calibrate, save_order
 from ..data.folder import normalize_batch
 from ..data.seg_folder import read_seg_folder, scan_seg_folder
 from ..geometry import num_states
+from ..objectives import OBJECTIVES, get_objective
 from ..wrapper import wrap
 from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, check_out_file, emit_json,
                      load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)
@@ -55,8 +66,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                                        "(default: a zoo model's shipped one)")
     p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
     p.add_argument("--batch-size", type=int, default=None, help="images per search (default: 256; segmentation 16)")
-    p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N labelled images "
-                                                            "(segmentation: the folder's first N pairs)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use a seeded random subset of N labelled images (segmentation: the folder's first N pairs; "
+                        "label-free: its first N images)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="accuracy",
+                   help="what the order maximises: accuracy (labelled --data, the default), or without labels "
+                        "consistency, agreement, kl (on pairs of views of the images of --data)")
+    p.add_argument("--pairs-per-image", type=int, default=4, help="label-free: pairs of views per image (default: 4)")
+    p.add_argument("--max-shift", type=int, default=16, help="label-free: largest displacement in pixels (default: 16)")
+    p.add_argument("--memory-mb", type=float, default=1024,
+                   help="working memory for the states, besides the model (default: 1024)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_fit_output_args(p)  # --json, --device, --quiet
@@ -87,8 +106,34 @@ def _segmentation_inputs(args: argparse.Namespace, device: torch.device):
         f"{args.data} ({len(names)} image/mask pairs)", None
 
 
+def _unlabelled_inputs(args: argparse.Namespace, directory: str):
+    """(model name, network, units, views, displaced views, data described, shipped aggregator) for a label-free
+    objective: pairs cut from the images of ``--data`` (``--limit``: its first N), kept on disk in ``directory``."""
+    from ..data.pairs import folder_pairs, image_files
+
+    if args.pairs_per_image < 1 or args.max_shift < 1:
+        raise CLIError("--pairs-per-image and --max-shift must be positive")
+    loaded = load_cli_model(args)
+    files = image_files(args.data)[:args.limit]
+    a, b = folder_pairs(files, loaded.preprocess, args.pairs_per_image, args.max_shift, args.seed, directory)
+    units = parse_units(args.units) if args.units is not None else loaded.units
+    return loaded.name, loaded.model, units, a, b, (f"{args.data} ({len(files)} unlabelled images, "
+                                                     f"{len(a)} pairs displaced by 1-{args.max_shift} px)"), \
+        loaded.aggregator
+
+
 def run(args: argparse.Namespace) -> int:
+    if not get_objective(args.objective).needs_labels:
+        if args.task == "segmentation":
+            raise CLIError(f"--objective {args.objective} is for classifiers; segmentation calibrates with labels")
+        with tempfile.TemporaryDirectory(prefix="undiscard-views-") as directory:
+            return _run(args, directory)
+    return _run(args, None)
+
+
+def _run(args: argparse.Namespace, directory: str | None) -> int:
     segmentation = args.task == "segmentation"
+    label_free = directory is not None
     if args.batch_size is None:
         args.batch_size = 16 if segmentation else 256
     for flag in ("batch_size",):
@@ -101,35 +146,46 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)
     outputs, _ = check_out_file(args.out, "order.json", log=False)  # a link or a directory there: refused now
-    name, net, units, x, y, described, shipped = (_segmentation_inputs if segmentation else _classification_inputs)(
-        args, device)
+    if label_free:
+        name, net, units, x, shifted, described, shipped = _unlabelled_inputs(args, directory)
+        y = None
+    else:
+        name, net, units, x, y, described, shipped = (_segmentation_inputs if segmentation
+                                                      else _classification_inputs)(args, device)
+        shifted = None
     aggregator = (args.aggregator or shipped) if args.aggregate == "attention" else None
     if args.aggregate == "attention" and aggregator is None:
         raise CLIError("--aggregate attention needs --aggregator FILE (train one with: undiscard train-aggregator)")
     model = wrap(net.to(device), budget=1, aggregate=args.aggregate, align=args.align, units=units,
                  aggregator=aggregator, seed=args.seed, task="segmentation" if segmentation else None)
-    states = num_states(model.prepare(x[:1]).search_units)
+    states = num_states(model.prepare(x[:1].to(device)).search_units)
     t0 = time.perf_counter()
     meta = {"model": name, "data": described, "seed": args.seed, "limit": args.limit,
             "torch": str(torch.__version__)}
-    with progress_bar(len(y) + min(args.greedy, states - 1), f"{name} calibrate", enabled=not args.quiet) as bar:
-        order = calibrate(model, x, y.to(device), greedy=args.greedy, batch_size=args.batch_size,
-                          progress=bar.update, meta=meta, stop=args.stop,
-                          dtype=torch.float16 if segmentation else None)
+    if label_free:
+        meta.update({"pairs_per_image": args.pairs_per_image, "max_shift": args.max_shift})
+    rows = 2 * len(x) if label_free else len(y)
+    with progress_bar(rows + min(args.greedy, states - 1), f"{name} calibrate", enabled=not args.quiet) as bar:
+        order = calibrate(model, x, None if y is None else y.to(device), greedy=args.greedy,
+                          batch_size=args.batch_size, progress=bar.update, meta=meta, stop=args.stop,
+                          dtype=torch.float16 if segmentation or label_free else None, objective=args.objective,
+                          shifted=shifted, memory_mb=args.memory_mb, workdir=directory)
     order.meta["seconds"] = time.perf_counter() - t0
     with outputs as staging:  # written under a new name and renamed: never through a link, never colliding
         save_order(order, staging / args.out.name)
     summary = {"model": name, "task": args.task, "out": str(args.out), "units": order.units,
                "states": [list(s) for s in order.states[:min(len(order.states), args.greedy + 1)]],
                "stop": order.stop, "greedy_accuracy": order.meta["greedy_accuracy"], "images": order.meta["images"],
-               "seconds": order.meta["seconds"]}
+               "seconds": order.meta["seconds"], "objective": args.objective,
+               "peak_rss_mb": order.meta["peak_rss_mb"]}
     if args.json:
         emit_json(summary)
     else:
-        metric = "mIoU" if segmentation else "top-1"
+        metric = "mIoU" if segmentation else ("top-1" if not label_free else args.objective)
         for b, (s, acc) in enumerate(zip(order.states, order.meta["greedy_accuracy"]), 1):
             print(f"budget {b:2d}: + state {list(s)}  aggregate {metric} {100 * acc:.2f}")
         if order.stop is not None:
             print(f"searches stop after {order.stop} state{'s' * (order.stop > 1)} (the best prefix)")
-        print(f"wrote {args.out} ({summary['seconds']:.0f} s)", file=sys.stderr)
+        print(f"wrote {args.out} ({summary['seconds']:.0f} s, peak memory {summary['peak_rss_mb']:.0f} MB)",
+              file=sys.stderr)
     return 0
