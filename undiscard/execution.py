@@ -4,13 +4,7 @@ A *phase plan* maps a unit index to what its layers should compute for the curre
 
 - absent (or phase 0 for every sample): the layer's own forward, bit for bit;
 - a LongTensor of shape (N,): a per-sample phase (samples are grouped by phase, each group costs one
-  ordinary strided pass);
-- ``EXPAND``: all R² phases from one dense pass; the batch grows from N to N*R² (sample-major:
-  row n*R² + s is sample n at phase s).
-- a :class:`Select`: some of those rows only — row k of the output is sample ``rows[k]`` at phase
-  ``phases[k]``, each phase computed alone (as a per-sample phase: one strided pass per distinct phase,
-  so K children cost K phases, not the R² of a dense pass); the batch becomes K. The values are those of
-  the rows of ``EXPAND`` to float rounding (a strided pass and a dense pass sliced are different kernels).
+  ordinary strided pass; phase 0 is the layer's own forward). The batch never changes size.
 
 The plan lives in a ``ContextVar``, so concurrent threads (each with its own context) never see each
 other's plans, and no module attribute is written while a forward runs. ``PhasedModel`` owns a deep copy
@@ -22,8 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import contextvars
-from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence, Union
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,28 +24,10 @@ from torch import Tensor, nn
 from .layers import get_adapter
 from .layers.registry import PhaseAdapter
 
-__all__ = ["EXPAND", "Select", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
+__all__ = ["PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
 
 
-class _Expand:
-    def __repr__(self) -> str:
-        return "EXPAND"
-
-
-EXPAND = _Expand()
-
-
-@dataclass(frozen=True)
-class Select:
-    """Rows of ``EXPAND`` without the others: output row k is input row ``rows[k]`` at phase ``phases[k]``
-    (both (K,) long). Each phase is computed alone (``one_phase``, as ``run_state`` does), so K children
-    cost K phases of the unit's layers; the layers after the unit then run on K rows instead of N*R²."""
-
-    rows: Tensor
-    phases: Tensor
-
-
-PhaseSpec = Union[Tensor, _Expand, Select]
+PhaseSpec = Tensor  # (N,) long: one phase per sample
 _PLAN: contextvars.ContextVar[Mapping[int, PhaseSpec] | None] = contextvars.ContextVar(
     "undiscard_phase_plan", default=None)
 
@@ -104,10 +79,6 @@ class _PhasedForward:
         spec = None if plan is None else plan.get(self.unit)
         if spec is None or args or kwargs:
             return self.forward(x, *args, **kwargs)
-        if spec is EXPAND:
-            return self.adapter.all_phases(self.layer_ref, x).flatten(0, 1)
-        if isinstance(spec, Select):  # only the chosen phases: one strided pass per distinct phase
-            return _per_sample(self.layer_ref, self.adapter, x[spec.rows], spec.phases, self.forward)
         return _per_sample(self.layer_ref, self.adapter, x, spec, self.forward)
 
     def __deepcopy__(self, memo):
