@@ -129,7 +129,8 @@ def test_attention_equals_mean_at_init_on_token_features():
 def test_learned_criterion_expands_the_states_with_most_attention(net, units):
     """The learned criterion scores an evaluated state by minus its attention score (its aligned map
     against the root's): replayed by the reference lazy search from every state's score, computed here."""
-    agg = _perturbed(AttentionAggregator(256, 4), seed=3).eval()
+    torch.manual_seed(0)  # the aggregator's initial parameters
+    agg = _perturbed(AttentionAggregator(256, 4), seed=4).eval()
     model = wrap(net, budget=8, criterion="learned", aggregate="attention", units=units, aggregator=agg)
     full = wrap(net, budget=16, criterion="offset", aggregate="mean", units=units)  # all 16 states
     with torch.no_grad():

@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from ._eager import eager
 from .criteria import Criterion, SearchContext
@@ -72,25 +73,39 @@ def find_candidates(engine: Engine, x: Tensor, budget: int, criterion: Criterion
 
     ``attention`` makes the per-state attention scores from the root's features, for a criterion that
     ``needs_aggregator`` (it is only called then). Resets the engine's cost count first, so
-    :meth:`~undiscard.engine.Engine.cost_since_reset` reads this search's cost afterwards.
+    :meth:`~undiscard.engine.Engine.cost_since_reset` reads this search's cost afterwards, with one run
+    of the head per image for aggregating the states (none when every image has only its root).
     """
     engine.reset_cost()
     if criterion.static:
         cands = Candidates(_listed(engine, x, criterion.static_order(ctx, budget), budget, chunk_size))
-        cands.engine = engine
-        return cands
+    else:
+        cands = Candidates(_searched(engine, x, budget, criterion, ctx, attention, chunk_size))
+    if any(len(per) > 1 for per in cands):
+        engine.charge_head(x.shape[0])  # what aggregating the states runs on their combined features
+    cands.engine = engine
+    return cands
+
+
+def _searched(engine: Engine, x: Tensor, budget: int, criterion: Criterion, ctx: SearchContext,
+              attention: AttentionFactory | None, chunk_size: int) -> list[list[Candidate]]:
+    """The lazy best-first search's candidates (:func:`~undiscard.search.lazy_best_first`)."""
     feats, logits, caches = engine.root_caches(x)  # the whole batch, as the plain forward runs it
     if criterion.needs_aggregator and attention is not None:
         ctx = replace(ctx, attention=attention(engine, feats))
 
-    def score(images: list[int], feats: Tensor | None, logits: Tensor | None, states: list[tuple[int, ...]],
-              depth: int) -> list[float]:
-        return criterion.score(ctx, images, feats, logits, states, depth)  # type: ignore[arg-type]
+    def score(images: list[int], feats: Tensor, logits: Tensor, states: list[tuple[int, ...]],
+              depth: int) -> tuple[list[float], float]:
+        if not criterion.needs_aggregator:  # the task's entropy: no FLOPs worth counting
+            return criterion.score(ctx, images, feats, logits, states, depth), 0.0
+        with FlopCounterMode(display=False) as counter:  # the aggregator's attention scores: part of the cost
+            scores = criterion.score(ctx, images, feats, logits, states, depth)
+        flops = float(counter.get_total_flops())
+        engine.charge_scores(len(states), flops)
+        return scores, flops
 
-    cands = Candidates(lazy_best_first(feats, logits, caches, engine.cut, engine.rates(), budget, engine.evaluate,
-                                       score, lambda states: criterion.prior(ctx, states), chunk_size))
-    cands.engine = engine
-    return cands
+    return lazy_best_first(feats, logits, caches, engine.cut, engine.rates(), budget, engine.evaluate, score,
+                           lambda states: criterion.prior(ctx, states), chunk_size)
 
 
 def _listed(engine: Engine, x: Tensor, order: Sequence[tuple[int, ...]], budget: int,

@@ -143,8 +143,9 @@ class Engine:
             hook(depth, rows, flops, ideal)
 
     def register_cost_hook(self, hook: CostHook) -> RemovableHandle:
-        """Call ``hook(depth, rows, flops, ideal_flops)`` after every pass the engine runs: the root
-        (``depth`` None, ``rows`` images) and each pass of :meth:`evaluate` (``depth`` the first searched
+        """Call ``hook(depth, rows, flops, ideal_flops)`` after every pass the engine runs: the root, the
+        head on the aggregated features (:meth:`charge_head`) (``depth`` None, ``rows`` images), a criterion's
+        scoring (:meth:`charge_scores`; ``depth`` None, ``rows`` states) and each pass of :meth:`evaluate` (``depth`` the first searched
         unit whose cut the pass starts from, ``rows`` the states evaluated), with the FLOPs it charged. For measuring (``benchmarks/bench_cost.py``); the
         handle's ``remove()`` takes the hook off again."""
         handle = RemovableHandle(self._hooks)
@@ -167,22 +168,36 @@ class Engine:
     def search_cost(self, searches: list[list[Candidate]]) -> tuple[float, float]:
         """Mean (measured, ideal) cost per image, in baseline forwards, of searches that found the given
         candidates (one list per image, in evaluation order): what :meth:`cost_since_reset` reads after
-        such a search. An image with only the root is at budget 1, which ``wrap`` answers with one plain
-        forward of the network (not the split's root pass, which costs ~2 forwards for a hook-fallback
-        split): when no image has more, the cost is 1."""
+        such a search, the head on the aggregated features (:meth:`charge_head`) and the scoring of every
+        state but the last (:attr:`~undiscard.search.Candidate.score_flops`) included. An image with
+        only the root is at budget 1, which ``wrap`` answers with one plain forward of the network (not the
+        split's root pass, which costs ~2 forwards for a hook-fallback split): when no image has more,
+        the cost is 1."""
         assert self.flops is not None
         if not any(len(per) > 1 for per in searches):  # budget 1: the network itself (1 forward)
             return (1.0, 1.0) if searches else (0.0, 0.0)
         spent = ideal = 0.0
         for per in searches:
-            spent += self.flops.root
-            ideal += self.flops.baseline
+            scored = sum(c.score_flops for c in per[:-1])  # a search's last state is not scored
+            spent += self.flops.root + self.flops.head + scored
+            ideal += self.flops.baseline + self.flops.head + scored
             for c in per[1:]:
                 assert c.segment is not None
                 spent += self.row_flops(c.segment)
                 ideal += self.flops.tail[state_depth(c.state) - 1]
         n = len(searches) * self.flops.baseline
         return (spent / n, ideal / n) if n else (0.0, 0.0)
+
+    def charge_head(self, images: int) -> None:
+        """Charge one run of the head per image: what aggregating a search's states runs on their combined
+        features (a classifier's pooling and linear layer; nothing for a dense task's output split)."""
+        assert self.flops is not None
+        self._charge(None, images, self.flops.head * images, self.flops.head * images)
+
+    def charge_scores(self, rows: int, flops: float) -> None:
+        """Charge the FLOPs a criterion ran to score ``rows`` evaluated states (the ``learned`` criterion's
+        attention scores), counted where they ran."""
+        self._charge(None, rows, flops, flops)
 
     def row_flops(self, segment: int) -> float:
         """FLOPs of one state evaluated from chain segment ``segment`` on: the segments from there and the head."""

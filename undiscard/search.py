@@ -72,21 +72,24 @@ def __getattr__(name: str) -> tuple[str, ...]:
 
 @dataclass
 class Candidate:
-    """An evaluated state of one image: its phases, native features and logits, and the chain segment its
-    evaluation ran from (None: the root, the original model's pass)."""
+    """An evaluated state of one image: its phases, native features and logits, the chain segment its
+    evaluation ran from (None: the root, the original model's pass), and the FLOPs its criterion ran to
+    score it (where the criterion counts them: the ``learned`` criterion's attention scores). A state is
+    scored when it is pushed: when it has successors and is not its search's last."""
 
     state: State
     features: Tensor
     logits: Tensor
     segment: int | None = None
+    score_flops: float = 0.0
 
 
 # evaluate(segment, inputs (M, ...), states (M, L) long, capture) -> (features (M, ...), logits (M, ...),
 # {segment in capture: (M, ...) activations at that segment's input})
 Evaluator = Callable[[int, Tensor, Tensor, Sequence[int]], tuple[Tensor, Tensor, dict[int, Tensor]]]
-# score(images, features, logits, states, depth) -> one score per row (lower first); row r belongs to image
-# images[r]; every state has this depth. A static criterion's gets features and logits None.
-Scorer = Callable[[list[int], Tensor | None, Tensor | None, list[State], int], list[float]]
+# score(images, features, logits, states, depth) -> (one score per row (lower first), FLOPs it ran to score
+# them, 0 where not counted); row r belongs to image images[r]; every state has this depth
+Scorer = Callable[[list[int], Tensor, Tensor, list[State], int], tuple[list[float], float]]
 # prior(states) -> one free score per state (lower first)
 Prior = Callable[[list[State]], list[float]]
 
@@ -168,7 +171,9 @@ def lazy_best_first(root_features: Tensor, root_logits: Tensor, root_caches: dic
         return cands
     moves_of = _Moves(rates, prior)
     root_moves = moves_of(zero)
-    root_scores = score(list(range(n)), root_features, root_logits, [zero] * n, 0)
+    root_scores, flops = score(list(range(n)), root_features, root_logits, [zero] * n, 0)
+    for per in cands:
+        per[0].score_flops = flops / n
     counters = [itertools.count() for _ in range(n)]
     segments = _needed(root_moves, 0, cuts)
     frontier = [[_Node(_key(root_scores[i]), next(counters[i]), zero, root_moves,
@@ -220,16 +225,18 @@ def _evaluate_rows(rows: list[tuple[int, _Node, int, State]], segment: int, cuts
     feats, logits, captured = evaluate(segment, inputs, states, capture)
     del inputs
     scores: dict[int, float] = {}
+    flops: dict[int, float] = {}
     by_depth: dict[int, list[int]] = {}
     for r, ((_, _, u, _), p) in enumerate(zip(rows, pushed)):
         if p:
             by_depth.setdefault(u + 1, []).append(r)
     for depth, which in sorted(by_depth.items()):
         idx = torch.tensor(which, device=feats.device)
-        got = score([rows[r][0] for r in which], feats[idx], logits[idx], [rows[r][3] for r in which], depth)
+        got, spent = score([rows[r][0] for r in which], feats[idx], logits[idx], [rows[r][3] for r in which], depth)
         scores.update(zip(which, got))
+        flops.update((r, spent / len(which)) for r in which)
     for r, (i, parent, u, state) in enumerate(rows):
-        cands[i].append(Candidate(state, feats[r], logits[r], segment))
+        cands[i].append(Candidate(state, feats[r], logits[r], segment, flops.get(r, 0.0)))
         if not pushed[r]:
             continue
         moves = moves_of(state)
