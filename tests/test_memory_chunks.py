@@ -105,9 +105,9 @@ def test_passes_stay_within_chunk_size(chunk, criterion):
             model(x)
     finally:
         handle.remove()
-    assert passes[0] == (None, 9)  # the root: the whole batch, like net(x)
-    assert len(passes) > 2
-    for depth, rows in passes[1:]:  # rows: the states evaluated (images x states for listed states)
+    assert passes[0] == passes[-1] == (None, 9)  # the root (the whole batch, like net(x)); the final head
+    assert len(passes) > 3
+    for depth, rows in passes[1:-1]:  # rows: the states evaluated (images x states for listed states)
         assert 1 <= rows <= chunk, (depth, rows)
 
 
