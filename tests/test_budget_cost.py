@@ -34,6 +34,7 @@ import undiscard
 from undiscard import criteria as C
 
 from . import archs
+from .test_memory_chunks import TinySeg  # three strided convs, logits upsampled to the input
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BUDGETS = (2, 4, 8)
@@ -64,19 +65,6 @@ class Guarded(Body):
         return super().forward(x)
 
 
-class Seg(nn.Module):
-    """Three strided convs and a bilinear upsampling back to the input size: (N, K, H, W) logits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.c = nn.Conv2d(3, 6, 3, 2, 1), nn.Conv2d(6, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 2, 1)
-        self.head = nn.Conv2d(8, 4, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.relu(self.c(F.relu(self.b(F.relu(self.a(x))))))
-        return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
 # name: (builder, input size, wrap arguments, the split the library must choose)
 SPLITS: dict[str, tuple[Callable[[], nn.Module], int, dict, str]] = {
     "registry": (archs.ARCHS["tv_resnet18"][0], 32, {}, "registry"),
@@ -85,7 +73,7 @@ SPLITS: dict[str, tuple[Callable[[], nn.Module], int, dict, str]] = {
     "hook": (Guarded, 32, {"units": [0, 1, 2]}, "hook fallback"),
     "features/head": (Body, 32, {"units": [0, 1, 2], "features": lambda m, x: m.features(x),
                                  "head": lambda m, f: m.fc(f.mean((2, 3)))}, "features=/head="),
-    "output": (Seg, 32, {"units": [0, 1, 2], "task": "segmentation"}, "output"),
+    "output": (TinySeg, 32, {"units": [0, 1, 2], "task": "segmentation"}, "output"),
     "fixed batch (tv ViT)": (archs.ARCHS["tv_vit_tiny"][0], 16, {}, "registry"),
 }
 CRITERIA = ("entropy", "learned", "offset", "grid", "random", "calibrated")
