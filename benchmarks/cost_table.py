@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -178,7 +179,9 @@ def markdown(report: dict) -> str:
     budgets, criteria = report["config"]["budgets"], report["config"]["criteria"]
     lines = [f"# Cost per image of `wrap(net, budget=B)`, in plain forwards", "",
              f"Command: `{report['command']}`  ", f"Date: {report['date']}; commit {report['commit']}; "
-             f"torch {report['torch']}, {report['threads']} thread(s), {report['platform']}.", "",
+             f"torch {report['torch']}, {report['threads']} thread(s), {report['platform']}"
+             + (f"; load average {report['loadavg'][0]:.1f} before, {report['loadavg'][1]:.1f} after (wall times on a "
+                "busy machine are only indicative)" if "loadavg" in report else "") + ".", "",
              "`cost` is `model.last_cost` (FLOPs counted by `torch.utils.flop_counter`, setup excluded); "
              "`wall` is the median wall time over the plain forward's, timed alternately. "
              f"Goal: cost <= B + {GOAL} at B = 2, 4, 8.", ""]
@@ -229,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    load_before = os.getloadavg()[0]
     rows = [measure(n, budgets, criteria, args.repeats, log) for n in names]
     report = {"command": "python benchmarks/cost_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": _commit(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
+              "loadavg": [load_before, os.getloadavg()[0]],
               "config": {"budgets": budgets, "criteria": criteria, "repeats": args.repeats}, "rows": rows}
     text = markdown(report)
     print(text)
