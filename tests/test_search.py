@@ -445,6 +445,27 @@ def test_lazy_search_by_hand(monkeypatch) -> None:
     assert want == ref_lazy(lambda s: table.get(s, 1.0), [2, 2], 16)
 
 
+def test_a_criterion_prior_orders_the_successors(monkeypatch) -> None:
+    """An output-scored criterion tries successors in the order of its prior: here largest offset first, so
+    the first state after the root is the last unit's (4,4) (phase 3), whatever the scores say."""
+    from undiscard import criteria
+
+    class FarFirst(type(criteria.get_criterion("entropy"))):
+        def prior(self, ctx, states):
+            return [-float(dy * dy + dx * dx) for dy, dx in (state_offset(s, ctx.rates, ctx.spatial) for s in states)]
+
+    monkeypatch.setitem(criteria._CRITERIA.entries, "_far_first", FarFirst)
+    net, x = tiny_cnn((2, 2, 2)).double(), images(3, 16)
+    model = undiscard.wrap(net, budget=8, criterion="_far_first", units=[0, 1, 2])
+    got = model.search(x)
+    assert all(per[1] == (0, 0, 3) for per in got)
+    table = state_table(model, x)
+    for i, per in enumerate(got):
+        want = ref_lazy(lambda s: ref_entropy(table[s][i]), [2, 2, 2], 8,
+                        prior=lambda s: -sum(v * v for v in ref_offset(s, [2, 2, 2])))
+        assert per == want
+
+
 def test_unknown_criterion() -> None:
     with pytest.raises(undiscard.UndiscardError, match="criterion"):
         undiscard.wrap(tiny_cnn(), criterion="nope")
