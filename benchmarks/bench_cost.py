@@ -6,7 +6,7 @@ For each model (random weights, eval mode, ``torch.no_grad``, one fixed random b
 - for each budget B: images per second of ``wrap(net, budget=B)`` (``prepare`` is called first, so unit
   discovery, chain cutting and FLOP counting are not timed; one warm-up call), the wall-time multiple
   of the plain pass, the FLOP multiple that the library reports (``model.last_cost``), and the ideal
-  shared-prefix multiple (``model.last_cost_ideal``: every expansion recomputed only from the unit
+  shared-prefix multiple (``model.last_cost_ideal``: every state recomputed only from its last non-zero unit
   on);
 - for reference, the naive approach (B independent full forwards per image, = B) and, as a constant
   (not measured here), the paper's released code: ~30x at budget 16 on ResNet-18/224.
@@ -14,9 +14,9 @@ For each model (random weights, eval mode, ``torch.no_grad``, one fixed random b
 The issue's target is checked at the end: budget 16 costs at most 11x the plain forward on
 ResNet-18/224 on a 2-core CPU, in wall time and in FLOPs.
 
-``--criteria`` measures several search criteria (default ``entropy``, which expands all children):
-``offset``/``random`` compute only the children they use (issue 15: budget 2 is the root plus one child),
-and ``calibrated`` evaluates the first B states of a fixed order (``--order``: a file from ``undiscard
+``--criteria`` measures several search criteria (default ``entropy``, the lazy search: one state per
+image and step); ``offset``/``grid``/``random`` evaluate the first B states of their order as a list, and
+``calibrated`` evaluates the first B states of a fixed order (``--order``: a file from ``undiscard
 calibrate``, or ``deepest``/``shallowest``: one-unit states of the deepest/shallowest searched unit
 first — the cheapest and the dearest order of one-unit states, bounding what a calibrated order costs).
 
@@ -90,7 +90,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 class ExpansionCounter:
-    """Counts, during one call, how many parents the engine expands at each searched-unit depth.
+    """Counts, during one call, how many states the engine evaluates from each searched unit's cut.
 
     A cost hook (``Engine.register_cost_hook``) installed for the untimed warm-up call only, so timed
     calls are untouched.
@@ -163,7 +163,7 @@ def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Ca
                     engine = model.prepare(x)
                     row["prepare_s"] = time.perf_counter() - t0
                     with ExpansionCounter(engine) as counter:
-                        model(x)  # warm-up, also counts expansions (untimed)
+                        model(x)  # warm-up, also counts the states evaluated per cut (untimed)
                     costs: list[tuple[float, float]] = []
 
                     def ours() -> None:
@@ -192,7 +192,7 @@ def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Ca
             "flop_x_spread": [min(c[0] for c in costs), max(c[0] for c in costs)],
         })
         if engine.flops is not None and b > 1:
-            row["expanded_parents_per_image"] = {str(d): m / n for d, m in sorted(counter.parents.items())}
+            row["states_per_image_by_cut"] = {str(d): m / n for d, m in sorted(counter.parents.items())}
         if "info" not in result:
             result["info"] = engine_info(model, engine)
         result["rows"].append(row)
@@ -204,7 +204,7 @@ def bench_model(spec: str, args: argparse.Namespace, budgets: list[int], log: Ca
 
 
 def engine_info(model: Any, engine: Any) -> dict:
-    """What the library decided for this model: units, searched units, chain, per-expansion cost."""
+    """What the library decided for this model: units, searched units, chain, per-state cost."""
     flops = engine.flops
     base = flops.baseline if flops else 0.0
     return {
@@ -213,12 +213,10 @@ def engine_info(model: Any, engine: Any) -> dict:
         "num_states": model.num_states,
         "chain_segments": len(engine.chain.segments),
         "chain_verified": bool(engine.chain.verified),
-        "replicate": list(engine.replicate),
         "baseline_gflops_per_image": base / 1e9,
-        # one expansion of one parent at each searched depth, in baseline-forward equivalents
-        "expansion_x": [engine.expansion_flops(i) / base for i in range(len(model.search_units))] if base else [],
-        "ideal_expansion_x": [flops.tail[i] * (u.num_phases - 1) / base
-                              for i, u in enumerate(model.search_units)] if base else [],
+        # one state evaluated from each searched unit's cut, in baseline-forward equivalents
+        "state_x": [engine.row_flops(engine.cut[i]) / base for i in range(len(model.search_units))] if base else [],
+        "ideal_state_x": [flops.tail[i] / base for i in range(len(model.search_units))] if base else [],
     }
 
 

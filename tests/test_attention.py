@@ -14,6 +14,8 @@ from undiscard.data import load_fashion_mnist, preprocess
 from undiscard.errors import PhaseError, UndiscardError
 from undiscard.search import state_offset
 
+from .reference_search import ref_lazy
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "resnet_basic"
 
@@ -125,23 +127,25 @@ def test_attention_equals_mean_at_init_on_token_features():
 
 
 def test_learned_criterion_expands_the_states_with_most_attention(net, units):
-    agg = _perturbed(AttentionAggregator(256, 4), seed=3).eval()
-    model = wrap(net, budget=4, criterion="learned", aggregate="attention", units=units, aggregator=agg)
-    full = wrap(net, budget=16, aggregate="mean", units=units)
+    """The learned criterion scores an evaluated state by minus its attention score (its aligned map
+    against the root's): replayed by the reference lazy search from every state's score, computed here."""
+    torch.manual_seed(0)  # the aggregator's initial parameters
+    agg = _perturbed(AttentionAggregator(256, 4), seed=4).eval()
+    model = wrap(net, budget=8, criterion="learned", aggregate="attention", units=units, aggregator=agg)
+    full = wrap(net, budget=16, criterion="offset", aggregate="mean", units=units)  # all 16 states
     with torch.no_grad():
         chosen = model.search(X)
         cands = full.candidates(X)
     stride = model.prepare(X).feature_stride
     for i, per in enumerate(cands):
-        # the first expansion is at the first unit: children (j, 0), j = 1..3, join by attention score
-        children = sorted((c for c in per if c.state[1] == 0 and c.state[0] != 0), key=lambda c: c.state)
-        maps = torch.stack([c.features for c in children])[None]
-        offsets = torch.tensor([[state_offset(c.state, [2, 2]) for c in children]])
-        maps = align_maps(maps, offsets, stride)
+        assert len({c.state for c in per}) == 16
+        maps = torch.stack([c.features for c in per])[None]
+        offsets = torch.tensor([[state_offset(c.state, [2, 2]) for c in per]])
         with torch.no_grad():
-            scores = agg.state_scores(maps, offsets, per[0].features[None])[0]
-        order = [children[j].state for j in scores.argsort(descending=True, stable=True).tolist()]
-        assert chosen[i] == [(0, 0)] + order
+            scores = agg.state_scores(align_maps(maps, offsets, stride), offsets, per[0].features[None])[0]
+        minus = {c.state: -float(a) for c, a in zip(per, scores.double())}
+        assert chosen[i] == ref_lazy(lambda s: minus[s], [2, 2], 8)
+    assert len({tuple(per) for per in chosen}) > 1  # the scores, not the prior alone, chose: images differ
 
 
 @pytest.mark.parametrize("criterion", ["entropy", "learned", "random"])

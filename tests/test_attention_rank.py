@@ -11,6 +11,8 @@ from undiscard.attention_training import TrainConfig, rank_loss, state_scores, t
 from undiscard.data import load_fashion_mnist, preprocess
 from undiscard.errors import UndiscardError
 
+from .reference_search import ref_lazy
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "resnet_basic"
 images, labels = load_fashion_mnist("test")
@@ -60,8 +62,9 @@ def test_dense_logits_average_the_per_pixel_cross_entropy():
 
 
 def test_state_scores_are_what_the_learned_criterion_ranks_by():
-    """The loss trains the very scores the search reads: the learned criterion's order at budget 4 (the
-    root's three children) is the descending order of state_scores over those candidates."""
+    """The loss trains the very scores the search reads: the learned criterion's states at budget 6 are
+    those the lazy search takes when it reads minus state_scores of its candidates (replayed by the
+    reference, which asks only for the scores of evaluated states)."""
     net, units = zoo.create_model(MODEL), zoo.search_units(MODEL)
     agg = AttentionAggregator(256, 4)
     g = torch.Generator().manual_seed(5)
@@ -69,14 +72,14 @@ def test_state_scores_are_what_the_learned_criterion_ranks_by():
         for p in agg.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.5)
     agg.eval()
-    model = wrap(net, budget=4, criterion="learned", aggregate="attention", units=units, aggregator=agg)
+    model = wrap(net, budget=6, criterion="learned", aggregate="attention", units=units, aggregator=agg)
     with torch.no_grad():
         cands = model.candidates(X)
         scores = state_scores(model, cands)
-    assert scores.shape == (len(X), 4)
+    assert scores.shape == (len(X), 6)
     for i, per in enumerate(cands):
-        order = (-scores[i, 1:]).argsort(stable=True).tolist()
-        assert order == [0, 1, 2], "the search took the children in descending score order"
+        minus = {c.state: -float(s) for c, s in zip(per, scores[i].double())}
+        assert [c.state for c in per] == ref_lazy(lambda s: minus[s], [2, 2], 6)
 
 
 @pytest.mark.filterwarnings("ignore:aggregate='attention'")

@@ -68,7 +68,7 @@ def test_classification_weights_and_uncertainty():
 # --------------------------------------------------------------------------------------- registries
 def test_builtin_names_are_registry_entries():
     assert aggregate_module.AGGREGATES == ("mean", "entropy", "attention")
-    assert criteria_module.CRITERIA == ("entropy", "random", "offset", "learned", "calibrated")
+    assert criteria_module.CRITERIA == ("entropy", "random", "offset", "grid", "learned", "calibrated")
     from undiscard.search import CRITERIA  # still importable from where the CLI reads it
 
     assert CRITERIA == criteria_module.CRITERIA
@@ -116,12 +116,24 @@ def test_a_registered_criterion_orders_the_search(registries):
         def score(self, ctx, images, features, logits, states, depth):
             return [-float(dy * dy + dx * dx) for dy, dx in (state_offset(s, ctx.rates, ctx.spatial) for s in states)]
 
-    assert "far" in criteria_module.CRITERIA
+    @undiscard.register_criterion("far-static")
+    class FarStatic(Far):
+        """The same scores, declared static: known without outputs."""
+
+        static = True
+
+    assert "far" in criteria_module.CRITERIA and "far-static" in criteria_module.CRITERIA
     near = undiscard.wrap(tiny_cnn(), budget=4, criterion="offset", units=[0, 1, 2]).search(X[:1])[0]
+    static = undiscard.wrap(tiny_cnn(), budget=4, criterion="far-static", units=[0, 1, 2]).search(X[:1])[0]
     far = undiscard.wrap(tiny_cnn(), budget=4, criterion="far", units=[0, 1, 2]).search(X[:1])[0]
-    # the root's children at the first unit join in score order, ties by phase: (0,1), (1,0), (1,1)
+    # static: states in score order, each after its parent, ties by unit then phase: the root's (0,1) (1,0) (1,1)
     assert near == [(0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0)]
-    assert far == [(0, 0, 0), (3, 0, 0), (1, 0, 0), (2, 0, 0)]
+    # the last unit's (4,4) (-32), then its (0,4) and (4,0) (-16)
+    assert static == [(0, 0, 0), (0, 0, 3), (0, 0, 1), (0, 0, 2)]
+    # scored by outputs: the root tries (1,0,0) first (prior: offsets); it scores -1, ahead of the root (0),
+    # so its successors follow in prior order: (1,2,0) (offset (2,1), 5) first, scoring -5; then (1,2,0)'s
+    # first, (1,2,1) (offset (2,5))
+    assert far == [(0, 0, 0), (1, 0, 0), (1, 2, 0), (1, 2, 1)]
 
 
 @pytest.mark.parametrize("kind, name", [("criterion", "nope"), ("aggregate", "nope")])

@@ -1,20 +1,16 @@
-"""Best-first search (DESIGN §2) against an independent brute-force reference.
+"""The search against an independent brute-force reference (``tests/reference_search.py``).
 
-The reference here never calls the library's search: it computes every state's logits with
+The reference never calls the library's search: it computes every state's logits with
 ``model.run_state`` (one fixed state for the whole batch; images do not interact, and float64 makes the
 result independent of batch composition to far below the gaps between scores), scores them itself, and
-replays DESIGN §2 with a heap of ``(score, insertion order)``:
-
-- the root (all phases 0) is the first candidate and is pushed;
-- while fewer than B candidates and the frontier is not empty: pop the best node (depth d); its children
-  j = 0..R²-1 set unit d+1 to j; child 0 (the parent's own state) is not a candidate; children j >= 1
-  join the candidates best-scored first (ties by j) until the budget is reached; every child with depth
-  < L is pushed, in order of j.
+replays the rule with heaps of ``(score, insertion order)``: the lazy search for ``entropy`` (the
+frontier holds evaluated states; popping one evaluates its next successor in coarse-to-fine prior order),
+the static order for ``offset``, ``grid`` and ``random`` (states in order of score, each after its parent).
 
 Scores: ``entropy`` is the normalised entropy of the state's softmax (computed here in float64 from
-``log_softmax``); ``offset`` is dy² + dx² of the mixed-radix offset (computed here from DESIGN §1, fact
-4); ``random`` uses the library's seeded hash of (seed, state, depth), since random scores have no other
-definition — the heap replay is still independent.
+``log_softmax``); ``offset`` is dy² + dx² of the mixed-radix offset; ``grid`` is (sub-grid level,
+dy² + dx²); ``random`` uses the library's seeded hash of (seed, state, depth), since random scores have
+no other definition — the heap replay is still independent.
 """
 from __future__ import annotations
 
@@ -31,8 +27,7 @@ import undiscard
 from undiscard.criteria import random_score as _random_score
 from undiscard.search import state_offset
 
-
-
+from .reference_search import ref_depth, ref_grid, ref_lazy, ref_offset, ref_static
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,18 +110,6 @@ def all_states(rates: Sequence[int]) -> list[State]:
     return list(itertools.product(*[range(r * r) for r in rates]))
 
 
-def ref_offset(state: State, rates: Sequence[int], spatial: Sequence[bool]) -> tuple[int, int]:
-    """DESIGN §1 fact 4, written out: offset = Σ_l (dy_l, dx_l) · Π_{l'<l} R_l' over spatial units."""
-    dy = dx = 0
-    place = 1
-    for s, r, sp in zip(state, rates, spatial):
-        if not sp:
-            continue
-        dy, dx = dy + place * (s // r), dx + place * (s % r)
-        place *= r
-    return dy, dx
-
-
 def ref_entropy(logits: Tensor) -> float:
     logp = torch.log_softmax(logits.double(), -1)
     return float(-(logp.exp() * logp).sum() / math.log(logits.shape[-1]))
@@ -141,45 +124,31 @@ def state_table(model: undiscard.Undiscard, x: Tensor) -> dict[State, Tensor]:
 
 def reference_search(model: undiscard.Undiscard, table: dict[State, Tensor], i: int, budget: int,
                      criterion: str, seed: int = 0) -> list[State]:
-    """DESIGN §2 for image i, from the precomputed table of every state's logits."""
+    """The rule for image i, from the precomputed table of every state's logits."""
     rates = [u.rate for u in model.search_units]
     spatial = [u.spatial for u in model.search_units]
-    depth_total = len(rates)
-
-    def score(state: State, depth: int) -> float:
-        if criterion == "entropy":
-            return ref_entropy(table[state][i])
-        if criterion == "offset":
+    if criterion == "entropy":
+        return ref_lazy(lambda s: ref_entropy(table[s][i]), rates, budget)
+    if criterion == "offset":
+        def score(state: State) -> object:
             dy, dx = ref_offset(state, rates, spatial)
             return float(dy * dy + dx * dx)
-        if criterion == "random":
-            return _random_score(seed, state, depth)
+    elif criterion == "grid":
+        def score(state: State) -> object:
+            return ref_grid(state, rates, spatial)
+    elif criterion == "random":
+        def score(state: State) -> object:
+            return _random_score(seed, state, ref_depth(state))
+    else:
         raise AssertionError(criterion)
-
-    root: State = (0,) * depth_total
-    chosen = [root]
-    order = itertools.count()
-    heap: list[tuple[float, int, State, int]] = []
-    if depth_total:
-        heap.append((score(root, 0), next(order), root, 0))
-    while len(chosen) < budget and heap:
-        _, _, state, d = heapq.heappop(heap)
-        children = [state[:d] + (j,) + state[d + 1:] for j in range(rates[d] ** 2)]
-        scores = [score(c, d + 1) for c in children]
-        for j in sorted(range(1, len(children)), key=lambda j: (scores[j], j)):
-            if len(chosen) < budget:
-                chosen.append(children[j])
-        if d + 1 < depth_total:
-            for j, c in enumerate(children):
-                heapq.heappush(heap, (scores[j], next(order), c, d + 1))
-    return chosen
+    return ref_static(score, rates, budget)
 
 
 # --------------------------------------------------------------------------- reference comparison
 
 
 BUDGETS = (2, 5, 8, 16, "all")
-CRITERIA = (("entropy", 0), ("offset", 0), ("random", 0), ("random", 7))
+CRITERIA = (("entropy", 0), ("offset", 0), ("grid", 0), ("random", 0), ("random", 7))
 
 CASES: dict[str, Callable[[], tuple[nn.Module, Callable[..., undiscard.Undiscard], Tensor]]] = {
     "tiny-2-2-2": lambda: (tiny_cnn((2, 2, 2)).double(),
@@ -222,7 +191,7 @@ def test_reference_search(case) -> None:
 def test_reference_search_tiny_each_budget(budget: int) -> None:
     net = tiny_cnn((2, 2, 2)).double()
     x = images(4, 16, seed=3)
-    for criterion in ("entropy", "offset", "random"):
+    for criterion in ("entropy", "offset", "grid", "random"):
         model = undiscard.wrap(net, budget=budget, criterion=criterion, units=[0, 1, 2])
         got = model.search(x)
         table = state_table(model, x)
@@ -390,23 +359,111 @@ def test_random_seed_changes_order() -> None:
         assert per[0] == (0, 0, 0) and len(set(per)) == 16
 
 
-def test_offset_orders_first_unit_children() -> None:
+def test_offset_order_by_hand() -> None:
+    """Rates (4, 2): unit 0's phase s is offset divmod(s, 4), unit 1's phase p is 4 * divmod(p, 2). States
+    in order of dy² + dx², each after its parent, ties by insertion (unit, then phase)."""
     net = tiny_cnn((4, 2)).double()
     x = images(2, 16)
-    model = undiscard.wrap(net, budget=16, criterion="offset")
-    states = model.search(x)
+    model = undiscard.wrap(net, budget=20, criterion="offset", example_input=x[:1])
     assert [u.rate for u in model.search_units] == [4, 2]
-    for per in states:
-        assert per[0] == (0, 0)
-        children = per[1:]
-        assert sorted(s[0] for s in children) == list(range(1, 16)) and all(s[1] == 0 for s in children)
-        keys = [((s[0] // 4) ** 2 + (s[0] % 4) ** 2, s[0]) for s in children]
-        assert keys == sorted(keys)
-    # first four children by hand: offsets (0,1), (1,0) -> 1, then (1,1) -> 2, then (0,2) -> 4
-    assert [s[0] for s in states[0][1:5]] == [1, 4, 5, 2]
+    # 1: (0,1) s=1, (1,0) s=4; 2: (1,1) s=5; 4: s=2, s=8; 5: s=6, s=9; 8: s=10; 9: s=3, s=12; 10: s=7, s=13;
+    # 13: s=11, s=14; 16: unit 1 at (0,4) p=1 and (4,0) p=2; 17: (1,2) = (4,1), pushed when s=1 was popped,
+    # before (4,1) = (1,4); 18: s=15
+    want = [(0, 0), (1, 0), (4, 0), (5, 0), (2, 0), (8, 0), (6, 0), (9, 0), (10, 0), (3, 0), (12, 0), (7, 0),
+            (13, 0), (11, 0), (14, 0), (0, 1), (0, 2), (1, 2), (4, 1), (15, 0)]
+    assert model.search(x) == [want, want]  # static: the same for every image
     # R = 2 first unit: (0,1), (1,0), (1,1)
     tiny = undiscard.wrap(tiny_cnn((2, 2, 2)), budget=4, criterion="offset", units=[0, 1, 2])
     assert tiny.search(images(1, 16, dtype=torch.float32))[0] == [(0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0)]
+
+
+def test_grid_order_by_hand() -> None:
+    """Rates (4, 2), coarse to fine: level 1 is unit 0's (0,2) s=2, (2,0) s=8, (2,2) s=10 and every phase of
+    the rate-2 unit; then small offsets first. Level-1 states: s=2, s=8 (4), s=10 (8), unit 1's p=1, p=2
+    (16), (2,2) = (4,2) and (8,1) = (2,4) (20; s=2 was popped first), p=3 (32)."""
+    net = tiny_cnn((4, 2)).double()
+    model = undiscard.wrap(net, budget=8, criterion="grid")
+    assert model.search(images(1, 16))[0] == [(0, 0), (2, 0), (8, 0), (10, 0), (0, 1), (0, 2), (2, 2), (8, 1)]
+
+
+def _strided(rate: int) -> nn.Module:
+    """One patch embedding of ``rate`` (a ViT's, as a conv) and a linear head."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, rate, stride=rate), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5)).eval().double()
+
+
+def test_grid_rate_16_starts_with_the_half_patch_shifts() -> None:
+    from undiscard.geometry import phase_level
+
+    model = undiscard.wrap(_strided(16), budget=16, criterion="grid")
+    x = images(1, 32)
+    states = [s[0] for s in model.search(x)[0]]
+    assert [divmod(s, 16) for s in states[1:4]] == [(0, 8), (8, 0), (8, 8)]  # the half-patch shifts
+    # then the quarter-patch ones by length, ties by phase: (0,4) (4,0) (4,4) (4,8) (8,4) (0,12) (12,0) (4,12)
+    # (12,4) (8,12) (12,8) (12,12)
+    assert [divmod(s, 16) for s in states[4:16]] == [(0, 4), (4, 0), (4, 4), (4, 8), (8, 4), (0, 12), (12, 0),
+                                                      (4, 12), (12, 4), (8, 12), (12, 8), (12, 12)]
+    assert [phase_level(s, 16) for s in (0, 8, 4, 2, 1, 17)] == [0, 1, 2, 3, 4, 4]
+    assert [phase_level(s, 3) for s in (0, 1, 4, 8)] == [0, 1, 1, 1]  # no sub-grid: offset order
+    # entropy tries a rate-16 unit's successors coarse to fine too: its first state after the root
+    assert undiscard.wrap(_strided(16), budget=2).search(x)[0][1] == (8,)
+
+
+def test_grid_is_offset_on_rate_2_units() -> None:
+    net = tiny_cnn((2, 2, 2)).double()
+    x = images(2, 16)
+    grid = undiscard.wrap(net, budget=64, criterion="grid", units=[0, 1, 2]).search(x)
+    assert grid == undiscard.wrap(net, budget=64, criterion="offset", units=[0, 1, 2]).search(x)
+    one = undiscard.wrap(_strided(2), budget=4, criterion="grid").search(images(1, 8))
+    assert one == undiscard.wrap(_strided(2), budget=4, criterion="offset").search(images(1, 8)) == [[(0,), (1,), (2,), (3,)]]
+
+
+def test_lazy_search_by_hand(monkeypatch) -> None:
+    """An output-scored search on rates (2, 2), scores set by hand (a criterion reading a table; others 1.0).
+    Prior (offsets): the root's successors (1,0) (2,0) (3,0) (0,1) (0,2) (0,3); (2,0)'s (2,1) (2,2) (2,3);
+    (3,0)'s (3,1) (3,2) (3,3) (lengths 10, 10, 18); (1,0)'s (1,2) (1,1) (1,3) (lengths 5, 9, 13).
+
+    root (0.5) gives (1,0) (0.7: behind the root), then (2,0) (0.2: ahead of it), whose three successors
+    follow (depth 2: none is pushed); the root gives (3,0) (0.6), then, still ahead of both, (0,1) (0,2)
+    (0,3); then (3,0) at 0.6 gives its three, and (1,0) at 0.7 its three, last."""
+    from undiscard import criteria
+
+    table = {(0, 0): 0.5, (1, 0): 0.7, (2, 0): 0.2, (3, 0): 0.6}
+
+    class Table(criteria.Criterion):
+        def score(self, ctx, images, features, logits, states, depth):
+            return [table.get(s, 1.0) for s in states]
+
+    monkeypatch.setitem(criteria._CRITERIA.entries, "_table", Table)
+    want = [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2), (2, 3), (3, 0), (0, 1), (0, 2), (0, 3), (3, 1), (3, 2), (3, 3),
+            (1, 2), (1, 1), (1, 3)]
+    net, x = tiny_cnn((2, 2)).double(), images(2, 16)
+    for budget in (2, 5, 11, 16):
+        got = undiscard.wrap(net, budget=budget, criterion="_table", units=[0, 1]).search(x)
+        assert got == [want[:budget]] * 2
+    assert want == ref_lazy(lambda s: table.get(s, 1.0), [2, 2], 16)
+
+
+def test_a_criterion_prior_orders_the_successors(monkeypatch) -> None:
+    """An output-scored criterion tries successors in the order of its prior: here largest offset first, so
+    the first state after the root is the last unit's (4,4) (phase 3), whatever the scores say."""
+    from undiscard import criteria
+
+    class FarFirst(type(criteria.get_criterion("entropy"))):
+        def prior(self, ctx, states):
+            return [-float(dy * dy + dx * dx) for dy, dx in (state_offset(s, ctx.rates, ctx.spatial) for s in states)]
+
+    monkeypatch.setitem(criteria._CRITERIA.entries, "_far_first", FarFirst)
+    net, x = tiny_cnn((2, 2, 2)).double(), images(3, 16)
+    model = undiscard.wrap(net, budget=8, criterion="_far_first", units=[0, 1, 2])
+    got = model.search(x)
+    assert all(per[1] == (0, 0, 3) for per in got)
+    table = state_table(model, x)
+    for i, per in enumerate(got):
+        want = ref_lazy(lambda s: ref_entropy(table[s][i]), [2, 2, 2], 8,
+                        prior=lambda s: -sum(v * v for v in ref_offset(s, [2, 2, 2])))
+        assert per == want
 
 
 def test_unknown_criterion() -> None:

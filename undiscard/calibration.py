@@ -3,7 +3,7 @@
 A :class:`StateOrder` is a ranked list of states of a model's searched units (the all-zero state, the
 original model, always first), with the units' names. With ``wrap(net, criterion="calibrated",
 order=ORDER)`` a budget of B evaluates the first B states of the list — no tree, no scores, each state
-run from its first non-zero unit on the root's cached activation (:meth:`undiscard.engine.Engine.run_rows`):
+run from its first non-zero unit on the root's cached activation (:meth:`undiscard.engine.Engine.evaluate`):
 the cheapest search there is, and its cost is known before the call. An order may carry a ``stop``: the
 search then evaluates at most its first ``stop`` states, whatever the budget (as a tree search stops when
 its states run out) — :func:`calibrate` sets it where adding states stopped helping on the calibration

@@ -1,17 +1,19 @@
 """The states a search chose, per image: running the search on an engine, and stacking what it found.
 
-:func:`find_candidates` runs the best-first search (:mod:`undiscard.search`) on one
-:class:`~undiscard.engine.Engine` with one :class:`~undiscard.criteria.Criterion`, and returns a
-:class:`Candidates`: per image, the chosen :class:`~undiscard.search.Candidate` (state, native features,
-logits) in selection order. The search is incremental, so the first b candidates of a budget-B search
-are exactly those of a budget-b search: one search serves every smaller budget and every aggregation.
-:func:`stack_candidates` stacks them once per search for all of those.
+:func:`find_candidates` runs a search (:mod:`undiscard.search`) on one :class:`~undiscard.engine.Engine`
+with one :class:`~undiscard.criteria.Criterion`, and returns a :class:`Candidates`: per image, the
+evaluated :class:`~undiscard.search.Candidate` (state, native features, logits) in evaluation order. A
+budget of B evaluates at most B states per image, the root included, so it costs at most B plain
+forwards. The search is incremental, so the first b candidates of a budget-B search are exactly those of
+a budget-b search: one search serves every smaller budget, its cost (``candidates_cost``) and every
+aggregation. :func:`stack_candidates` stacks them once per search for all of those.
 
-The criterion chooses the path: a fixed list of states (:meth:`~undiscard.criteria.Criterion.fixed_order`,
-``calibrated``) is evaluated as that list, each state from its first non-zero unit on the root's cached
-activation (:meth:`~undiscard.engine.Engine.run_rows`); a ``static`` criterion (``offset``, ``random``)
-runs the best-first search computing only the children it uses (:meth:`~undiscard.engine.Engine.expand_some`);
-any other (``entropy``, ``learned``) expands all children, whose scores it needs.
+The criterion chooses the path: a ``static`` one (``offset``, ``grid``, ``random``, ``calibrated``) knows
+its states before anything runs (:meth:`~undiscard.criteria.Criterion.static_order`, the same for every
+image); they are evaluated as a list, each state from its first non-zero unit's cut on the root's
+activation there (:meth:`~undiscard.engine.Engine.evaluate`). Any other (``entropy``, ``learned``, a custom
+scorer) runs the lazy best-first search (:func:`~undiscard.search.lazy_best_first`), which evaluates one
+successor per image and step, each from its parent's activation at the cut of the unit it changes.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from ._eager import eager
 from .criteria import Criterion, SearchContext
 from .engine import Engine
 from .errors import PhaseError
 from .geometry import state_offsets
-from .search import Candidate, Step, best_first
+from .search import Candidate, lazy_best_first
 
 __all__ = ["Candidates", "engine_of", "find_candidates", "stack_candidates"]
 
@@ -70,68 +73,71 @@ def find_candidates(engine: Engine, x: Tensor, budget: int, criterion: Criterion
 
     ``attention`` makes the per-state attention scores from the root's features, for a criterion that
     ``needs_aggregator`` (it is only called then). Resets the engine's cost count first, so
-    :meth:`~undiscard.engine.Engine.cost_since_reset` reads this search's cost afterwards.
+    :meth:`~undiscard.engine.Engine.cost_since_reset` reads this search's cost afterwards, with one run
+    of the head per image for aggregating the states (none when every image has only its root).
     """
     engine.reset_cost()
-
-    def expand(depth: int, caches: Tensor, prefix: Tensor):
-        e = engine.expand(depth, caches, prefix)
-        return e.features, e.logits, e.caches
-
-    def score(images: list[int], feats: Tensor, logits: Tensor, states: list[tuple[int, ...]],
-              depth: int) -> list[float]:
-        return criterion.score(ctx, images, feats, logits, states, depth)
-
-    order = criterion.fixed_order(ctx)
-    if order is not None:
-        cands = Candidates(_listed(engine, x, order, budget, chunk_size))
-        cands.engine = engine
-        return cands
-    feats, logits, cache = engine.root(x)  # the whole batch, as the plain forward runs it
-    roots = None if cache is None else list(cache.unbind(0))  # best_first empties it: freed once every root is expanded
-    del cache
-    if criterion.needs_aggregator and attention is not None:
-        ctx = replace(ctx, attention=attention(engine, feats))
-    select = engine.expand_some if criterion.static else None
-    cands = Candidates(best_first(feats, logits, roots, engine.rates(), budget, expand, score, chunk_size, select))
+    if criterion.static:
+        cands = Candidates(_listed(engine, x, criterion.static_order(ctx, budget), budget, chunk_size))
+    else:
+        cands = Candidates(_searched(engine, x, budget, criterion, ctx, attention, chunk_size))
+    if any(len(per) > 1 for per in cands):
+        engine.charge_head(x.shape[0])  # what aggregating the states runs on their combined features
     cands.engine = engine
     return cands
+
+
+def _searched(engine: Engine, x: Tensor, budget: int, criterion: Criterion, ctx: SearchContext,
+              attention: AttentionFactory | None, chunk_size: int) -> list[list[Candidate]]:
+    """The lazy best-first search's candidates (:func:`~undiscard.search.lazy_best_first`)."""
+    feats, logits, caches = engine.root_caches(x)  # the whole batch, as the plain forward runs it
+    if criterion.needs_aggregator and attention is not None:
+        ctx = replace(ctx, attention=attention(engine, feats))
+
+    def score(images: list[int], feats: Tensor, logits: Tensor, states: list[tuple[int, ...]],
+              depth: int) -> tuple[list[float], float]:
+        if not criterion.needs_aggregator:  # the task's entropy: no FLOPs worth counting
+            return criterion.score(ctx, images, feats, logits, states, depth), 0.0
+        with FlopCounterMode(display=False) as counter:  # the aggregator's attention scores: part of the cost
+            scores = criterion.score(ctx, images, feats, logits, states, depth)
+        flops = float(counter.get_total_flops())
+        engine.charge_scores(len(states), flops)
+        return scores, flops
+
+    return lazy_best_first(feats, logits, caches, engine.cut, engine.rates(), budget, engine.evaluate, score,
+                           lambda states: criterion.prior(ctx, states), chunk_size)
 
 
 def _listed(engine: Engine, x: Tensor, order: Sequence[tuple[int, ...]], budget: int,
             chunk_size: int) -> list[list[Candidate]]:
     """The first ``budget`` states of ``order`` for every image of ``x``, in that order: each state runs
     from its first non-zero unit's cut on the root's activation there, in passes of at most ``chunk_size``
-    rows (images x states; one row at least). A candidate's steps are the passes of a search that would
-    stop at it. A budget beyond the order evaluates the whole order (a tree search, too, stops when its
-    states run out)."""
+    rows (images x states; one row at least). A budget beyond the order evaluates the whole order (a tree
+    search, too, stops when its states run out)."""
     budget = min(budget, len(order))
     n = x.shape[0]
     feats, logits, caches = engine.root_caches(x)
     cands = [[Candidate(order[0], feats[i], logits[i])] for i in range(n)]
     states = list(order[1:budget])
-    first = [next(d for d, p in enumerate(s) if p) for s in states]
+    first = [engine.cut[next(d for d, p in enumerate(s) if p)] for s in states]  # the segment each runs from
     found: dict[int, list[tuple[Tensor, Tensor]]] = {}  # position in states -> per image (features, logits)
     per_pass = max(1, chunk_size // n)  # states per pass, for every image at once
     block = min(n, chunk_size)  # images per pass, when one state for every image is more than a chunk
-    for depth in sorted(set(first)):
-        which = [p for p, d in enumerate(first) if d == depth]
+    for segment in sorted(set(first)):
+        which = [p for p, k in enumerate(first) if k == segment]
         for lo in range(0, n, block):
             images = torch.arange(lo, min(n, lo + block), device=x.device)
             for start in range(0, len(which), per_pass):
                 part = which[start:start + per_pass]
                 table = torch.tensor([states[p] for p in part], dtype=torch.long, device=x.device)
                 rows = images.repeat_interleave(len(part))  # image-major
-                f, lg = engine.run_rows(depth, caches[depth], rows, table.repeat(len(images), 1))
+                f, lg, _ = engine.evaluate(segment, caches[segment][rows], table.repeat(len(images), 1))
                 for q, p in enumerate(part):
                     found.setdefault(p, []).extend(zip(f[q::len(part)], lg[q::len(part)]))
     del caches
-    counts: dict[int, int] = {}
-    for p, (state, depth) in enumerate(zip(states, first)):
-        counts[depth] = counts.get(depth, 0) + 1
-        steps = tuple(Step("rows", d, c) for d, c in sorted(counts.items()))
+    for p, (state, segment) in enumerate(zip(states, first)):
         for i, (f, lg) in enumerate(found.pop(p)):
-            cands[i].append(Candidate(state, f, lg, steps))
+            cands[i].append(Candidate(state, f, lg, segment))
     return cands
 
 

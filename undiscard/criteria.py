@@ -1,26 +1,35 @@
-"""Search criteria: which node the best-first search expands next (DESIGN §2). Lower scores first.
+"""Search criteria: which states a search evaluates, and in which order. Lower scores first.
 
 A criterion is a small :class:`Criterion` class registered by name (:func:`register_criterion`;
-``wrap(..., criterion=NAME)``). It scores M nodes at once — their native features (M, ...), logits
-(M, *output), states and depth — given a :class:`SearchContext` (the task, the searched units' rates,
-the seed, and the attention aggregator's per-state scores for criteria that need it). Registered here:
+``wrap(..., criterion=NAME)``). Whatever the criterion, a budget of B evaluates at most B states per image
+(the root included), so a search costs at most B plain forwards (:mod:`undiscard.search`). There are two
+kinds:
 
-- ``entropy``: the task's uncertainty of the state's prediction (normalised entropy of its logits);
+*Static criteria* (``static = True``) score states without their outputs, so the order is known before
+anything runs, and it is the same for every image: :meth:`Criterion.static_order` lists the states the
+search evaluates (by default the states in order of score, each after its parent:
+:func:`undiscard.search.static_order`), and the list is evaluated (:mod:`undiscard.candidates`):
+
 - ``offset``: small offsets first (``dy² + dx²`` in pixels of the first searched unit's input);
+- ``grid``: coarse to fine (:func:`~undiscard.geometry.grid_rank`): a rate-16 patch embedding's half-patch
+  offsets (0, 8), (8, 0), (8, 8) first, then its quarter-patch ones, ...; small offsets first within a
+  level. On units of rate 2 it is ``offset``;
 - ``random``: a seeded hash of (seed, depth, state), so order never depends on batch composition;
-- ``learned``: most attention first (the attention aggregator's location-averaged attention logit,
-  negated); it ``needs_aggregator``;
 - ``calibrated``: a fixed list of states ranked once per model on a labelled split
   (:mod:`undiscard.calibration`, ``undiscard calibrate``; ``wrap(..., criterion="calibrated", order=FILE)``):
-  budget B evaluates its first B states, each from its first non-zero unit on — no tree, no scores.
+  budget B evaluates its first B states.
 
-A criterion whose scores read only the states and the depth declares ``static = True`` (``offset``,
-``random``, ``calibrated``): the search then scores children before computing them and computes only
-those it uses (:mod:`undiscard.search`), so cost follows the budget. One that gives a fixed list of
-states (:meth:`Criterion.fixed_order`) is evaluated as that list (:mod:`undiscard.candidates`).
+*Output-scored criteria* score a state by what it computes, so they only ever score evaluated states:
+the lazy best-first search (:func:`undiscard.search.lazy_best_first`) pops the best-scored evaluated
+state and evaluates its next successor in the order of the criterion's free :meth:`Criterion.prior`
+(``grid`` by default; ties by unit, then phase):
 
-``CRITERIA`` is the tuple of registered names. :func:`custom_criterion` turns a plain function into a
-criterion for one search (``model.candidates(x, scorer=...)``; training the aggregator uses it).
+- ``entropy``: the task's uncertainty of the state's prediction (normalised entropy of its logits);
+- ``learned``: most attention first (the attention aggregator's location-averaged attention logit,
+  negated); it ``needs_aggregator``.
+
+``CRITERIA`` is the tuple of registered names. :func:`custom_criterion` turns a plain function into an
+output-scored criterion for one search (``model.candidates(x, scorer=...)``; training the aggregator uses it).
 """
 from __future__ import annotations
 
@@ -32,15 +41,16 @@ from torch import Tensor
 
 from .calibration import StateOrder, as_order
 from .errors import UndiscardError
-from .geometry import state_offset
+from .geometry import grid_rank, state_offset
 from .named import NamedRegistry
+from .search import static_order
 
 if TYPE_CHECKING:  # type hints only
     from .engine import Engine
     from .task import Task
 
 __all__ = ["Criterion", "SearchContext", "resolve_order", "StateScorer", "register_criterion", "get_criterion",
-           "custom_criterion", "random_score", "order_units", "CRITERIA"]
+           "custom_criterion", "random_score", "grid_score", "order_units", "CRITERIA"]
 
 States = list[tuple[int, ...]]
 # attention(images, features, states) -> (M,) per-state attention scores (higher = more attention)
@@ -78,17 +88,24 @@ class SearchContext:
 
 class Criterion:
     """One search order; ``needs_aggregator``: it reads the attention aggregator's scores; ``static``: its
-    scores read only ``states`` and ``depth`` (``features`` and ``logits`` may be None), so the search can
-    rank children before computing them."""
+    scores read only ``states`` and ``depth`` (``features`` and ``logits`` are None), so its order is known
+    before anything runs (:meth:`static_order`)."""
 
     name: ClassVar[str] = ""
     needs_aggregator: ClassVar[bool] = False
     static: ClassVar[bool] = False
     needs_order: ClassVar[bool] = False  # reads SearchContext.order (wrap(order=...))
 
-    def fixed_order(self, ctx: SearchContext) -> Sequence[tuple[int, ...]] | None:
-        """A fixed list of states to evaluate instead of a search (the first is the all-zero state), or None."""
-        return None
+    def static_order(self, ctx: SearchContext, budget: int) -> Sequence[tuple[int, ...]]:
+        """A static criterion's first ``budget`` states (the first is the all-zero state; fewer when the
+        states run out): in order of score, each after its parent (:func:`undiscard.search.static_order`)."""
+        return static_order(lambda states, depth: self.score(ctx, [], None, None, states, depth),  # type: ignore[arg-type]
+                            ctx.rates, budget)
+
+    def prior(self, ctx: SearchContext, states: States) -> list[float]:
+        """Free scores (lower first) by which an output-scored search tries a state's successors before it
+        has evaluated them: coarse to fine (:func:`grid_score`)."""
+        return grid_score(ctx, states)
 
     def score(self, ctx: SearchContext, images: list[int], features: Tensor, logits: Tensor, states: States,
               depth: int) -> list[float]:
@@ -121,6 +138,11 @@ def resolve_order(criterion: Criterion, order: object) -> StateOrder | None:
     if resolved is None and criterion.needs_order:
         raise UndiscardError(NO_ORDER)
     return resolved
+
+
+def grid_score(ctx: SearchContext, states: States) -> list[float]:
+    """The coarse-to-fine rank of each state (:func:`~undiscard.geometry.grid_rank`)."""
+    return [float(grid_rank(s, ctx.rates, ctx.spatial)) for s in states]
 
 
 def random_score(seed: int, state: tuple[int, ...], depth: int) -> float:
@@ -157,6 +179,16 @@ class Offset(Criterion):
         return [float(dy * dy + dx * dx) for dy, dx in (state_offset(s, ctx.rates, ctx.spatial) for s in states)]
 
 
+@register_criterion("grid")
+class Grid(Criterion):
+    """Coarse to fine: lower sub-grid levels first, small offsets first within a level (:func:`grid_score`)."""
+
+    static = True
+
+    def score(self, ctx, images, features, logits, states, depth):
+        return grid_score(ctx, states)
+
+
 @register_criterion("learned")
 class Learned(Criterion):
     """Most attention first: the attention aggregator's per-state score, negated."""
@@ -176,13 +208,13 @@ class Calibrated(Criterion):
     static = True
     needs_order = True
 
-    def fixed_order(self, ctx):
+    def static_order(self, ctx, budget):
         if ctx.order is None:
             raise UndiscardError(NO_ORDER)
-        return ctx.order.searched
+        return ctx.order.searched[:budget]
 
     def score(self, ctx, images, features, logits, states, depth):
-        rank = {s: r for r, s in enumerate(self.fixed_order(ctx))}
+        rank = {s: r for r, s in enumerate(self.static_order(ctx, len(ctx.order.searched) if ctx.order else 0))}
         return [float(rank.get(tuple(s), len(rank))) for s in states]
 
 

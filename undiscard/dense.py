@@ -6,7 +6,7 @@ are the same):
 
 - **scoring** — a state's uncertainty is the *mean per-pixel* normalised entropy of its logits (each
   pixel's entropy over its K classes from ``log_softmax``, divided by log K, averaged over H x W): what
-  ``criterion="entropy"`` expands first. ``offset``, ``random`` and ``learned`` work unchanged.
+  ``criterion="entropy"`` pops first. ``offset``, ``grid``, ``random`` and ``learned`` work unchanged.
 - **what is combined** — the decoder's *output logits*, not an intermediate feature map: the model is
   split at its output (:func:`undiscard.split.output_split`: features = the selected output, head = the
   identity), so every state's output is the network's own output at that state

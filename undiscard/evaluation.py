@@ -9,7 +9,7 @@ Every evaluation reports the three numbers of DESIGN §1b side by side:
   shifted copy;
 
 plus ``cost``: the mean cost per image in baseline-forward equivalents (``Undiscard.last_cost``), and
-``cost_ideal``, what it would be if every expansion recomputed only from its unit on.
+``cost_ideal``, what it would be if every state were recomputed only from its last non-zero unit on.
 
 One search per batch at the largest budget serves every budget and every aggregation variant (the
 search is incremental); budget 1 is the original model exactly. :func:`evaluate_states` scores every

@@ -4,13 +4,9 @@ A *phase plan* maps a unit index to what its layers should compute for the curre
 
 - absent (or phase 0 for every sample): the layer's own forward, bit for bit;
 - a LongTensor of shape (N,): a per-sample phase (samples are grouped by phase, each group costs one
-  ordinary strided pass);
-- ``EXPAND``: all R² phases from one dense pass; the batch grows from N to N*R² (sample-major:
-  row n*R² + s is sample n at phase s).
-- a :class:`Select`: some of those rows only — row k of the output is sample ``rows[k]`` at phase
-  ``phases[k]``, each phase computed alone (as a per-sample phase: one strided pass per distinct phase,
-  so K children cost K phases, not the R² of a dense pass); the batch becomes K. The values are those of
-  the rows of ``EXPAND`` to float rounding (a strided pass and a dense pass sliced are different kernels).
+  ordinary strided pass; phase 0 is the layer's own forward). The batch never changes size;
+- an :class:`Adaptive` spec: the phase is decided per sample during the forward from what the layer
+  sees (adaptive phase selection, :mod:`undiscard.aps`).
 
 The plan lives in a ``ContextVar``, so concurrent threads (each with its own context) never see each
 other's plans, and no module attribute is written while a forward runs. ``PhasedModel`` owns a deep copy
@@ -22,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import contextvars
-from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence, Union
 
 import torch
@@ -31,25 +26,7 @@ from torch import Tensor, nn
 from .layers import get_adapter
 from .layers.registry import PhaseAdapter
 
-__all__ = ["EXPAND", "Select", "Adaptive", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
-
-
-class _Expand:
-    def __repr__(self) -> str:
-        return "EXPAND"
-
-
-EXPAND = _Expand()
-
-
-@dataclass(frozen=True)
-class Select:
-    """Rows of ``EXPAND`` without the others: output row k is input row ``rows[k]`` at phase ``phases[k]``
-    (both (K,) long). Each phase is computed alone (``one_phase``, as ``run_state`` does), so K children
-    cost K phases of the unit's layers; the layers after the unit then run on K rows instead of N*R²."""
-
-    rows: Tensor
-    phases: Tensor
+__all__ = ["Adaptive", "PhaseSpec", "phase_plan", "current_plan", "install_phased_layers", "is_phased"]
 
 
 class Adaptive:
@@ -62,7 +39,7 @@ class Adaptive:
         raise NotImplementedError
 
 
-PhaseSpec = Union[Tensor, _Expand, Select, Adaptive]
+PhaseSpec = Union[Tensor, Adaptive]  # (N,) long: one phase per sample; or decided in the forward
 _PLAN: contextvars.ContextVar[Mapping[int, PhaseSpec] | None] = contextvars.ContextVar(
     "undiscard_phase_plan", default=None)
 
@@ -114,10 +91,6 @@ class _PhasedForward:
         spec = None if plan is None else plan.get(self.unit)
         if spec is None or kwargs or (args and not self.adapter.takes_args):
             return self.forward(x, *args, **kwargs)
-        if spec is EXPAND:
-            return self.adapter.all_phases(self.layer_ref, x, *args).flatten(0, 1)
-        if isinstance(spec, Select):  # only the chosen phases: one strided pass per distinct phase
-            return _per_sample(self.layer_ref, self.adapter, x[spec.rows], spec.phases, self.forward, args)
         if isinstance(spec, Adaptive):
             phases, out = spec.decide(self.layer_ref, self.adapter, x)
             return out if out is not None else _per_sample(self.layer_ref, self.adapter, x, phases, self.forward, args)

@@ -14,7 +14,9 @@ This is the one place that multiplies rates together:
 - :func:`state_offset`: the mixed-radix offset ``Σ_l (dy_l, dx_l) · Π_{l'<l} R_l'`` of a state, in pixels
   of the first searched unit's input grid (side units, ``spatial=False``, add nothing);
   :func:`moved_offsets` keeps only the terms of chosen units (those that move a dense output,
-  :mod:`undiscard.dense_alignment`), read back from the offsets' mixed-radix digits.
+  :mod:`undiscard.dense_alignment`), read back from the offsets' mixed-radix digits;
+- :func:`phase_level`: how coarse a phase of one unit is — the sub-grid (half, quarter, ... of the rate)
+  it lies on first; :func:`grid_rank` of a state, its coarse-to-fine rank (the ``grid`` order).
 
 :func:`select_units` turns a ``units=`` selector into indices; the default searches every spatial unit
 but the first and the last (all of them when there are fewer than three), as the paper found both
@@ -33,7 +35,7 @@ from .errors import PhaseError
 
 __all__ = ["UnitSelector", "default_search_units", "select_units", "num_states", "total_rate",
            "offsets_per_axis", "feature_stride", "feature_grid", "output_stride", "state_offset", "state_offsets",
-           "moved_offsets"]
+           "moved_offsets", "phase_level", "grid_rank"]
 
 UnitSelector = Sequence[int | str] | int | str | None
 
@@ -190,3 +192,33 @@ def moved_offsets(offsets: Tensor, search_units: Sequence[Unit], moves: Sequence
             out = out + torch.div(offsets, scale, rounding_mode="floor").remainder(unit.rate) * scale
         scale *= unit.rate
     return out
+
+
+def phase_level(phase: int, rate: int) -> int:
+    """The sub-grid level of ``phase`` (dy, dx) = divmod(phase, rate) of a rate-R unit: the smallest k with dy
+    and dx multiples of R / 2^k for R a power of two (0 for phase 0; 1 for the half-rate offsets (0, R/2),
+    (R/2, 0), (R/2, R/2); 2 for the quarter-rate ones; ...; log2 R for the finest). For any other rate every
+    phase but 0 is level 1 (no sub-grid: small offsets first)."""
+    dy, dx = divmod(phase, rate)
+    if not dy and not dx:
+        return 0
+    if rate & (rate - 1):
+        return 1
+    level, step = 1, rate // 2
+    while dy % step or dx % step:
+        level, step = level + 1, step // 2
+    return level
+
+
+def grid_rank(state: Sequence[int], rates: Sequence[int], spatial: Sequence[bool] | None = None) -> int:
+    """The coarse-to-fine rank of a state (lower first): its units' largest :func:`phase_level`, then its
+    offset's squared length dy² + dx² (:func:`state_offset`), as one number ``level * 2T² + dy² + dx²``
+    (offsets lie in ``[0, T)`` per axis, ``T = Π R`` over spatial units). Sorting by it gives coarse-to-fine
+    sub-grids — a rate-16 unit: the half-patch offsets, then the quarter-patch ones, ... — and small
+    offsets first within a level; for units of rate 2 (or of rates that are not powers of two) it is the
+    order of offsets."""
+    dy, dx = state_offset(state, rates, spatial)
+    spatial = spatial if spatial is not None else [True] * len(rates)
+    total = _product([r for r, sp in zip(rates, spatial) if sp])
+    level = max((phase_level(s, r) for s, r in zip(state, rates)), default=0)
+    return level * 2 * total * total + dy * dy + dx * dx

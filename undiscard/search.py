@@ -1,37 +1,47 @@
-"""Exact best-first search over states, batched across images (DESIGN §2).
+"""Best-first search over states whose cost is its budget, batched across images.
 
-Per image: the root (all phases 0) is the first candidate and is pushed. While there are fewer than
-``budget`` candidates and the frontier is not empty, the best-scored node (lowest score; ties by
-insertion order) is popped and all R² children at its next unit are computed in one pass. Child 0 equals
-the parent's state: it is pushed (so deeper units can still vary; its logits are the parent's) but is not a
-new candidate, and it is not recomputed past the next unit's cut. Children
-j >= 1 join the candidates best-scored first (ties by j) until the budget is reached. Every child that
-still has an undecided unit is pushed, in order of j.
+*The tree.* A state is one phase per searched unit; its *depth* is one more than the index of its last
+non-zero unit (0 for the root, the all-zero state). The *successors* of a state of depth d change one
+unit u >= d to a phase j >= 1 (the units after u stay at 0). Every state but the root is the successor of
+exactly one state, its *parent* (itself with its last non-zero unit set to 0), so no state is reached
+twice.
 
-Every image has its own search, but images are searched in blocks of ``chunk // max R²`` (at least one):
-each step pops one node per unfinished image of the block and runs all those expansions together, one
-batched pass per unit depth, of at most ``chunk`` rows (parents x R² children; at least one parent's R²
-children). A block's searches finish before the next block's start.
+*The budget counts evaluated states.* A search of budget B evaluates at most B states per image, the
+root included, and every state it evaluates is a candidate, in the order evaluated. A state is evaluated
+from the cut before the unit its parent's move changes, on the parent's activation cached there; so it
+costs at most one plain forward, from that unit on, and the search at most B (a split whose head re-runs
+the network, :mod:`undiscard.hook_split`, costs more per state; ``last_cost`` counts it). A criterion
+that scores a state by its outputs only ever scores evaluated states.
 
-*Memory.* Besides one pass, the search keeps every image's candidates' features and logits, and for the
-images of the current block the frontier nodes that can still be expanded: an expansion adds at least
-``min R² - 1`` candidates, so an image missing m candidates pops at most ``ceil(m / (min R² - 1))`` more
-nodes, and nodes ranked below that in its frontier can never be popped (pushes only rank ahead of them),
-nor can any node of an image that has its budget. Those are dropped after every expansion, and each kept
-node's cached activation gets its own storage, so a pass's tensors are freed as soon as the pass is done.
-The states chosen are unchanged.
+*Priors.* The successors of a state are tried in the order of a free *prior* (a score of the successor
+state that needs no outputs, lower first; ties by unit, then phase): the criterion's
+(:meth:`undiscard.criteria.Criterion.prior`, coarse-to-fine by default).
 
-The search knows nothing about models or tasks: nodes are scored by a ``score`` function (a criterion
-of :mod:`undiscard.criteria`) and expanded by an ``expand`` function (:meth:`undiscard.engine.Engine.expand`).
+Two searches follow from this:
 
-*Cost that follows the budget.* When the scores depend on the states and the depth alone (a *static*
-criterion: ``offset``, ``random``, ``calibrated``; the caller passes ``select``), children are scored
-before they are computed, and an expansion after which the image's search cannot go deeper (the budget
-is reached, or the unit is the last one) computes only the children that become candidates
-(:meth:`undiscard.engine.Engine.expand_some`): budget 2 costs one child, not R² - 1. The states chosen are
-those of the expand-all search, which still runs for every expansion whose children may be expanded
-again. Every candidate records the passes a search that *ends* at it runs (:class:`Step`), so one search
-prices every smaller budget (:meth:`undiscard.engine.Engine.search_cost`).
+- :func:`static_order`, for a criterion whose scores need no outputs (``offset``, ``grid``, ``random``):
+  the states in order of score, each after its parent — a heap starts with the root, and popping a state
+  emits it and pushes all its successors with their scores (ties by insertion order; successors pushed
+  unit by unit, phase by phase). The first B of that order are the same for every image, so they are
+  evaluated as a list (:mod:`undiscard.candidates`).
+- :func:`lazy_best_first` ("partial expansion"), for a criterion that scores evaluated states by their
+  outputs (``entropy``, ``learned``, custom scorers): the frontier holds evaluated states, keyed by their
+  own scores (ties by insertion order). Popping a state evaluates its next successor in prior order; the
+  new state is a candidate and is pushed with its own score, then the popped state is pushed back (with
+  its own score, a new insertion order) while it has successors left. A state with no successors (depth
+  = the number of units) is not pushed.
+
+*Batching and memory.* Every image has its own search; each step pops one node per unfinished image and
+evaluates all those successors together, grouped by the cut they start from, in passes of at most
+``chunk`` rows. A node keeps its activations only at the cuts its remaining successors start from (shared
+with its parent where the cut is the parent's own). An image missing m candidates pops at most m more
+nodes, and a node ranked below the m-th of its frontier can never be popped (each pop moves it up one
+rank at most): those are dropped after every step. The states chosen do not depend on the batch, the
+chunk or the budget: the first b candidates of a budget-B search are those of a budget-b search.
+
+The search knows nothing about models or tasks: states are scored by a ``score`` function (a criterion
+of :mod:`undiscard.criteria`) and evaluated by an ``evaluate`` function
+(:meth:`undiscard.engine.Engine.evaluate`).
 """
 from __future__ import annotations
 
@@ -39,14 +49,17 @@ import heapq
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .geometry import state_offset
 
-__all__ = ["Candidate", "Step", "state_offset", "best_first", "Expander", "Selector", "Scorer"]
+__all__ = ["Candidate", "State", "state_offset", "state_depth", "successors", "static_order", "lazy_best_first",
+           "Evaluator", "Scorer", "Prior"]
+
+State = tuple[int, ...]
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
@@ -57,197 +70,176 @@ def __getattr__(name: str) -> tuple[str, ...]:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class Step(NamedTuple):
-    """One pass of a search, for one image, as the engine charges it (:meth:`~undiscard.engine.Engine.step_flops`).
-
-    kind: ``"expand"`` (all R² children of one parent at searched unit ``depth``), ``"select"`` (``rows``
-    children of one parent, each phase computed alone: :meth:`~undiscard.engine.Engine.expand_some`) or
-    ``"rows"`` (``rows`` states run from unit ``depth``'s cut, the cached activation replicated per state:
-    :meth:`~undiscard.engine.Engine.run_rows`).
-    """
-
-    kind: str
-    depth: int
-    rows: int = 1
-
-
 @dataclass
 class Candidate:
-    """A chosen state of one image: its phases, native features and logits."""
+    """An evaluated state of one image: its phases, native features and logits, the chain segment its
+    evaluation ran from (None: the root, the original model's pass), and the FLOPs its criterion ran to
+    score it (where the criterion counts them: the ``learned`` criterion's attention scores). A state is
+    scored when it is pushed: when it has successors and is not its search's last."""
 
-    state: tuple[int, ...]
+    state: State
     features: Tensor
     logits: Tensor
-    # the passes after the root that a search ending at this candidate runs for its image (its cost)
-    expansions: tuple[Step, ...] = ()
+    segment: int | None = None
+    score_flops: float = 0.0
+
+
+# evaluate(segment, inputs (M, ...), states (M, L) long, capture) -> (features (M, ...), logits (M, ...),
+# {segment in capture: (M, ...) activations at that segment's input})
+Evaluator = Callable[[int, Tensor, Tensor, Sequence[int]], tuple[Tensor, Tensor, dict[int, Tensor]]]
+# score(images, features, logits, states, depth) -> (one score per row (lower first), FLOPs it ran to score
+# them, 0 where not counted); row r belongs to image images[r]; every state has this depth
+Scorer = Callable[[list[int], Tensor, Tensor, list[State], int], tuple[list[float], float]]
+# prior(states) -> one free score per state (lower first)
+Prior = Callable[[list[State]], list[float]]
+
+
+def state_depth(state: Sequence[int]) -> int:
+    """One more than the index of the last non-zero phase of ``state`` (0 for the all-zero state)."""
+    return next((d + 1 for d in range(len(state) - 1, -1, -1) if state[d]), 0)
+
+
+def successors(state: State, rates: Sequence[int]) -> list[tuple[int, int, State]]:
+    """(unit u, phase j, successor) for every successor of ``state``: u from its depth on, j >= 1, in that order."""
+    return [(u, j, state[:u] + (j,) + state[u + 1:])
+            for u in range(state_depth(state), len(rates)) for j in range(1, rates[u] * rates[u])]
+
+
+def _key(score: float) -> float:
+    return math.inf if math.isnan(score) else score  # NaN (non-finite logits) ranks last, never breaks the heap
+
+
+def static_order(score: Callable[[list[State], int], list[float]], rates: Sequence[int], budget: int) -> list[State]:
+    """The first ``budget`` states in order of ``score(states, depth)`` (lower first), each after its parent
+    (see the module docstring); fewer when the states run out."""
+    zero: State = (0,) * len(rates)
+    counter = itertools.count()
+    heap: list[tuple[float, int, State]] = [(0.0, next(counter), zero)]
+    out: list[State] = []
+    while heap and len(out) < budget:
+        state = heapq.heappop(heap)[2]
+        out.append(state)
+        moves = successors(state, rates)
+        for u in sorted({m[0] for m in moves}):
+            kids = [m[2] for m in moves if m[0] == u]
+            for kid, s in zip(kids, score(kids, u + 1)):
+                heapq.heappush(heap, (_key(s), next(counter), kid))
+    return out
 
 
 @dataclass(order=True)
 class _Node:
-    score: float
+    key: float
     order: int
-    state: tuple[int, ...] = field(compare=False)
-    depth: int = field(compare=False)
-    cache: Tensor | None = field(compare=False)
-    logits: Tensor | None = field(compare=False, default=None)
-    features: Tensor | None = field(compare=False, default=None)
+    state: State = field(compare=False)
+    moves: list[tuple[int, int, State]] = field(compare=False)  # successors left, in prior order
+    caches: dict[int, Tensor] = field(compare=False)  # segment -> this state's activation at its input
+    next: int = field(default=0, compare=False)
 
 
-# expander(depth, caches (M, ...), prefix (M, depth)) -> (features (M*(R²-1), ...), logits (M*(R²-1), K),
-# child caches (M*R², ...) or None): children j >= 1 have features and logits, every child has a cache
-Expander = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]]
-# selector(depth, caches (M, ...), prefix (M, depth), rows (K,), phases (K,)) -> (features (K, ...), logits
-# (K, ...)): child phases[k] of parent rows[k] only, no caches (Engine.expand_some)
-Selector = Callable[[int, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-# scorer(images, features, logits, states, depth) -> one score per row (lower = expanded first); row r
-# belongs to image images[r]. With a selector, features and logits are None (a static criterion).
-Scorer = Callable[[list[int], Tensor | None, Tensor | None, list[tuple[int, ...]], int], list[float]]
+class _Moves:
+    """Each state's successors in prior order, computed once per search (states repeat across images)."""
+
+    def __init__(self, rates: Sequence[int], prior: Prior):
+        self.rates, self.prior, self.known = rates, prior, {}
+
+    def __call__(self, state: State) -> list[tuple[int, int, State]]:
+        if state not in self.known:
+            moves = successors(state, self.rates)
+            p = self.prior([m[2] for m in moves])
+            self.known[state] = [moves[k] for k in sorted(range(len(moves)), key=lambda k: (_key(p[k]), k))]
+        return self.known[state]
 
 
-def best_first(root_features: Tensor, root_logits: Tensor, root_cache: Tensor | list[Tensor] | None,
-               rates: Sequence[int],
-               budget: int, expand: Expander, score: Scorer, chunk: int = 256,
-               select: Selector | None = None) -> list[list[Candidate]]:
-    """Run the search for N images at once; return each image's candidates in selection order.
+def _needed(moves: list[tuple[int, int, State]], start: int, cuts: Sequence[int]) -> set[int]:
+    """The segments the moves from ``start`` on are evaluated from."""
+    return {cuts[m[0]] for m in moves[start:]}
 
-    ``root_cache``: the activations at the first searched unit's cut, (N, ...) or a list of N tensors; a
-    list is emptied once the search holds its entries, so they are freed once the roots are expanded.
-    ``chunk``: most rows (parents x R²) per expansion pass. ``select``: the scores read only states and
-    depth (see the module docstring); expansions that end an image's search compute only the children
-    they add."""
+
+def lazy_best_first(root_features: Tensor, root_logits: Tensor, root_caches: dict[int, Tensor], cuts: Sequence[int],
+                    rates: Sequence[int], budget: int, evaluate: Evaluator, score: Scorer, prior: Prior,
+                    chunk: int = 256) -> list[list[Candidate]]:
+    """Run the lazy search for N images at once; return each image's candidates in evaluation order.
+
+    ``root_caches``: per segment that starts a searched unit's cut (``cuts``, one segment per searched
+    unit), the root's activations there (N, ...). ``chunk``: most rows per pass."""
     n = root_features.shape[0]
     depth_total = len(rates)
-    zero = tuple([0] * depth_total)
-    static = select is not None
-    root_scores = (score(list(range(n)), None, None, [zero] * n, 0) if static
-                   else score(list(range(n)), root_features, root_logits, [zero] * n, 0))
-    done: list[tuple[Step, ...]] = [() for _ in range(n)]  # passes run so far, per image
-    cands: list[list[Candidate]] = [[Candidate(zero, root_features[i], root_logits[i])] for i in range(n)]
-    frontier: list[list[_Node]] = [[] for _ in range(n)]
+    zero: State = (0,) * depth_total
+    cands = [[Candidate(zero, root_features[i], root_logits[i])] for i in range(n)]
+    if budget <= 1 or not depth_total or not n:
+        return cands
+    moves_of = _Moves(rates, prior)
+    root_moves = moves_of(zero)
+    root_scores, flops = score(list(range(n)), root_features, root_logits, [zero] * n, 0)
+    for per in cands:
+        per[0].score_flops = flops / n
     counters = [itertools.count() for _ in range(n)]
-    if depth_total:
-        assert root_cache is not None
-        for i in range(n):
-            heapq.heappush(frontier[i], _Node(root_scores[i], next(counters[i]), zero, 0, root_cache[i],
-                                              root_logits[i], root_features[i]))
-        if isinstance(root_cache, list):
-            root_cache.clear()
-        del root_cache
-    gain = min(r * r for r in rates) - 1 if rates else 0  # fewest new candidates an expansion adds
-    per_block = max(1, chunk // max(r * r for r in rates)) if rates else max(n, 1)
-    for lo in range(0, n, per_block):  # images searched together: one pass per step and depth
-        _search_block(range(lo, min(n, lo + per_block)), rates, budget, expand, score, chunk, select, cands, done,
-                      frontier, counters, gain)
+    segments = _needed(root_moves, 0, cuts)
+    frontier = [[_Node(_key(root_scores[i]), next(counters[i]), zero, root_moves,
+                       {k: root_caches[k][i] for k in segments})] for i in range(n)]
+    while True:
+        active = [i for i in range(n) if len(cands[i]) < budget and frontier[i]]
+        if not active:
+            break
+        popped: list[tuple[int, _Node, int, State]] = []  # (image, node, unit moved, new state)
+        for i in active:
+            node = heapq.heappop(frontier[i])
+            u, _, state = node.moves[node.next]
+            node.next += 1
+            popped.append((i, node, u, state))
+        by_segment: dict[int, list[tuple[int, _Node, int, State]]] = {}
+        for row in popped:
+            by_segment.setdefault(cuts[row[2]], []).append(row)
+        for k in sorted(by_segment):
+            group = by_segment[k]
+            for start in range(0, len(group), chunk):
+                _evaluate_rows(group[start:start + chunk], k, cuts, budget, evaluate, score, moves_of, cands,
+                               frontier, counters)
+        for i, node, _, _ in popped:  # each popped state goes back while it has successors left
+            if node.next < len(node.moves) and len(cands[i]) < budget:
+                left = _needed(node.moves, node.next, cuts)
+                node.caches = {k: c for k, c in node.caches.items() if k in left}
+                node.order = next(counters[i])
+                heapq.heappush(frontier[i], node)
+        del popped, node
+        for i in active:  # drop the nodes that can never be popped (see the module docstring)
+            missing = budget - len(cands[i])
+            if len(frontier[i]) > missing:
+                frontier[i] = heapq.nsmallest(missing, frontier[i])  # a sorted list is a heap
     return cands
 
 
-def _search_block(block: range, rates: Sequence[int], budget: int, expand: Expander, score: Scorer, chunk: int,
-                  select: Selector | None, cands: list[list[Candidate]], done: list[tuple[Step, ...]],
-                  frontier: list[list["_Node"]], counters: list, gain: int) -> None:
-    """The searches of the images in ``block`` to the end (see :func:`best_first`)."""
-    depth_total = len(rates)
-    static = select is not None
-    while True:
-        active = [i for i in block if len(cands[i]) < budget and frontier[i]]
-        if not active:
-            break
-        popped = {i: heapq.heappop(frontier[i]) for i in active}
-        by_depth: dict[int, list[int]] = {}
-        for i in active:
-            by_depth.setdefault(popped[i].depth, []).append(i)
-        for depth, images in sorted(by_depth.items()):
-            r2 = rates[depth] ** 2
-            last = depth + 1 == depth_total
-            # static: images whose search cannot go deeper after this expansion compute only what they add
-            some = [i for i in images if static and (last or budget - len(cands[i]) <= r2 - 1)]
-            every = [i for i in images if i not in set(some)]
-            per_chunk = max(1, chunk // r2)
-            for start in range(0, len(some), per_chunk):
-                part = some[start:start + per_chunk]
-                _select_children(part, depth, r2, budget, popped, cands, done, score, select)  # type: ignore[arg-type]
-                _keep_reachable(part, frontier, cands, budget, gain)
-                for i in part:
-                    del popped[i]  # the expanded parent and its cache
-            for start in range(0, len(every), per_chunk):
-                group = every[start:start + per_chunk]
-                caches = torch.stack([popped[i].cache for i in group])  # type: ignore[misc]
-                prefix = _prefix(group, popped, depth, caches.device)
-                feats, logits, child_caches = expand(depth, caches, prefix)
-                for g, i in enumerate(group):
-                    parent = popped[i]
-                    rows = slice(g * (r2 - 1), (g + 1) * (r2 - 1))  # children j >= 1; child 0 is the parent
-                    states = _children(parent, depth, r2)
-                    # child 0's features and logits are the parent's
-                    assert parent.logits is not None and parent.features is not None
-                    scores = (score([i] * r2, None, None, states, depth + 1) if static else
-                              score([i] * r2, torch.cat([parent.features[None], feats[rows]]),
-                                    torch.cat([parent.logits[None], logits[rows]]), states, depth + 1))
-                    before, done[i] = done[i], done[i] + (Step("expand", depth),)
-                    new = sorted(range(1, r2), key=lambda j: (scores[j], j))
-                    for rank, j in enumerate(new[:max(0, budget - len(cands[i]))], 1):
-                        row = g * (r2 - 1) + j - 1
-                        # a static search ending here would have selected only these children
-                        steps = before + (Step("select", depth, rank),) if static else done[i]
-                        cands[i].append(Candidate(states[j], feats[row], logits[row], steps))
-                    if not last:
-                        assert child_caches is not None
-                        for j in range(r2):
-                            row = g * (r2 - 1) + j - 1
-                            child_feats, child_logits = ((parent.features, parent.logits) if j == 0
-                                                         else (feats[row], logits[row]))
-                            heapq.heappush(frontier[i], _Node(scores[j], next(counters[i]), states[j], depth + 1,
-                                                              child_caches[g * r2 + j], child_logits, child_feats))
-                _keep_reachable(group, frontier, cands, budget, gain)
-                for i in group:
-                    del popped[i]
-                del caches, feats, logits, child_caches, parent  # this pass's tensors: only what was kept survives
-
-
-def _keep_reachable(images: list[int], frontier: list[list[_Node]], cands: list[list[Candidate]], budget: int,
-                    gain: int) -> None:
-    """Drop the frontier nodes of ``images`` that can no longer be popped, and give each kept node's cache
-    its own storage (see the module docstring: memory). The search's results do not change."""
-    for i in images:
-        heap = frontier[i]
-        missing = budget - len(cands[i])
-        if gain > 0 and not any(math.isnan(node.score) for node in heap):
-            pops = -(-max(missing, 0) // gain)  # at most this many more pops for this image
-            if len(heap) > pops:
-                heap = frontier[i] = heapq.nsmallest(pops, heap)  # a sorted list is a heap
-        for node in heap:
-            c = node.cache
-            if c is not None and c.untyped_storage().nbytes() > c.numel() * c.element_size():  # in a pass's output
-                node.cache = c.clone()
-
-
-def _children(parent: _Node, depth: int, r2: int) -> list[tuple[int, ...]]:
-    return [parent.state[:depth] + (j,) + parent.state[depth + 1:] for j in range(r2)]
-
-
-def _prefix(group: list[int], popped: dict[int, _Node], depth: int, device: torch.device) -> Tensor:
-    return torch.tensor([list(popped[i].state[:depth]) for i in group], dtype=torch.long,
-                        device=device).reshape(len(group), depth)
-
-
-def _select_children(group: list[int], depth: int, r2: int, budget: int, popped: dict[int, _Node],
-                     cands: list[list[Candidate]], done: list[tuple[Step, ...]], score: Scorer,
-                     select: Selector) -> None:
-    """Expand the parents of ``group`` computing only the children that become candidates (static scores);
-    nothing is pushed: after this expansion these images' searches cannot go deeper."""
-    chosen: list[list[int]] = []
-    for i in group:
-        states = _children(popped[i], depth, r2)
-        scores = score([i] * r2, None, None, states, depth + 1)
-        chosen.append(sorted(range(1, r2), key=lambda j: (scores[j], j))[:budget - len(cands[i])])
-    caches = torch.stack([popped[i].cache for i in group])  # type: ignore[misc]
-    rows = torch.tensor([g for g, js in enumerate(chosen) for _ in js], dtype=torch.long, device=caches.device)
-    phases = torch.tensor([j for js in chosen for j in js], dtype=torch.long, device=caches.device)
-    feats, logits = select(depth, caches, _prefix(group, popped, depth, caches.device), rows, phases)
-    row = 0
-    for i, js in zip(group, chosen):
-        states = _children(popped[i], depth, r2)
-        before = done[i]
-        done[i] = before + (Step("select", depth, len(js)),)
-        for rank, j in enumerate(js, 1):
-            cands[i].append(Candidate(states[j], feats[row], logits[row], before + (Step("select", depth, rank),)))
-            row += 1
+def _evaluate_rows(rows: list[tuple[int, _Node, int, State]], segment: int, cuts: Sequence[int], budget: int,
+                   evaluate: Evaluator, score: Scorer, moves_of: _Moves, cands: list[list[Candidate]],
+                   frontier: list[list[_Node]], counters: list) -> None:
+    """Evaluate one pass of new states (all from ``segment``), add them as candidates, and push those that
+    can still be popped, with their scores."""
+    depth_total = len(cuts)
+    # a new state is pushed when it has successors and its image needs more than this candidate
+    pushed = [u + 1 < depth_total and len(cands[i]) + 1 < budget for i, _, u, _ in rows]
+    capture = sorted({cuts[v] for (_, _, u, _), p in zip(rows, pushed) if p
+                      for v in range(u + 1, depth_total) if cuts[v] > segment})
+    inputs = torch.stack([node.caches[segment] for _, node, _, _ in rows])
+    states = torch.tensor([s for _, _, _, s in rows], dtype=torch.long, device=inputs.device)
+    feats, logits, captured = evaluate(segment, inputs, states, capture)
+    del inputs
+    scores: dict[int, float] = {}
+    flops: dict[int, float] = {}
+    by_depth: dict[int, list[int]] = {}
+    for r, ((_, _, u, _), p) in enumerate(zip(rows, pushed)):
+        if p:
+            by_depth.setdefault(u + 1, []).append(r)
+    for depth, which in sorted(by_depth.items()):
+        idx = torch.tensor(which, device=feats.device)
+        got, spent = score([rows[r][0] for r in which], feats[idx], logits[idx], [rows[r][3] for r in which], depth)
+        scores.update(zip(which, got))
+        flops.update((r, spent / len(which)) for r in which)
+    for r, (i, parent, u, state) in enumerate(rows):
+        cands[i].append(Candidate(state, feats[r], logits[r], segment, flops.get(r, 0.0)))
+        if not pushed[r]:
+            continue
+        moves = moves_of(state)
+        caches = {k: (parent.caches[segment] if k == segment else captured[k][r].clone())
+                  for k in _needed(moves, 0, cuts)}
+        heapq.heappush(frontier[i], _Node(_key(scores[r]), next(counters[i]), state, moves, caches))

@@ -90,7 +90,7 @@ class Task:
 
     def state_uncertainty(self, logits: Tensor) -> Tensor:
         """One uncertainty per state, (M, *output) -> (M,): lower is more confident (the ``entropy``
-        criterion expands the lowest first)."""
+        criterion pops the lowest first)."""
         raise NotImplementedError
 
     def entropy_weights(self, logits: Tensor) -> Tensor:

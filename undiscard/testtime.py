@@ -71,7 +71,7 @@ class TestTimeModule(nn.Module):
 
     @property
     def last_cost_ideal(self) -> float:
-        """Like ``last_cost``, had every expansion been recomputed only from its unit on."""
+        """Like ``last_cost``, had every state been recomputed only from its last non-zero unit on."""
         return getattr(self._cost, "ideal", 0.0)
 
     def _set_cost(self, cost: float, ideal: float) -> None:

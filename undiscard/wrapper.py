@@ -188,7 +188,7 @@ class Undiscard(TestTimeModule):
             return 0.0, 0.0
         engine = engine_of(cands, self._engines)
         self.check_budget(budget)
-        return engine.search_cost([per[:budget][-1].expansions for per in cands])
+        return engine.search_cost([per[:budget] for per in cands])
 
     def search(self, x: Tensor) -> list[list[tuple[int, ...]]]:
         """Per image, the chosen states in selection order (the first is the original model)."""
@@ -212,9 +212,9 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
 
     Args:
         net: any classifier mapping (N, C, H, W) images to (N, K) logits. Not modified.
-        budget: states per image (1 = the original model, bit for bit).
-        criterion: search order (:mod:`undiscard.criteria`): ``entropy``, ``random`` (seeded), ``offset``,
-            ``learned`` (most attention first), ``calibrated`` (the first B states of ``order=``).
+        budget: states evaluated per image, the original included, so at most that many plain forwards; 1: net(x).
+        criterion: search order (:mod:`undiscard.criteria`): ``entropy``, ``learned`` (most attention first),
+            ``offset``, ``grid`` (coarse to fine), ``random`` (seeded), ``calibrated`` (``order=``'s first B).
         aggregate: how states combine (:mod:`undiscard.aggregate`): ``mean`` or ``entropy`` weighting of
             their feature maps, or ``attention`` (the learned aggregator; untrained it equals ``mean``).
         align: shift each state's map by its offset before aggregating (dense: :mod:`undiscard.dense_alignment`).
