@@ -47,7 +47,7 @@ from torch import nn
 
 import undiscard
 from undiscard.errors import UndiscardError
-from undiscard.models import load_model
+from undiscard.models.loading import load_model
 
 DEFAULT_MODELS = "resnet18,mobilenet_v2,convnext_atto"
 PAPER_CODE_COST_B16 = 30.0  # the paper's released code, measured here on ResNet-18/224 at budget 16 (not re-measured)
@@ -60,7 +60,7 @@ SMALL_TARGETS = {2: 2.0, 4: 3.5}  # issue 15: budget -> max multiple of the plai
 # --- models ------------------------------------------------------------------------------------
 def build_model(spec: str) -> tuple[str, nn.Module]:
     """A randomly initialised model in eval mode from ``name``, ``torchvision:name`` or ``timm:name``
-    (:func:`undiscard.models.load_model`; ``tv:`` is short for ``torchvision:``).
+    (:func:`undiscard.models.loading.load_model`; ``tv:`` is short for ``torchvision:``).
 
     A bare name is looked up in torchvision first, then timm.
     """
@@ -384,9 +384,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, opt) < 1:
             p.error(f"--{opt} must be >= 1")
     args.criterion_list = [c.strip() for c in args.criteria.split(",") if c.strip()]
-    unknown = [c for c in args.criterion_list if c not in undiscard.criteria.CRITERIA]
+    unknown = [c for c in args.criterion_list if c not in undiscard.search.criteria.CRITERIA]
     if unknown or not args.criterion_list:
-        p.error(f"--criteria: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(undiscard.criteria.CRITERIA)}")
+        p.error(f"--criteria: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(undiscard.search.criteria.CRITERIA)}")
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.model_list:
         p.error("--models is empty")

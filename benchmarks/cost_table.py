@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 import undiscard
 from undiscard.errors import UndiscardError
-from undiscard.models import load_model
+from undiscard.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 0.25  # every model within B + 0.25 plain forwards at B = 2, 4, 8

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from undiscard.data.folder import scan_folder
-from undiscard.data.loading import folder_loader
-from undiscard.models import load_model
+from undiscard.cli._data import folder_loader
+from undiscard.models.loading import load_model
 
 
 def rss_mib(pid: int) -> int:

@@ -1,4 +1,4 @@
-"""Where should adaptive polyphase selection (APS, :mod:`undiscard.aps`) be applied? Every variant, measured.
+"""Where should adaptive polyphase selection (APS, :mod:`undiscard.search.aps`) be applied? Every variant, measured.
 
 For each model, on the same images, beside the plain model and flip TTA (``undiscard.TTA(net, "flip")``):
 
@@ -12,7 +12,7 @@ For each model, on the same images, beside the plain model and flip TTA (``undis
 
 Numbers: clean top-1, top-1 on the displaced copies, shift consistency (the share of pairs with the same
 top-1), the share of images whose APS state is not all zeros, and the cost in plain forwards (FLOPs counted
-by ``torch.utils.flop_counter`` on each pass: ``undiscard.aps``).
+by ``torch.utils.flop_counter`` on each pass: ``undiscard.search.aps``).
 
 - zoo classifiers: the first ``--limit`` bundled Fashion-MNIST test images and copies shifted by 1-4 px
   (zero fill, seeded), as ``undiscard demo``;
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 import undiscard
-from undiscard.aps import APSRule, aggregate_states, aps
+from undiscard.search.aps import APSRule, aggregate_states, aps
 
 Predict = Callable[[Tensor], tuple[Tensor, float, float]]  # images -> (logits, cost per image, share moved)
 
@@ -77,7 +77,7 @@ def order_variants(n_units: int, criteria: tuple[str, ...] = ("calibrated",)) ->
 
 def variants(n_units: int, border: bool = False) -> list[Variant]:
     """The variants for a model whose wrapper searches ``n_units`` spatial units (all of them); ``border``:
-    every APS rule scores the whole map (:class:`~undiscard.aps.APSRule`)."""
+    every APS rule scores the whole map (:class:`~undiscard.search.aps.APSRule`)."""
     rules = [APSRule(p, c, border) for c in (False, True) for p in (1, 2, math.inf)]
     out = [Variant("plain", "plain"), Variant("flip TTA", "flip")]
     out += [Variant(f"APS first {r.label}", "aps", (0,), r) for r in rules]
@@ -220,7 +220,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from undiscard import zoo
-    from undiscard.models import load_model
+    from undiscard.models.loading import load_model
 
     names = ([f"zoo:{m}" for m in zoo.list_models() if not m.startswith("seg")] if args.models == "zoo"
              else [m.strip() for m in args.models.split(",")])

@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from undiscard.calibration import ORDERS_DIR, load_order, save_order
+from undiscard.fitting.calibration import ORDERS_DIR, load_order, save_order
 from undiscard.cli import main
 from undiscard.data.photos import PHOTO_DIR
-from undiscard.models import LITE_MODELS
+from undiscard.models.loading import LITE_MODELS
 
 
 def run(argv: list[str] | None = None) -> int:

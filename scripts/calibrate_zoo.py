@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 from undiscard import zoo
-from undiscard.calibration import load_order, save_order, zoo_order_path
+from undiscard.fitting.calibration import load_order, save_order, zoo_order_path
 from undiscard.cli import main
 from undiscard.data import segmentation as segdata
 from undiscard.data.seg_folder import write_seg_folder

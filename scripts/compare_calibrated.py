@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from undiscard import zoo
-from undiscard.calibration import zoo_order_path
+from undiscard.fitting.calibration import zoo_order_path
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
-from undiscard.evaluation import evaluate
-from undiscard.models import load_model
+from undiscard.evaluation.runner import evaluate
+from undiscard.models.loading import load_model
 
 CRITERIA = ("entropy", "learned", "random", "offset", "calibrated")
 

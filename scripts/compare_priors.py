@@ -40,12 +40,12 @@ import torch
 
 import undiscard
 from undiscard import zoo
-from undiscard.calibration import zoo_order_path
-from undiscard.criteria import get_criterion
+from undiscard.fitting.calibration import zoo_order_path
+from undiscard.search.criteria import get_criterion
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
-from undiscard.evaluation import evaluate
-from undiscard.geometry import phase_level
-from undiscard.models import load_model
+from undiscard.evaluation.runner import evaluate
+from undiscard.analysis.geometry import phase_level
+from undiscard.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (1, 2, 4, 8)
@@ -93,7 +93,7 @@ def classifiers(models: list[str], limit: int, log: Callable[[str], None]) -> li
 # --- part 2: rate-4 units ----------------------------------------------------------------------
 def refine_order(states: list[int], scores: dict[int, float], rate: int) -> list[int]:
     """Phases of one rate-``rate`` unit in the order a refining search evaluates them: level by level
-    (:func:`~undiscard.geometry.phase_level`); within a level past the first, nearest first to the
+    (:func:`~undiscard.analysis.geometry.phase_level`); within a level past the first, nearest first to the
     lowest-scored phase evaluated so far (ties: the grid order), as of the level's start."""
     grid = sorted(states, key=lambda s: (phase_level(s, rate), s // rate * (s // rate) + s % rate * (s % rate), s))
     out: list[int] = []
@@ -167,7 +167,7 @@ def high_rate(limit: int, seg_limit: int, log: Callable[[str], None]) -> list[di
 def _segformer(limit: int, crits: tuple[str, ...], log: Callable[[str], None]) -> list[dict]:
     from undiscard.data import segmentation as segdata
     from undiscard.data.shift import shift_images as shift_u8
-    from undiscard.seg_evaluation import run_seg_pairs, search_predictions_dense
+    from undiscard.evaluation._segmentation import run_seg_pairs, search_predictions_dense
     from undiscard.zoo import segmentation as segzoo
 
     images, masks = segdata.load_seg_test()

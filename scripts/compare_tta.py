@@ -20,7 +20,7 @@ budgets (the search is incremental), so every number is what a run at that budge
     python scripts/compare_tta.py --out results/tta            # about 3-5 min per model on 2 cores
 
 Run from the checkout with the package installed (``pip install -e .``). The searches and their costs
-come from :func:`undiscard.evaluation.search_predictions` (what ``undiscard demo`` and ``eval`` run);
+come from :func:`undiscard.evaluation.runner.search_predictions` (what ``undiscard demo`` and ``eval`` run);
 this script keeps the logits to combine views and aggregators.
 """
 from __future__ import annotations
@@ -35,10 +35,10 @@ import torch
 
 from undiscard import zoo
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
-from undiscard.evaluation import batches, search_predictions
+from undiscard.evaluation.runner import batches, search_predictions
 from undiscard.metrics import topk_correct
-from undiscard.models import load_model
-from undiscard.report import format_table
+from undiscard.models.loading import load_model
+from undiscard.evaluation.report import format_table
 from undiscard.tta import TTA, make_aggregator, policy_views
 from undiscard.wrapper import wrap
 

@@ -33,8 +33,8 @@ import torch
 from undiscard import zoo
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
 from undiscard.metrics import topk_correct
-from undiscard.models import load_model
-from undiscard.report import format_table
+from undiscard.models.loading import load_model
+from undiscard.evaluation.report import format_table
 from undiscard.tta import make_aggregator, policy_views
 
 from compare_tta import search_logits, view_logits  # scripts/ is sys.path[0] when run as a script

@@ -12,10 +12,11 @@ import json
 
 import torch
 
-from undiscard import zoo, wrap
+from undiscard import zoo
+from undiscard import wrap
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
-from undiscard.evaluation import evaluate
-from undiscard.report import format_table
+from undiscard.evaluation.runner import evaluate
+from undiscard.evaluation.report import format_table
 
 
 def main() -> None:

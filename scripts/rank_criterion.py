@@ -19,11 +19,12 @@ import warnings
 
 import torch
 
-from undiscard import wrap, zoo
-from undiscard.attention_training import TrainConfig, train_aggregator
+from undiscard import zoo
+from undiscard import wrap
+from undiscard.fitting.aggregator import TrainConfig, train_aggregator
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
-from undiscard.evaluation import evaluate
-from undiscard.report import format_table
+from undiscard.evaluation.runner import evaluate
+from undiscard.evaluation.report import format_table
 
 
 def _prepare(images, spec) -> torch.Tensor:
@@ -71,7 +72,7 @@ def main() -> None:
                   flush=True)
             aggregators[label] = model.aggregator
             if args.save_dir and label == "ranked":
-                from undiscard.attention import save_aggregator
+                from undiscard.tasks.attention import save_aggregator
                 save_aggregator(f"{args.save_dir}/{name}.pt", model.aggregator, model=f"zoo:{name}", units=units,
                                 align=True, meta={"rank_weight": weight, "extend": args.extend, **logs[f"{name}/{label}"]})
         runs = [("learned", "ranked"), ("learned", "weighting"), ("entropy", "ranked"), ("random", "ranked")]

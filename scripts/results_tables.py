@@ -23,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from undiscard.report import format_table
+from undiscard.evaluation.report import format_table
 
 
 def load(paths: list[str]) -> list[dict]:

@@ -2,7 +2,7 @@
 outputs show, and what each alignment buys.
 
 For each seg-zoo model and each searched unit: whether the unit moves the output by the lineage rule
-(:mod:`undiscard.dense_alignment`: every path from the input to the output runs through it), and, for the
+(:mod:`undiscard.tasks._dense_alignment`: every path from the input to the output runs through it), and, for the
 states that change only that unit's phase, the shift (-8..8 px) of the state's label map that best
 matches the plain model's labels on the first 16 canvases, beside the state's offset times the stride
 before the first searched unit (what ``align="offset"`` shifts by) and what the lineage rule shifts by.
@@ -21,7 +21,7 @@ import torch
 import undiscard
 from undiscard.data.segmentation import load_seg_test, to_input
 from undiscard.data.shift import translate
-from undiscard.geometry import state_offset
+from undiscard.analysis.geometry import state_offset
 from undiscard.metrics.segmentation import confusion_matrix, mean_iou
 from undiscard.zoo import segmentation as segzoo
 

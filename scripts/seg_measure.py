@@ -20,7 +20,7 @@ in): mIoU clean / shifted, pixel shift consistency, pixel accuracy, boundary F1,
   budget B evaluating its first min(B, stop) states; rows ``ours (calibrated)``.
 
 ``--align`` picks the alignment of ``ours`` (default ``lineage``: each state shifted by the phase offsets of
-the units that move the output, :mod:`undiscard.dense_alignment`; ``offset``: the whole offset, as before;
+the units that move the output, :mod:`undiscard.tasks._dense_alignment`; ``offset``: the whole offset, as before;
 ``none``). ``--reuse FILE --skip tta`` takes the TTA rows from an earlier run's JSON on the same canvases
 (they do not depend on the search or its alignment).
 
@@ -38,11 +38,11 @@ from pathlib import Path
 import torch
 
 import undiscard
-from undiscard.calibration import zoo_order_path
+from undiscard.fitting.calibration import zoo_order_path
 from undiscard.data import segmentation as segdata
 from undiscard.data.shift import shift_images
-from undiscard.report import format_table, write_json, write_text
-from undiscard.seg_evaluation import (plain_predictions, run_seg_pairs, search_predictions_dense, seg_rows,
+from undiscard.evaluation.report import format_table, write_json, write_text
+from undiscard.evaluation._segmentation import (plain_predictions, run_seg_pairs, search_predictions_dense, seg_rows,
                                       tta_predictions)
 from undiscard.tta import DenseTTA
 from undiscard.zoo import segmentation as segzoo

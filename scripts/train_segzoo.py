@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from undiscard import distributed
+from undiscard.evaluation import distributed
 from undiscard.data import segmentation as segdata
 from undiscard.metrics import segmentation as segmetrics
 from undiscard.zoo import segmentation as segzoo

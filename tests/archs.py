@@ -38,7 +38,7 @@ def _tv_vit_tiny() -> nn.Module:
 
 
 def _lite0() -> nn.Module:
-    from undiscard.models import load_model
+    from undiscard.models.loading import load_model
 
     return load_model("efficientnet-lite0").model
 

@@ -1,6 +1,6 @@
 """An independent replay of the search's rule, for tests: it never calls the library's search.
 
-The rule, written out from its definition (the library documents it in ``undiscard.search``):
+The rule, written out from its definition (the library documents it in ``undiscard.search._best_first``):
 
 - a state's depth is one more than the index of its last non-zero phase (0 for the all-zero root); its
   successors change one unit u >= depth to a phase j >= 1, listed unit by unit, phase by phase;

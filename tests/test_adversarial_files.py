@@ -31,8 +31,8 @@ from torch import nn
 
 import undiscard
 from undiscard import zoo
-from undiscard.atomic import STAGING_PREFIX, OutputSet, ResultWriteError, atomic_write, recover_directory
-from undiscard.calibration import StateOrder, load_order, save_order
+from undiscard._atomic import STAGING_PREFIX, OutputSet, ResultWriteError, atomic_write, recover_directory
+from undiscard.fitting.calibration import StateOrder, load_order, save_order
 from undiscard.cli import main
 from undiscard.errors import PhaseError, UndiscardError
 
@@ -280,7 +280,7 @@ def test_sigkill_between_two_renames(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from undiscard.atomic import STAGING_PREFIX, OutputSet
+        from undiscard._atomic import STAGING_PREFIX, OutputSet
         out, real, moved = Path({str(out)!r}), os.replace, []
         def dying(src, dst, *args, **kwargs):
             if STAGING_PREFIX in str(src) and Path(dst).parent == out:
@@ -384,8 +384,8 @@ def test_eval_labels_imagenet_name_folders(capsys, tmp_path):
 def test_fitting_commands_detect_wordnet_id_folders_too(tmp_path):
     """calibrate, train-aggregator and fit-tta read labelled folders with eval's rule (they labelled
     WordNet-id folders 0, 1, 2 and ranked states for the wrong classes)."""
-    from undiscard.data.loading import load_labelled
-    from undiscard.models import load_model
+    from undiscard.cli._data import load_labelled
+    from undiscard.models.loading import load_model
 
     data = tmp_path / "val"
     for wnid, photo in (("n02123045", "chelsea"), ("n07920052", "coffee"), ("n03785016", "motorcycle")):
@@ -418,7 +418,7 @@ def test_the_demo_says_when_it_skips_segmentation(capsys, monkeypatch):
 
 
 def test_tta_plots_are_against_cost_and_only_what_was_measured(tmp_path):
-    from undiscard.plots import method_figure, write_plots
+    from undiscard.evaluation.plots import method_figure, write_plots
 
     base = dict(model="zoo:m", n=10, criterion="entropy", aggregate="entropy", align=True, top1_shifted=None,
                 consistency=None)
@@ -529,7 +529,7 @@ def test_an_order_of_another_model_warns(tmp_path):
                       nn.Flatten(), nn.Linear(8, 4)).eval()  # the same unit names, other shapes
     x = torch.randn(2, 3, 16, 16)
     model = undiscard.wrap(a, budget=1, units=[0, 1])
-    order = undiscard.calibration.calibrate(model, x, torch.tensor([0, 1]), greedy=2)
+    order = undiscard.fitting.calibration.calibrate(model, x, torch.tensor([0, 1]), greedy=2)
     assert order.fingerprint["parameters"] == sum(p.numel() for p in a.parameters())
     path = save_order(order, tmp_path / "o.json")
     with warnings.catch_warnings():
@@ -545,8 +545,8 @@ def test_an_order_of_another_model_warns(tmp_path):
 @pytest.mark.filterwarnings("ignore:.*resnet18 has random weights")
 def test_a_zoo_order_on_timm_resnet18_warns():
     pytest.importorskip("timm")
-    from undiscard.calibration import zoo_order_path
-    from undiscard.models import load_model
+    from undiscard.fitting.calibration import zoo_order_path
+    from undiscard.models.loading import load_model
 
     order = load_order(zoo_order_path(MODEL))
     assert order.fingerprint is not None  # shipped with one
@@ -592,8 +592,8 @@ def test_a_gzip_bomb_is_read_in_the_memory_of_what_is_kept(tmp_path):
     """200,000 blank 28x28 images (157 MB) in a 0.2 MB gzip file, and calibrate's --limit 20 (the labelled
     images of every fitting command): the rows kept are read, the rest streamed past (it read the whole
     stream, then copied it: over 300 MB)."""
-    from undiscard.data.loading import load_labelled
-    from undiscard.models import load_model
+    from undiscard.cli._data import load_labelled
+    from undiscard.models.loading import load_model
 
     n = 200_000
     _write_gz_idx(tmp_path / "train-images-idx3-ubyte.gz", (n, 28, 28), n, 784)
@@ -689,8 +689,8 @@ def test_gradients_through_the_search_are_refused_not_silently_dropped():
 
 
 def test_file_errors_say_which_file_and_what_is_wrong(tmp_path):
-    from undiscard.attention import AggregatorFileError, load_aggregator
-    from undiscard.files import load_weights
+    from undiscard.tasks.attention import AggregatorFileError, load_aggregator
+    from undiscard._files import load_weights
 
     good = zoo.aggregator_path(MODEL) if MODEL else None
     if good is not None and good.is_file():

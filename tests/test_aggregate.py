@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import undiscard
-from undiscard.aggregate import align_maps, normalized_entropy, shift_axis, state_weights, weighted_sum
+from undiscard.tasks.aggregation import align_maps, normalized_entropy, shift_axis, state_weights, weighted_sum
 
 
 
@@ -343,8 +343,9 @@ def test_phase_is_a_translation_in_the_direction_alignment_undoes() -> None:
     """On a trained zoo model, phase (dy, dx) of the first unit ~ the original model on the input moved
     up-left by (dy, dx): that is why align_maps shifts a state's map down-right by its offset."""
     from undiscard import zoo
-    from undiscard.data import load_fashion_mnist, preprocess, translate
-    from undiscard.execution import phase_plan
+    from undiscard.data import preprocess
+    from undiscard.data import load_fashion_mnist, translate
+    from undiscard.layers.plans import phase_plan
 
     name = next((n for n in zoo.list_models() if zoo.weights_path(n).exists()), None)
     if name is None:

@@ -1,4 +1,4 @@
-"""Adaptive polyphase selection (undiscard.aps): the shift-invariance theorem on a circular network, the
+"""Adaptive polyphase selection (undiscard.search.aps): the shift-invariance theorem on a circular network, the
 phase chosen on hand-built inputs, ties, no units = the plain model, states that run_state reproduces,
 units of two layers, and the cost counted."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from undiscard import wrap
-from undiscard.aps import APSRule, aggregate_states, aps, phase_scores, rank_phases
+from undiscard.search.aps import APSRule, aggregate_states, aps, phase_scores, rank_phases
 from undiscard.errors import PhaseError, UndiscardError
 
 

@@ -6,13 +6,15 @@ import warnings
 import pytest
 import torch
 
-from undiscard import wrap, zoo
-from undiscard.aggregate import align_maps, uniform_weights, weighted_sum
-from undiscard.attention import AggregatorFileError, AttentionAggregator, load_aggregator, save_aggregator
-from undiscard.attention_training import TrainConfig, train_aggregator
-from undiscard.data import load_fashion_mnist, preprocess
+from undiscard import zoo
+from undiscard import wrap
+from undiscard.tasks.aggregation import align_maps, uniform_weights, weighted_sum
+from undiscard.tasks.attention import AggregatorFileError, AttentionAggregator, load_aggregator, save_aggregator
+from undiscard.fitting.aggregator import TrainConfig, train_aggregator
+from undiscard.data import preprocess
+from undiscard.data import load_fashion_mnist
 from undiscard.errors import PhaseError, UndiscardError
-from undiscard.search import state_offset
+from undiscard.search._best_first import state_offset
 
 from .reference_search import ref_lazy
 
@@ -184,7 +186,7 @@ def test_learned_criterion_without_an_aggregator_is_seeded_and_leaves_the_rng_al
 def test_attention_variant_of_an_entropy_model_uses_the_checked_aggregator(net, units, tmp_path):
     """eval/demo wrap with aggregate='entropy' and ask for 'attention' as a variant: the file is still
     checked against the searched units and used."""
-    from undiscard.evaluation import evaluate
+    from undiscard.evaluation.runner import evaluate
 
     agg = _perturbed(AttentionAggregator(256, 4), seed=5)
     path = save_aggregator(tmp_path / "a.pt", agg, model="m", units=units)

@@ -5,10 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from undiscard import wrap, zoo
-from undiscard.attention import AttentionAggregator
-from undiscard.attention_training import TrainConfig, rank_loss, state_scores, train_aggregator
-from undiscard.data import load_fashion_mnist, preprocess
+from undiscard import zoo
+from undiscard import wrap
+from undiscard.tasks.attention import AttentionAggregator
+from undiscard.fitting.aggregator import TrainConfig, rank_loss, state_scores, train_aggregator
+from undiscard.data import preprocess
+from undiscard.data import load_fashion_mnist
 from undiscard.errors import UndiscardError
 
 from .reference_search import ref_lazy

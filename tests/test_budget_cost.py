@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import undiscard
-from undiscard import criteria as C
+from undiscard.search import criteria as C
 
 from . import archs
 from .test_memory_chunks import TinySeg  # three strided convs, logits upsampled to the input

@@ -1,4 +1,4 @@
-"""criterion="calibrated": a fixed ranked list of states (undiscard.calibration), its files, its errors."""
+"""criterion="calibrated": a fixed ranked list of states (undiscard.fitting.calibration), its files, its errors."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from torch import nn
 
 import undiscard
 from undiscard import zoo
-from undiscard.calibration import StateOrder, calibrate, greedy_order, load_order, save_order
+from undiscard.fitting.calibration import StateOrder, calibrate, greedy_order, load_order, save_order
 from undiscard.errors import UndiscardError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,7 +89,7 @@ def test_stop_caps_every_budget(budget: int, tmp_path) -> None:
 
 
 def test_best_prefix_is_the_shortest_most_accurate() -> None:
-    from undiscard.calibration import best_prefix
+    from undiscard.fitting.calibration import best_prefix
 
     assert best_prefix([0.5]) == 1  # nothing helped: the original model alone
     assert best_prefix([0.5, 0.4, 0.45]) == 1
@@ -119,9 +119,9 @@ def test_calibrate_ranks_every_state_deterministically() -> None:
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_combine_of_aligned_subsets_equals_combine(task: str) -> None:
     # calibration aligns every state once and combines subsets of them: the same as combining each subset
-    from undiscard.aggregate import get_aggregate
-    from undiscard.candidates import find_candidates, stack_candidates
-    from undiscard.criteria import SearchContext, get_criterion
+    from undiscard.tasks.aggregation import get_aggregate
+    from undiscard.search._candidates import find_candidates, stack_candidates
+    from undiscard.search.criteria import SearchContext, get_criterion
 
     seg = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 5, 3, 2, 1),
                         nn.Upsample(scale_factor=4, mode="bilinear"))
@@ -141,8 +141,8 @@ def test_combine_of_aligned_subsets_equals_combine(task: str) -> None:
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_shipped_zoo_orders_fit_their_models(name: str) -> None:
     # every zoo classifier ships an order made on validation images, for its default units, with a stop
-    from undiscard.calibration import zoo_order_path
-    from undiscard.models import load_model
+    from undiscard.fitting.calibration import zoo_order_path
+    from undiscard.models.loading import load_model
 
     loaded = load_model(f"zoo:{name}")
     assert loaded.order == str(zoo_order_path(name))
@@ -157,7 +157,7 @@ def test_shipped_zoo_orders_fit_their_models(name: str) -> None:
 
 
 def test_calibrate_runs_without_autograd(monkeypatch) -> None:
-    import undiscard.state_ranking as ranking
+    import undiscard.fitting._state_ranking as ranking
 
     seen = []
     real = ranking.rank_states

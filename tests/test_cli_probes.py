@@ -460,7 +460,7 @@ def test_ctrl_c_while_saving_a_fitted_tta_file(capsys, folder, tmp_path, monkeyp
 
 
 def test_atomic_path_replaces_only_when_complete(tmp_path):
-    from undiscard.report import ResultWriteError, atomic_path, write_json
+    from undiscard.evaluation.report import ResultWriteError, atomic_path, write_json
 
     target = tmp_path / "r.json"
     target.write_text("old")
@@ -548,7 +548,7 @@ def test_no_traceback_reaches_the_terminal(images):
 @needs_model
 def test_predict_searches_the_zoo_models_default_units(capsys, images):
     """One source of defaults (issue 16, item 7): predict searches loaded.units, as eval and demo do."""
-    from undiscard.models import load_model
+    from undiscard.models.loading import load_model
 
     assert cli(["predict", "--model", ZOO, str(images["rgb"]), "--budget", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -565,7 +565,7 @@ def test_version_flag(capsys):
 def test_csv_counts_are_json(tmp_path):
     import csv
 
-    from undiscard.report import write_csv
+    from undiscard.evaluation.report import write_csv
 
     counts = {"n": 3.0, "correct1": 2.0}
     write_csv(tmp_path / "r.csv", [{"model": "m", "units": ["a", "b"], "counts": counts}])

@@ -33,7 +33,7 @@ def test_the_import_hook_steps_aside_after_first_use():
 
 
 def test_random_weight_timm_and_torchvision_models_warn_once_each():
-    from undiscard.models import load_model
+    from undiscard.models.loading import load_model
 
     for spec in ("timm:resnet18", "torchvision:resnet18"):
         with pytest.warns(UserWarning, match="random weights"):
@@ -44,7 +44,7 @@ def test_a_text_file_as_weights_is_one_clear_line(tmp_path):
     from torch import nn
 
     from undiscard.errors import UndiscardError
-    from undiscard.files import load_weights
+    from undiscard._files import load_weights
 
     text = tmp_path / "w.txt"
     text.write_text("hello\n")

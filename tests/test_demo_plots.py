@@ -1,4 +1,4 @@
-"""The demo's plots (undiscard.plots), checked on matplotlib's objects, not on pixels: every file written,
+"""The demo's plots (undiscard.evaluation.plots), checked on matplotlib's objects, not on pixels: every file written,
 every line in the legend once, no two lines styled alike, photo pairs never drawn with the zoo, titles
 with image counts, Pareto fronts drawn per family."""
 from __future__ import annotations
@@ -12,9 +12,9 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from undiscard.plots import (budget_figure, method_figure, pareto_figure, pareto_grid_figure,  # noqa: E402
+from undiscard.evaluation.plots import (budget_figure, method_figure, pareto_figure, pareto_grid_figure,  # noqa: E402
                              photo_pairs_figure, write_plots)
-from undiscard.summary import pareto_front  # noqa: E402
+from undiscard.evaluation.summary import pareto_front  # noqa: E402
 
 MODELS = [f"zoo:m{i}" for i in range(12)]  # more models than colours
 N = 50

@@ -1,4 +1,4 @@
-"""The headline summary (undiscard.summary): families, best method per cost limit, the zoo average that
+"""The headline summary (undiscard.evaluation.summary): families, best method per cost limit, the zoo average that
 never takes in photo-pair rows, Pareto fronts, and how the summary is written (terminal, markdown)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from undiscard.summary import (FAMILIES, best_per_cost, family, format_summary, is_pooled, method_label,
+from undiscard.evaluation.summary import (FAMILIES, best_per_cost, family, format_summary, is_pooled, method_label,
                                method_points, pareto_front, summarise, summary_markdown, zoo_average)
 
 

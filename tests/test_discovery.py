@@ -192,7 +192,7 @@ def test_units_within_offset_counts_pixels_of_the_input():
              undiscard.Unit("sr", 4, ("sr",), False, (16, 16), (4, 4)),
              undiscard.Unit("layer2", 2, ("layer2",), True, (16, 16), (8, 8)),
              undiscard.Unit("layer3", 2, ("layer3",), True, (8, 8), (4, 4))]
-    from undiscard.discovery import units_within_offset
+    from undiscard.analysis.discovery import units_within_offset
 
     assert units_within_offset(units, (32, 32), 4) == [0, 2]  # reach 1 + 2 = 3 <= 4; + 4 = 7 > 4
     assert units_within_offset(units, (32, 32), 7) == [0, 2, 3]

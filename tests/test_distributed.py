@@ -1,4 +1,4 @@
-"""`undiscard.distributed`: sharding helpers, and a process group that really ends when torchrun's children do."""
+"""`undiscard.evaluation.distributed`: sharding helpers, and a process group that really ends when torchrun's children do."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from undiscard import distributed
+from undiscard.evaluation import distributed
 
 CHILD = textwrap.dedent("""
     import json, os, sys

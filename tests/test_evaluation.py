@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import undiscard
-from undiscard.evaluation import evaluate, evaluate_tta, evaluate_tta_grid, run_pairs
+from undiscard.evaluation.runner import evaluate, evaluate_tta, evaluate_tta_grid, run_pairs
 from undiscard.metrics import Tally, row_from_counts, topk_correct
 from undiscard.tta import TTA, policy_views
 
@@ -108,7 +108,7 @@ def test_evaluate_rows_match_independent_counts(data, aggregate: str) -> None:
 def test_row_from_counts_without_shifted_copies() -> None:
     counts = {"correct1": 3.0, "correct5": 4.0, "correct_shifted": 0.0, "agree": 0.0, "cost_sum": 8.0,
               "ideal_sum": 6.0, "n": 4.0, "shifted": 0.0}
-    template = undiscard.evaluation.Row("m", 2, 0.0, None, None, None, 0.0, 0.0, 4, "entropy", "mean", True, [],
+    template = undiscard.evaluation.runner.Row("m", 2, 0.0, None, None, None, 0.0, 0.0, 4, "entropy", "mean", True, [],
                                         1.0, tta_views=3)
     r = row_from_counts(template, counts)
     assert (r.top1, r.top5, r.top1_shifted, r.consistency, r.cost, r.cost_ideal, r.total_budget) == \

@@ -22,7 +22,7 @@ pytest.importorskip("transformers")
 import undiscard  # noqa: E402
 from undiscard.errors import UndiscardError  # noqa: E402
 from undiscard.layers import polyphase  # noqa: E402
-from undiscard.models import load_model  # noqa: E402
+from undiscard.models.loading import load_model  # noqa: E402
 
 from .hf_archs import CLASSIFIERS, SEGMENTERS, SINGLE_UNIT_SEGMENTERS, build  # noqa: E402
 from .test_architectures import reference_logits  # noqa: E402

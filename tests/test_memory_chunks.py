@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import undiscard
-from undiscard.candidates import stack_candidates
+from undiscard.search._candidates import stack_candidates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHUNKS = (1, 7, 256)

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 import undiscard
-from undiscard.criteria import random_score as _random_score
-from undiscard.search import state_offset
+from undiscard.search.criteria import random_score as _random_score
+from undiscard.search._best_first import state_offset
 
 from .reference_search import ref_depth, ref_grid, ref_lazy, ref_offset, ref_static
 
@@ -394,7 +394,7 @@ def _strided(rate: int) -> nn.Module:
 
 
 def test_grid_rate_16_starts_with_the_half_patch_shifts() -> None:
-    from undiscard.geometry import phase_level
+    from undiscard.analysis.geometry import phase_level
 
     model = undiscard.wrap(_strided(16), budget=16, criterion="grid")
     x = images(1, 32)
@@ -427,7 +427,7 @@ def test_lazy_search_by_hand(monkeypatch) -> None:
     root (0.5) gives (1,0) (0.7: behind the root), then (2,0) (0.2: ahead of it), whose three successors
     follow (depth 2: none is pushed); the root gives (3,0) (0.6), then, still ahead of both, (0,1) (0,2)
     (0,3); then (3,0) at 0.6 gives its three, and (1,0) at 0.7 its three, last."""
-    from undiscard import criteria
+    from undiscard.search import criteria
 
     table = {(0, 0): 0.5, (1, 0): 0.7, (2, 0): 0.2, (3, 0): 0.6}
 
@@ -448,7 +448,7 @@ def test_lazy_search_by_hand(monkeypatch) -> None:
 def test_a_criterion_prior_orders_the_successors(monkeypatch) -> None:
     """An output-scored criterion tries successors in the order of its prior: here largest offset first, so
     the first state after the root is the last unit's (4,4) (phase 3), whatever the scores say."""
-    from undiscard import criteria
+    from undiscard.search import criteria
 
     class FarFirst(type(criteria.get_criterion("entropy"))):
         def prior(self, ctx, states):
@@ -495,7 +495,7 @@ def test_state_offset(state, rates, spatial, want) -> None:
 
 def test_evaluate_states_scores_every_state_alone() -> None:
     """evaluate_states: one row per state in state-space order, top-1 of run_state, offsets, deltas."""
-    from undiscard.evaluation import evaluate_states
+    from undiscard.evaluation.runner import evaluate_states
 
     net = tiny_cnn((2, 2)).double()
     x = images(10, 16)

@@ -1,5 +1,5 @@
 """criterion="calibrated" for segmentation: states ranked by the aggregate's mIoU on labelled canvases
-(undiscard.calibration with the segmentation task's score), the shipped seg zoo orders, the CLI."""
+(undiscard.fitting.calibration with the segmentation task's score), the shipped seg zoo orders, the CLI."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import undiscard
-from undiscard.calibration import StateOrder, calibrate, load_order, zoo_order_path
+from undiscard.fitting.calibration import StateOrder, calibrate, load_order, zoo_order_path
 from undiscard.metrics.segmentation import ConfusionMatrix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,6 +149,6 @@ def test_demo_segmentation_rows_follow_the_demo_criterion(tmp_path, monkeypatch)
         assert _search_options(args, "seg_fpn") == {"criterion": "calibrated", "order": str(zoo_order_path("seg_fpn"))}
     assert _search_options(argparse.Namespace(criterion="learned"), "seg_fpn") == {"criterion": "entropy"}
     assert _search_options(argparse.Namespace(criterion="offset"), "seg_fpn") == {"criterion": "offset"}
-    monkeypatch.setattr("undiscard.calibration.zoo_order_path", lambda name: tmp_path / f"{name}.json")
+    monkeypatch.setattr("undiscard.fitting.calibration.zoo_order_path", lambda name: tmp_path / f"{name}.json")
     with pytest.raises(CLIError, match="has no shipped state order"):
         common.shipped_order("seg_fpn", "calibrated")

@@ -23,8 +23,8 @@ from torch import nn
 
 import undiscard
 from undiscard._compat import import_torchvision
-from undiscard.geometry import state_offset
-from undiscard.outputs import select_output
+from undiscard.analysis.geometry import state_offset
+from undiscard.analysis.outputs import select_output
 
 from .test_dense_task import check_states, reference_output, shifted_by_hand
 

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 import undiscard
-from undiscard import distributed
+from undiscard.evaluation import distributed
 from undiscard.data import folder as folder_module
 from undiscard.data.folder import load_image, normalize_batch, scan_folder
-from undiscard.data.loading import folder_loader
+from undiscard.cli._data import folder_loader
 from undiscard.data.shift import random_offsets, shift_images
-from undiscard.evaluation import evaluate, evaluate_stream, tensor_batches
-from undiscard.models import Preprocess
+from undiscard.evaluation.runner import evaluate, evaluate_stream, tensor_batches
+from undiscard.models.loading import Preprocess
 
 PRE = Preprocess(input_size=16, in_chans=3, mean=(0.5,), std=(0.25,), crop_pct=1.0, pad_to=16)
 N = 10
@@ -94,7 +94,7 @@ def test_workers_restarted_per_segment_give_the_same_batches(data):
     """SegmentedLoader (workers bounded in memory by restarting them every segment): the same batches,
     in the same order, as one loader in the calling process, with segments that cut the folder 4 ways."""
     from undiscard.data.folder import FolderImages
-    from undiscard.data.loading import SegmentedLoader, _Collate
+    from undiscard.cli._data import SegmentedLoader, _Collate
 
     order = list(range(len(data.paths)))
     offsets = random_offsets(len(order), 2, seed=3)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from undiscard import TTA, wrap, zoo
-from undiscard.data import load_fashion_mnist, preprocess
+from undiscard import zoo
+from undiscard import TTA, wrap
+from undiscard.data import preprocess
+from undiscard.data import load_fashion_mnist
 from undiscard.errors import UndiscardError
 from undiscard.tta import POLICIES, TTAFileError, load_tta, make_aggregator, parse_view, policy_views
 
@@ -139,7 +141,7 @@ def test_fitted_aggregator_needs_fitting_and_round_trips(net, tmp_path):
 
 def test_tta_grid_equals_separate_runs(net):
     """One search per view at the largest budget gives what a TTA run at each budget gives."""
-    from undiscard.evaluation import evaluate_tta, evaluate_tta_grid
+    from undiscard.evaluation.runner import evaluate_tta, evaluate_tta_grid
 
     x = preprocess(images[:24])
     y = torch.as_tensor(labels[:24])

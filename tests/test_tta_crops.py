@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from undiscard import TTA, zoo
+from undiscard import zoo
+from undiscard import TTA
 from undiscard.errors import UndiscardError
 from undiscard.tta import parse_view, policy_views
 from undiscard.tta.views import POLICIES, STANDARD_CROP, STANDARD_ORDER, crop_box, standard_pool

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import undiscard
-from undiscard.unshare import unshare_layers
+from undiscard.analysis._unshare import unshare_layers
 
 
 class TutorialNet(nn.Module):

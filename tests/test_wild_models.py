@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 import undiscard
 from undiscard import PhaseError, UndiscardError
-from undiscard.outputs import OutputError
-from undiscard.split import SplitError
+from undiscard.analysis.outputs import OutputError
+from undiscard.analysis.split import SplitError
 
 
 def _block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -281,11 +281,11 @@ def test_budget_1_is_the_model(name, one_thread):
         raw = net(x)
         model = undiscard.wrap(net, budget=1)
         out = model(x)
-    # a namedtuple with a logits field comes back as the network's own output (undiscard.outputs.present)
+    # a namedtuple with a logits field comes back as the network's own output (undiscard.analysis.outputs.present)
     if name in FORMED:
         assert type(out) is type(raw) and all(torch.equal(a, b) for a, b in zip(_values(out), _values(raw)))
     else:
-        assert torch.equal(out, undiscard.outputs.select_output(raw))
+        assert torch.equal(out, undiscard.analysis.outputs.select_output(raw))
     assert model.last_cost == 1.0
 
 
@@ -515,7 +515,7 @@ def test_graph_split_keeps_the_search_cheap(one_thread):
 def test_minicnn_from_pypi(one_thread):
     """``minicnn`` (PyPI): TinyCNN (conv, F.relu, pool, ``x.view(-1, 16*14*14)``, Linear) is searched;
     SimpleCNN shares one MaxPool2d module between two calls: each call gets its own module
-    (:mod:`undiscard.unshare`), so both are searched, and each state equals the network written out with
+    (:mod:`undiscard.analysis._unshare`), so both are searched, and each state equals the network written out with
     the two pool calls at those phases."""
     mini = pytest.importorskip("MiniCNN")
     x = _inputs((1, 28, 28))

@@ -170,6 +170,6 @@ def test_phase_plan_does_not_leak_out_of_a_failed_call():
     model = undiscard.wrap(tiny(), budget=2, example_input=X)
     with pytest.raises(PhaseError):
         model.run_state(X, (9, 0, 0))
-    from undiscard.execution import current_plan
+    from undiscard.layers.plans import current_plan
 
     assert current_plan() is None

@@ -9,20 +9,20 @@ Public API (DESIGN §5)::
 
 Extension points: ``register_adapter`` (a layer type), ``register_aggregate`` (an aggregation),
 ``register_criterion`` (a search criterion), ``register_task`` (a kind of prediction);
-``undiscard.models.register_source`` (a model source).
+``undiscard.models.loading.register_source`` (a model source).
 """
 from ._compat import install_import_fix
 
 install_import_fix()  # `import undiscard, timm` works on the CPU torch (undiscard._compat)
 
-from .aggregate import register_aggregate
-from .criteria import register_criterion
-from .dense import SegmentationTask  # registers task="segmentation"
-from . import hf_splits  # noqa: F401  (registers the Hugging Face splits; imports no transformers)
-from .discovery import Unit, find_units
+from .tasks.aggregation import register_aggregate
+from .search.criteria import register_criterion
+from .tasks.segmentation import SegmentationTask  # registers task="segmentation"
+from .analysis import _hf_splits as hf_splits  # noqa: F401  (registers the Hugging Face splits; imports no transformers)
+from .analysis.discovery import Unit, find_units
 from .errors import PhaseError, UndiscardError, UnsupportedLayerError
 from .layers import polyphase, register_adapter
-from .task import Task, register_task
+from .tasks.base import Task, register_task
 from .tta import TTA
 from .wrapper import Undiscard, wrap
 

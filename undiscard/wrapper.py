@@ -1,11 +1,11 @@
 """``wrap(net, budget=...)``: the model users call. It orchestrates; the work is done elsewhere.
 
-Set up once per input shape (:mod:`undiscard.prepare`; on the first call above budget 1, or with
-``example_input=``/``prepare(x)``), a call searches ``budget`` states per image (:mod:`undiscard.candidates`,
-ordered by :mod:`undiscard.criteria`) and the task (:mod:`undiscard.task`) combines them
-(:mod:`undiscard.aggregate`); ``budget=1`` runs the private copy of the network itself, before any setup,
-bit for bit. As a module it is a :class:`~undiscard.testtime.TestTimeModule` (copies, dtype/device, train
-mode, per-thread cost); :mod:`undiscard.inputs` checks inputs; ``torch.compile`` skips setup and search.
+Set up once per input shape (:mod:`undiscard._setup`; on the first call above budget 1, or with
+``example_input=``/``prepare(x)``), a call searches ``budget`` states per image (:mod:`undiscard.search._candidates`,
+ordered by :mod:`undiscard.search.criteria`) and the task (:mod:`undiscard.tasks.base`) combines them
+(:mod:`undiscard.tasks.aggregation`); ``budget=1`` runs the private copy of the network itself, before any setup,
+bit for bit. As a module it is a :class:`~undiscard._testtime.TestTimeModule` (copies, dtype/device, train
+mode, per-thread cost); :mod:`undiscard._inputs` checks inputs; ``torch.compile`` skips setup and search.
 """
 from __future__ import annotations
 
@@ -16,22 +16,22 @@ import torch
 from torch import Tensor, nn
 
 from ._eager import eager
-from .aggregate import get_aggregate
-from .attention import AttentionAggregator, AttentionScorer, fit_aggregator, resolve_aggregator
-from .candidates import Candidates, engine_of, find_candidates, stack_candidates
-from .criteria import SearchContext, StateScorer, custom_criterion, get_criterion, order_units, resolve_order
-from .discovery import Unit
-from .engine import Engine
+from .tasks.aggregation import get_aggregate
+from .tasks.attention import AttentionAggregator, AttentionScorer, fit_aggregator, resolve_aggregator
+from .search._candidates import Candidates, engine_of, find_candidates, stack_candidates
+from .search.criteria import SearchContext, StateScorer, custom_criterion, get_criterion, order_units, resolve_order
+from .analysis.discovery import Unit
+from .search._engine import Engine
 from .errors import UndiscardError
-from .geometry import UnitSelector, num_states
+from .analysis.geometry import UnitSelector, num_states
 from .layers.extension import DEFAULT_EXTEND, attach_extensions, check_extend
-from .inputs import (check_chunk_size, check_example, check_input, check_net, check_search_input, empty_output,
+from ._inputs import (check_chunk_size, check_example, check_input, check_net, check_search_input, empty_output,
                      finite_example, image_batch, run_network)
-from .outputs import OutputSelector, check_selector, in_form, select_output
-from .prepare import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
-from .task import Task, get_task
-from .testtime import TestTimeModule
-from .unshare import unshare_layers
+from .analysis.outputs import OutputSelector, check_selector, in_form, select_output
+from ._setup import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
+from .tasks.base import Task, get_task
+from ._testtime import TestTimeModule
+from .analysis._unshare import unshare_layers
 
 __all__ = ["Undiscard", "Candidates", "wrap"]
 
@@ -101,7 +101,7 @@ class Undiscard(TestTimeModule):
 
     @property
     def split_method(self) -> str:
-        """How the model was split into features and head (see :mod:`undiscard.split`; after setup)."""
+        """How the model was split into features and head (see :mod:`undiscard.analysis.split`; after setup)."""
         self._known("split_method", ready=bool(self._engines))
         return next(iter(self._engines.values())).split.method
 
@@ -131,7 +131,7 @@ class Undiscard(TestTimeModule):
 
     def forward(self, x: Tensor | None = None, budget: int | None = None, *, pixel_values: Tensor | None = None):
         """Logits (N, K) of ``x`` (or ``pixel_values=``) over ``budget`` states (default: the model's; a call's own leaves
-        it alone), in the network's output type where it has one (:mod:`undiscard.outputs`); budget 1 is net(x) exactly
+        it alone), in the network's output type where it has one (:mod:`undiscard.analysis.outputs`); budget 1 is net(x) exactly
         (differentiable; above 1 the search runs without autograd, and an x that requires grad is refused)."""
         x, budget = image_batch(x, pixel_values), self.budget if budget is None else self.check_budget(budget)
         if x.shape[0] == 0:
@@ -213,11 +213,11 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
     Args:
         net: any classifier mapping (N, C, H, W) images to (N, K) logits. Not modified.
         budget: states evaluated per image, the original included, so at most that many plain forwards; 1: net(x).
-        criterion: search order (:mod:`undiscard.criteria`): ``entropy``, ``learned`` (most attention first),
+        criterion: search order (:mod:`undiscard.search.criteria`): ``entropy``, ``learned`` (most attention first),
             ``offset``, ``grid`` (coarse to fine), ``random`` (seeded), ``calibrated`` (``order=``'s first B).
-        aggregate: how states combine (:mod:`undiscard.aggregate`): ``mean`` or ``entropy`` weighting of
+        aggregate: how states combine (:mod:`undiscard.tasks.aggregation`): ``mean`` or ``entropy`` weighting of
             their feature maps, or ``attention`` (the learned aggregator; untrained it equals ``mean``).
-        align: shift each state's map by its offset before aggregating (dense: :mod:`undiscard.dense_alignment`).
+        align: shift each state's map by its offset before aggregating (dense: :mod:`undiscard.tasks._dense_alignment`).
         units: indices or names of the units to search (default: all spatial units but the first and
             the last; all when there are fewer than three; ``criterion="calibrated"``: its order's).
         **kwargs: ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
@@ -225,6 +225,6 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
             layers), ``chunk_size`` (most images x states rows per pass after the root: the memory knob),
             ``seed``, ``order`` (``undiscard calibrate`` file or states), ``extend`` (read past the edge: ``background``
             (default), ``zero``, ``replicate``; :mod:`undiscard.layers.extension`), ``example_input``, ``output`` (logits
-            in a dict/tuple output: :mod:`undiscard.outputs`), ``task`` (classification/segmentation; None: detect).
+            in a dict/tuple output: :mod:`undiscard.analysis.outputs`), ``task`` (classification/segmentation; None: detect).
     """
     return Undiscard(net, budget, criterion, aggregate, align, units, **kwargs)

@@ -4,7 +4,7 @@ Every failure the user can cause (a missing path, an unknown model, a bad budget
 ``--out``, an unreadable image, an unknown device, ...) is reported as one line on stderr with exit
 status 2 — never a traceback; usage errors too (``undiscard eval --help`` shows the usage). Ctrl-C
 prints one line and exits with 130, leaving no half-written result file and no mixed set of old and new
-ones; no command writes through a link or over a file it did not create (:mod:`undiscard.atomic`).
+ones; no command writes through a link or over a file it did not create (:mod:`undiscard._atomic`).
 Anything unexpected (a bug, or a model whose own forward fails)
 is one line with exit status 1; ``UNDISCARD_DEBUG=1`` shows its traceback. Warnings are one line each.
 """
@@ -19,7 +19,13 @@ from typing import Callable, NoReturn, Sequence
 import torch
 
 from ..errors import UndiscardError
-from . import calibrate, demo, eval, fit_tta, models, predict, train_aggregator
+from . import calibrate
+from . import demo
+from . import eval
+from . import fit_tta
+from . import models
+from . import predict
+from . import train_aggregator
 
 __all__ = ["main", "build_parser"]
 

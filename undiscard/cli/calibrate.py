@@ -3,7 +3,7 @@
 Every state of the searched units is evaluated on the labelled images of ``--data`` (never the test set:
 for zoo models the held-out validation part of the Fashion-MNIST training split), then states are added
 greedily, each time the one that makes the aggregate (``--aggregate``, aligned unless ``--no-align``)
-most accurate (:mod:`undiscard.calibration`). The result is a small JSON file that
+most accurate (:mod:`undiscard.fitting.calibration`). The result is a small JSON file that
 ``wrap(net, criterion="calibrated", order=FILE)`` uses: budget B evaluates its first B states, and never
 more than the order's ``stop``, the shortest greedy prefix that was most accurate (``--no-stop``: no limit).
 
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from ..calibration import calibrate, save_order
+from ..fitting.calibration import calibrate, save_order
 from ..data.folder import normalize_batch
 from ..data.seg_folder import read_seg_folder, scan_seg_folder
-from ..geometry import num_states
-from ..objectives import OBJECTIVES, get_objective
+from ..analysis.geometry import num_states
+from ..fitting.objectives import OBJECTIVES, get_objective
 from ..wrapper import wrap
 from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, check_out_file, emit_json,
                      load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)

@@ -1,6 +1,6 @@
 """What every subcommand shares: argparse options and their parsing (outputs, devices, budgets, models), one-line
-errors (:class:`CLIError`), JSON on stdout. Reading data is :mod:`undiscard.data.loading`; progress bars are
-:mod:`undiscard.progress` (re-exported here for the subcommands)."""
+errors (:class:`CLIError`), JSON on stdout. Reading data is :mod:`undiscard.cli._data`; progress bars are
+:mod:`undiscard._progress` (re-exported here for the subcommands)."""
 from __future__ import annotations
 
 import argparse
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from ..errors import UndiscardError
-from ..progress import progress_bar
+from .._progress import progress_bar
 
 if TYPE_CHECKING:
-    from ..atomic import OutputSet
+    from .._atomic import OutputSet
 
 __all__ = ["CLASS_MAP_HELP", "CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
@@ -69,24 +69,24 @@ def parse_budgets(text: str) -> list[int]:
 
 def check_out_dir(path: Path | None, names: Sequence[str]) -> "OutputSet | None":
     """``--out DIR`` and the files a command writes there (``names``), checked before any work
-    (:class:`undiscard.atomic.OutputSet`): an existing file in the way of DIR, an unwritable (read-only)
+    (:class:`undiscard._atomic.OutputSet`): an existing file in the way of DIR, an unwritable (read-only)
     parent, or a link, directory or other non-file where a result goes is one line now rather than an
     error after the run. A missing DIR (and its missing parents) is created when the results are
     written; they are written together (``with output_set as staging:``) and replace the old ones at once."""
     if path is None:
         return None
-    from ..atomic import OutputSet
+    from .._atomic import OutputSet
 
     return OutputSet(path, names, hint="choose another --out")
 
 
 def check_out_file(path: Path, what: str = "aggregator.pt", log: bool = True) -> tuple["OutputSet", Path]:
     """``--out FILE`` of the fitting commands, checked before any work: the output set of FILE and, with
-    ``log``, its log FILE with suffix ``.json`` (:class:`undiscard.atomic.OutputSet`), and that log's path.
+    ``log``, its log FILE with suffix ``.json`` (:class:`undiscard._atomic.OutputSet`), and that log's path.
     Refused: an existing directory (``what`` is the example file name of the message), a parent that is a
     file or unwritable, a link or non-file at FILE or its log, and a FILE ending in ``.json`` when the log
     would overwrite it."""
-    from ..atomic import OutputSet
+    from .._atomic import OutputSet
 
     if path.is_dir():
         raise CLIError(f"--out {path} is a directory: give a file name, e.g. {path / what}")
@@ -106,7 +106,7 @@ def add_fit_output_args(p: argparse.ArgumentParser) -> None:
 
 def parse_aggregates(text: str) -> list[str]:
     """``--aggregate``: one or more comma-separated aggregation names."""
-    from ..aggregate import AGGREGATES
+    from ..tasks.aggregation import AGGREGATES
 
     chosen = [a.strip() for a in text.split(",") if a.strip()]
     bad = [a for a in chosen if a not in AGGREGATES]
@@ -118,8 +118,8 @@ def parse_aggregates(text: str) -> list[str]:
 def aggregator_needers(aggregates: list[str], criterion: str) -> list[str]:
     """The options among ``--aggregate`` and ``--criterion`` that read an attention aggregator (each
     registered class says so: ``needs_aggregator``), as flags for a message; empty when none does."""
-    from ..aggregate import get_aggregate
-    from ..criteria import get_criterion
+    from ..tasks.aggregation import get_aggregate
+    from ..search.criteria import get_criterion
 
     flags = [f"--aggregate {a}" for a in aggregates if get_aggregate(a).needs_aggregator]
     return flags + ([f"--criterion {criterion}"] if get_criterion(criterion).needs_aggregator else [])
@@ -212,8 +212,8 @@ def _floats(text: str, flag: str, positive: bool = False) -> tuple[float, ...]:
 
 def load_cli_model(args: argparse.Namespace):
     """The model named by ``--model`` with ``--weights``/``--num-classes`` and the preprocessing overrides
-    (:func:`undiscard.models.override_preprocess`, checked before any image is read)."""
-    from ..models import load_model, override_preprocess
+    (:func:`undiscard.models.loading.override_preprocess`, checked before any image is read)."""
+    from ..models.loading import load_model, override_preprocess
 
     if args.num_classes is not None and args.num_classes <= 0:
         raise CLIError(f"--num-classes must be positive, got {args.num_classes}")
@@ -226,8 +226,8 @@ def load_cli_model(args: argparse.Namespace):
 
 def load_labelled(args: argparse.Namespace, loaded, quiet: bool):
     """``--data``/``--limit``/``--seed``/``--class-map`` of the fitting commands:
-    :func:`undiscard.data.loading.load_labelled`."""
-    from ..data.loading import load_labelled as load
+    :func:`undiscard.cli._data.load_labelled`."""
+    from ._data import load_labelled as load
 
     return load(args.data, loaded, args.limit, args.seed, getattr(args, "class_map", None), quiet)
 
@@ -241,7 +241,7 @@ def wrap_options(args: argparse.Namespace) -> dict[str, str]:
 def shipped_order(name: str, criterion: str) -> dict[str, str]:
     """``order=`` of zoo model ``name``'s shipped calibrated order when ``criterion`` is calibrated ({}
     otherwise); a zoo model without one is a :class:`CLIError`."""
-    from ..calibration import zoo_order_path
+    from ..fitting.calibration import zoo_order_path
 
     if criterion != "calibrated":
         return {}

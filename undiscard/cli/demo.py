@@ -17,8 +17,8 @@ flip TTA and flip x search (photo pairs have no labels, so it is never averaged 
 Every row carries its ``cost`` in plain forwards per image (all views and searches counted) and its
 ``family``: plain, TTA alone, ours alone or both. After the table, a summary states per model and
 averaged over the zoo which method is best at a total cost of at most 2, 4 and 8 plain forwards, for
-clean top-1, shifted top-1 and consistency (:mod:`undiscard.summary`); with ``--out`` it is also
-``summary.md`` and the ``summary`` key of ``results.json``, beside the plots (:mod:`undiscard.plots`):
+clean top-1, shifted top-1 and consistency (:mod:`undiscard.evaluation.summary`); with ``--out`` it is also
+``summary.md`` and the ``summary`` key of ``results.json``, beside the plots (:mod:`undiscard.evaluation.plots`):
 ``metrics_vs_budget.png``, ``accuracy_vs_cost.png``, ``tta_comparison.png``, ``pareto.png``,
 ``pareto_per_model.png``, ``photo_pairs.png``. The files of one run replace the previous run's together.
 
@@ -35,11 +35,11 @@ import time
 
 import torch
 
-from ..evaluation import Row, evaluate
+from ..evaluation.runner import Row, evaluate
 from ..layers.extension import EXTEND_MODES
-from ..plots import PLOT_FILES, write_plots
-from ..report import format_table, write_csv, write_json, write_text
-from ..summary import family, format_summary, method_label, summarise, summary_markdown
+from ..evaluation.plots import PLOT_FILES, write_plots
+from ..evaluation.report import format_table, write_csv, write_json, write_text
+from ..evaluation.summary import family, format_summary, method_label, summarise, summary_markdown
 from ..wrapper import wrap
 from .demo_segmentation import SEG_DEFAULT_LIMIT, plot_segmentation, segmentation_rows
 from .demo_segmentation import available as segmentation_available
@@ -151,7 +151,7 @@ def _tta_rows(name: str, model, x, xs, y, totals: list[int], args: argparse.Name
     """At each total budget t: image-space TTA alone (the first t views of the ``standard`` policy, mean
     of logits) and, from t = 4, TTA + phase search (``flip`` x t/2 states per view: flip is the first two
     views of ``standard``); ``ours`` alone is in the main rows. One search per view serves every budget."""
-    from ..evaluation import evaluate_tta_grid
+    from ..evaluation.runner import evaluate_tta_grid
     from ..tta import policy_views
 
     views = policy_views("standard")
@@ -167,7 +167,7 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
     """EfficientNet-Lite0 on photo crop pairs: shift consistency of the search alone at each budget and,
     with ``--tta``, of flip TTA (2 views) and flip x search at t/2 states per view (t = each budget >= 4)."""
     from ..data.photos import shifted_crops
-    from ..models import load_model
+    from ..models.loading import load_model
     from ..tta import TTA
 
     loaded = load_model("efficientnet-lite0")
@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
                             "images": rows[0]["n"] if rows else 0, "full": args.full, "extend": args.extend,
                             "seconds": time.perf_counter() - t0},
                "segmentation": seg_rows}
-    if outputs is not None:  # every file of the run replaces the old ones together (undiscard.atomic.OutputSet)
+    if outputs is not None:  # every file of the run replaces the old ones together (undiscard._atomic.OutputSet)
         with outputs as staging:
             write_json(staging / "results.json", payload)
             write_csv(staging / "results.csv", rows)

@@ -42,7 +42,7 @@ def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torc
     """The rows (dicts) of the segmentation zoo (see the module docstring)."""
     from ..data import segmentation as segdata
     from ..data.shift import shift_images
-    from ..seg_evaluation import (plain_predictions, run_seg_pairs, search_predictions_dense, seg_rows,
+    from ..evaluation._segmentation import (plain_predictions, run_seg_pairs, search_predictions_dense, seg_rows,
                                   tta_predictions)
     from ..tta import DenseTTA
     from ..wrapper import wrap
@@ -101,7 +101,7 @@ def plot_segmentation(rows: list[dict], out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..atomic import atomic_write
+    from .._atomic import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     models = list(dict.fromkeys(r["model"] for r in rows))

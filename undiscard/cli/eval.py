@@ -31,20 +31,20 @@ from typing import Iterator
 
 import torch
 
-from ..aggregate import AGGREGATES
-from ..data.loading import DEFAULT_WORKERS, folder_loader
+from ..tasks.aggregation import AGGREGATES
+from ._data import DEFAULT_WORKERS, folder_loader
 from ..data.folder import scan_folder
 from ..data.labels import folder_labels, output_classes
 from ..data.walk import describe_skipped
-from .. import distributed
+from ..evaluation import distributed
 from ..data.shift import random_offsets
 from ..errors import UndiscardError
-from ..evaluation import Batch, evaluate_stream, evaluate_tta_stream, row_from_counts
+from ..evaluation.runner import Batch, evaluate_stream, evaluate_tta_stream, row_from_counts
 from ..layers.extension import EXTEND_MODES
-from ..plots import PLOT_FILES, write_plots
-from ..report import COLUMNS, format_table, write_csv, write_json
-from ..summary import family, method_label
-from ..search import CRITERIA
+from ..evaluation.plots import PLOT_FILES, write_plots
+from ..evaluation.report import COLUMNS, format_table, write_csv, write_json
+from ..evaluation.summary import family, method_label
+from ..search._best_first import CRITERIA
 from ..wrapper import wrap
 from .common import (CLASS_MAP_HELP, CLIError, help_text, add_model_args, add_output_args, aggregator_needers, check_out_dir, emit_json,
                      load_cli_model, parse_aggregates, parse_budgets, parse_units, progress_bar, resolve_device,
@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                "not_read": [{"path": s.path, "reason": s.reason} for s in data.skipped]}
     payload = {"results": result, "data": str(args.data), "labels": labels_from, "images": total_images - len(unreadable),
                "processes": world, "skipped": skipped}
-    if outputs is not None:  # every file of the run replaces the old ones together (undiscard.atomic.OutputSet)
+    if outputs is not None:  # every file of the run replaces the old ones together (undiscard._atomic.OutputSet)
         with outputs as staging:
             write_json(staging / "results.json", payload)
             write_csv(staging / "results.csv", result)

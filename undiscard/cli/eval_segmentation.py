@@ -22,8 +22,8 @@ from ..data.folder import normalize_batch
 from ..data.seg_folder import read_seg_folder, scan_seg_folder
 from ..data.shift import shift_images
 from ..data.walk import describe_skipped
-from ..report import format_table, write_csv, write_json
-from ..seg_evaluation import run_seg_pairs, search_predictions_dense, seg_rows, tta_predictions
+from ..evaluation.report import format_table, write_csv, write_json
+from ..evaluation._segmentation import run_seg_pairs, search_predictions_dense, seg_rows, tta_predictions
 from ..tta import DENSE_AGGREGATES, DenseTTA
 from ..wrapper import wrap
 from .common import (CLIError, check_out_dir, emit_json, parse_aggregates, parse_budgets, progress_bar, resolve_device,
@@ -100,7 +100,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     payload = {"task": "segmentation", "results": rows, "data": str(args.data), "images": len(names),
                "unmatched": folder.unmatched, "not_read": [{"path": s.path, "reason": s.reason} for s in folder.skipped],
                "ignore_index": args.ignore_index, "shift": args.shift, "seed": args.seed}
-    if outputs is not None:  # both files replace the old ones together (undiscard.atomic.OutputSet)
+    if outputs is not None:  # both files replace the old ones together (undiscard._atomic.OutputSet)
         with outputs as staging:
             write_json(staging / "results.json", payload)
             write_csv(staging / "results.csv", rows)

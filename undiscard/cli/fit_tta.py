@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data.folder import normalize_batch
-from ..report import write_json
+from ..evaluation.report import write_json
 from ..tta import FITTED, TTA
 from ..wrapper import wrap
 from .common import (CLASS_MAP_HELP, CLIError, add_fit_output_args, add_model_args, check_out_file, emit_json, load_cli_model,

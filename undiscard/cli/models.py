@@ -15,7 +15,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _installed_lite() -> list[str]:
-    from ..models import LITE_MODELS
+    from ..models.loading import LITE_MODELS
 
     if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
         return []
@@ -24,7 +24,7 @@ def _installed_lite() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import zoo
-    from ..models import LITE_MODELS
+    from ..models.loading import LITE_MODELS
 
     names = zoo.list_models()
     lite = _installed_lite()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..data.folder import ImageReadError, load_image, normalize_batch
-from ..outputs import select_output
+from ..analysis.outputs import select_output
 from ..wrapper import wrap
 from .common import CLIError, add_model_args, emit_json, load_cli_model, resolve_device
 
@@ -42,7 +42,7 @@ def check_image_files(images: list[str], model: str) -> None:
     """One :class:`CLIError` for the first of ``images`` that is not a regular file: a directory gets its
     own message (predict reads image files; ``undiscard eval --data DIR`` reads a folder), a FIFO, device
     or socket says what it is (it is never opened), a missing path is "image not found"."""
-    from ..files import check_file
+    from .._files import check_file
 
     for p in images:
         path = Path(p)

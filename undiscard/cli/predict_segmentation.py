@@ -12,7 +12,7 @@ read): a target that is one of the input images, a symbolic link, a directory or
 existing PNG that undiscard did not write (its masks and overlays carry a ``Software: undiscard`` PNG
 text chunk, so a re-run replaces its own earlier output); and two inputs whose outputs would have one
 name (``a/x.png`` and ``b/x.png``). All masks and overlays of a run are written together
-(:class:`undiscard.atomic.OutputSet`).
+(:class:`undiscard._atomic.OutputSet`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import OutputSet
+from .._atomic import OutputSet
 from ..data.folder import normalize_batch
 from ..data.seg_folder import is_marked_png, overlay, palette_image, save_marked_png
 from ..wrapper import wrap

@@ -1,5 +1,5 @@
 """Segmentation models by name for the command line: ``zoo:seg_*`` (the segmentation zoo, its own
-normalisation and input size) or any :func:`undiscard.models.load_model` spec whose output is
+normalisation and input size) or any :func:`undiscard.models.loading.load_model` spec whose output is
 (N, K, H, W) logits (e.g. ``torchvision:fcn_resnet50``, whose ``{"out": ...}`` output is selected)."""
 from __future__ import annotations
 
@@ -27,20 +27,20 @@ def load_seg_model(spec: str, weights: str | None = None) -> SegModel:
     """The segmenter named ``spec`` (see the module docstring), in eval mode."""
     name = spec.removeprefix("zoo:")
     if spec.startswith("zoo:") and name.startswith("seg_"):
-        from ..files import load_weights
+        from .._files import load_weights
         from ..zoo import segmentation as segzoo
 
         cfg = segzoo.model_config(name)
         net = segzoo.create_model(name, pretrained=weights is None)
         if weights is not None:
             load_weights(net, weights)
-        from ..calibration import zoo_order_path
+        from ..fitting.calibration import zoo_order_path
 
         shipped = zoo_order_path(name)
         return SegModel(spec, net.eval(), int(cfg["in_chans"]), tuple(cfg["mean"]), tuple(cfg["std"]),
                         int(cfg["input_size"][-1]), 32, list(cfg["class_names"]),
                         str(shipped) if shipped.exists() and weights is None else None)
-    from ..models import load_model
+    from ..models.loading import load_model
 
     loaded = load_model(spec, weights=weights)
     pre = loaded.preprocess

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..attention import save_aggregator
-from ..attention_training import TrainConfig, train_aggregator
+from ..tasks.attention import save_aggregator
+from ..fitting.aggregator import TrainConfig, train_aggregator
 from ..data.folder import normalize_batch
-from ..report import write_json
+from ..evaluation.report import write_json
 from ..wrapper import wrap
 from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, check_out_file,
                      emit_json, load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)

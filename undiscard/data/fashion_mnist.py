@@ -81,7 +81,7 @@ def read_idx_header(path: str | os.PathLike) -> IdxHeader:
     can hold — no more data than the file's own size (uncompressed) or than deflate can expand it to
     (``.gz``: at most 1032 bytes per compressed byte). One :class:`IdxFileError` naming the file otherwise."""
     path = str(path)
-    from ..files import check_file
+    from .._files import check_file
 
     check_file(path, "idx file", IdxFileError)
     with _open(path) as f:
@@ -152,8 +152,8 @@ def read_idx(path: str | os.PathLike, rows: Sequence[int] | np.ndarray | None = 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` as an idx file (gzip-compressed when ``path`` ends in ``.gz``), atomically
-    (:func:`undiscard.atomic.atomic_write`)."""
-    from ..atomic import atomic_write
+    (:func:`undiscard._atomic.atomic_write`)."""
+    from .._atomic import atomic_write
 
     array = np.asarray(array)
     codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}

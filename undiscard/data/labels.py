@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import UndiscardError
-from ..outputs import select_output
+from ..analysis.outputs import select_output
 
 __all__ = ["IMAGENET_CLASS_MAP", "SORTED_CLASS_MAP", "ClassMapError", "FolderLabels", "load_class_map",
            "folder_labels", "detect_imagenet_classes", "check_labels", "output_classes"]
@@ -57,7 +57,7 @@ def load_class_map(path: str | Path) -> dict[str, int]:
         from .imagenet import imagenet_class_map
 
         return imagenet_class_map()
-    from ..files import check_file
+    from .._files import check_file
 
     p = check_file(path, "class map", ClassMapError)
     try:

@@ -10,7 +10,7 @@ Objects are therefore ``(input_size + 4 * max_shift) / input_size`` times larger
 evaluation preprocessing (1.29 for a 224-pixel model and 16-pixel shifts).
 
 The pairs are normalised and written, an image at a time, to two file-backed tensors
-(:class:`~undiscard.state_store.DiskTensor`) in a directory the caller owns: memory holds one image,
+(:class:`~undiscard.data.store.DiskTensor`) in a directory the caller owns: memory holds one image,
 whatever the number of images.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UndiscardError
-from ..state_store import DiskTensor
+from .store import DiskTensor
 from .folder import load_image
 from .photos import crop_pairs
 
 if TYPE_CHECKING:  # type hints only
-    from ..models import Preprocess
+    from ..models.loading import Preprocess
 
 __all__ = ["IMAGE_SUFFIXES", "image_files", "folder_pairs"]
 

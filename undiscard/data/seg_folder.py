@@ -201,11 +201,11 @@ def palette_image(labels: np.ndarray) -> Image.Image:
 
 
 def save_marked_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write ``image`` as a PNG at ``path`` atomically (:func:`undiscard.atomic.atomic_write`), with the
+    """Write ``image`` as a PNG at ``path`` atomically (:func:`undiscard._atomic.atomic_write`), with the
     text chunk ``Software: undiscard`` that :func:`is_marked_png` recognises."""
     from PIL.PngImagePlugin import PngInfo
 
-    from ..atomic import atomic_write
+    from .._atomic import atomic_write
 
     info = PngInfo()
     info.add_text("Software", PNG_MARK)
@@ -244,8 +244,8 @@ def write_seg_folder(root: str | os.PathLike, images: np.ndarray, masks: np.ndar
                      names: list[str] | None = None) -> Path:
     """Write uint8 images (N, H, W) or (N, H, W, 3) and label maps (N, H, W) as ``root/images/NAME.png``
     (grayscale or RGB) and ``root/masks/NAME.png`` (palette), each atomically
-    (:func:`undiscard.atomic.atomic_write`: never through a link). Default names: 0000, 0001, ..."""
-    from ..atomic import atomic_write
+    (:func:`undiscard._atomic.atomic_write`: never through a link). Default names: 0000, 0001, ..."""
+    from .._atomic import atomic_write
 
     root = Path(root)
     names = names or [f"{i:04d}" for i in range(len(images))]

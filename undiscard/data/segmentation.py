@@ -255,8 +255,8 @@ def seg_test_info(path: str | os.PathLike | None = None) -> dict:
 
 def save_seg_split(path: str | os.PathLike, gen: CanvasGenerator, n: int) -> None:
     """Write canvases 0..n-1 of ``gen`` with its seed, config and layouts (np.savez_compressed, uint8 maps),
-    atomically (:func:`undiscard.atomic.atomic_write`)."""
-    from ..atomic import atomic_write
+    atomically (:func:`undiscard._atomic.atomic_write`)."""
+    from .._atomic import atomic_write
 
     images, masks = gen.batch(range(n))
     layouts = np.full((n, gen.config.max_objects, len(OBJECT_FIELDS)), -1, np.int64)

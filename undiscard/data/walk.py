@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import file_kind
+from .._atomic import file_kind
 
 __all__ = ["Skipped", "FolderWalk", "describe_skipped"]
 

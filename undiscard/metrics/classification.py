@@ -1,7 +1,7 @@
 """Counting a classifier's results: top-k hits, clean/shifted/consistency tallies, result rows.
 
 Everything is kept as exact sums (integer hit counts, cost sums) so that shards of one evaluation
-(:mod:`undiscard.distributed`) add up to the single-process numbers; percentages are made only at the
+(:mod:`undiscard.evaluation.distributed`) add up to the single-process numbers; percentages are made only at the
 end, by :func:`row_from_counts`. The sums of one row (:meth:`Tally.counts`):
 
 - ``correct1``, ``correct5``: clean images whose label is the top-1 / among the top-5 predictions;

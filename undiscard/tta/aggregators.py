@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UndiscardError
-from ..files import load_tagged, save_tagged
+from .._files import load_tagged, save_tagged
 
 __all__ = ["TTAAggregator", "TTA_AGGREGATES", "FITTED", "make_aggregator", "save_tta", "load_tta", "TTAFileError"]
 

