@@ -15,8 +15,8 @@ import argparse
 import os
 from pathlib import Path
 
-from undiscard.data.folder import scan_folder
 from undiscard.cli._data import folder_loader
+from undiscard.data.folder import scan_folder
 from undiscard.models.loading import load_model
 
 

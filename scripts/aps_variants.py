@@ -42,7 +42,8 @@ import torch
 from torch import Tensor
 
 import undiscard
-from undiscard.search.aps import APSRule, aggregate_states, aps
+from undiscard.search.aps import APSRule
+from undiscard.selection import aggregate_states, aps
 
 Predict = Callable[[Tensor], tuple[Tensor, float, float]]  # images -> (logits, cost per image, share moved)
 
@@ -168,7 +169,13 @@ def measure(predict: Predict, x: Tensor, xs: Tensor, hits: Tensor, labelled: Ten
 
 def zoo_data(name: str, limit: int, seed: int):
     from undiscard import zoo
-    from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
+    from undiscard.data import (
+        load_fashion_mnist,
+        normalize,
+        resize,
+        shift_images,
+        to_float,
+    )
 
     cfg = zoo.model_config(name)
     size, chans = int(cfg["input_size"][-1]), int(cfg["in_chans"])

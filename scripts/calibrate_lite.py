@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from undiscard.fitting.calibration import ORDERS_DIR, load_order, save_order
 from undiscard.cli import main
 from undiscard.data.photos import PHOTO_DIR
 from undiscard.models.loading import LITE_MODELS
+from undiscard.search.orders import ORDERS_DIR, load_order, save_order
 
 
 def run(argv: list[str] | None = None) -> int:

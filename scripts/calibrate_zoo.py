@@ -17,10 +17,10 @@ import sys
 import tempfile
 
 from undiscard import zoo
-from undiscard.fitting.calibration import load_order, save_order, zoo_order_path
 from undiscard.cli import main
 from undiscard.data import segmentation as segdata
 from undiscard.data.seg_folder import write_seg_folder
+from undiscard.search.orders import load_order, save_order, zoo_order_path
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from undiscard import zoo
-from undiscard.fitting.calibration import zoo_order_path
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
 from undiscard.evaluation.runner import evaluate
 from undiscard.models.loading import load_model
+from undiscard.search.orders import zoo_order_path
 
 CRITERIA = ("entropy", "learned", "random", "offset", "calibrated")
 

@@ -40,12 +40,12 @@ import torch
 
 import undiscard
 from undiscard import zoo
-from undiscard.fitting.calibration import zoo_order_path
-from undiscard.search.criteria import get_criterion
+from undiscard.analysis.geometry import phase_level
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
 from undiscard.evaluation.runner import evaluate
-from undiscard.analysis.geometry import phase_level
 from undiscard.models.loading import load_model
+from undiscard.search.criteria import get_criterion
+from undiscard.search.orders import zoo_order_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (1, 2, 4, 8)
@@ -167,7 +167,10 @@ def high_rate(limit: int, seg_limit: int, log: Callable[[str], None]) -> list[di
 def _segformer(limit: int, crits: tuple[str, ...], log: Callable[[str], None]) -> list[dict]:
     from undiscard.data import segmentation as segdata
     from undiscard.data.shift import shift_images as shift_u8
-    from undiscard.evaluation._segmentation import run_seg_pairs, search_predictions_dense
+    from undiscard.evaluation._segmentation import (
+        run_seg_pairs,
+        search_predictions_dense,
+    )
     from undiscard.zoo import segmentation as segzoo
 
     images, masks = segdata.load_seg_test()

@@ -34,11 +34,18 @@ from pathlib import Path
 import torch
 
 from undiscard import zoo
-from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
+from undiscard.data import (
+    load_fashion_mnist,
+    load_train_val,
+    normalize,
+    resize,
+    shift_images,
+    to_float,
+)
+from undiscard.evaluation.report import format_table
 from undiscard.evaluation.runner import batches, search_predictions
 from undiscard.metrics import topk_correct
 from undiscard.models.loading import load_model
-from undiscard.evaluation.report import format_table
 from undiscard.tta import TTA, make_aggregator, policy_views
 from undiscard.wrapper import wrap
 

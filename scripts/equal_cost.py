@@ -29,16 +29,25 @@ import warnings
 from collections import defaultdict
 
 import torch
+from compare_tta import (  # scripts/ is sys.path[0] when run as a script
+    search_logits,
+    view_logits,
+)
+from order_tta_views import old_standard
 
 from undiscard import zoo
-from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
+from undiscard.data import (
+    load_fashion_mnist,
+    load_train_val,
+    normalize,
+    resize,
+    shift_images,
+    to_float,
+)
+from undiscard.evaluation.report import format_table
 from undiscard.metrics import topk_correct
 from undiscard.models.loading import load_model
-from undiscard.evaluation.report import format_table
 from undiscard.tta import make_aggregator, policy_views
-
-from compare_tta import search_logits, view_logits  # scripts/ is sys.path[0] when run as a script
-from order_tta_views import old_standard
 from undiscard.wrapper import wrap
 
 CAPS = (2, 4, 8)

@@ -12,11 +12,10 @@ import json
 
 import torch
 
-from undiscard import zoo
-from undiscard import wrap
+from undiscard import wrap, zoo
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
-from undiscard.evaluation.runner import evaluate
 from undiscard.evaluation.report import format_table
+from undiscard.evaluation.runner import evaluate
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Add the model fingerprint (:func:`undiscard.fitting.calibration.model_fingerprint`) to the shipped zoo orders.
+"""Add the model fingerprint (:func:`undiscard.search.orders.model_fingerprint`) to the shipped zoo orders.
 
 Orders ranked before fingerprints were recorded carry none, so an order used on another model could not
 be told apart. This loads each zoo model (classifiers and, with segmentation-models-pytorch, segmenters),
@@ -17,7 +17,12 @@ import sys
 import torch
 
 import undiscard
-from undiscard.fitting.calibration import ORDERS_DIR, load_order, model_fingerprint, save_order
+from undiscard.search.orders import (
+    ORDERS_DIR,
+    load_order,
+    model_fingerprint,
+    save_order,
+)
 
 
 def _model(name: str) -> tuple[torch.nn.Module, tuple[int, ...], str | None]:

@@ -19,12 +19,18 @@ import warnings
 
 import torch
 
-from undiscard import zoo
-from undiscard import wrap
-from undiscard.fitting.aggregator import TrainConfig, train_aggregator
-from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
-from undiscard.evaluation.runner import evaluate
+from undiscard import wrap, zoo
+from undiscard.data import (
+    load_fashion_mnist,
+    load_train_val,
+    normalize,
+    resize,
+    shift_images,
+    to_float,
+)
 from undiscard.evaluation.report import format_table
+from undiscard.evaluation.runner import evaluate
+from undiscard.fitting.aggregator import TrainConfig, train_aggregator
 
 
 def _prepare(images, spec) -> torch.Tensor:

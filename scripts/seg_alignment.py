@@ -19,9 +19,9 @@ import warnings
 import torch
 
 import undiscard
+from undiscard.analysis.geometry import state_offset
 from undiscard.data.segmentation import load_seg_test, to_input
 from undiscard.data.shift import translate
-from undiscard.analysis.geometry import state_offset
 from undiscard.metrics.segmentation import confusion_matrix, mean_iou
 from undiscard.zoo import segmentation as segzoo
 

@@ -38,12 +38,17 @@ from pathlib import Path
 import torch
 
 import undiscard
-from undiscard.fitting.calibration import zoo_order_path
 from undiscard.data import segmentation as segdata
 from undiscard.data.shift import shift_images
+from undiscard.evaluation._segmentation import (
+    plain_predictions,
+    run_seg_pairs,
+    search_predictions_dense,
+    seg_rows,
+    tta_predictions,
+)
 from undiscard.evaluation.report import format_table, write_json, write_text
-from undiscard.evaluation._segmentation import (plain_predictions, run_seg_pairs, search_predictions_dense, seg_rows,
-                                      tta_predictions)
+from undiscard.search.orders import zoo_order_path
 from undiscard.tta import DenseTTA
 from undiscard.zoo import segmentation as segzoo
 

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from undiscard import zoo
-from undiscard.data.photos import load_photo, photo_names
 from undiscard.data import load_train_val, normalize, resize, to_float
+from undiscard.data.photos import load_photo, photo_names
+from undiscard.evaluation.report import format_table
 from undiscard.evaluation.runner import batches, evaluate_states
 from undiscard.metrics import topk_correct
 from undiscard.models.loading import load_model
-from undiscard.evaluation.report import format_table
 from undiscard.wrapper import wrap
 
 

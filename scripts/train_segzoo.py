@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from undiscard.evaluation import distributed
 from undiscard.data import segmentation as segdata
+from undiscard.evaluation import distributed
 from undiscard.metrics import segmentation as segmetrics
 from undiscard.zoo import segmentation as segzoo
 from undiscard.zoo.catalog import fp16_state, run_record

@@ -16,9 +16,9 @@ import itertools
 import torch
 
 from undiscard.data import load_train_val, normalize, resize, shift_images, to_float
+from undiscard.evaluation.report import format_table
 from undiscard.evaluation.runner import evaluate
 from undiscard.models.loading import load_model
-from undiscard.evaluation.report import format_table
 from undiscard.wrapper import wrap
 
 

@@ -31,10 +31,16 @@ from torch import nn
 
 import undiscard
 from undiscard import zoo
-from undiscard._atomic import STAGING_PREFIX, OutputSet, ResultWriteError, atomic_write, recover_directory
-from undiscard.fitting.calibration import StateOrder, load_order, save_order
+from undiscard._atomic import (
+    STAGING_PREFIX,
+    OutputSet,
+    ResultWriteError,
+    atomic_write,
+    recover_directory,
+)
 from undiscard.cli import main
 from undiscard.errors import PhaseError, UndiscardError
+from undiscard.search.orders import StateOrder, load_order, save_order
 
 MODEL = "resnet_basic" if zoo.weights_path("resnet_basic").exists() else None
 needs_model = pytest.mark.skipif(MODEL is None, reason="no trained zoo weights in this checkout")
@@ -545,8 +551,8 @@ def test_an_order_of_another_model_warns(tmp_path):
 @pytest.mark.filterwarnings("ignore:.*resnet18 has random weights")
 def test_a_zoo_order_on_timm_resnet18_warns():
     pytest.importorskip("timm")
-    from undiscard.fitting.calibration import zoo_order_path
     from undiscard.models.loading import load_model
+    from undiscard.search.orders import zoo_order_path
 
     order = load_order(zoo_order_path(MODEL))
     assert order.fingerprint is not None  # shipped with one
@@ -689,8 +695,8 @@ def test_gradients_through_the_search_are_refused_not_silently_dropped():
 
 
 def test_file_errors_say_which_file_and_what_is_wrong(tmp_path):
-    from undiscard.tasks.attention import AggregatorFileError, load_aggregator
     from undiscard._files import load_weights
+    from undiscard.tasks.attention import AggregatorFileError, load_aggregator
 
     good = zoo.aggregator_path(MODEL) if MODEL else None
     if good is not None and good.is_file():

@@ -17,9 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import undiscard
-from undiscard.tasks.aggregation import align_maps, normalized_entropy, shift_axis, state_weights, weighted_sum
-
-
+from undiscard.tasks.aggregation import (
+    align_maps,
+    normalized_entropy,
+    shift_axis,
+    state_weights,
+    weighted_sum,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -343,8 +347,7 @@ def test_phase_is_a_translation_in_the_direction_alignment_undoes() -> None:
     """On a trained zoo model, phase (dy, dx) of the first unit ~ the original model on the input moved
     up-left by (dy, dx): that is why align_maps shifts a state's map down-right by its offset."""
     from undiscard import zoo
-    from undiscard.data import preprocess
-    from undiscard.data import load_fashion_mnist, translate
+    from undiscard.data import load_fashion_mnist, preprocess, translate
     from undiscard.layers.plans import phase_plan
 
     name = next((n for n in zoo.list_models() if zoo.weights_path(n).exists()), None)

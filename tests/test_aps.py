@@ -12,8 +12,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from undiscard import wrap
-from undiscard.search.aps import APSRule, aggregate_states, aps, phase_scores, rank_phases
 from undiscard.errors import PhaseError, UndiscardError
+from undiscard.search.aps import APSRule, phase_scores, rank_phases
+from undiscard.selection import aggregate_states, aps
 
 
 def circ(cin: int, cout: int, stride: int) -> nn.Conv2d:

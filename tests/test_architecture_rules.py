@@ -1,15 +1,18 @@
-"""Rules of the package's structure (issue 13), checked on its source with ``ast``.
+"""Rules of the package's structure, checked on its source with ``ast``.
 
 - No module calls another module's private names: an attribute ``X._name`` where ``X`` is not
   ``self``/``cls``/``super()``, or ``from M import _name`` of a module of ours, fails — in the package,
-  ``scripts/`` and ``benchmarks/``. Third-party privates the code must use (torch internals, torchvision's
-  and EfficientNet-Lite's own methods that the splits call) are an explicit allow-list, each with its
-  reason; a name on it may not be one of our own private names. Tests may look inside.
-- No import cycle among the package's modules at import time: the graph of each module's top-level
-  imports (``if TYPE_CHECKING:`` blocks excluded; imports inside functions are lazy and allowed — they
-  run after every module has loaded, e.g. ``models.load_model`` importing ``zoo``).
+  ``scripts/`` and ``benchmarks/``. A private *module* (``search/_engine.py``) may be imported by the modules
+  of its own package (and their subpackages), never from outside it. Third-party privates the code must
+  use (torch internals, torchvision's and EfficientNet-Lite's own methods that the splits call) are an
+  explicit allow-list, each with its reason; a name on it may not be one of our own private names. Tests
+  may look inside.
+- No import circle among the package's modules, counting every import: at import time, inside
+  functions (lazy) and under ``if TYPE_CHECKING:``.
+- Packages by layer (:data:`LAYERS`, low to high): no import points up a layer, counting every import.
+- The public surface is ``undiscard.__all__``: every name in it exists, and ``from undiscard import *``
+  gives exactly those names.
 - The product of rates is computed in one place, :mod:`undiscard.analysis.geometry`.
-- ``wrapper.py`` keeps only the orchestration: under 200 non-blank lines.
 """
 from __future__ import annotations
 
@@ -98,8 +101,18 @@ def _violations() -> list[str]:
                 source = _target(module, is_package, node)
                 if source == "undiscard" or source.startswith("undiscard."):
                     found += [f"{path.relative_to(ROOT)}:{node.lineno}: from {source} import {a.name}"
-                              for a in node.names if _private(a.name)]
+                              for a in node.names if _private(a.name)
+                              and not _own_private_module(f"{source}.{a.name}", module, is_package)]
     return found
+
+
+def _own_private_module(target: str, module: str, is_package: bool) -> bool:
+    """``target`` is a private module of the package that ``module`` belongs to (or of a package above it)."""
+    if not (ROOT / (target.replace(".", "/") + ".py")).exists():
+        return False
+    package = module if is_package else module.rsplit(".", 1)[0]
+    owner = target.rsplit(".", 1)[0]
+    return package == owner or package.startswith(owner + ".")
 
 
 def test_no_module_calls_another_modules_private_names():
@@ -153,7 +166,8 @@ def _import_graph(lazy: bool = False) -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             else:
                 source = _target(name, is_package, node)
-                targets = [source] + [f"{source}.{a.name}" for a in node.names]
+                subs = [f"{source}.{a.name}" for a in node.names if f"{source}.{a.name}" in modules]
+                targets = subs if len(subs) == len(node.names) else [source] + subs  # from pkg import module
             deps |= {t for t in targets if t in modules and t != name}
         graph[name] = deps
     return graph
@@ -194,20 +208,54 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycle_at_import_time():
-    graph = _import_graph()
+def test_no_import_circle_counting_lazy_and_type_checking_imports():
+    graph = _import_graph(lazy=True)  # every import statement: top level, in functions, under TYPE_CHECKING
     assert "undiscard.wrapper" in graph and "undiscard.analysis.geometry" in graph["undiscard.wrapper"]
     assert _cycles(graph) == []
+    assert _cycles(_import_graph()) == []
 
 
-def test_data_models_zoo_and_cli_are_in_no_circle_even_lazily():
-    """The loading side is layered: cli -> models -> zoo -> data, with no import back, even inside a function
-    (models and zoo used to import each other lazily)."""
-    areas = ("undiscard.data", "undiscard.models.loading", "undiscard.zoo", "undiscard.cli", "undiscard._files")
-    crossing = [c for c in _cycles(_import_graph(lazy=True)) if any(m.startswith(areas) for m in c)]
-    assert crossing == []
+# The packages by layer, low to high: a module may import its own layer and those below, never above.
+LAYERS: list[tuple[str, ...]] = [
+    ("errors", "_compat", "_eager", "_registry", "_atomic", "_files", "_progress", "_version"),  # foundations
+    ("layers",),  # phases of one layer, phase plans
+    ("analysis",),  # a model's units, geometry, outputs and splits
+    ("data", "metrics"),  # images, labels, data sets; metrics as pure tensor functions
+    ("search",),  # the engine, the search, criteria, state orders, adaptive selection
+    ("tasks",),  # what differs between tasks: classification, segmentation, aggregation, attention
+    ("wrapper", "settings", "selection", "_setup", "_testtime", "_inputs"),  # the wrapped model
+    ("fitting", "tta"),  # calibration and aggregator training; image-space TTA
+    ("evaluation", "models", "zoo"),  # evaluation runs, reports and plots; model loading and the zoo
+    ("cli", "__main__"),  # the command line
+]
+
+
+def _layer(module: str) -> int | None:
+    if module == "undiscard":
+        return len(LAYERS)  # the public surface sits on top
+    head = module.split(".")[1]
+    return next((i for i, names in enumerate(LAYERS) if head in names), None)
+
+
+def test_every_module_has_a_layer():
+    assert sorted(m for m in _import_graph() if _layer(m) is None) == []
+
+
+def test_no_import_points_up_a_layer():
     graph = _import_graph(lazy=True)
-    assert not any(d.startswith("undiscard.models.loading") for m in graph if m.startswith("undiscard.zoo") for d in graph[m])
+    up = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if _layer(d) > _layer(m))
+    assert up == []
+
+
+def test_the_public_surface_is_all():
+    import undiscard
+
+    assert len(undiscard.__all__) == len(set(undiscard.__all__))
+    assert [n for n in undiscard.__all__ if not hasattr(undiscard, n)] == []
+    star: dict = {}
+    exec("from undiscard import *", star)
+    assert sorted(k for k in star if not k.startswith("__")) == sorted(n for n in undiscard.__all__
+                                                                       if not n.startswith("__"))
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -225,8 +273,3 @@ def test_the_product_of_rates_is_computed_only_in_geometry():
             if products and any(w in ast.unparse(node) for w in ("rate", "num_phases")):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert found == [], "use undiscard.analysis.geometry"
-
-
-def test_wrapper_keeps_only_the_orchestration():
-    lines = [line for line in (PACKAGE / "wrapper.py").read_text().splitlines() if line.strip()]
-    assert len(lines) < 200

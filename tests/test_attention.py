@@ -6,15 +6,18 @@ import warnings
 import pytest
 import torch
 
-from undiscard import zoo
-from undiscard import wrap
-from undiscard.tasks.aggregation import align_maps, uniform_weights, weighted_sum
-from undiscard.tasks.attention import AggregatorFileError, AttentionAggregator, load_aggregator, save_aggregator
-from undiscard.fitting.aggregator import TrainConfig, train_aggregator
-from undiscard.data import preprocess
-from undiscard.data import load_fashion_mnist
+from undiscard import wrap, zoo
+from undiscard.data import load_fashion_mnist, preprocess
 from undiscard.errors import PhaseError, UndiscardError
+from undiscard.fitting.aggregator import TrainConfig, train_aggregator
 from undiscard.search._best_first import state_offset
+from undiscard.tasks.aggregation import align_maps, uniform_weights, weighted_sum
+from undiscard.tasks.attention import (
+    AggregatorFileError,
+    AttentionAggregator,
+    load_aggregator,
+    save_aggregator,
+)
 
 from .reference_search import ref_lazy
 

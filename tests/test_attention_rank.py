@@ -5,13 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from undiscard import zoo
-from undiscard import wrap
-from undiscard.tasks.attention import AttentionAggregator
-from undiscard.fitting.aggregator import TrainConfig, rank_loss, state_scores, train_aggregator
-from undiscard.data import preprocess
-from undiscard.data import load_fashion_mnist
+from undiscard import wrap, zoo
+from undiscard.data import load_fashion_mnist, preprocess
 from undiscard.errors import UndiscardError
+from undiscard.fitting.aggregator import (
+    TrainConfig,
+    rank_loss,
+    state_scores,
+    train_aggregator,
+)
+from undiscard.tasks.attention import AttentionAggregator
 
 from .reference_search import ref_lazy
 

@@ -33,7 +33,9 @@ import undiscard
 from undiscard.search import criteria as C
 
 from . import archs
-from .test_memory_chunks import TinySeg  # three strided convs, logits upsampled to the input
+from .test_memory_chunks import (
+    TinySeg,  # three strided convs, logits upsampled to the input
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BUDGETS = (2, 4, 8)

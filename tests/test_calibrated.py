@@ -9,8 +9,9 @@ from torch import nn
 
 import undiscard
 from undiscard import zoo
-from undiscard.fitting.calibration import StateOrder, calibrate, greedy_order, load_order, save_order
 from undiscard.errors import UndiscardError
+from undiscard.fitting.calibration import calibrate, greedy_order
+from undiscard.search.orders import StateOrder, load_order, save_order
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,9 +120,9 @@ def test_calibrate_ranks_every_state_deterministically() -> None:
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_combine_of_aligned_subsets_equals_combine(task: str) -> None:
     # calibration aligns every state once and combines subsets of them: the same as combining each subset
-    from undiscard.tasks.aggregation import get_aggregate
     from undiscard.search._candidates import find_candidates, stack_candidates
     from undiscard.search.criteria import SearchContext, get_criterion
+    from undiscard.tasks.aggregation import get_aggregate
 
     seg = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 5, 3, 2, 1),
                         nn.Upsample(scale_factor=4, mode="bilinear"))
@@ -141,8 +142,8 @@ def test_combine_of_aligned_subsets_equals_combine(task: str) -> None:
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_shipped_zoo_orders_fit_their_models(name: str) -> None:
     # every zoo classifier ships an order made on validation images, for its default units, with a stop
-    from undiscard.fitting.calibration import zoo_order_path
     from undiscard.models.loading import load_model
+    from undiscard.search.orders import zoo_order_path
 
     loaded = load_model(f"zoo:{name}")
     assert loaded.order == str(zoo_order_path(name))

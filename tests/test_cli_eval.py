@@ -8,8 +8,7 @@ import torch
 
 from undiscard import zoo
 from undiscard.cli import main
-from undiscard.data import preprocess
-from undiscard.data import CLASS_NAMES, load_fashion_mnist
+from undiscard.data import CLASS_NAMES, load_fashion_mnist, preprocess
 
 MODEL = next((n for n in zoo.list_models() if zoo.weights_path(n).exists()), None)
 pytestmark = pytest.mark.skipif(MODEL is None, reason="no trained zoo weights in this checkout")

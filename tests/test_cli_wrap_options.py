@@ -115,7 +115,7 @@ def test_demo_help_shows_no_raw_markup(capsys):
 
 
 def test_eval_calibrated_without_order_uses_the_shipped_one(capsys, monkeypatch, folder):
-    from undiscard.fitting.calibration import load_order, zoo_order_path
+    from undiscard.search.orders import load_order, zoo_order_path
 
     if not zoo_order_path(MODEL).is_file():
         pytest.skip(f"no shipped order for {MODEL}")
@@ -134,7 +134,7 @@ def test_eval_calibrated_without_order_uses_the_shipped_one(capsys, monkeypatch,
 
 
 def test_demo_calibrated_uses_each_models_shipped_order(capsys, monkeypatch):
-    from undiscard.fitting.calibration import zoo_order_path
+    from undiscard.search.orders import zoo_order_path
 
     spy = Spy()
     monkeypatch.setattr("undiscard.cli.demo.wrap", spy)

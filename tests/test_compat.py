@@ -43,8 +43,8 @@ def test_random_weight_timm_and_torchvision_models_warn_once_each():
 def test_a_text_file_as_weights_is_one_clear_line(tmp_path):
     from torch import nn
 
-    from undiscard.errors import UndiscardError
     from undiscard._files import load_weights
+    from undiscard.errors import UndiscardError
 
     text = tmp_path / "w.txt"
     text.write_text("hello\n")

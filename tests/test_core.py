@@ -10,14 +10,20 @@ from torch import Tensor, nn
 
 import undiscard
 from undiscard import UndiscardError
-from undiscard.tasks import aggregation as aggregate_module
-from undiscard.search import criteria as criteria_module
-from undiscard.tasks import base as task_module
-from undiscard.tasks.aggregation import Aggregation, state_weights
-from undiscard.search.criteria import Criterion
 from undiscard.analysis.discovery import Unit
-from undiscard.analysis.geometry import (default_search_units, feature_stride, num_states, offsets_per_axis, select_units,
-                                state_offset, state_offsets)
+from undiscard.analysis.geometry import (
+    default_search_units,
+    feature_stride,
+    num_states,
+    offsets_per_axis,
+    select_units,
+    state_offset,
+    state_offsets,
+)
+from undiscard.search import criteria as criteria_module
+from undiscard.search.criteria import Criterion
+from undiscard.tasks import aggregation as aggregate_module, base as task_module
+from undiscard.tasks.aggregation import Aggregation, state_weights
 from undiscard.tasks.base import ClassificationTask
 
 from .test_aggregate import images, tiny_cnn
@@ -69,7 +75,9 @@ def test_classification_weights_and_uncertainty():
 def test_builtin_names_are_registry_entries():
     assert aggregate_module.AGGREGATES == ("mean", "entropy", "attention")
     assert criteria_module.CRITERIA == ("entropy", "random", "offset", "grid", "learned", "calibrated")
-    from undiscard.search._best_first import CRITERIA  # still importable from where the CLI reads it
+    from undiscard.search._best_first import (
+        CRITERIA,  # still importable from where the CLI reads it
+    )
 
     assert CRITERIA == criteria_module.CRITERIA
     needs = {n: aggregate_module.get_aggregate(n).needs_aggregator for n in aggregate_module.AGGREGATES}

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from undiscard import data
-from undiscard import zoo
+from undiscard import data, zoo
 from undiscard.data import fashion_mnist as fm
 
 # ---------------------------------------------------------------------------------------------- idx

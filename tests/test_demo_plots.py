@@ -12,8 +12,14 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from undiscard.evaluation.plots import (budget_figure, method_figure, pareto_figure, pareto_grid_figure,  # noqa: E402
-                             photo_pairs_figure, write_plots)
+from undiscard.evaluation.plots import (  # noqa: E402
+    budget_figure,
+    method_figure,
+    pareto_figure,
+    pareto_grid_figure,
+    photo_pairs_figure,
+    write_plots,
+)
 from undiscard.evaluation.summary import pareto_front  # noqa: E402
 
 MODELS = [f"zoo:m{i}" for i in range(12)]  # more models than colours

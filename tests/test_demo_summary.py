@@ -6,8 +6,19 @@ import random
 
 import pytest
 
-from undiscard.evaluation.summary import (FAMILIES, best_per_cost, family, format_summary, is_pooled, method_label,
-                               method_points, pareto_front, summarise, summary_markdown, zoo_average)
+from undiscard.evaluation.summary import (
+    FAMILIES,
+    best_per_cost,
+    family,
+    format_summary,
+    is_pooled,
+    method_label,
+    method_points,
+    pareto_front,
+    summarise,
+    summary_markdown,
+    zoo_average,
+)
 
 
 def row(model="zoo:a", budget=1, tta=None, views=1, top1=90.0, shifted=89.0, cons=95.0, cost=None,

@@ -24,12 +24,12 @@ from torch import Tensor, nn
 
 import undiscard
 from undiscard import UndiscardError
-from undiscard.tasks.aggregation import align_filled, align_maps
-from undiscard.tasks.segmentation import SegmentationTask
 from undiscard.analysis.discovery import Unit
-from undiscard.tasks._dense_alignment import reaches
 from undiscard.analysis.geometry import moved_offsets, output_stride, state_offset
+from undiscard.tasks._dense_alignment import reaches
+from undiscard.tasks.aggregation import align_filled, align_maps
 from undiscard.tasks.base import AutoTask, ClassificationTask
+from undiscard.tasks.segmentation import SegmentationTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K = 5

@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 import undiscard
-from undiscard.evaluation.runner import evaluate, evaluate_tta, evaluate_tta_grid, run_pairs
+from undiscard.evaluation.runner import (
+    evaluate,
+    evaluate_tta,
+    evaluate_tta_grid,
+    run_pairs,
+)
 from undiscard.metrics import Tally, row_from_counts, topk_correct
 from undiscard.tta import TTA, policy_views
 

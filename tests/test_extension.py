@@ -13,7 +13,12 @@ from torch import nn
 
 import undiscard
 from undiscard.errors import UndiscardError
-from undiscard.layers.extension import Extension, attach_extensions, border_background, set_extension
+from undiscard.layers.extension import (
+    Extension,
+    attach_extensions,
+    border_background,
+    set_extension,
+)
 
 MODES = ["zero", "replicate", "background"]
 

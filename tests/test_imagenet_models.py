@@ -24,10 +24,20 @@ import torch
 
 from undiscard import wrap
 from undiscard.cli import main
-from undiscard.data.folder import (detect_imagenet_classes, load_class_map, load_image, normalize_batch,
-                                   resize_and_crop)
-from undiscard.data.imagenet import (IMAGENET_CLASSES_FILE, imagenet_class_map, imagenet_class_names,
-                                     imagenet_wnids, is_imagenet_folder)
+from undiscard.data.folder import (
+    detect_imagenet_classes,
+    load_class_map,
+    load_image,
+    normalize_batch,
+    resize_and_crop,
+)
+from undiscard.data.imagenet import (
+    IMAGENET_CLASSES_FILE,
+    imagenet_class_map,
+    imagenet_class_names,
+    imagenet_wnids,
+    is_imagenet_folder,
+)
 from undiscard.data.photos import PHOTO_DIR
 from undiscard.models.loading import LITE_MODELS, load_model
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import undiscard
-from undiscard.fitting.calibration import StateOrder, calibrate
-from undiscard.errors import UndiscardError
-from undiscard.fitting.objectives import get_objective, pair_stats
-from undiscard.fitting._state_ranking import rank_states, working_rows
 from undiscard.data.store import StateStore
+from undiscard.errors import UndiscardError
+from undiscard.fitting._state_ranking import rank_states, working_rows
+from undiscard.fitting.calibration import calibrate
+from undiscard.fitting.objectives import get_objective, pair_stats
+from undiscard.search.orders import StateOrder
 from undiscard.tasks.base import ClassificationTask, StateMaps
 
 from .test_calibrated import net
@@ -193,8 +194,8 @@ def unlabelled(tmp_path):
 def test_cli_calibrates_without_labels(unlabelled, tmp_path, capsys):
     import json
 
-    from undiscard.fitting.calibration import load_order
     from undiscard.cli import main
+    from undiscard.search.orders import load_order
 
     out = tmp_path / "order.json"
     assert main(["calibrate", "--model", "zoo:resnet_basic", "--objective", "consistency", "--data", str(unlabelled),
@@ -229,8 +230,8 @@ def test_file_backed_views_calibrate_like_tensors(tmp_path):
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
 def test_lite_models_ship_a_label_free_order(name):
     pytest.importorskip("efficientnet_lite_pytorch")
-    from undiscard.fitting.calibration import load_order, zoo_order_path
     from undiscard.models.loading import load_model
+    from undiscard.search.orders import load_order, zoo_order_path
 
     if not zoo_order_path(name).is_file():
         pytest.skip(f"{name}: no order shipped in this checkout (scripts/calibrate_lite.py)")

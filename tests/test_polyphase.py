@@ -17,8 +17,7 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from torch import Tensor, nn
 
 from undiscard._compat import class_path, import_timm, import_torchvision

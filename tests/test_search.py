@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 import undiscard
-from undiscard.search.criteria import random_score as _random_score
 from undiscard.search._best_first import state_offset
+from undiscard.search.criteria import random_score as _random_score
 
 from .reference_search import ref_depth, ref_grid, ref_lazy, ref_offset, ref_static
 

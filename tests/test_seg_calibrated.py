@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import undiscard
-from undiscard.fitting.calibration import StateOrder, calibrate, load_order, zoo_order_path
+from undiscard.fitting.calibration import calibrate
 from undiscard.metrics.segmentation import ConfusionMatrix
+from undiscard.search.orders import StateOrder, load_order, zoo_order_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HAS_SMP = importlib.util.find_spec("segmentation_models_pytorch") is not None
@@ -141,14 +142,14 @@ def test_demo_segmentation_rows_follow_the_demo_criterion(tmp_path, monkeypatch)
     import argparse
 
     from undiscard.cli import common
-    from undiscard.cli.demo_segmentation import _search_options
     from undiscard.cli.common import CLIError
+    from undiscard.cli.demo_segmentation import _search_options
 
     args = argparse.Namespace(criterion="calibrated")
     if zoo_order_path("seg_fpn").is_file():
         assert _search_options(args, "seg_fpn") == {"criterion": "calibrated", "order": str(zoo_order_path("seg_fpn"))}
     assert _search_options(argparse.Namespace(criterion="learned"), "seg_fpn") == {"criterion": "entropy"}
     assert _search_options(argparse.Namespace(criterion="offset"), "seg_fpn") == {"criterion": "offset"}
-    monkeypatch.setattr("undiscard.fitting.calibration.zoo_order_path", lambda name: tmp_path / f"{name}.json")
+    monkeypatch.setattr("undiscard.search.orders.zoo_order_path", lambda name: tmp_path / f"{name}.json")
     with pytest.raises(CLIError, match="has no shipped state order"):
         common.shipped_order("seg_fpn", "calibrated")

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from undiscard.data import load_fashion_mnist
-from undiscard.data import segmentation as seg
+from undiscard.data import load_fashion_mnist, segmentation as seg
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "seg_ceiling.py"
 

@@ -11,7 +11,13 @@ from PIL import Image
 
 from undiscard.cli import main
 from undiscard.data import segmentation as segdata
-from undiscard.data.seg_folder import SegFolderError, read_mask, read_seg_folder, scan_seg_folder, write_seg_folder
+from undiscard.data.seg_folder import (
+    SegFolderError,
+    read_mask,
+    read_seg_folder,
+    scan_seg_folder,
+    write_seg_folder,
+)
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(importlib.util.find_spec("segmentation_models_pytorch") is None,

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from undiscard.data import fashion_mnist as fm
-from undiscard.data import segmentation as seg
+from undiscard.data import fashion_mnist as fm, segmentation as seg
 from undiscard.errors import UndiscardError
 
 

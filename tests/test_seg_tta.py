@@ -13,7 +13,14 @@ from torch import nn
 import undiscard
 from undiscard.errors import UndiscardError
 from undiscard.tasks.base import TASKS
-from undiscard.tta import DENSE_POLICIES, DenseTTA, DenseView, combine_dense, dense_policy_views, parse_dense_view
+from undiscard.tta import (
+    DENSE_POLICIES,
+    DenseTTA,
+    DenseView,
+    combine_dense,
+    dense_policy_views,
+    parse_dense_view,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K = 5

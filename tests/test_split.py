@@ -6,9 +6,16 @@ import torch
 from torch import nn
 
 import undiscard
-from undiscard.analysis._hook_split import Gate
 from undiscard._compat import class_path, import_timm
-from undiscard.analysis.split import Split, SplitError, from_map, get_split, register_split, to_map
+from undiscard.analysis._hook_split import Gate
+from undiscard.analysis.split import (
+    Split,
+    SplitError,
+    from_map,
+    get_split,
+    register_split,
+    to_map,
+)
 
 
 @pytest.mark.parametrize("layout, shape, grid", [

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 import undiscard
-from undiscard.evaluation import distributed
+from undiscard.cli._data import folder_loader
 from undiscard.data import folder as folder_module
 from undiscard.data.folder import load_image, normalize_batch, scan_folder
-from undiscard.cli._data import folder_loader
 from undiscard.data.shift import random_offsets, shift_images
+from undiscard.evaluation import distributed
 from undiscard.evaluation.runner import evaluate, evaluate_stream, tensor_batches
 from undiscard.models.loading import Preprocess
 
@@ -93,8 +93,8 @@ def test_worker_processes_give_the_same_batches(data):
 def test_workers_restarted_per_segment_give_the_same_batches(data):
     """SegmentedLoader (workers bounded in memory by restarting them every segment): the same batches,
     in the same order, as one loader in the calling process, with segments that cut the folder 4 ways."""
-    from undiscard.data.folder import FolderImages
     from undiscard.cli._data import SegmentedLoader, _Collate
+    from undiscard.data.folder import FolderImages
 
     order = list(range(len(data.paths)))
     offsets = random_offsets(len(order), 2, seed=3)

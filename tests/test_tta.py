@@ -4,12 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from undiscard import zoo
-from undiscard import TTA, wrap
-from undiscard.data import preprocess
-from undiscard.data import load_fashion_mnist
+from undiscard import TTA, wrap, zoo
+from undiscard.data import load_fashion_mnist, preprocess
 from undiscard.errors import UndiscardError
-from undiscard.tta import POLICIES, TTAFileError, load_tta, make_aggregator, parse_view, policy_views
+from undiscard.tta import (
+    POLICIES,
+    TTAFileError,
+    load_tta,
+    make_aggregator,
+    parse_view,
+    policy_views,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "resnext"

@@ -6,11 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from undiscard import zoo
-from undiscard import TTA
+from undiscard import TTA, zoo
 from undiscard.errors import UndiscardError
 from undiscard.tta import parse_view, policy_views
-from undiscard.tta.views import POLICIES, STANDARD_CROP, STANDARD_ORDER, crop_box, standard_pool
+from undiscard.tta.views import (
+    POLICIES,
+    STANDARD_CROP,
+    STANDARD_ORDER,
+    crop_box,
+    standard_pool,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CORNERS = ("tl", "tr", "bl", "br", "c")

@@ -15,18 +15,17 @@ from ._compat import install_import_fix
 
 install_import_fix()  # `import undiscard, timm` works on the CPU torch (undiscard._compat)
 
-from .tasks.aggregation import register_aggregate
-from .search.criteria import register_criterion
-from .tasks.segmentation import SegmentationTask  # registers task="segmentation"
-from .analysis import _hf_splits as hf_splits  # noqa: F401  (registers the Hugging Face splits; imports no transformers)
+from ._version import __version__
 from .analysis.discovery import Unit, find_units
 from .errors import PhaseError, UndiscardError, UnsupportedLayerError
 from .layers import polyphase, register_adapter
+from .search.criteria import register_criterion
+from .tasks.aggregation import register_aggregate
 from .tasks.base import Task, register_task
+from .tasks.segmentation import SegmentationTask  # registers task="segmentation"
 from .tta import TTA
 from .wrapper import Undiscard, wrap
 
-__version__ = "0.1.0"
 __all__ = ["polyphase", "find_units", "wrap", "TTA", "Unit", "Undiscard", "Task", "SegmentationTask",
            "register_adapter", "register_aggregate", "register_criterion", "register_task", "UndiscardError",
            "PhaseError", "UnsupportedLayerError", "__version__"]

@@ -393,3 +393,10 @@ class OutputSet:
                                        f"in {staging}, and the next run writing there finishes the move") from None
             raise
         _remove_staging(staging)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`undiscard._atomic.atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)

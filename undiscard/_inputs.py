@@ -24,10 +24,10 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from ._testtime import TestTimeModule
+from .analysis.outputs import OutputSelector, present, select_output
 from .errors import PhaseError, UndiscardError
 from .layers.plans import phase_plan
-from .analysis.outputs import OutputSelector, present, select_output
-from ._testtime import TestTimeModule
 
 __all__ = ["check_net", "check_example", "finite_example", "check_input", "check_search_input", "check_chunk_size", "image_batch",
            "warn_not_finite", "run_network", "empty_output", "input_error", "smallest_size", "first_line"]

@@ -21,15 +21,15 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from ._inputs import input_error
 from .analysis._chain import build_chain
 from .analysis.discovery import Unit, find_units
-from .search._engine import Engine
-from .errors import PhaseError, UndiscardError
-from .layers.plans import install_phased_layers
 from .analysis.geometry import UnitSelector, feature_grid, num_states, select_units
-from ._inputs import input_error
 from .analysis.outputs import OutputSelector
 from .analysis.split import get_split
+from .errors import PhaseError, UndiscardError
+from .layers.plans import install_phased_layers
+from .search._engine import Engine
 
 __all__ = ["Units", "SplitArgs", "discover_units", "choose_units", "build_engine", "check_budget"]
 

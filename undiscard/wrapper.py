@@ -16,22 +16,50 @@ import torch
 from torch import Tensor, nn
 
 from ._eager import eager
-from .tasks.aggregation import get_aggregate
-from .tasks.attention import AttentionAggregator, AttentionScorer, fit_aggregator, resolve_aggregator
-from .search._candidates import Candidates, engine_of, find_candidates, stack_candidates
-from .search.criteria import SearchContext, StateScorer, custom_criterion, get_criterion, order_units, resolve_order
-from .analysis.discovery import Unit
-from .search._engine import Engine
-from .errors import UndiscardError
-from .analysis.geometry import UnitSelector, num_states
-from .layers.extension import DEFAULT_EXTEND, attach_extensions, check_extend
-from ._inputs import (check_chunk_size, check_example, check_input, check_net, check_search_input, empty_output,
-                     finite_example, image_batch, run_network)
-from .analysis.outputs import OutputSelector, check_selector, in_form, select_output
-from ._setup import SplitArgs, Units, build_engine, check_budget, choose_units, discover_units
-from .tasks.base import Task, get_task
+from ._inputs import (
+    check_chunk_size,
+    check_example,
+    check_input,
+    check_net,
+    check_search_input,
+    empty_output,
+    finite_example,
+    image_batch,
+    run_network,
+)
+from ._setup import (
+    SplitArgs,
+    Units,
+    build_engine,
+    check_budget,
+    choose_units,
+    discover_units,
+)
 from ._testtime import TestTimeModule
 from .analysis._unshare import unshare_layers
+from .analysis.discovery import Unit
+from .analysis.geometry import UnitSelector, num_states
+from .analysis.outputs import OutputSelector, check_selector, in_form, select_output
+from .errors import UndiscardError
+from .layers.extension import DEFAULT_EXTEND, attach_extensions, check_extend
+from .search._candidates import Candidates, engine_of, find_candidates, stack_candidates
+from .search._engine import Engine
+from .search.criteria import (
+    SearchContext,
+    StateScorer,
+    custom_criterion,
+    get_criterion,
+    order_units,
+    resolve_order,
+)
+from .tasks.aggregation import get_aggregate
+from .tasks.attention import (
+    AttentionAggregator,
+    AttentionScorer,
+    fit_aggregator,
+    resolve_aggregator,
+)
+from .tasks.base import Task, get_task
 
 __all__ = ["Undiscard", "Candidates", "wrap"]
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .split import Split
+from ._split import Split
 
 __all__ = ["Chain", "build_chain"]
 

@@ -50,8 +50,9 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..errors import UndiscardError
-from ..layers.plans import is_phased
 from ..layers import get_adapter
+from ..layers.plans import is_phased
+from ._split import Split
 from .outputs import OutputSelector, select_output
 
 __all__ = ["GraphSplitError", "graph_split", "trace"]
@@ -287,7 +288,6 @@ def graph_split(model: nn.Module, x: Tensor, output: OutputSelector = None):
     Returns a :class:`undiscard.analysis.split.Split` whose stages are GraphModules over ``model``'s own
     submodules. Raises GraphSplitError when the model cannot be traced or has no valid cut.
     """
-    from .split import Split  # split imports this module
 
     gm = trace(model)
     interp = _Shapes(gm)

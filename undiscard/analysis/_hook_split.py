@@ -41,6 +41,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import UndiscardError
 from ..layers.plans import is_phased, phase_plan
+from ._split import Split
 from .outputs import OutputSelector, select_output
 
 __all__ = ["HookSplitError", "Gate", "hook_split"]
@@ -307,7 +308,6 @@ def _same(a: Any, b: Any) -> bool:
 
 def hook_split(model: nn.Module, x: Tensor, output: OutputSelector = None):
     """The hook-based split of ``model`` (see module docstring); ``x``: an example input batch."""
-    from .split import Split  # split imports this module
 
     example = torch.cat([x, x])  # two rows: a recorded tensor whose dim 0 is 2 is per image
     calls, out = _record(model, example)

@@ -22,8 +22,8 @@ from collections import Counter
 import torch.fx as fx
 from torch import nn
 
-from ._graph_split import GraphSplitError, trace
 from ..layers import get_adapter
+from ._graph_split import GraphSplitError, trace
 
 __all__ = ["unshare_layers", "shared_layers"]
 

@@ -30,8 +30,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .discovery import Unit
 from ..errors import PhaseError
+from .discovery import Unit
 
 __all__ = ["UnitSelector", "default_search_units", "select_units", "num_states", "total_rate",
            "offsets_per_axis", "feature_stride", "feature_grid", "output_stride", "state_offset", "state_offsets",

@@ -19,13 +19,7 @@ from typing import Callable, NoReturn, Sequence
 import torch
 
 from ..errors import UndiscardError
-from . import calibrate
-from . import demo
-from . import eval
-from . import fit_tta
-from . import models
-from . import predict
-from . import train_aggregator
+from . import calibrate, demo, eval, fit_tta, models, predict, train_aggregator
 
 __all__ = ["main", "build_parser"]
 
@@ -44,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="undiscard",
         description="Recover the activations that subsampling layers discard, at test time.")
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"undiscard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

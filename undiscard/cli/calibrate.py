@@ -33,14 +33,27 @@ from pathlib import Path
 
 import torch
 
-from ..fitting.calibration import calibrate, save_order
+from ..analysis.geometry import num_states
 from ..data.folder import normalize_batch
 from ..data.seg_folder import read_seg_folder, scan_seg_folder
-from ..analysis.geometry import num_states
+from ..fitting.calibration import calibrate
 from ..fitting.objectives import OBJECTIVES, get_objective
+from ..search.orders import save_order
 from ..wrapper import wrap
-from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, check_out_file, emit_json,
-                     load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)
+from .common import (
+    CLIError,
+    add_fit_output_args,
+    add_labelled_data_args,
+    add_model_args,
+    check_out_file,
+    emit_json,
+    load_cli_model,
+    load_labelled,
+    parse_units,
+    progress_bar,
+    resolve_device,
+    set_threads,
+)
 from .seg_models import load_seg_model
 
 DEFAULT_GREEDY = 16

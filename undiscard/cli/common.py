@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from ..errors import UndiscardError
 from .._progress import progress_bar
+from ..errors import UndiscardError
 
 if TYPE_CHECKING:
     from .._atomic import OutputSet
@@ -118,8 +118,8 @@ def parse_aggregates(text: str) -> list[str]:
 def aggregator_needers(aggregates: list[str], criterion: str) -> list[str]:
     """The options among ``--aggregate`` and ``--criterion`` that read an attention aggregator (each
     registered class says so: ``needs_aggregator``), as flags for a message; empty when none does."""
-    from ..tasks.aggregation import get_aggregate
     from ..search.criteria import get_criterion
+    from ..tasks.aggregation import get_aggregate
 
     flags = [f"--aggregate {a}" for a in aggregates if get_aggregate(a).needs_aggregator]
     return flags + ([f"--criterion {criterion}"] if get_criterion(criterion).needs_aggregator else [])
@@ -241,7 +241,7 @@ def wrap_options(args: argparse.Namespace) -> dict[str, str]:
 def shipped_order(name: str, criterion: str) -> dict[str, str]:
     """``order=`` of zoo model ``name``'s shipped calibrated order when ``criterion`` is calibrated ({}
     otherwise); a zoo model without one is a :class:`CLIError`."""
-    from ..fitting.calibration import zoo_order_path
+    from ..search.orders import zoo_order_path
 
     if criterion != "calibrated":
         return {}

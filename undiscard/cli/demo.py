@@ -35,18 +35,40 @@ import time
 
 import torch
 
-from ..evaluation.runner import Row, evaluate
-from ..layers.extension import EXTEND_MODES
 from ..evaluation.plots import PLOT_FILES, write_plots
 from ..evaluation.report import format_table, write_csv, write_json, write_text
-from ..evaluation.summary import family, format_summary, method_label, summarise, summary_markdown
+from ..evaluation.runner import Row, evaluate
+from ..evaluation.summary import (
+    family,
+    format_summary,
+    method_label,
+    summarise,
+    summary_markdown,
+)
+from ..layers.extension import EXTEND_MODES
 from ..wrapper import wrap
-from .demo_segmentation import SEG_DEFAULT_LIMIT, plot_segmentation, segmentation_rows
-from .demo_segmentation import available as segmentation_available
+from .common import (
+    CLIError,
+    add_output_args,
+    aggregator_needers,
+    check_out_dir,
+    emit_json,
+    help_text,
+    parse_aggregates,
+    parse_budgets,
+    progress_bar,
+    resolve_device,
+    set_threads,
+    shipped_order,
+    wrap_options,
+)
+from .demo_segmentation import (
+    SEG_DEFAULT_LIMIT,
+    available as segmentation_available,
+    plot_segmentation,
+    segmentation_rows,
+)
 from .eval_segmentation import SEG_COLUMNS
-from .common import (CLIError, add_output_args, aggregator_needers, check_out_dir, emit_json, help_text,
-                     parse_aggregates, parse_budgets, progress_bar, resolve_device, set_threads, shipped_order,
-                     wrap_options)
 
 DEFAULT_LIMIT = 500
 DEMO_FILES = ["results.json", "results.csv", "summary.md", *PLOT_FILES, "segmentation.csv",

@@ -42,8 +42,13 @@ def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torc
     """The rows (dicts) of the segmentation zoo (see the module docstring)."""
     from ..data import segmentation as segdata
     from ..data.shift import shift_images
-    from ..evaluation._segmentation import (plain_predictions, run_seg_pairs, search_predictions_dense, seg_rows,
-                                  tta_predictions)
+    from ..evaluation._segmentation import (
+        plain_predictions,
+        run_seg_pairs,
+        search_predictions_dense,
+        seg_rows,
+        tta_predictions,
+    )
     from ..tta import DenseTTA
     from ..wrapper import wrap
     from ..zoo import segmentation as segzoo

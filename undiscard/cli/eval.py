@@ -31,24 +31,43 @@ from typing import Iterator
 
 import torch
 
-from ..tasks.aggregation import AGGREGATES
-from ._data import DEFAULT_WORKERS, folder_loader
 from ..data.folder import scan_folder
 from ..data.labels import folder_labels, output_classes
-from ..data.walk import describe_skipped
-from ..evaluation import distributed
 from ..data.shift import random_offsets
+from ..data.walk import describe_skipped
 from ..errors import UndiscardError
-from ..evaluation.runner import Batch, evaluate_stream, evaluate_tta_stream, row_from_counts
-from ..layers.extension import EXTEND_MODES
+from ..evaluation import distributed
 from ..evaluation.plots import PLOT_FILES, write_plots
 from ..evaluation.report import COLUMNS, format_table, write_csv, write_json
+from ..evaluation.runner import (
+    Batch,
+    evaluate_stream,
+    evaluate_tta_stream,
+    row_from_counts,
+)
 from ..evaluation.summary import family, method_label
-from ..search._best_first import CRITERIA
+from ..layers.extension import EXTEND_MODES
+from ..search.criteria import CRITERIA
+from ..tasks.aggregation import AGGREGATES
 from ..wrapper import wrap
-from .common import (CLASS_MAP_HELP, CLIError, help_text, add_model_args, add_output_args, aggregator_needers, check_out_dir, emit_json,
-                     load_cli_model, parse_aggregates, parse_budgets, parse_units, progress_bar, resolve_device,
-                     wrap_options)
+from ._data import DEFAULT_WORKERS, folder_loader
+from .common import (
+    CLASS_MAP_HELP,
+    CLIError,
+    add_model_args,
+    add_output_args,
+    aggregator_needers,
+    check_out_dir,
+    emit_json,
+    help_text,
+    load_cli_model,
+    parse_aggregates,
+    parse_budgets,
+    parse_units,
+    progress_bar,
+    resolve_device,
+    wrap_options,
+)
 from .tta_options import add_tta_args, build_tta
 
 

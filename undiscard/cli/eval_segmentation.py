@@ -22,12 +22,25 @@ from ..data.folder import normalize_batch
 from ..data.seg_folder import read_seg_folder, scan_seg_folder
 from ..data.shift import shift_images
 from ..data.walk import describe_skipped
+from ..evaluation._segmentation import (
+    run_seg_pairs,
+    search_predictions_dense,
+    seg_rows,
+    tta_predictions,
+)
 from ..evaluation.report import format_table, write_csv, write_json
-from ..evaluation._segmentation import run_seg_pairs, search_predictions_dense, seg_rows, tta_predictions
 from ..tta import DENSE_AGGREGATES, DenseTTA
 from ..wrapper import wrap
-from .common import (CLIError, check_out_dir, emit_json, parse_aggregates, parse_budgets, progress_bar, resolve_device,
-                     wrap_options)
+from .common import (
+    CLIError,
+    check_out_dir,
+    emit_json,
+    parse_aggregates,
+    parse_budgets,
+    progress_bar,
+    resolve_device,
+    wrap_options,
+)
 from .seg_models import load_seg_model
 
 __all__ = ["run_segmentation", "SEG_COLUMNS"]

@@ -18,8 +18,19 @@ from ..data.folder import normalize_batch
 from ..evaluation.report import write_json
 from ..tta import FITTED, TTA
 from ..wrapper import wrap
-from .common import (CLASS_MAP_HELP, CLIError, add_fit_output_args, add_model_args, check_out_file, emit_json, load_cli_model,
-                     load_labelled, parse_units, progress_bar, resolve_device)
+from .common import (
+    CLASS_MAP_HELP,
+    CLIError,
+    add_fit_output_args,
+    add_model_args,
+    check_out_file,
+    emit_json,
+    load_cli_model,
+    load_labelled,
+    parse_units,
+    progress_bar,
+    resolve_device,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.folder import ImageReadError, load_image, normalize_batch
 from ..analysis.outputs import select_output
+from ..data.folder import ImageReadError, load_image, normalize_batch
 from ..wrapper import wrap
 from .common import CLIError, add_model_args, emit_json, load_cli_model, resolve_device
 

@@ -34,7 +34,7 @@ def load_seg_model(spec: str, weights: str | None = None) -> SegModel:
         net = segzoo.create_model(name, pretrained=weights is None)
         if weights is not None:
             load_weights(net, weights)
-        from ..fitting.calibration import zoo_order_path
+        from ..search.orders import zoo_order_path
 
         shipped = zoo_order_path(name)
         return SegModel(spec, net.eval(), int(cfg["in_chans"]), tuple(cfg["mean"]), tuple(cfg["std"]),

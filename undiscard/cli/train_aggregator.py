@@ -17,13 +17,25 @@ from pathlib import Path
 
 import torch
 
-from ..tasks.attention import save_aggregator
-from ..fitting.aggregator import TrainConfig, train_aggregator
 from ..data.folder import normalize_batch
 from ..evaluation.report import write_json
+from ..fitting.aggregator import TrainConfig, train_aggregator
+from ..tasks.attention import save_aggregator
 from ..wrapper import wrap
-from .common import (CLIError, add_fit_output_args, add_labelled_data_args, add_model_args, check_out_file,
-                     emit_json, load_cli_model, load_labelled, parse_units, progress_bar, resolve_device, set_threads)
+from .common import (
+    CLIError,
+    add_fit_output_args,
+    add_labelled_data_args,
+    add_model_args,
+    check_out_file,
+    emit_json,
+    load_cli_model,
+    load_labelled,
+    parse_units,
+    progress_bar,
+    resolve_device,
+    set_threads,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ pixel limit) are skipped and counted too; entries that are not read at all (hidd
 looping links, FIFOs, devices, files outside the class folders: :mod:`undiscard.data.walk`) are skipped and
 named with their reason. All are reported, so nothing is dropped silently.
 
-Preprocessing (:class:`undiscard.models.loading.Preprocess`): convert to RGB or grayscale as the model's input
+Preprocessing (:class:`undiscard.data.transform.Preprocess`): convert to RGB or grayscale as the model's input
 channels require; if ``pad_to`` is set and the image is no larger, zero-pad it to that size (the zoo's
 Fashion-MNIST convention), otherwise resize the short side to ``input_size / crop_pct`` and centre-crop
 ``input_size`` (or, for TensorFlow-trained models, ``crop_first``: crop the centre ``crop_pct`` of the short

@@ -29,8 +29,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..errors import UndiscardError
 from ..analysis.outputs import select_output
+from ..errors import UndiscardError
 
 __all__ = ["IMAGENET_CLASS_MAP", "SORTED_CLASS_MAP", "ClassMapError", "FolderLabels", "load_class_map",
            "folder_labels", "detect_imagenet_classes", "check_labels", "output_classes"]

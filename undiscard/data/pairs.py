@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UndiscardError
-from .store import DiskTensor
 from .folder import load_image
 from .photos import crop_pairs
+from .store import DiskTensor
 
 if TYPE_CHECKING:  # type hints only
-    from ..models.loading import Preprocess
+    from .transform import Preprocess
 
 __all__ = ["IMAGE_SUFFIXES", "image_files", "folder_pairs"]
 

@@ -46,8 +46,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UndiscardError
-from .fashion_mnist import CLASS_NAMES as FMNIST_CLASS_NAMES
-from .fashion_mnist import load_fashion_mnist, train_val_split
+from .fashion_mnist import (
+    CLASS_NAMES as FMNIST_CLASS_NAMES,
+    load_fashion_mnist,
+    train_val_split,
+)
 
 BUNDLED_SEG_TEST = Path(__file__).with_name("fmnist_seg_test.npz")
 NUM_CLASSES = 11

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 Fill = float | int | str  # a constant, or "edge" (the nearest edge pixel repeated)
 
 

@@ -26,10 +26,15 @@ from typing import Callable, Hashable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..metrics.segmentation import (ConfusionMatrix, boundary_counts, boundary_f1, shift_consistency_counts,
-                                   shift_labels)
-from ..analysis.outputs import select_output
 from .._testtime import TestTimeModule
+from ..analysis.outputs import select_output
+from ..metrics.segmentation import (
+    ConfusionMatrix,
+    boundary_counts,
+    boundary_f1,
+    shift_consistency_counts,
+    shift_labels,
+)
 
 __all__ = ["SegTally", "SegPrediction", "run_seg_pairs", "plain_predictions", "search_predictions_dense",
            "tta_predictions", "seg_rows"]

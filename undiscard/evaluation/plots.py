@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .._atomic import atomic_write
-from .summary import FAMILIES, LIMITS, is_pooled, method_points, pareto_front, zoo_average
+from .summary import (
+    FAMILIES,
+    LIMITS,
+    is_pooled,
+    method_points,
+    pareto_front,
+    zoo_average,
+)
 
 PLOT_FILES = ("metrics_vs_budget.png", "accuracy_vs_cost.png", "tta_comparison.png", "pareto.png",
               "pareto_per_model.png", "photo_pairs.png")  # every file write_plots may write

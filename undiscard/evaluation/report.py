@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from .._atomic import ResultWriteError, atomic_path, atomic_write, check_writable_dir
+from .._atomic import ResultWriteError, atomic_path, check_writable_dir, write_text
 
 __all__ = ["format_table", "write_json", "write_csv", "write_text", "atomic_path", "check_writable_dir",
            "ResultWriteError"]
@@ -53,13 +53,6 @@ def format_table(rows: Rows, columns: Sequence[tuple[str, str]] = COLUMNS, markd
         return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
     sep = ("|" + "|".join("-" * (w + 2) for w in widths) + "|") if markdown else "  ".join("-" * w for w in widths)
     return "\n".join([line(heads), sep, *(line(c) for c in cells)])
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`undiscard._atomic.atomic_write`)."""
-    with atomic_write(path) as f:
-        f.write(text.encode("utf-8"))
-    return Path(path)
 
 
 def write_json(path: Path, payload: dict[str, Any], indent: int = 2) -> Path:

@@ -29,13 +29,22 @@ from __future__ import annotations
 import itertools
 import time
 from contextlib import contextmanager
-from typing import Callable, Hashable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import (
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    NamedTuple,
+    Sequence,
+    TypeVar,
+)
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import UndiscardError
 from ..analysis.outputs import select_output
+from ..errors import UndiscardError
 from ..metrics.classification import Row, Tally, row_from_counts, topk_correct
 from ..search._best_first import state_offset
 from ..wrapper import Undiscard, wrap

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from .objectives import Objective
 from ..data.store import StateStore
+from .objectives import Objective
 
 if TYPE_CHECKING:  # type hints only
     from ..tasks.base import StateMaps, Task

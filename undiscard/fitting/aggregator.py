@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..search._candidates import Candidates, stack_candidates
 from ..errors import UndiscardError
+from ..search._candidates import Candidates, stack_candidates
 from ..wrapper import Undiscard
 
 __all__ = ["TrainConfig", "train_aggregator", "evaluate_aggregates", "state_scores", "rank_loss"]

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._registry import NamedRegistry
 from ..errors import UndiscardError
 from ..metrics.segmentation import confusion_matrix, mean_iou
-from .._registry import NamedRegistry
 
 if TYPE_CHECKING:  # type hints only
     from ..tasks.base import Task

@@ -16,8 +16,8 @@ of the user's network (the network itself is never modified) whose unit layers g
 from __future__ import annotations
 
 import contextlib
-import copy
 import contextvars
+import copy
 from typing import Iterator, Mapping, Sequence, Union
 
 import torch

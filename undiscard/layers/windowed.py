@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .._compat import class_path
 from ..errors import PhaseError, UnsupportedLayerError
+from .extension import extension_of, fill_unread
 from .functional import (
     check_output_size,
     conv_output_size,
@@ -34,7 +35,6 @@ from .functional import (
     pool_output_size,
     split_phases,
 )
-from .extension import extension_of, fill_unread
 from .registry import PhaseAdapter
 
 __all__ = ["Geometry", "Plan", "WindowedAdapter", "square_rate", "positions"]

@@ -5,7 +5,7 @@ and ``load_model("hf:/path/to/dir")`` (any ``hf:`` name that is an existing dire
 ``save_pretrained`` — with ``AutoModelForSemanticSegmentation`` when its config names a
 ``*ForSemanticSegmentation`` architecture, else ``AutoModelForImageClassification``. Its preprocessing
 comes from the model's ``AutoImageProcessor`` (``preprocessor_config.json``), as the arguments of
-:class:`undiscard.models.loading.Preprocess` (this module does not import :mod:`undiscard.models.loading`, which loads it lazily):
+:class:`undiscard.data.transform.Preprocess` (this module does not import :mod:`undiscard.models.loading`, which loads it lazily):
 
 - ``size``: ``{"shortest_edge": s}`` with a centre crop ``crop_size`` c: input ``c``, crop ``c / s`` (the short
   side resized to ``s``, then cropped); ConvNeXt-style ``crop_pct`` with ``shortest_edge`` s < 384: input
@@ -49,7 +49,7 @@ def _side(size: object, key: str) -> int | None:
 
 
 def hf_preprocess(processor: object, in_chans: int = 3) -> dict:
-    """The :class:`~undiscard.models.loading.Preprocess` arguments of an ``AutoImageProcessor`` (see module docstring)."""
+    """The :class:`~undiscard.data.transform.Preprocess` arguments of an ``AutoImageProcessor`` (see module docstring)."""
     size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
     short, height = _side(size, "shortest_edge"), _side(size, "height")
     cropped = bool(getattr(processor, "do_center_crop", False)) and _side(crop, "height") is not None

@@ -62,14 +62,6 @@ __all__ = ["Candidate", "State", "state_offset", "state_depth", "successors", "s
 State = tuple[int, ...]
 
 
-def __getattr__(name: str) -> tuple[str, ...]:
-    if name == "CRITERIA":  # kept importable from here: the criteria live in undiscard.search.criteria
-        from . import criteria
-
-        return criteria.CRITERIA
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass
 class Candidate:
     """An evaluated state of one image: its phases, native features and logits, the chain segment its

@@ -25,11 +25,11 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from .._eager import eager
-from .criteria import Criterion, SearchContext
-from ._engine import Engine
-from ..errors import PhaseError
 from ..analysis.geometry import state_offsets
+from ..errors import PhaseError
 from ._best_first import Candidate, lazy_best_first
+from ._engine import Engine
+from .criteria import Criterion, SearchContext
 
 __all__ = ["Candidates", "engine_of", "find_candidates", "stack_candidates"]
 

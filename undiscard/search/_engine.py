@@ -29,12 +29,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.hooks import RemovableHandle
 
 from ..analysis._chain import Chain
+from ..analysis._split import Split
 from ..analysis.discovery import Unit
+from ..analysis.geometry import feature_stride
 from ..errors import PhaseError, UndiscardError
 from ..layers.plans import PhaseSpec, phase_plan
-from ..analysis.geometry import feature_stride
 from ._best_first import Candidate, state_depth
-from ..analysis.split import Split
 
 __all__ = ["CostHook", "Engine"]
 

@@ -35,24 +35,31 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol, Sequence
 
 from torch import Tensor
 
-from ..fitting.calibration import StateOrder, as_order
-from ..errors import UndiscardError
-from ..analysis.geometry import grid_rank, state_offset
 from .._registry import NamedRegistry
+from ..analysis.geometry import grid_rank, state_offset
+from ..errors import UndiscardError
 from ._best_first import static_order
+from .orders import StateOrder, as_order
 
 if TYPE_CHECKING:  # type hints only
     from ._engine import Engine
-    from ..tasks.base import Task
 
 __all__ = ["Criterion", "SearchContext", "resolve_order", "StateScorer", "register_criterion", "get_criterion",
            "custom_criterion", "random_score", "grid_score", "order_units", "CRITERIA"]
 
 States = list[tuple[int, ...]]
+
+
+class UncertaintyTask(Protocol):
+    """What a criterion may ask of the task (:class:`undiscard.tasks.base.Task` is one): each state's
+    uncertainty from its logits (M, *output) -> (M,), lower is more certain."""
+
+    def state_uncertainty(self, logits: Tensor) -> Tensor: ...
+
 # attention(images, features, states) -> (M,) per-state attention scores (higher = more attention)
 AttentionScores = Callable[[list[int], Tensor, States], Tensor]
 # scorer(images, attention_scores, logits, states, depth) -> one score per row (lower = expanded first)
@@ -63,7 +70,7 @@ StateScorer = Callable[[list[int], Tensor, Tensor, States, int], list[float]]
 class SearchContext:
     """What a criterion may use besides the nodes themselves."""
 
-    task: "Task"
+    task: UncertaintyTask
     rates: Sequence[int]  # of the searched units
     spatial: Sequence[bool]  # of the searched units (side units add no offset)
     seed: int = 0
@@ -71,7 +78,7 @@ class SearchContext:
     order: StateOrder | None = None  # criterion="calibrated": the ranked states, checked against the units
 
     @classmethod
-    def of(cls, engine: "Engine", task: "Task", seed: int = 0, order: StateOrder | None = None) -> "SearchContext":
+    def of(cls, engine: "Engine", task: UncertaintyTask, seed: int = 0, order: StateOrder | None = None) -> "SearchContext":
         """The context of a search on ``engine`` (its searched units' rates and spatial flags); ``order`` is
         checked against the searched units (one :class:`~undiscard.errors.UndiscardError` if it does not fit)."""
         if order is not None:
@@ -120,7 +127,7 @@ __getattr__ = _CRITERIA.module_getattr("CRITERIA", __name__)  # CRITERIA: names
 
 
 NO_ORDER = ("criterion='calibrated' needs a ranked list of states: wrap(..., order=FILE) with a file from "
-            "'undiscard calibrate' (zoo models ship one: undiscard.fitting.calibration.zoo_order_path(name)), or "
+            "'undiscard calibrate' (zoo models ship one: undiscard.search.orders.zoo_order_path(name)), or "
             "order=[state, ...]")
 
 
@@ -132,7 +139,7 @@ def order_units(criterion: str, order: StateOrder | None, units: object) -> obje
 
 
 def resolve_order(criterion: Criterion, order: object) -> StateOrder | None:
-    """``wrap(order=...)`` as a :class:`~undiscard.fitting.calibration.StateOrder` (:func:`~undiscard.fitting.calibration.as_order`);
+    """``wrap(order=...)`` as a :class:`~undiscard.search.orders.StateOrder` (:func:`~undiscard.search.orders.as_order`);
     one :class:`~undiscard.errors.UndiscardError` when ``criterion`` ``needs_order`` and there is none."""
     resolved = as_order(order)  # type: ignore[arg-type]
     if resolved is None and criterion.needs_order:
@@ -201,7 +208,7 @@ class Learned(Criterion):
 
 @register_criterion("calibrated")
 class Calibrated(Criterion):
-    """The first B states of a ranked list (:class:`~undiscard.fitting.calibration.StateOrder`, ``wrap(order=...)``),
+    """The first B states of a ranked list (:class:`~undiscard.search.orders.StateOrder`, ``wrap(order=...)``),
     at most its ``stop`` (fewer when the list is shorter than B, as a tree search stops when states run out);
     as scores (unused by the library's own search), a state's rank, unranked states after all others."""
 

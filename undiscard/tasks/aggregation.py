@@ -28,16 +28,13 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import UndiscardError
 from .._registry import NamedRegistry
-
-if TYPE_CHECKING:  # type hints only (the task module builds on this one)
-    from .base import StateMaps, Task
+from ..errors import UndiscardError
 
 __all__ = ["normalized_entropy", "uniform_weights", "entropy_weights", "state_weights", "shift_axis", "align_maps",
            "align_filled", "weighted_sum", "Aggregation", "register_aggregate", "get_aggregate", "AGGREGATES"]
@@ -159,28 +156,28 @@ def weighted_sum(maps: Tensor, weights: Tensor) -> Tensor:
 class Aggregation:
     """One way to combine the states of each image: ``wrap(..., aggregate=name)``.
 
-    ``needs_aggregator``: it needs an attention aggregator (trained: ``wrap(..., aggregator=FILE)``; an
-    untrained one is made, with a warning, when none is given).
+    It sees tensors only — the aligned maps, the prefix tokens, the offsets and, when it
+    ``needs_entropy``, each state's normalised prediction entropy, computed by the task (per image for a
+    classifier, per pixel for a segmenter) — never the task itself. ``needs_aggregator``: it needs an
+    attention aggregator (trained: ``wrap(..., aggregator=FILE)``; an untrained one is made, with a
+    warning, when none is given).
     """
 
     name: ClassVar[str] = ""
     needs_aggregator: ClassVar[bool] = False
+    needs_entropy: ClassVar[bool] = False
 
-    def combine(self, states: "StateMaps", logits: Tensor, offsets: Tensor, task: "Task",
+    def combine(self, maps: Tensor, extra: Tensor | None, offsets: Tensor, entropy: Tensor | None,
                 aggregator: nn.Module | None) -> tuple[Tensor, Tensor | None]:
-        """Combined ``(maps (N, C, h, w), extra (N, P, C) or None)`` of aligned ``states`` (N, B, ...),
-        given the states' ``logits`` (N, B, *output) and ``offsets`` (N, B, 2)."""
-        weights = self.state_weights(states, logits, task)
-        extra = weighted_sum(states.extra, weights) if states.extra is not None else None
-        return weighted_sum(states.maps, weights), extra
+        """Combined ``(maps (N, C, h, w), extra (N, P, C) or None)`` of the aligned ``maps`` (N, B, C, h, w)
+        and prefix tokens ``extra`` (N, B, P, C) or None, given the states' ``offsets`` (N, B, 2) and, when
+        :attr:`needs_entropy`, their normalised ``entropy`` (N, B, *predictions) in [0, 1]."""
+        weights = self.weights(maps, entropy)
+        return weighted_sum(maps, weights), (weighted_sum(extra, weights) if extra is not None else None)
 
-    def weights(self, logits: Tensor, task: "Task") -> Tensor:
+    def weights(self, maps: Tensor, entropy: Tensor | None) -> Tensor:
         """Per-state weights (N, B, ...) summing to 1 over B."""
         raise NotImplementedError
-
-    def state_weights(self, states: "StateMaps", logits: Tensor, task: "Task") -> Tensor:
-        """:meth:`weights` of the states to combine (an aggregation may use what ``states`` carry)."""
-        return self.weights(logits, task)
 
 
 _AGGREGATES: NamedRegistry[Aggregation] = NamedRegistry("aggregate")
@@ -193,21 +190,21 @@ __getattr__ = _AGGREGATES.module_getattr("AGGREGATES", __name__)  # AGGREGATES: 
 class Mean(Aggregation):
     """The plain average of the aligned maps."""
 
-    def weights(self, logits: Tensor, task: "Task") -> Tensor:
-        return uniform_weights(logits.shape[0], logits.shape[1], logits.dtype, logits.device)
+    def weights(self, maps: Tensor, entropy: Tensor | None) -> Tensor:
+        return uniform_weights(maps.shape[0], maps.shape[1], maps.dtype, maps.device)
 
 
 @register_aggregate("entropy")
 class Entropy(Aggregation):
-    """States weighted by ``1 - H/log K`` of their predictions (the task says of which: per image, or
+    """States weighted by ``1 - H/log K`` of their predictions (the task computes ``H``: per image, or
     per pixel)."""
 
-    def weights(self, logits: Tensor, task: "Task") -> Tensor:
-        return task.entropy_weights(logits)
+    needs_entropy = True
 
-    def state_weights(self, states: "StateMaps", logits: Tensor, task: "Task") -> Tensor:
-        # entropies computed ahead (Task.with_entropy) are those entropy_weights would compute now
-        return self.weights(logits, task) if states.entropy is None else entropy_weights(states.entropy)
+    def weights(self, maps: Tensor, entropy: Tensor | None) -> Tensor:
+        if entropy is None:
+            raise UndiscardError("aggregate='entropy' needs the states' entropies")
+        return entropy_weights(entropy)
 
 
 @register_aggregate("attention")
@@ -217,15 +214,15 @@ class Attention(Aggregation):
 
     needs_aggregator = True
 
-    def combine(self, states: "StateMaps", logits: Tensor, offsets: Tensor, task: "Task",
+    def combine(self, maps: Tensor, extra: Tensor | None, offsets: Tensor, entropy: Tensor | None,
                 aggregator: nn.Module | None) -> tuple[Tensor, Tensor | None]:
         if aggregator is None:
             raise UndiscardError("aggregate='attention' needs an aggregator: wrap(..., aggregator=FILE) "
                                  "(undiscard train-aggregator) or wrap(..., aggregate='attention')")
-        agg, attn = aggregator(states.maps, offsets)
-        if states.extra is None:
+        agg, attn = aggregator(maps, offsets)
+        if extra is None:
             return agg, None
         weights = attn.flatten(2).mean(-1)  # prefix tokens: the location-averaged attention
-        mean_x = weighted_sum(states.extra, Mean().weights(logits, task))
-        scale = aggregator.scale.to(states.extra.dtype)
-        return agg, mean_x + scale * (weighted_sum(states.extra, weights) - mean_x)
+        mean_x = weighted_sum(extra, Mean().weights(maps, None))
+        scale = aggregator.scale.to(extra.dtype)
+        return agg, mean_x + scale * (weighted_sum(extra, weights) - mean_x)

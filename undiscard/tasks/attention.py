@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .aggregation import align_maps, uniform_weights, weighted_sum
-from ..errors import UndiscardError
 from .._files import load_tagged, save_tagged
-from ..layers.plans import phase_plan
 from ..analysis.geometry import offsets_per_axis, state_offsets
+from ..errors import UndiscardError
+from ..layers.plans import phase_plan
+from .aggregation import align_maps, uniform_weights, weighted_sum
 
 if TYPE_CHECKING:  # type hints only
     from ..search._engine import Engine

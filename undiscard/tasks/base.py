@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .aggregation import Aggregation, align_maps, entropy_weights, normalized_entropy
 from .._registry import NamedRegistry
 from ..metrics.classification import Tally
+from .aggregation import Aggregation, align_maps, entropy_weights, normalized_entropy
 
 if TYPE_CHECKING:  # type hints only: the engine is built by the wrapper and handed in
     from ..search._engine import Engine
@@ -116,8 +116,16 @@ class Task:
                         offsets: Tensor, aggregator: nn.Module | None) -> Tensor:
         """:meth:`combine` of states already aligned (:meth:`aligned_states`; a :meth:`StateMaps.select` of
         them combines a subset, each state aligned on its own, without aligning again)."""
-        maps, extra = aggregation.combine(states, logits, offsets, self, aggregator)
+        maps, extra = aggregation.combine(states.maps, states.extra, offsets, self.states_entropy(aggregation, states, logits),
+                                          aggregator)
         return self.finish(engine, maps, extra)
+
+    def states_entropy(self, aggregation: "Aggregation", states: StateMaps, logits: Tensor) -> Tensor | None:
+        """What ``aggregation`` weighs the states by, when it ``needs_entropy``: their normalised entropy
+        (N, B, *predictions), computed ahead (:meth:`with_entropy`) or now from ``logits``; else None."""
+        if not aggregation.needs_entropy:
+            return None
+        return states.entropy if states.entropy is not None else self.entropy(logits)
 
     def aligned_states(self, engine: "Engine", features: Tensor, logits: Tensor, offsets: Tensor,
                        align: object) -> StateMaps:

@@ -55,11 +55,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .aggregation import Aggregation, align_filled, normalized_entropy
-from ._dense_alignment import align_mode, probe_for, units_moving_output
-from ..errors import UndiscardError
 from ..analysis.geometry import moved_offsets, output_stride
+from ..errors import UndiscardError
 from ..metrics.segmentation import confusion_matrix, mean_iou
+from ._dense_alignment import align_mode, probe_for, units_moving_output
+from .aggregation import Aggregation, align_filled, normalized_entropy
 from .base import StateMaps, Task, register_task
 
 if TYPE_CHECKING:  # type hints only: the engine is built by the wrapper and handed in
@@ -153,7 +153,8 @@ class SegmentationTask(Task):
 
     def combine_aligned(self, engine: "Engine", aggregation: Aggregation, states: StateMaps, logits: Tensor,
                         offsets: Tensor, aggregator: nn.Module | None) -> Tensor:
-        combined, _ = aggregation.combine(states, states.maps, offsets, self, aggregator)
+        combined, _ = aggregation.combine(states.maps, None, offsets, self.states_entropy(aggregation, states, states.maps),
+                                          aggregator)
         return combined
 
     def aligned_states(self, engine: "Engine", features: Tensor, logits: Tensor, offsets: Tensor,

@@ -5,7 +5,15 @@
     >>> seg = undiscard.tta.DenseTTA(seg_net, policy="flip,multiscale", aggregate="mean")   # segmentation
     >>> logp = seg(x)            # (N, K, H, W): views de-augmented, probabilities averaged (mmseg)
 """
-from .aggregators import FITTED, TTA_AGGREGATES, TTAAggregator, TTAFileError, load_tta, make_aggregator, save_tta
+from .aggregators import (
+           FITTED,
+           TTA_AGGREGATES,
+           TTAAggregator,
+           TTAFileError,
+           load_tta,
+           make_aggregator,
+           save_tta,
+)
 from .dense import DENSE_AGGREGATES, DenseTTA, combine_dense
 from .dense_views import DENSE_POLICIES, DenseView, dense_policy_views, parse_dense_view
 from .module import TTA

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import UndiscardError
 from .._files import load_tagged, save_tagged
+from ..errors import UndiscardError
 
 __all__ = ["TTAAggregator", "TTA_AGGREGATES", "FITTED", "make_aggregator", "save_tta", "load_tta", "TTAFileError"]
 

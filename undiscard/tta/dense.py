@@ -39,9 +39,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import UndiscardError
-from ..analysis.outputs import select_output
 from .._testtime import TestTimeModule
+from ..analysis.outputs import select_output
+from ..errors import UndiscardError
 from .dense_views import DenseView, PadValue, dense_policy_views
 
 __all__ = ["DenseTTA", "DENSE_AGGREGATES", "combine_dense"]

@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import UndiscardError
-from ..analysis.outputs import select_output
 from .._testtime import TestTimeModule
+from ..analysis.outputs import select_output
+from ..errors import UndiscardError
 from .aggregators import FITTED, TTAAggregator, TTAFileError, load_tta, make_aggregator
 from .views import View, policy_views
 

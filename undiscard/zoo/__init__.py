@@ -23,7 +23,14 @@ import torch.nn as nn
 
 from ..data.fashion_mnist import CLASS_NAMES, MEAN, NUM_CLASSES, STD
 from . import architectures as arch
-from .catalog import LOGS_DIR, PREFIX, WEIGHTS_DIR, Catalog, MissingWeightsError, UnknownModelError
+from .catalog import (
+    LOGS_DIR,
+    PREFIX,
+    WEIGHTS_DIR,
+    Catalog,
+    MissingWeightsError,
+    UnknownModelError,
+)
 
 AGGREGATORS_DIR = Path(__file__).with_name("aggregators")
 TRAIN_TRANSLATION = 4  # the training crops: zero-pad 4 px, random crop back (scripts/train_zoo.py)

@@ -29,7 +29,14 @@ import torch.nn as nn
 from .._compat import import_timm
 from ..data import segmentation as segdata
 from ..errors import UndiscardError
-from .catalog import LOGS_DIR, WEIGHTS_DIR, Catalog, MissingWeightsError, UnknownModelError
+from .catalog import (
+    LOGS_DIR,
+    WEIGHTS_DIR,
+    Catalog,
+    MissingWeightsError,
+    UnknownModelError,
+)
+
 
 class MissingDependencyError(UndiscardError, ImportError):
     """segmentation_models_pytorch (the ``seg`` extra) is not installed."""
@@ -89,7 +96,10 @@ def segformer() -> nn.Module:
     """
     smp = _smp()
     from segmentation_models_pytorch.decoders.segformer.decoder import SegformerDecoder
-    from segmentation_models_pytorch.encoders.mix_transformer import LayerNorm, MixVisionTransformerEncoder
+    from segmentation_models_pytorch.encoders.mix_transformer import (
+        LayerNorm,
+        MixVisionTransformerEncoder,
+    )
 
     dims = (32, 64, 160, 256)
     seg_channels = 64
