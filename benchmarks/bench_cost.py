@@ -48,6 +48,7 @@ from torch import nn
 import undiscard
 from undiscard.errors import UndiscardError
 from undiscard.models import load_model
+from undiscard.report import stamp
 
 DEFAULT_MODELS = "resnet18,mobilenet_v2,convnext_atto"
 PAPER_CODE_COST_B16 = 30.0  # the paper's released code, measured here on ResNet-18/224 at budget 16 (not re-measured)
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt_report(report, args.markdown))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(stamp(report), f, indent=2)
         log(f"wrote {args.json}")
     return 0
 

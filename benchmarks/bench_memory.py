@@ -138,7 +138,9 @@ def main() -> None:
         for r in table:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     if args.json:
-        args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1,
+        from undiscard.report import stamp
+
+        args.json.write_text(json.dumps(stamp({"config": vars(args) | {"json": str(args.json)}, "rows": rows}), indent=1,
                                         default=str))
 
 

@@ -21,6 +21,7 @@ from undiscard.calibration import zoo_order_path
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
 from undiscard.evaluation import evaluate
 from undiscard.models import load_model
+from undiscard.report import stamp
 
 CRITERIA = ("entropy", "learned", "random", "offset", "calibrated")
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{q['consistency']:.2f} | {q['cost']:.2f} |", flush=True)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+                json.dump(stamp({"settings": vars(args), "rows": rows}), f, indent=1, default=str)
     print("\nzoo average (models: " + ", ".join(sorted({r["model"] for r in rows})) + ")\n"
           "| criterion | B | top-1 | top-1 shifted | consistency | cost x |\n|---|---:|---:|---:|---:|---:|")
     for crit in CRITERIA:

@@ -38,7 +38,7 @@ from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize
 from undiscard.evaluation import batches, search_predictions
 from undiscard.metrics import topk_correct
 from undiscard.models import load_model
-from undiscard.report import format_table
+from undiscard.report import format_table, stamp
 from undiscard.tta import TTA, make_aggregator, policy_views
 from undiscard.wrapper import wrap
 
@@ -157,7 +157,7 @@ def main() -> int:
         print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         if args.out is not None:  # keep partial results
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "results.json").write_text(json.dumps({"results": rows, "settings": vars(args)},
+            (args.out / "results.json").write_text(json.dumps(stamp({"results": rows, "settings": vars(args)}),
                                                               indent=1, default=str) + "\n")
     cols = [("model", "model"), ("total_budget", "T"), ("method", "method"), ("top1", "top-1"),
             ("top1_shifted", "top-1 shifted"), ("consistency", "consistency"), ("cost", "cost x")]

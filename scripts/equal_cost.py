@@ -34,7 +34,7 @@ from undiscard import zoo
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
 from undiscard.metrics import topk_correct
 from undiscard.models import load_model
-from undiscard.report import format_table
+from undiscard.report import format_table, stamp
 from undiscard.tta import make_aggregator, policy_views
 
 from compare_tta import search_logits, view_logits  # scripts/ is sys.path[0] when run as a script
@@ -151,7 +151,7 @@ def main() -> None:
         print(f"zoo:{name}: {time.perf_counter() - t0:.0f} s", flush=True)
         if args.out:
             with open(args.out, "w") as f:
-                json.dump({"settings": vars(args), "rows": rows, "summary": summary(rows)}, f, indent=1)
+                json.dump(stamp({"settings": vars(args), "rows": rows, "summary": summary(rows)}), f, indent=1)
     cols = [("model", "model"), ("family", "family"), ("method", "method"), ("cost", "cost"), ("top1", "top-1"),
             ("top1_shifted", "shifted"), ("consistency", "consistency")]
     print(format_table(rows, cols))

@@ -15,7 +15,7 @@ import torch
 from undiscard import zoo, wrap
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
 from undiscard.evaluation import evaluate
-from undiscard.report import format_table
+from undiscard.report import format_table, stamp
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     print(format_table(rows, cols))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"settings": vars(args), "rows": rows}, f, indent=1)
+            json.dump(stamp({"settings": vars(args), "rows": rows}), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from undiscard.data.folder import normalize_batch, resize_and_crop
 from undiscard.data.imagenet import imagenet_wnids
 from undiscard.data.photos import PHOTO_DIR
 from undiscard.models import load_model
-from undiscard.report import format_table
+from undiscard.report import format_table, stamp
 from undiscard.tta import TTA, policy_views
 from undiscard.tta.views import POLICIES, standard_pool
 
@@ -183,7 +183,7 @@ def cmd_order(args: argparse.Namespace) -> int:
     out = {"order": [s["view"] for s in combined], "greedy": combined, "greedy_per_domain": per_domain,
            "alone": alone, "settings": {k: v for k, v in vars(args).items() if k != "func"}}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "order.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+    (args.out / "order.json").write_text(json.dumps(stamp(out), indent=1, default=str) + "\n")
     rows = [{"k": k + 1, "view": s["view"], "gain": "" if s["gain"] is None else f"{s['gain']:+.2f}",
              "top1": s["top1"], **{f"top1 {d}": a for d, a in s["per_domain"].items()},
              **{f"alone {d}": _mean_alone(alone, d, s["view"]) for d in domains}}
@@ -236,18 +236,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         add(f"zoo:{name}", policies, x, xs, mask, args.batch_size)
         print(f"zoo:{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "compare.json").write_text(json.dumps({"results": rows}, indent=1) + "\n")  # partial
+        (args.out / "compare.json").write_text(json.dumps(stamp({"results": rows}), indent=1) + "\n")  # partial
     for name in args.lite if args.photo_crops else []:
         t0 = time.perf_counter()
         net, x, mask = photo_inputs(name, args.photo_crops, args.photo_seed)
         add(f"{name} (photos)", {"before": old_standard(x.shape[-1]), "now": new}, x, None, mask, args.photo_batch)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "compare.json").write_text(json.dumps({"results": rows}, indent=1) + "\n")  # partial
+        (args.out / "compare.json").write_text(json.dumps(stamp({"results": rows}), indent=1) + "\n")  # partial
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.json").write_text(json.dumps({"results": rows, "settings": settings,
-                                                       "policy_now": new}, indent=1, default=str) + "\n")
+    (args.out / "compare.json").write_text(json.dumps(stamp({"results": rows, "settings": settings,
+                                                             "policy_now": new}), indent=1, default=str) + "\n")
     cols = [("model", "model"), ("T", "T"), ("policy", "policy"), ("top1", "top-1"),
             ("top1_shifted", "top-1 shifted"), ("consistency", "consistency"), ("n", "images")]
     table = format_table([{c: r.get(c, "-") for c, _ in cols} for r in rows], cols, markdown=True)

@@ -23,7 +23,7 @@ from undiscard import wrap, zoo
 from undiscard.attention_training import TrainConfig, train_aggregator
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
 from undiscard.evaluation import evaluate
-from undiscard.report import format_table
+from undiscard.report import format_table, stamp
 
 
 def _prepare(images, spec) -> torch.Tensor:
@@ -85,7 +85,7 @@ def main() -> None:
                   ("consistency", "consistency"), ("cost", "cost")]), flush=True)
         if args.out:
             with open(args.out, "w") as f:
-                json.dump({"settings": vars(args), "rows": rows, "training": logs}, f, indent=1)
+                json.dump(stamp({"settings": vars(args), "rows": rows, "training": logs}), f, indent=1)
 
 
 if __name__ == "__main__":

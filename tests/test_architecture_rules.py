@@ -153,7 +153,9 @@ def _import_graph(lazy: bool = False) -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             else:
                 source = _target(name, is_package, node)
-                targets = [source] + [f"{source}.{a.name}" for a in node.names]
+                submodules = [f"{source}.{a.name}" for a in node.names]
+                # `from . import sub` reads the module sub, not the package's own code (already imported)
+                targets = submodules if all(m in modules for m in submodules) else [source] + submodules
             deps |= {t for t in targets if t in modules and t != name}
         graph[name] = deps
     return graph

@@ -34,7 +34,7 @@ import torch
 from ..evaluation import Row, evaluate
 from ..layers.extension import EXTEND_MODES
 from ..plots import write_plots
-from ..report import format_table, write_csv, write_json, write_text
+from ..report import format_table, stamp, write_csv, write_json, write_text
 from ..summary import family, format_summary, method_label, summarise, summary_markdown
 from ..wrapper import wrap
 from .demo_segmentation import SEG_DEFAULT_LIMIT, plot_segmentation, segmentation_rows
@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
                             "images": rows[0]["n"] if rows else 0, "full": args.full, "extend": args.extend,
                             "seconds": time.perf_counter() - t0},
                "segmentation": seg_rows}
+    payload = stamp(payload)  # commit, date, version: on stdout as in results.json
     if args.out is not None:
         write_json(args.out / "results.json", payload)
         write_csv(args.out / "results.csv", rows)

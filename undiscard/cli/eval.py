@@ -37,7 +37,7 @@ from ..evaluation import Batch, evaluate_stream, evaluate_tta_stream, row_from_c
 from ..layers.extension import EXTEND_MODES
 from ..outputs import select_output
 from ..plots import write_plots
-from ..report import COLUMNS, format_table, write_csv, write_json
+from ..report import COLUMNS, format_table, stamp, write_csv, write_json
 from ..summary import family, method_label
 from ..search import CRITERIA
 from ..wrapper import wrap
@@ -196,6 +196,7 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
     skipped = {"non_image_files": data.skipped_non_image, "unreadable_images": sorted(unreadable)}
     payload = {"results": result, "data": str(args.data), "labels": labels_from, "images": total_images - len(unreadable),
                "processes": world, "skipped": skipped}
+    payload = stamp(payload)  # commit, date, version: on stdout as in results.json
     if args.out is not None:
         write_json(args.out / "results.json", payload)
         write_csv(args.out / "results.csv", result)

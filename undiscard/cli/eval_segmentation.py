@@ -21,7 +21,7 @@ import torch
 from ..data.folder import normalize_batch
 from ..data.seg_folder import read_seg_folder, scan_seg_folder
 from ..data.shift import shift_images
-from ..report import format_table, write_csv, write_json
+from ..report import format_table, stamp, write_csv, write_json
 from ..seg_evaluation import run_seg_pairs, search_predictions_dense, seg_rows, tta_predictions
 from ..tta import DENSE_AGGREGATES, DenseTTA
 from ..wrapper import wrap
@@ -99,6 +99,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     payload = {"task": "segmentation", "results": rows, "data": str(args.data), "images": len(names),
                "unmatched": folder.unmatched, "ignore_index": args.ignore_index, "shift": args.shift,
                "seed": args.seed}
+    payload = stamp(payload)  # commit, date, version: on stdout as in results.json
     if args.out is not None:
         write_json(args.out / "results.json", payload)
         write_csv(args.out / "results.csv", rows)
