@@ -62,17 +62,20 @@ def test_no_git_means_no_commit(monkeypatch):
 
 
 def _unstamped_json_writes(path: Path) -> list[str]:
-    """``json.dump``/``json.dumps`` calls in ``path`` whose payload is not ``stamp(...)``."""
-    tree = ast.parse(path.read_text())
+    """The functions of ``path`` (``<module>`` for top-level code) holding a ``json.dump``/``json.dumps`` call
+    whose payload is not ``stamp(...)``."""
     found = []
-    for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.Module))]:
-        name = getattr(fn, "name", "<module>")
-        body = fn.body if isinstance(fn, ast.Module) else [fn]
-        for node in (n for b in body for n in ast.walk(b)):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("json.dump", "json.dumps") and node.args:
-                first = node.args[0]
+
+    def visit(node: ast.AST, where: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else where
+            if isinstance(child, ast.Call) and ast.unparse(child.func) in ("json.dump", "json.dumps") and child.args:
+                first = child.args[0]
                 if not (isinstance(first, ast.Call) and ast.unparse(first.func).endswith("stamp")):
-                    found.append(name)
+                    found.append(where)
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text()), "<module>")
     return found
 
 
