@@ -1,4 +1,4 @@
-"""Cost of ``undiscard.wrap`` at test time, against the plain forward pass (DESIGN §2, "Cost").
+"""Cost of ``undiscard.wrap`` at test time, against the plain forward pass (docs/benchmarks.md).
 
 For each model (random weights, eval mode, ``torch.no_grad``, one fixed random batch) this measures
 
@@ -15,7 +15,7 @@ The issue's target is checked at the end: budget 16 costs at most 11x the plain 
 ResNet-18/224 on a 2-core CPU, in wall time and in FLOPs.
 
 ``--criteria`` measures several search criteria (default ``entropy``, which expands all children):
-``offset``/``random`` compute only the children they use (issue 15: budget 2 is the root plus one child),
+``offset``/``random`` compute only the children they use (budget 2 is the root plus one child),
 and ``calibrated`` evaluates the first B states of a fixed order (``--order``: a file from ``undiscard
 calibrate``, or ``deepest``/``shallowest``: one-unit states of the deepest/shallowest searched unit
 first — the cheapest and the dearest order of one-unit states, bounding what a calibrated order costs).
@@ -55,7 +55,7 @@ PAPER_CODE_COST_B16 = 30.0  # the paper's released code, measured here on ResNet
 BUSY_LOADAVG = 1.0  # 1-min load average before the run above which wall times are flagged as unreliable
 BUSY_CPU_SHARE = 0.75  # ... or when the timed calls got less than this share of their threads' CPU time
 TARGET = {"model": "resnet18", "size": 224, "budget": 16, "max_x": 11.0, "threads": 2}
-SMALL_TARGETS = {2: 2.0, 4: 3.5}  # issue 15: budget -> max multiple of the plain forward (FLOPs and wall)
+SMALL_TARGETS = {2: 2.0, 4: 3.5}  # static criteria: budget -> max multiple of the plain forward (FLOPs and wall)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def fmt_report(report: dict, markdown: bool) -> str:
             if limit is None or "error" in row:
                 continue
             ok = lambda v: "met" if v <= limit else "NOT met"  # noqa: E731
-            out.append(f"{bullet}issue 15 target, {r['model']} {row.get('criterion', 'entropy')} budget "
+            out.append(f"{bullet}static-criterion target, {r['model']} {row.get('criterion', 'entropy')} budget "
                        f"{row['budget']} <= {limit}x: FLOP {row['flop_x']:.2f}x {ok(row['flop_x'])}, wall "
                        f"{row['wall_x']:.2f}x {ok(row['wall_x'])}" + (" (machine busy)" if busy else ""))
     return "\n".join(out)

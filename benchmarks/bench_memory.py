@@ -1,5 +1,4 @@
-"""Peak memory of ``wrap(net, budget=B)`` against ``chunk_size``, with the plain forward as the reference
-(issue 16, item 3).
+"""Peak memory of ``wrap(net, budget=B)`` against ``chunk_size``, with the plain forward as the reference.
 
 Every setting runs in a fresh Python process (``--worker``), which builds the torchvision model (random
 weights, seed 0, eval mode), one random batch (seed 1), and then either the plain ``net(x)`` or

@@ -1,4 +1,4 @@
-"""Calibrated vs entropy vs learned vs random vs offset search on the zoo, at budgets 1, 2, 4, with cost (issue 15).
+"""Calibrated vs entropy vs learned vs random vs offset search on the zoo, at budgets 1, 2, 4, with cost.
 
 First ``--limit`` test images (bundled Fashion-MNIST test set), clean top-1, top-1 on copies shifted by
 1-4 px (seed 0) and consistency (same top-1 for the image and its shifted copy), entropy aggregation,

@@ -1,11 +1,11 @@
-"""What torch.compile does with a wrapped model, per backend (issue 16, item 10; results/issue16/compile.md).
+"""What torch.compile does with a wrapped model, per backend (results/compile/README.md).
 
 Three cases on a tiny CNN (three stride-2 convs, BatchNorm, a linear head; 3 images of 32x32), each after
 ``torch._dynamo.reset()``: ``torch.compile(wrap(net, budget=1))``, ``torch.compile(wrap(net, budget=4))``
 and ``wrap(torch.compile(net), budget=4)``, compared with the eager outputs (bit for bit, and the largest
 difference). Prints one line per case: OK/FAIL, seconds (compilation included), the result.
 
-    python results/issue16/compile_probe.py eager aot_eager inductor
+    python scripts/compile_probe.py eager aot_eager inductor
 """
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Order the ``standard`` TTA policy's views by what they add, and compare it with the policy before issue 16.
+"""Order the ``standard`` TTA policy's views by what they add, and compare it with the policy before real crops.
 
 Two commands (results in ``--out``, default ``results/tta_views``):
 
@@ -63,7 +63,7 @@ LITE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
 def old_standard(size: int) -> list[str]:
-    """The ``standard`` policy before issue 16, its corner "crops" written as the translations they were."""
+    """The ``standard`` policy before real crops, its corner "crops" written as the translations they were."""
     d = max(1, round(size / 16))
     crops = ["", f"shift:{d},{d}", f"shift:{d},{-d}", f"shift:{-d},{d}", f"shift:{-d},{-d}"]  # tl, tr, bl, br
     return ["+".join(p for p in (flip, scale, crop) if p) or "identity"

@@ -1,4 +1,4 @@
-"""Issue 14's measurement: phase search, dense image-space TTA and both, on the segmentation zoo.
+"""The segmentation measurement: phase search, dense image-space TTA and both, on the segmentation zoo.
 
     python scripts/seg_measure.py                  # all 2,000 bundled test canvases, every zoo model
     python scripts/seg_measure.py --limit 500      # the first 500 canvases

@@ -1,4 +1,4 @@
-"""Cost that follows the budget (issue 15 item 1): a static criterion computes only the children it uses.
+"""Cost that follows the budget: a static criterion computes only the children it uses.
 
 For ``offset`` and ``random`` the children's scores are known before they are computed, so the search
 computes, at an expansion after which an image's search goes no deeper, only the children that become

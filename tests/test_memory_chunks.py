@@ -1,4 +1,4 @@
-"""``chunk_size`` bounds the rows of every pass and changes no result (issue 16, item 3).
+"""``chunk_size`` bounds the rows of every pass and changes no result.
 
 - Outputs and chosen states are bit for bit the same for chunk_size 1, 7 and 256 (float64: this CPU's
   float64 kernels give each row the same value whatever the batch, except a 1-row linear layer; see

@@ -1,9 +1,9 @@
-"""Best-first search (DESIGN §2) against an independent brute-force reference.
+"""Best-first search (docs/semantics.md, "Search") against an independent brute-force reference.
 
 The reference here never calls the library's search: it computes every state's logits with
 ``model.run_state`` (one fixed state for the whole batch; images do not interact, and float64 makes the
 result independent of batch composition to far below the gaps between scores), scores them itself, and
-replays DESIGN §2 with a heap of ``(score, insertion order)``:
+replays the search as documented with a heap of ``(score, insertion order)``:
 
 - the root (all phases 0) is the first candidate and is pushed;
 - while fewer than B candidates and the frontier is not empty: pop the best node (depth d); its children
@@ -12,8 +12,8 @@ replays DESIGN §2 with a heap of ``(score, insertion order)``:
   < L is pushed, in order of j.
 
 Scores: ``entropy`` is the normalised entropy of the state's softmax (computed here in float64 from
-``log_softmax``); ``offset`` is dy² + dx² of the mixed-radix offset (computed here from DESIGN §1, fact
-4); ``random`` uses the library's seeded hash of (seed, state, depth), since random scores have no other
+``log_softmax``); ``offset`` is dy² + dx² of the mixed-radix offset (computed here from its definition,
+docs/semantics.md, "States and offsets"); ``random`` uses the library's seeded hash of (seed, state, depth), since random scores have no other
 definition — the heap replay is still independent.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def all_states(rates: Sequence[int]) -> list[State]:
 
 
 def ref_offset(state: State, rates: Sequence[int], spatial: Sequence[bool]) -> tuple[int, int]:
-    """DESIGN §1 fact 4, written out: offset = Σ_l (dy_l, dx_l) · Π_{l'<l} R_l' over spatial units."""
+    """The mixed-radix offset, written out: offset = Σ_l (dy_l, dx_l) · Π_{l'<l} R_l' over spatial units."""
     dy = dx = 0
     place = 1
     for s, r, sp in zip(state, rates, spatial):
@@ -141,7 +141,7 @@ def state_table(model: undiscard.Undiscard, x: Tensor) -> dict[State, Tensor]:
 
 def reference_search(model: undiscard.Undiscard, table: dict[State, Tensor], i: int, budget: int,
                      criterion: str, seed: int = 0) -> list[State]:
-    """DESIGN §2 for image i, from the precomputed table of every state's logits."""
+    """The documented search for image i, from the precomputed table of every state's logits."""
     rates = [u.rate for u in model.search_units]
     spatial = [u.spatial for u in model.search_units]
     depth_total = len(rates)

@@ -1,4 +1,4 @@
-"""Search criteria: which node the best-first search expands next (DESIGN §2). Lower scores first.
+"""Search criteria: which node the best-first search expands next (docs/semantics.md, "Search"). Lower scores first.
 
 A criterion is a small :class:`Criterion` class registered by name (:func:`register_criterion`;
 ``wrap(..., criterion=NAME)``). It scores M nodes at once — their native features (M, ...), logits

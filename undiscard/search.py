@@ -1,4 +1,4 @@
-"""Exact best-first search over states, batched across images (DESIGN §2).
+"""Exact best-first search over states, batched across images (docs/semantics.md, "Search").
 
 Per image: the root (all phases 0) is the first candidate and is pushed. While there are fewer than
 ``budget`` candidates and the frontier is not empty, the best-scored node (lowest score; ties by
