@@ -11,7 +11,7 @@ For each model (random weights, eval mode, ``torch.no_grad``, one fixed random b
 - for reference, the naive approach (B independent full forwards per image, = B) and, as a constant
   (not measured here), the paper's released code: ~30x at budget 16 on ResNet-18/224.
 
-The issue's target is checked at the end: budget 16 costs at most 11x the plain forward on
+The cost target is checked at the end: budget 16 costs at most 11x the plain forward on
 ResNet-18/224 on a 2-core CPU, in wall time and in FLOPs.
 
 ``--criteria`` measures several search criteria (default ``entropy``, which expands all children):

@@ -117,7 +117,7 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
 
 
 def verdicts(rows: list[dict]) -> list[str]:
-    """The two questions of the issue, answered from the rows: does the search raise mIoU at B=4, and does
+    """The two questions of the segmentation measurement, answered from the rows: does the search raise mIoU at B=4, and does
     flip x ours beat every image-space TTA policy that costs no more than it (measured cost)?"""
     out = []
     by = {}
