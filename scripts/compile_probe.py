@@ -1,14 +1,13 @@
 """What torch.compile does with a wrapped model, per backend (results/compile/README.md).
 
 Three cases on a tiny CNN (three stride-2 convs, BatchNorm, a linear head; 3 images of 32x32), each after
-``torch._dynamo.reset()``: ``torch.compile(wrap(net, budget=1))``, ``torch.compile(wrap(net, budget=4))``
+``torch.compiler.reset()``: ``torch.compile(wrap(net, budget=1))``, ``torch.compile(wrap(net, budget=4))``
 and ``wrap(torch.compile(net), budget=4)``, compared with the eager outputs (bit for bit, and the largest
 difference). Prints one line per case: OK/FAIL, seconds (compilation included), the result.
 
     python scripts/compile_probe.py eager aot_eager inductor
 """
 import sys
-from pathlib import Path
 import time
 
 import torch
@@ -17,15 +16,25 @@ from torch import nn
 import undiscard
 
 torch.set_num_threads(1)
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for the tests' tiny net
-from tests.test_compile_script import tiny  # noqa: E402
+
+
+def tiny() -> nn.Sequential:
+    """The tiny CNN of tests/test_compile_script.py: three stride-2 convs with BatchNorm, a linear head."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    c = 3
+    for _ in range(3):
+        layers += [nn.Conv2d(c, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU()]
+        c = 8
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+
 
 net = tiny()
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def probe(name: str, fn) -> None:
-    torch._dynamo.reset()
+    torch.compiler.reset()
     t = time.time()
     try:
         with torch.no_grad():
