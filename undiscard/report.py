@@ -135,7 +135,7 @@ def _commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def _version() -> str | None:
+def _package_version() -> str | None:
     try:
         return importlib.metadata.version("undiscard")
     except importlib.metadata.PackageNotFoundError:
@@ -147,7 +147,7 @@ def provenance() -> dict[str, str | None]:
     (``-dirty`` when tracked files differ from it; None outside a checkout), today's date (UTC, ISO
     ``YYYY-MM-DD``) and the installed package version, for every result file."""
     return {"commit": _commit(), "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-            "version": _version()}
+            "version": _package_version()}
 
 
 def stamp(payload: dict[str, Any]) -> dict[str, Any]:
