@@ -9,25 +9,15 @@ difference). Prints one line per case: OK/FAIL, seconds (compilation included), 
 """
 import sys
 import time
+from pathlib import Path
 
 import torch
-from torch import nn
 
 import undiscard
 
 torch.set_num_threads(1)
-
-
-def tiny() -> nn.Sequential:
-    """The tiny CNN of tests/test_compile_script.py: three stride-2 convs with BatchNorm, a linear head."""
-    torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    c = 3
-    for _ in range(3):
-        layers += [nn.Conv2d(c, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU()]
-        c = 8
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for the tests' tiny net
+from tests.test_compile_script import tiny  # noqa: E402
 
 net = tiny()
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
