@@ -1,4 +1,4 @@
-"""Cost of ``undiscard.wrap`` at test time, against the plain forward pass (DESIGN §2, "Cost").
+"""Cost of ``undiscard.wrap`` at test time, against the plain forward pass (docs/benchmarks.md).
 
 For each model (random weights, eval mode, ``torch.no_grad``, one fixed random batch) this measures
 
@@ -11,7 +11,7 @@ For each model (random weights, eval mode, ``torch.no_grad``, one fixed random b
 - for reference, the naive approach (B independent full forwards per image, = B) and, as a constant
   (not measured here), the paper's released code: ~30x at budget 16 on ResNet-18/224.
 
-The issue's target is checked at the end: budget 16 costs at most 11x the plain forward on
+The cost target is checked at the end: budget 16 costs at most 11x the plain forward on
 ResNet-18/224 on a 2-core CPU, in wall time and in FLOPs.
 
 ``--criteria`` measures several search criteria (default ``entropy``, the lazy search: one state per
@@ -47,6 +47,7 @@ from torch import nn
 
 import undiscard
 from undiscard.errors import UndiscardError
+from undiscard.evaluation.report import stamp
 from undiscard.models.loading import load_model
 
 DEFAULT_MODELS = "resnet18,mobilenet_v2,convnext_atto"
@@ -54,7 +55,7 @@ PAPER_CODE_COST_B16 = 30.0  # the paper's released code, measured here on ResNet
 BUSY_LOADAVG = 1.0  # 1-min load average before the run above which wall times are flagged as unreliable
 BUSY_CPU_SHARE = 0.75  # ... or when the timed calls got less than this share of their threads' CPU time
 TARGET = {"model": "resnet18", "size": 224, "budget": 16, "max_x": 11.0, "threads": 2}
-SMALL_TARGETS = {2: 2.0, 4: 3.5}  # issue 15: budget -> max multiple of the plain forward (FLOPs and wall)
+SMALL_TARGETS = {2: 2.0, 4: 3.5}  # static criteria: budget -> max multiple of the plain forward (FLOPs and wall)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -351,7 +352,7 @@ def fmt_report(report: dict, markdown: bool) -> str:
             if limit is None or "error" in row:
                 continue
             ok = lambda v: "met" if v <= limit else "NOT met"  # noqa: E731
-            out.append(f"{bullet}issue 15 target, {r['model']} {row.get('criterion', 'entropy')} budget "
+            out.append(f"{bullet}static-criterion target, {r['model']} {row.get('criterion', 'entropy')} budget "
                        f"{row['budget']} <= {limit}x: FLOP {row['flop_x']:.2f}x {ok(row['flop_x'])}, wall "
                        f"{row['wall_x']:.2f}x {ok(row['wall_x'])}" + (" (machine busy)" if busy else ""))
     return "\n".join(out)
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt_report(report, args.markdown))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(stamp(report), f, indent=2)
         log(f"wrote {args.json}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Peak memory of ``undiscard eval`` against the number of images (issue 16, item 2): it must stay flat.
+"""Peak memory of ``undiscard eval`` against the number of images: it must stay flat.
 
 Writes N random 256x256 RGB PNGs into ``--root`` (10 class folders), then runs
 ``undiscard eval --model torchvision:mobilenet_v3_small --budget 1 --shift 4`` on them (224-px input,

@@ -1,5 +1,4 @@
-"""Peak memory of ``wrap(net, budget=B)`` against ``chunk_size``, with the plain forward as the reference
-(issue 16, item 3).
+"""Peak memory of ``wrap(net, budget=B)`` against ``chunk_size``, with the plain forward as the reference.
 
 Every setting runs in a fresh Python process (``--worker``), which builds the torchvision model (random
 weights, seed 0, eval mode), one random batch (seed 1), and then either the plain ``net(x)`` or
@@ -138,7 +137,9 @@ def main() -> None:
         for r in table:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     if args.json:
-        args.json.write_text(json.dumps({"config": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1,
+        from undiscard.evaluation.report import stamp
+
+        args.json.write_text(json.dumps(stamp({"config": vars(args) | {"json": str(args.json)}, "rows": rows}), indent=1,
                                         default=str))
 
 

@@ -1,4 +1,4 @@
-"""Resident memory of each loader worker while ``folder_loader`` streams a folder (issue 16, item 2).
+"""Resident memory of each loader worker while ``folder_loader`` streams a folder.
 
 Reads the PNG folder ``bench_eval_memory.py`` writes (``--root``, default its N=2000 folder) with the
 preprocessing of torchvision's mobilenet_v3_small (224 px) and prints, every 15 batches, the RSS (MiB) of

@@ -1,4 +1,4 @@
-"""Calibrated vs entropy vs learned vs random vs offset search on the zoo, at budgets 1, 2, 4, with cost (issue 15).
+"""Calibrated vs entropy vs learned vs random vs offset search on the zoo, at budgets 1, 2, 4, with cost.
 
 First ``--limit`` test images (bundled Fashion-MNIST test set), clean top-1, top-1 on copies shifted by
 1-4 px (seed 0) and consistency (same top-1 for the image and its shifted copy), entropy aggregation,
@@ -18,6 +18,7 @@ import torch
 
 from undiscard import zoo
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
+from undiscard.evaluation.report import stamp
 from undiscard.evaluation.runner import evaluate
 from undiscard.models.loading import load_model
 from undiscard.search.orders import zoo_order_path
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{q['consistency']:.2f} | {q['cost']:.2f} |", flush=True)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+                json.dump(stamp({"settings": vars(args), "rows": rows}), f, indent=1, default=str)
     print("\nzoo average (models: " + ", ".join(sorted({r["model"] for r in rows})) + ")\n"
           "| criterion | B | top-1 | top-1 shifted | consistency | cost x |\n|---|---:|---:|---:|---:|---:|")
     for crit in CRITERIA:

@@ -1,9 +1,9 @@
-"""Image-space TTA vs the phase search vs both, at equal total budgets, on the zoo (issue 7's table).
+"""Image-space TTA vs the phase search vs both, at equal total budgets, on the zoo.
 
 For each zoo model and total budget T (default 4, 8, 16; T states or views per image):
 
 - TTA alone: the ``standard`` policy (flips x scales x crops; real corner crops resized back, in the
-  order measured by scripts/order_tta_views.py, since issue 16: results/tta was measured before, with
+  order measured by scripts/order_tta_views.py, since real crops replaced them: results/archive/tta was measured before, with
   the old translation "crops" in the old order), aggregated by mean and max over its first T views,
   and by gps (T greedy steps), classtta and augtta (first T views) — the last three fitted on logits
   of the first ``--fit-images`` images of the validation part of the Fashion-MNIST train split (held
@@ -17,7 +17,7 @@ shifted copies (1-4 px, seed 0, as ``undiscard demo``) and shift consistency, wi
 baseline forwards per image. One search per image and view at the largest budget serves all smaller
 budgets (the search is incremental), so every number is what a run at that budget gives.
 
-    python scripts/compare_tta.py --out results/tta            # about 3-5 min per model on 2 cores
+    python scripts/compare_tta.py --out results/tta_compare            # about 3-5 min per model on 2 cores
 
 Run from the checkout with the package installed (``pip install -e .``). The searches and their costs
 come from :func:`undiscard.evaluation.runner.search_predictions` (what ``undiscard demo`` and ``eval`` run);
@@ -42,7 +42,7 @@ from undiscard.data import (
     shift_images,
     to_float,
 )
-from undiscard.evaluation.report import format_table
+from undiscard.evaluation.report import format_table, stamp
 from undiscard.evaluation.runner import batches, search_predictions
 from undiscard.metrics import topk_correct
 from undiscard.models.loading import load_model
@@ -75,7 +75,7 @@ def search_logits(model, x: torch.Tensor, budgets: list[int], aggregates: list[s
 
 def row(model: str, method: str, total: int, clean: torch.Tensor, shifted: torch.Tensor, y: torch.Tensor,
         cost: float) -> dict:
-    # consistency is the float32 mean of the agreements, as results/tta was computed (the library's
+    # consistency is the float32 mean of the agreements, as results/archive/tta was computed (the library's
     # Tally counts them exactly: the same to about 1e-6 points)
     n = len(y)
     return {"model": model, "method": method, "total_budget": total, "top1": 100.0 * topk_correct(clean, y, 1) / n,
@@ -164,7 +164,7 @@ def main() -> int:
         print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         if args.out is not None:  # keep partial results
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "results.json").write_text(json.dumps({"results": rows, "settings": vars(args)},
+            (args.out / "results.json").write_text(json.dumps(stamp({"results": rows, "settings": vars(args)}),
                                                               indent=1, default=str) + "\n")
     cols = [("model", "model"), ("total_budget", "T"), ("method", "method"), ("top1", "top-1"),
             ("top1_shifted", "top-1 shifted"), ("consistency", "consistency"), ("cost", "cost x")]

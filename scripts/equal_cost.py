@@ -44,7 +44,7 @@ from undiscard.data import (
     shift_images,
     to_float,
 )
-from undiscard.evaluation.report import format_table
+from undiscard.evaluation.report import format_table, stamp
 from undiscard.metrics import topk_correct
 from undiscard.models.loading import load_model
 from undiscard.tta import make_aggregator, policy_views
@@ -160,7 +160,7 @@ def main() -> None:
         print(f"zoo:{name}: {time.perf_counter() - t0:.0f} s", flush=True)
         if args.out:
             with open(args.out, "w") as f:
-                json.dump({"settings": vars(args), "rows": rows, "summary": summary(rows)}, f, indent=1)
+                json.dump(stamp({"settings": vars(args), "rows": rows, "summary": summary(rows)}), f, indent=1)
     cols = [("model", "model"), ("family", "family"), ("method", "method"), ("cost", "cost"), ("top1", "top-1"),
             ("top1_shifted", "shifted"), ("consistency", "consistency")]
     print(format_table(rows, cols))

@@ -14,7 +14,7 @@ import torch
 
 from undiscard import wrap, zoo
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
-from undiscard.evaluation.report import format_table
+from undiscard.evaluation.report import format_table, stamp
 from undiscard.evaluation.runner import evaluate
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     print(format_table(rows, cols))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"settings": vars(args), "rows": rows}, f, indent=1)
+            json.dump(stamp({"settings": vars(args), "rows": rows}), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Order the ``standard`` TTA policy's views by what they add, and compare it with the policy before issue 16.
+"""Order the ``standard`` TTA policy's views by what they add, and compare it with the policy before real crops.
 
 Two commands (results in ``--out``, default ``results/tta_views``):
 
@@ -54,7 +54,7 @@ from undiscard.data import (
 from undiscard.data.folder import normalize_batch, resize_and_crop
 from undiscard.data.imagenet import imagenet_wnids
 from undiscard.data.photos import PHOTO_DIR
-from undiscard.evaluation.report import format_table
+from undiscard.evaluation.report import format_table, stamp
 from undiscard.models.loading import load_model
 from undiscard.tta import TTA, policy_views
 from undiscard.tta.views import POLICIES, standard_pool
@@ -70,7 +70,7 @@ LITE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
 def old_standard(size: int) -> list[str]:
-    """The ``standard`` policy before issue 16, its corner "crops" written as the translations they were."""
+    """The ``standard`` policy before real crops, its corner "crops" written as the translations they were."""
     d = max(1, round(size / 16))
     crops = ["", f"shift:{d},{d}", f"shift:{d},{-d}", f"shift:{-d},{d}", f"shift:{-d},{-d}"]  # tl, tr, bl, br
     return ["+".join(p for p in (flip, scale, crop) if p) or "identity"
@@ -190,7 +190,7 @@ def cmd_order(args: argparse.Namespace) -> int:
     out = {"order": [s["view"] for s in combined], "greedy": combined, "greedy_per_domain": per_domain,
            "alone": alone, "settings": {k: v for k, v in vars(args).items() if k != "func"}}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "order.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+    (args.out / "order.json").write_text(json.dumps(stamp(out), indent=1, default=str) + "\n")
     rows = [{"k": k + 1, "view": s["view"], "gain": "" if s["gain"] is None else f"{s['gain']:+.2f}",
              "top1": s["top1"], **{f"top1 {d}": a for d, a in s["per_domain"].items()},
              **{f"alone {d}": _mean_alone(alone, d, s["view"]) for d in domains}}
@@ -243,18 +243,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         add(f"zoo:{name}", policies, x, xs, mask, args.batch_size)
         print(f"zoo:{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "compare.json").write_text(json.dumps({"results": rows}, indent=1) + "\n")  # partial
+        (args.out / "compare.json").write_text(json.dumps(stamp({"results": rows}), indent=1) + "\n")  # partial
     for name in args.lite if args.photo_crops else []:
         t0 = time.perf_counter()
         net, x, mask = photo_inputs(name, args.photo_crops, args.photo_seed)
         add(f"{name} (photos)", {"before": old_standard(x.shape[-1]), "now": new}, x, None, mask, args.photo_batch)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "compare.json").write_text(json.dumps({"results": rows}, indent=1) + "\n")  # partial
+        (args.out / "compare.json").write_text(json.dumps(stamp({"results": rows}), indent=1) + "\n")  # partial
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare.json").write_text(json.dumps({"results": rows, "settings": settings,
-                                                       "policy_now": new}, indent=1, default=str) + "\n")
+    (args.out / "compare.json").write_text(json.dumps(stamp({"results": rows, "settings": settings,
+                                                             "policy_now": new}), indent=1, default=str) + "\n")
     cols = [("model", "model"), ("T", "T"), ("policy", "policy"), ("top1", "top-1"),
             ("top1_shifted", "top-1 shifted"), ("consistency", "consistency"), ("n", "images")]
     table = format_table([{c: r.get(c, "-") for c, _ in cols} for r in rows], cols, markdown=True)

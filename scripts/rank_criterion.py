@@ -28,7 +28,7 @@ from undiscard.data import (
     shift_images,
     to_float,
 )
-from undiscard.evaluation.report import format_table
+from undiscard.evaluation.report import format_table, stamp
 from undiscard.evaluation.runner import evaluate
 from undiscard.fitting.aggregator import TrainConfig, train_aggregator
 
@@ -92,7 +92,7 @@ def main() -> None:
                   ("consistency", "consistency"), ("cost", "cost")]), flush=True)
         if args.out:
             with open(args.out, "w") as f:
-                json.dump({"settings": vars(args), "rows": rows, "training": logs}, f, indent=1)
+                json.dump(stamp({"settings": vars(args), "rows": rows, "training": logs}), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
 """Markdown tables for the README from ``undiscard demo --json`` results files.
 
-    python scripts/results_tables.py zoo results/demo_full/results.json
+    python scripts/results_tables.py zoo results/archive/demo_full/results.json
         model x budget: clean top-1, shifted top-1, consistency, cost (entropy aggregation, aligned)
     python scripts/results_tables.py aggregators results/*/results.json
         per model and budget: every (criterion, aggregate, align) found across the files
     python scripts/results_tables.py summary results/*/results.json
         the same averaged over the models
-    python scripts/results_tables.py attention-vs-entropy results/demo_full/results.json
+    python scripts/results_tables.py attention-vs-entropy results/archive/demo_full/results.json
         per model and budget: attention minus entropy aggregation (entropy criterion, aligned), points
-    python scripts/results_tables.py tta results/tta/results.json
+    python scripts/results_tables.py tta results/archive/tta/results.json
         per model and total budget: the best TTA alone, ours alone and TTA + ours (by shifted top-1)
-    python scripts/results_tables.py tta-summary results/tta/results.json
+    python scripts/results_tables.py tta-summary results/archive/tta/results.json
         per total budget and method: clean / shifted / consistency / cost averaged over the models
-    python scripts/results_tables.py tta-delta results/tta/results.json
+    python scripts/results_tables.py tta-delta results/archive/tta/results.json
         per model and total budget: the best "TTA + ours" row minus the best "TTA alone" row, per measure
 
 Run from the checkout with the package installed (``pip install -e .``).

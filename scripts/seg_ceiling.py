@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from undiscard import zoo
 from undiscard.data import load_fashion_mnist, preprocess, segmentation as segdata
+from undiscard.evaluation.report import stamp
 from undiscard.metrics.segmentation import confusion_matrix, iou_per_class
 from undiscard.zoo import segmentation as segzoo
 
@@ -114,9 +115,9 @@ def main() -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         cmd = "python scripts/seg_ceiling.py" + ("" if args.models == ap.get_default("models") else f" --models {args.models}")
-        (out / "ceiling.json").write_text(json.dumps({"command": cmd + f" --out {args.out}", "objects": int(len(rows)),
-                                                      "canvases": int(len(layouts)), "class_names": names,
-                                                      "rows": results + seg}, indent=1))
+        (out / "ceiling.json").write_text(json.dumps(stamp({"command": cmd + f" --out {args.out}", "objects": int(len(rows)),
+                                                            "canvases": int(len(layouts)), "class_names": names,
+                                                            "rows": results + seg}), indent=1))
         (out / "ceiling.md").write_text(f"`{cmd} --out {args.out}` ({len(rows)} objects on {len(layouts)} canvases)\n\n"
                                         + "\n".join(lines) + "\n")
     return 0

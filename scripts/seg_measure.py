@@ -1,4 +1,4 @@
-"""Issue 14's measurement: phase search, dense image-space TTA and both, on the segmentation zoo.
+"""The segmentation measurement: phase search, dense image-space TTA and both, on the segmentation zoo.
 
     python scripts/seg_measure.py                  # all 2,000 bundled test canvases, every zoo model
     python scripts/seg_measure.py --limit 500      # the first 500 canvases
@@ -122,7 +122,7 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
 
 
 def verdicts(rows: list[dict]) -> list[str]:
-    """The two questions of the issue, answered from the rows: does the search raise mIoU at B=4, and does
+    """The two questions of the segmentation measurement, answered from the rows: does the search raise mIoU at B=4, and does
     flip x ours beat every image-space TTA policy that costs no more than it (measured cost)?"""
     out = []
     by = {}

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from undiscard import zoo
 from undiscard.data import load_train_val, normalize, resize, to_float
 from undiscard.data.photos import load_photo, photo_names
-from undiscard.evaluation.report import format_table
+from undiscard.evaluation.report import format_table, stamp
 from undiscard.evaluation.runner import batches, evaluate_states
 from undiscard.metrics import topk_correct
 from undiscard.models.loading import load_model
@@ -60,7 +60,7 @@ def main() -> None:
             else:
                 results.append(_states(name, mode, xv[:args.limit], torch.as_tensor(yv[:args.limit]), args.units))
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps(stamp({"settings": vars(args), "rows": results}), indent=1, default=str))
     elif len(results) == 1:
         r = results[0]
         print(f"{r['model']} (extend={r['extend']}): units {', '.join(r['units'])}; {r['n']} validation images")

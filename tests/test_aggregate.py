@@ -1,4 +1,4 @@
-"""Aggregation (DESIGN §3): weights, alignment and the end-to-end forward against explicit references.
+"""Aggregation (docs/semantics.md, "Aggregation"): weights, alignment and the end-to-end forward against explicit references.
 
 - ``state_weights``/``normalized_entropy``: hand-computed numbers, extreme logits, fallbacks.
 - ``align_maps`` against the definition: upsample by S (nearest), shift by the offset with zero fill,

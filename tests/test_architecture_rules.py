@@ -26,7 +26,7 @@ SCANNED = [PACKAGE, ROOT / "scripts", ROOT / "benchmarks"]
 
 THIRD_PARTY_PRIVATES = {
     "_version": "torch.Tensor's version counter: chain.py detects in-place ops between module calls",
-    "_C": "torch._C, the operator registry the torchvision::nms workaround queries (_compat.py, DESIGN §6)",
+    "_C": "torch._C, the operator registry the torchvision::nms workaround queries (_compat.py)",
     "_dispatch_find_schema_or_throw": "torch._C's schema lookup, same workaround",
     "_assert": "torch._assert, what torch.fx records for an assert (graph_split.py)",
     "_forward_hooks": "torch.nn.Module's hook dict (hook_split.py, unshare.py)",

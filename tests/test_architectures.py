@@ -86,7 +86,7 @@ def test_budget_one_is_bit_exact(arch):
 
 
 def test_run_state_matches_module_surgery_reference(arch):
-    # the reference extends past the edge with the pad value: DESIGN §1's extend="zero"
+    # the reference extends past the edge with the pad value: extend="zero"
     name, net, x, _ = arch
     model = undiscard.wrap(net, budget=3, example_input=x, extend="zero")
     rng = random.Random(name)

@@ -17,9 +17,17 @@ needs_weights = pytest.mark.skipif(not TRAINED, reason="no trained zoo weights i
 
 
 def test_models_lists_zoo_names(capsys):
+    """Both zoos: the classifiers, then the segmenters."""
+    from undiscard.zoo import segmentation as segzoo
+
     assert main(["models"]) == 0
     out = capsys.readouterr().out.split()
-    assert [n for n in out if n.startswith("zoo:")] == [f"zoo:{n}" for n in zoo.list_models()]
+    expected = [f"zoo:{n}" for n in zoo.list_models() + segzoo.list_models()]
+    assert [n for n in out if n.startswith("zoo:")] == expected
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["models"]
+    assert [r["model"] for r in rows if r["model"].startswith("zoo:")] == expected
+    assert {r["task"] for r in rows if r["model"].startswith("zoo:seg_")} == {"segmentation"}
 
 
 def test_python_dash_m_entry_point():

@@ -1,10 +1,10 @@
-"""TorchScript and torch.compile with a wrapped model (issue 16, item 10; results/issue16/compile.md).
+"""TorchScript and torch.compile with a wrapped model (results/compile/README.md).
 
 - ``torch.jit.script(wrapped)`` is one UndiscardError, set up or not, at any budget (before TorchScript
   reads any code); the model stays usable.
 - ``wrap(torch.compile(net))`` is one UndiscardError saying to compile the wrapped model instead.
 - ``torch.compile(wrapped, backend="aot_eager")`` gives the eager outputs bit for bit (the eager backend:
-  tests/test_probes.py); inductor is measured in results/issue16/compile.md, not tested (a minute of C++
+  tests/test_probes.py); inductor is measured in results/compile/README.md, not tested (a minute of C++
   compilation on this machine).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The core's seams (issue 13): the task object, the aggregation and criterion registries, the layout a
+"""The core's seams: the task object, the aggregation and criterion registries, the layout a
 split settles once, geometry, and the public search/aggregate calls attention training uses."""
 from __future__ import annotations
 

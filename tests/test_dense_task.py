@@ -1,9 +1,9 @@
-"""The dense task (issue 14, items 1-2): ``wrap(seg_net, task="segmentation")`` on (N, K, H, W) logits.
+"""The dense task: ``wrap(seg_net, task="segmentation")`` on (N, K, H, W) logits.
 
 References, all float64:
 
 - a state's output: the *original* network (not the wrapper's copy) with forward hooks that replace each
-  searched layer's output by its phase written out from the definition (DESIGN §1, fact 2): the layer at
+  searched layer's output by its phase written out from the definition (docs/semantics.md, "Phases"): the layer at
   stride 1 on its input extended past the bottom/right edge by its pad value, sliced ``[dy::R, dx::R]``
   (:func:`dense_phase`) — independent of the phase adapters and of the engine's batched expansions;
 - the aggregate: those outputs shifted by hand at output resolution (offset x P output pixels, P the
@@ -199,7 +199,7 @@ def images(n: int = 2, size: int = 32) -> Tensor:
 
 def seg(net: nn.Module, **kw) -> undiscard.Undiscard:
     kw.setdefault("task", "segmentation")
-    kw.setdefault("extend", "zero")  # the hook references extend past the edge with the pad value (DESIGN §1)
+    kw.setdefault("extend", "zero")  # the hook references extend past the edge with the pad value (extend="zero")
     return undiscard.wrap(net, **kw)
 
 

@@ -1,4 +1,4 @@
-"""``chunk_size`` bounds the rows of every pass and changes no result (issue 16, item 3).
+"""``chunk_size`` bounds the rows of every pass and changes no result.
 
 - The chosen states are the same for chunk_size 1, 7 and 256, and the outputs equal to float64 rounding
   (rtol = atol = 1e-12), for a classifier (entropy and offset criteria, budget 8; calibrated) and a dense

@@ -1,4 +1,4 @@
-"""Phase adapters: every phase equals an independently built dense result, sliced (DESIGN §1, fact 2).
+"""Phase adapters: every phase equals an independently built dense result, sliced (docs/semantics.md, "Phases").
 
 The references here never call the adapters' helpers: they pad with the layer's own mode, extend the
 bottom/right edge by the convention (zeros for convs, -inf for max pooling, uncounted for average

@@ -1,4 +1,4 @@
-"""What a careful user tries on a wrapped model (issue 12, items 6 and 7): each works or is one clear error.
+"""What a careful user tries on a wrapped model: each works or is one clear error.
 
 Copies (deepcopy, pickle, torch.save), a batch of 0, wrong dtype / channels / size, float16 and bfloat16
 models, ``.to()``/``.half()`` of the wrapper, NaN/inf inputs, a model left in train mode,
@@ -349,7 +349,7 @@ def test_setting_up_one_model_does_not_disturb_forwards_in_other_threads():
 # --- torch.jit.trace ------------------------------------------------------------------------------
 @pytest.mark.parametrize("budget", [1, 4])
 def test_torch_jit_trace_is_refused_with_a_clear_error(budget):
-    """A trace would freeze the searched states and the batch size (issue 16, item 10): refused."""
+    """A trace would freeze the searched states and the batch size: refused."""
     from undiscard.errors import UndiscardError
 
     model = undiscard.wrap(tiny(), budget=budget, example_input=X)  # set up (an unset-up one fails on `units`)

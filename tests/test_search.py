@@ -1,4 +1,4 @@
-"""The search against an independent brute-force reference (``tests/reference_search.py``).
+"""The search (docs/semantics.md, "Search") against an independent brute-force reference (``tests/reference_search.py``).
 
 The reference never calls the library's search: it computes every state's logits with
 ``model.run_state`` (one fixed state for the whole batch; images do not interact, and float64 makes the

@@ -1,4 +1,4 @@
-"""Real segmenters under ``wrap(task="segmentation")`` (issue 14, item 2): torchvision's FCN, DeepLabV3 and
+"""Real segmenters under ``wrap(task="segmentation")`` : torchvision's FCN, DeepLabV3 and
 LR-ASPP (``{"out": ...}`` dict outputs), smp's Unet, FPN, DeepLabV3+ and Segformer with random weights,
 and the trained segmentation zoo.
 

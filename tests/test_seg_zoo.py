@@ -38,6 +38,25 @@ def test_registry_and_errors(tmp_path, monkeypatch):
         segzoo.create_model("seg_fpn")
 
 
+def test_load_model_loads_the_segmentation_zoo():
+    """``undiscard.load_model("zoo:seg_NAME")``: the zoo's weights, its normalisation and input size, its class
+    names and its shipped calibrated order; a class count other than 11 is one line."""
+    import undiscard
+    from undiscard.errors import UndiscardError
+    from undiscard.search.orders import zoo_order_path
+
+    loaded = undiscard.load_model("zoo:seg_fpn")
+    cfg = segzoo.model_config("seg_fpn")
+    x = seg.to_input(seg.load_seg_test()[0][:2])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), segzoo.create_model("seg_fpn")(x))
+    assert (loaded.preprocess.in_chans, loaded.preprocess.input_size, loaded.preprocess.input_size) == cfg["input_size"]
+    assert loaded.preprocess.mean == cfg["mean"] and loaded.class_names == cfg["class_names"]
+    assert loaded.order == str(zoo_order_path("seg_fpn")) and not loaded.model.training
+    with pytest.raises(UndiscardError, match="11 classes"):
+        undiscard.load_model("zoo:seg_fpn", num_classes=3)
+
+
 def test_missing_smp_is_one_clear_line(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -1,4 +1,4 @@
-"""`undiscard eval` streams its images (issue 16, item 2): a DataLoader over the folder reads each image
+"""`undiscard eval` streams its images: a DataLoader over the folder reads each image
 only when its batch is needed, shifted copies are made per batch from offsets drawn per global position,
 and the streamed runner counts exactly what the in-memory one counts."""
 from __future__ import annotations

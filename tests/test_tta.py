@@ -37,7 +37,7 @@ def test_views_by_hand():
     expected = torch.tensor([[0., 0, 0, 1], [0, 0, 0, 1], [4, 4, 4, 5], [8, 8, 8, 9]])
     assert torch.equal(parse_view("shift:1,2")(x)[0, 0], expected)
     y = torch.randn(2, 3, 32, 32)
-    # a real crop (issue 16): the top-left 16 x 16 resized back (more in tests/test_tta_crops.py)
+    # a real crop: the top-left 16 x 16 resized back (more in tests/test_tta_crops.py)
     assert torch.equal(parse_view("crop:tl,0.5")(y), torch.nn.functional.interpolate(
         y[..., :16, :16], size=(32, 32), mode="bilinear", antialias=True))
     assert torch.allclose(parse_view("scale:1")(y), y, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Real crop views (issue 16): a crop is a region of the input resized back, as five-crop TTA does, not a
+"""Real crop views: a crop is a region of the input resized back, as five-crop TTA does, not a
 translation; the ``standard`` policy is its measured order of a fixed pool of views."""
 from __future__ import annotations
 

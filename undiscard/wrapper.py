@@ -248,11 +248,11 @@ def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate:
         align: shift each state's map by its offset before aggregating (dense: :mod:`undiscard.tasks._dense_alignment`).
         units: indices or names of the units to search (default: all spatial units but the first and
             the last; all when there are fewer than three; ``criterion="calibrated"``: its order's).
-        **kwargs: ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
+        **kwargs (Any): ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
             (callables ``(model, x)``) to split an unknown model, ``layout``, ``strict`` (raise on unsupported strided
             layers), ``chunk_size`` (most images x states rows per pass after the root: the memory knob),
-            ``seed``, ``order`` (``undiscard calibrate`` file or states), ``extend`` (read past the edge: ``background``
-            (default), ``zero``, ``replicate``; :mod:`undiscard.layers.extension`), ``example_input``, ``output`` (logits
+            ``seed``, ``order`` (``undiscard calibrate`` file or states), ``extend`` (read past the edge: ``replicate``
+            (default), ``zero``, ``background``; :mod:`undiscard.layers.extension`), ``example_input``, ``output`` (logits
             in a dict/tuple output: :mod:`undiscard.analysis.outputs`), ``task`` (classification/segmentation; None: detect).
     """
     return Undiscard(net, budget, criterion, aggregate, align, units, **kwargs)

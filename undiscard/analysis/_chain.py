@@ -1,7 +1,7 @@
 """Cutting the feature extractor into a chain of segments, so work before a unit can be cached.
 
 The search evaluates a state that changes unit u by recomputing the network *after* the cut before u, from
-an activation cached there. That needs ``features`` written as ``seg_k(...seg_1(seg_0(x)))``.
+an activation cached there (docs/semantics.md, "Budget and cost"). That needs ``features`` written as ``seg_k(...seg_1(seg_0(x)))``.
 :func:`build_chain` finds the finest such chain automatically from one traced forward pass: a stage (or
 any module inside one) is replaced by its direct children whenever those children ran as a chain — each
 called once with exactly the previous child's output tensor, the first with the stage's input, the last

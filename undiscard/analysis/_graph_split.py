@@ -29,8 +29,8 @@ tensor, ``*args`` forwards) raises :class:`GraphSplitError`, and :mod:`undiscard
 included, so its graph cannot follow a phase plan.
 
 Aligned aggregation with flatten + fully-connected heads: such a head is not translation-invariant —
-each input of its Linear belongs to one (channel, row, column) of the feature map. Alignment (DESIGN
-§3) shifts each state's map back by its offset before averaging, so the aggregated map has every
+each input of its Linear belongs to one (channel, row, column) of the feature map. Alignment (docs/semantics.md,
+"Alignment") shifts each state's map back by its offset before averaging, so the aggregated map has every
 state's features at the positions the original model computes them at: the FC sees the grid it was
 trained on, and the all-zero state alone gives the original logits. Without alignment a state's map is
 used as computed, i.e. translated, which a pooled head forgives but a flatten + FC head does not.

@@ -4,7 +4,7 @@
 layers it depends on (its *lineage*). Layers are found as the forward pass actually uses them, in
 execution order, whatever the model's code looks like.
 
-Grouping rule (DESIGN §1, fact 3): when an operation combines two tensors whose lineages are not nested
+Grouping rule (docs/semantics.md, "Units"): when an operation combines two tensors whose lineages are not nested
 (each has a strided layer the other lacks), those layers sit on parallel branches that are merged here —
 a residual block's strided conv and strided shortcut, an Inception or ShuffleNet block's strided
 branches — so they must share one phase and form one *unit*. Nested lineages (attention reading keys

@@ -1,4 +1,4 @@
-"""Unit selection and the geometry of states: how many there are, and where each one looks (DESIGN §1).
+"""Unit selection and the geometry of states: how many there are, and where each one looks (docs/semantics.md, "States and offsets").
 
 Pure functions of the discovered :class:`~undiscard.analysis.discovery.Unit` list, with no model or tensor state.
 This is the one place that multiplies rates together:

@@ -1,6 +1,6 @@
 """Splitting a classifier into ``features`` (a chain of stages) and ``head``.
 
-Aggregation (DESIGN §3) averages feature maps from several states and then applies the model's head, so
+Aggregation (docs/semantics.md, "Aggregation") averages feature maps from several states and then applies the model's head, so
 every supported model needs ``logits == head(features(x))``. A :class:`Split` says how, for one model:
 
 - ``stages``: callables applied in order to the input; their composition is ``features``. Where a stage

@@ -36,7 +36,7 @@ import time
 import torch
 
 from ..evaluation.plots import PLOT_FILES, write_plots
-from ..evaluation.report import format_table, write_csv, write_json, write_text
+from ..evaluation.report import format_table, stamp, write_csv, write_json, write_text
 from ..evaluation.runner import Row, evaluate
 from ..evaluation.summary import (
     family,
@@ -266,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
                             "images": rows[0]["n"] if rows else 0, "full": args.full, "extend": args.extend,
                             "seconds": time.perf_counter() - t0},
                "segmentation": seg_rows}
+    payload = stamp(payload)  # commit, date, version: on stdout as in results.json
     if outputs is not None:  # every file of the run replaces the old ones together (undiscard._atomic.OutputSet)
         with outputs as staging:
             write_json(staging / "results.json", payload)

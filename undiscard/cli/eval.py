@@ -38,7 +38,7 @@ from ..data.walk import describe_skipped
 from ..errors import UndiscardError
 from ..evaluation import distributed
 from ..evaluation.plots import PLOT_FILES, write_plots
-from ..evaluation.report import COLUMNS, format_table, write_csv, write_json
+from ..evaluation.report import COLUMNS, format_table, stamp, write_csv, write_json
 from ..evaluation.runner import (
     Batch,
     evaluate_stream,
@@ -204,6 +204,7 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                "not_read": [{"path": s.path, "reason": s.reason} for s in data.skipped]}
     payload = {"results": result, "data": str(args.data), "labels": labels_from, "images": total_images - len(unreadable),
                "processes": world, "skipped": skipped}
+    payload = stamp(payload)  # commit, date, version: on stdout as in results.json
     if outputs is not None:  # every file of the run replaces the old ones together (undiscard._atomic.OutputSet)
         with outputs as staging:
             write_json(staging / "results.json", payload)

@@ -28,7 +28,7 @@ from ..evaluation._segmentation import (
     seg_rows,
     tta_predictions,
 )
-from ..evaluation.report import format_table, write_csv, write_json
+from ..evaluation.report import format_table, stamp, write_csv, write_json
 from ..tta import DENSE_AGGREGATES, DenseTTA
 from ..wrapper import wrap
 from .common import (
@@ -113,6 +113,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     payload = {"task": "segmentation", "results": rows, "data": str(args.data), "images": len(names),
                "unmatched": folder.unmatched, "not_read": [{"path": s.path, "reason": s.reason} for s in folder.skipped],
                "ignore_index": args.ignore_index, "shift": args.shift, "seed": args.seed}
+    payload = stamp(payload)  # commit, date, version: on stdout as in results.json
     if outputs is not None:  # both files replace the old ones together (undiscard._atomic.OutputSet)
         with outputs as staging:
             write_json(staging / "results.json", payload)

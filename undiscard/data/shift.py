@@ -1,5 +1,5 @@
 """Seeded integer translations of image batches: the "accuracy under shift" and "shift consistency"
-evaluations of DESIGN §1b compare a model's prediction on an image with its prediction on a shifted copy.
+evaluations (docs/semantics.md, "What an evaluation reports") compare a model's prediction on an image with its prediction on a shifted copy.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluating a segmenter with and without the phase search and dense TTA: the numbers of issue 14.
+"""Evaluating a segmenter with and without the phase search and dense TTA: mIoU, shifted mIoU, pixel consistency.
 
 Per method (a key: a budget, an aggregation, a TTA policy...), over a labelled set of images:
 

@@ -1,7 +1,7 @@
 """The PNG plots of ``demo`` and ``eval``: metrics against budget and cost, methods at equal total budget,
 Pareto fronts per family, photo pairs on their own.
 
-Rules every figure follows (issue 16 item 8): every line has its own style — colour by model (or family),
+Rules every figure follows: every line has its own style — colour by model (or family),
 line style and marker by setting, so no two lines look alike however many there are; every line has a
 legend entry; titles say what was averaged and over how many images; a model measured on other data
 (EfficientNet-Lite0's photo pairs: consistency only, no labels) is drawn in its own figure and never

@@ -6,20 +6,27 @@ Every file undiscard writes goes through :mod:`undiscard._atomic` (re-exported h
 over the target only once complete, never through a link, so an interrupted run (Ctrl-C, a crash, a full
 disk) never leaves a half-written file — the target is either the old file, absent, or the complete new
 one; the files of one run are replaced together (:class:`~undiscard._atomic.OutputSet`).
+
+Every JSON result says where it came from (:func:`provenance`): the commit of the code that made it, the
+date, and the package version, as top-level keys ``commit``, ``date`` and ``version``.
 """
 from __future__ import annotations
 
 import csv
+import datetime
+import functools
 import io
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
 from .._atomic import ResultWriteError, atomic_path, check_writable_dir, write_text
+from .._version import __version__
 
 __all__ = ["format_table", "write_json", "write_csv", "write_text", "atomic_path", "check_writable_dir",
-           "ResultWriteError"]
+           "ResultWriteError", "provenance", "stamp"]
 
 Rows = Sequence[dict[str, Any]]
 
@@ -55,9 +62,39 @@ def format_table(rows: Rows, columns: Sequence[tuple[str, str]] = COLUMNS, markd
     return "\n".join([line(heads), sep, *(line(c) for c in cells)])
 
 
+@functools.lru_cache(maxsize=1)
+def _commit() -> str | None:
+    """The short hash of the git checkout this package runs from, ``-dirty`` when tracked files differ from
+    it; None outside a git checkout (an installed wheel) or without git."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=7", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def provenance() -> dict[str, str | None]:
+    """``{"commit": ..., "date": ..., "version": ...}``: the short hash of the git checkout the code runs from
+    (``-dirty`` when tracked files differ from it; None outside a checkout), today's date (UTC, ISO
+    ``YYYY-MM-DD``) and the package version, for every result file."""
+    return {"commit": _commit(), "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+            "version": __version__}
+
+
+def stamp(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with :func:`provenance`'s keys first; keys the payload already has are kept as they are."""
+    return {**provenance(), **payload}
+
+
 def write_json(path: Path, payload: dict[str, Any], indent: int = 2) -> Path:
-    """``payload`` as indented JSON, written atomically."""
-    return write_text(path, json.dumps(payload, indent=indent) + "\n")
+    """``payload`` as indented JSON, :func:`stamp`-ed with its provenance, written atomically."""
+    return write_text(path, json.dumps(stamp(payload), indent=indent) + "\n")
 
 
 def write_csv(path: Path, rows: Rows) -> Path:

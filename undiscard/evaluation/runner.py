@@ -1,6 +1,6 @@
 """Evaluating a classifier with and without the phase search: accuracy, robustness to shifts, cost.
 
-Every evaluation reports the three numbers of DESIGN §1b side by side:
+Every evaluation reports three numbers side by side (docs/semantics.md, "What an evaluation reports"):
 
 - ``top1`` (and ``top5``): accuracy on the clean images;
 - ``top1_shifted``: accuracy on the same images translated by a seeded random offset (the caller makes

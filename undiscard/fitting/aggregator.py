@@ -1,4 +1,4 @@
-"""Training the attention aggregator (DESIGN §3) with the backbone frozen.
+"""Training the attention aggregator (docs/semantics.md, "Aggregation") with the backbone frozen.
 
 Each step searches ``budget`` states per image with a *random-times-learned* criterion (score
 ``u * (1 - sigmoid(attention logit))``, ``u ~ U(0, 1)`` per state), so that the aggregator sees every kind of

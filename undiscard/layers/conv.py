@@ -11,7 +11,7 @@ Registered classes (exact class, never subclasses):
   conv's own padding) and ``Conv2dDynamicSamePadding``;
 - timm ``BlurPool2d`` (``pad_mode`` padding, then a depthwise binomial filter with stride).
 
-Padding convention (DESIGN §1): the layer's own padding is applied to the input first, with its own
+Padding convention (docs/semantics.md, "Phases"): the layer's own padding is applied to the input first, with its own
 mode (zeros, reflect, replicate, circular, or the TF-"same" amounts the layer computes from the input
 size); the padded input is then extended past its bottom/right edge with **zeros**, as far as the
 dense pass needs. The extension is zeros for every ``padding_mode``: it is not the layer's padding

@@ -1,11 +1,11 @@
-"""What a phase reads past the bottom/right edge: the ``extend=`` modes (DESIGN §1, fact 2).
+"""What a phase reads past the bottom/right edge: the ``extend=`` modes (docs/semantics.md, "Past the edge").
 
 A phase (dy, dx) > 0 of a subsampling layer reads rows and columns that the default forward (phase 0)
 never reads: the layer's own bottom/right padding that phase 0 stops short of, and the extension of
 its input to ``R*out + d*(k-1)`` rows/columns. This module decides what those *unread* positions hold:
 
 - ``"zero"``: the layer's pad value (0 for convolutions and patch merging, -inf for max pooling) —
-  DESIGN §1's semantics, the default until the measurement below;
+  the first definition of a phase, the default until the measurement below;
 - ``"replicate"`` (the default): the last row (column) of the layer's input as its op sees it,
   repeated — the input extended by its edge, as a translated image would be by an edge-replicating crop;
 - ``"background"``: per channel, what the layer sees in the middle of a *background* input: the whole

@@ -10,7 +10,7 @@ Vocabulary (one spatial dimension; the 2-D helpers take one value per dimension,
 
 A phase (dy, dx) of a layer with rate R is ``dense[..., R*i + dy, R*j + dx]`` where ``dense`` is the
 stride-1 op on the padded input *extended* past its bottom/right edge to
-``extent = R*out + dilation*(kernel-1)`` rows/columns (DESIGN §1, fact 2). With exactly that many rows,
+``extent = R*out + dilation*(kernel-1)`` rows/columns (docs/semantics.md, "Phases"). With exactly that many rows,
 the stride-1 op yields exactly ``R*out`` rows and the stride-R op on the input cropped by ``dy`` rows
 yields exactly ``out`` rows, for every ``0 <= dy < R``.
 """

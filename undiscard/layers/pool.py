@@ -10,7 +10,7 @@ Registered classes (exact class, never subclasses):
 - efficientnet-lite-pytorch ``MaxPool2dStaticSamePadding`` / ``MaxPool2dDynamicSamePadding``
   (TF-"same" padding with *zeros*, as those layers do, then the pool's own -inf padding).
 
-Padding convention (DESIGN §1): the layer's own padding is applied first (as the layer does), then the
+Padding convention (docs/semantics.md, "Phases"): the layer's own padding is applied first (as the layer does), then the
 padded input is extended past its bottom/right edge as far as the dense pass needs: with -inf for max
 pooling; for average pooling the extension is never counted in the divisor (the layer's own padding is
 counted iff ``count_include_pad``; ``divisor_override``, when set, is the divisor everywhere). This is

@@ -1,6 +1,6 @@
 """The registry of phase adapters: one adapter per subsampling layer class.
 
-A *phase adapter* knows how to evaluate one layer type at any of its R² phases (DESIGN §1, fact 2):
+A *phase adapter* knows how to evaluate one layer type at any of its R² phases (docs/semantics.md, "Phases"):
 
     out[..., i, j] = dense[..., R*i + dy, R*j + dx],   phase s = dy*R + dx,
 

@@ -9,7 +9,7 @@ Every such layer is modelled in three steps, each taken from the layer itself:
    (0 for convolutions, -inf for max pooling; counted in average pooling iff ``count_include_pad``);
 3. the strided functional op (``apply``) with padding 0.
 
-The dense input of DESIGN §1 is then: step 1, step 2, and an extension past the bottom/right edge to
+The dense input of a phase (docs/semantics.md, "Phases") is then: step 1, step 2, and an extension past the bottom/right edge to
 ``R*out + d*(k-1)`` rows/columns with the same pad value (see ``functional.pad_extend``). All R²
 phases come from one stride-1 ``apply`` on it, split into phases; one phase is one stride-R ``apply``
 on it cropped by ``dy`` rows and ``dx`` columns, at the cost of the default forward.

@@ -237,15 +237,35 @@ def _hf(name: str) -> LoadedModel:
     return LoadedModel(f"hf:{base}", model, Preprocess(**pre), names)
 
 
+def _seg_zoo(base: str) -> LoadedModel:
+    """A segmentation zoo model (``zoo:seg_*``): (N, 1, 96, 96) canvases to (N, 11, 96, 96) logits."""
+    from .zoo import segmentation as segzoo
+
+    cfg = segzoo.model_config(base)
+    size = int(cfg["input_size"][-1])
+    pre = Preprocess(input_size=size, in_chans=int(cfg["in_chans"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                     crop_pct=1.0)
+    order = zoo_order_path(base)
+    return LoadedModel(f"zoo:{base}", segzoo.create_model(base, pretrained=True), pre, list(cfg["class_names"]),
+                       order=str(order) if order.is_file() else None)
+
+
 @register_source("zoo")
 def _zoo(name: str) -> LoadedModel:
     from .. import zoo
+    from ..zoo import segmentation as segzoo
 
     base, kw = _split_classes(name)
+    if base in segzoo.list_models():
+        if kw.get("num_classes", segzoo.segdata.NUM_CLASSES) != segzoo.segdata.NUM_CLASSES:
+            raise UndiscardError(f"segmentation zoo models have {segzoo.segdata.NUM_CLASSES} classes; "
+                                 f"--num-classes {kw['num_classes']} does not fit")
+        return _seg_zoo(base)
     if kw.get("num_classes", 10) != 10:
         raise UndiscardError(f"zoo models have 10 classes; --num-classes {kw['num_classes']} does not fit")
     if base not in zoo.list_models():
-        raise UndiscardError(f"unknown zoo model {base!r}: available {', '.join(zoo.list_models())}")
+        raise UndiscardError(f"unknown zoo model {base!r}: available "
+                             f"{', '.join(zoo.list_models() + segzoo.list_models())}")
     cfg = zoo.model_config(base)
     model = zoo.create_model(base, pretrained=True)
     size = int(cfg["input_size"][-1])

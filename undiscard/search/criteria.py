@@ -1,4 +1,4 @@
-"""Search criteria: which states a search evaluates, and in which order. Lower scores first.
+"""Search criteria: which states a search evaluates, and in which order (docs/semantics.md, "Search"). Lower scores first.
 
 A criterion is a small :class:`Criterion` class registered by name (:func:`register_criterion`;
 ``wrap(..., criterion=NAME)``). Whatever the criterion, a budget of B evaluates at most B states per image

@@ -1,6 +1,6 @@
 """Which searched units move a dense output: traced once per set-up model from the output's lineage.
 
-A state's phase at a unit shifts everything computed *after* that unit by the unit's offset (DESIGN §1).
+A state's phase at a unit shifts everything computed *after* that unit by the unit's offset (docs/semantics.md, "Alignment").
 A classifier's feature map is computed after every unit, so it moves by the state's whole offset. A
 segmentation decoder often is not: SegFormer's decoder and DeepLabV3+'s read an encoder stage from
 *before* a searched unit through a skip (SegFormer's 1/4 stage; DeepLabV3+'s layer1 beside its layer2

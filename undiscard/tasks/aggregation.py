@@ -1,4 +1,4 @@
-"""Aggregating the feature maps of several states (DESIGN §3): pure tensor functions.
+"""Aggregating the feature maps of several states (docs/semantics.md, "Aggregation"): pure tensor functions.
 
 Shapes: N images, B states per image, C channels, an h x w feature grid, K classes.
 

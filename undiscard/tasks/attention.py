@@ -1,4 +1,4 @@
-"""The learned attention aggregator (DESIGN §3) and the files it is saved in.
+"""The learned attention aggregator (docs/semantics.md, "Aggregation") and the files it is saved in.
 
 Given the B aligned feature maps of an image's searched states, per spatial location:
 

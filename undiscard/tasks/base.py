@@ -1,4 +1,4 @@
-"""What differs between tasks: a :class:`Task` object, one per kind of output (DESIGN §3).
+"""What differs between tasks: a :class:`Task` object, one per kind of output (docs/semantics.md, "Aggregation").
 
 The search (:mod:`undiscard.search._best_first`), the engine (:mod:`undiscard.search._engine`) and the layers never look at
 what the network predicts. Everything that does lives here:

@@ -1,4 +1,4 @@
-"""Dense prediction: the ``"segmentation"`` task (DESIGN §3), for networks with (N, K, H, W) logits.
+"""Dense prediction: the ``"segmentation"`` task (docs/semantics.md, "Aggregation"), for networks with (N, K, H, W) logits.
 
 ``undiscard.wrap(seg_net, budget=B, task="segmentation")`` searches B states per image as for a
 classifier; what differs is here, in :class:`SegmentationTask` (the search, the engine and the layers
@@ -12,7 +12,7 @@ are the same):
   identity), so every state's output is the network's own output at that state
   (``model.run_state(x, state)``), and there is no head to run after combining. The combined output is
   logits too, in the same space: ``mean`` averages *logits*, per pixel, exactly as it averages feature
-  maps for a classifier (DESIGN §3); ``entropy`` weights each state at each pixel by
+  maps for a classifier; ``entropy`` weights each state at each pixel by
   ``1 - H(softmax(logits_s at that pixel)) / log K`` (normalised over the states, per pixel); the
   ``attention`` aggregator runs per pixel over the K logit channels (untrained, it is ``mean`` bit for
   bit). Probabilities are never averaged here (image-space TTA, :mod:`undiscard.tta`, may do so).

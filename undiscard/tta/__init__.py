@@ -1,4 +1,4 @@
-"""Image-space test-time augmentation (DESIGN §4): views and policies, aggregators, the TTA module.
+"""Image-space test-time augmentation (docs/tta.md): views and policies, aggregators, the TTA module.
 
     >>> tta = undiscard.TTA(undiscard.wrap(net, budget=4), policy="flip", aggregate="mean")
     >>> logits = tta(x)          # 2 views, each with its own phase search; tta.last_cost ~ 2 x 4 states

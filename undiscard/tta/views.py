@@ -13,7 +13,7 @@ on the command line and saved with fitted aggregators::
     scale:F (zoom about the centre; F > 1 zooms in) | rotate:DEG (counter-clockwise) | brightness:D | contrast:F
 
 and views combine with ``+`` (applied left to right): ``hflip+scale:1.1+crop:tl,0.875``. ``crop:tl``
-without a size (until issue 16 an edge-filled translation by H/16, not a crop) is refused with a message
+without a size (once an edge-filled translation by H/16, not a crop) is refused with a message
 naming both replacements.
 
 Policies (:func:`policy_views`):
@@ -154,7 +154,7 @@ def _crop_args(raw: list[str], text: str) -> tuple[str, float]:
     if len(raw) == 1:
         raise ViewError(f"crop:{raw[0]} has no size, in {text!r}: crops are real crops, crop:{raw[0]},SIZE (e.g. "
                         f"crop:{raw[0]},0.875, that 7/8 of the image resized back to the input size); the "
-                        "crop:CORNER of before issue 16, an edge-filled translation by D = round(H/16) px away "
+                        "old crop:CORNER, an edge-filled translation by D = round(H/16) px away "
                         "from the corner, is shift:D,D for tl (shift:-D,-D for br)")
     if len(raw) != 2:
         raise ViewError(f"view op 'crop' takes 2 arguments (CORNER,SIZE), got {len(raw)} in {text!r}")

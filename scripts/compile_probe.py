@@ -1,0 +1,50 @@
+"""What torch.compile does with a wrapped model, per backend (results/compile/README.md).
+
+Three cases on a tiny CNN (three stride-2 convs, BatchNorm, a linear head; 3 images of 32x32), each after
+``torch.compiler.reset()``: ``torch.compile(wrap(net, budget=1))``, ``torch.compile(wrap(net, budget=4))``
+and ``wrap(torch.compile(net), budget=4)``, compared with the eager outputs (bit for bit, and the largest
+difference). Prints one line per case: OK/FAIL, seconds (compilation included), the result.
+
+    python scripts/compile_probe.py eager aot_eager inductor
+"""
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import undiscard
+
+torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for the tests' tiny net
+from tests.test_compile_script import tiny  # noqa: E402
+
+net = tiny()
+X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def probe(name: str, fn) -> None:
+    torch.compiler.reset()
+    t = time.time()
+    try:
+        with torch.no_grad():
+            out = fn()
+        print(f"{name}: OK {time.time() - t:.1f}s (equal, max abs diff) = {out}", flush=True)
+    except Exception as e:  # noqa: BLE001 - a probe reports whatever fails
+        print(f"{name}: FAIL {time.time() - t:.1f}s {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
+
+
+def compare(y: torch.Tensor, ref: torch.Tensor) -> tuple[bool, float]:
+    return torch.equal(y, ref), float((y - ref).abs().max())
+
+
+with torch.no_grad():
+    ref1 = net(X)
+    model = undiscard.wrap(net, budget=4)
+    ref4 = model(X)
+for backend in sys.argv[1:] or ["eager", "aot_eager", "inductor"]:
+    probe(f"{backend}: compile(wrap(net, budget=1))",
+          lambda: compare(torch.compile(undiscard.wrap(net, budget=1), backend=backend)(X), ref1))
+    probe(f"{backend}: compile(wrap(net, budget=4))", lambda: compare(torch.compile(model, backend=backend)(X), ref4))
+    probe(f"{backend}: wrap(compile(net), budget=4)",
+          lambda: compare(undiscard.wrap(torch.compile(net, backend=backend), budget=4)(X), ref4))
