@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from undiscard.evaluation.report import stamp
+
 
 def one(limit: int, rest: list[str]) -> dict:
     """Run one calibration in a child process; its peak RSS (MiB), seconds and the order's own record."""
@@ -44,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     if args.one is not None:
-        print(json.dumps(one(args.one, rest)))
+        print(json.dumps(stamp(one(args.one, rest))))
         return
     rows = []
     for limit in (int(v) for v in args.limits.split(",")):  # each in its own interpreter: ru_maxrss is per child
@@ -54,7 +56,7 @@ def main() -> None:
         r = rows[-1]
         print(f"--limit {limit:4d}: {r['images']:5d} images  peak RSS {r['peak_rss_mb']:7.0f} MiB  "
               f"{r['seconds']:7.1f} s  store {r['store_mb'] or 0:7.1f} MiB", flush=True)
-    print(json.dumps(rows, indent=1))
+    print(json.dumps(stamp({"rows": rows}), indent=1))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 import undiscard
 from undiscard.errors import UndiscardError
 from undiscard.models.loading import load_model
+from undiscard.evaluation.report import stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 0.25  # every model within B + 0.25 plain forwards at B = 2, 4, 8
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps(report, indent=1))
+        Path(args.out + ".json").write_text(json.dumps(stamp(report), indent=1))
         Path(args.out + ".md").write_text(text + "\n")
     return 0
 

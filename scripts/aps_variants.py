@@ -44,6 +44,7 @@ from torch import Tensor
 import undiscard
 from undiscard.search.aps import APSRule
 from undiscard.selection import aggregate_states, aps
+from undiscard.evaluation.report import stamp
 
 Predict = Callable[[Tensor], tuple[Tensor, float, float]]  # images -> (logits, cost per image, share moved)
 
@@ -264,7 +265,7 @@ def main() -> None:
                   f"cons {row['consistency']:6.2f} cost {row['cost']:5.3f} moved {row['moved']:5.1f}% "
                   f"({row['seconds']:.0f} s)", flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(payload, indent=1) + "\n")
+            args.out.write_text(json.dumps(stamp(payload), indent=1) + "\n")
 
 
 if __name__ == "__main__":

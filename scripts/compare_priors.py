@@ -46,6 +46,7 @@ from undiscard.evaluation.runner import evaluate
 from undiscard.models.loading import load_model
 from undiscard.search.criteria import get_criterion
 from undiscard.search.orders import zoo_order_path
+from undiscard.evaluation.report import stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (1, 2, 4, 8)
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": time.perf_counter() - t0, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out.with_suffix(".json").write_text(json.dumps(stamp(report), indent=1))
     out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     return 0

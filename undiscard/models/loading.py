@@ -239,7 +239,7 @@ def _hf(name: str) -> LoadedModel:
 
 def _seg_zoo(base: str) -> LoadedModel:
     """A segmentation zoo model (``zoo:seg_*``): (N, 1, 96, 96) canvases to (N, 11, 96, 96) logits."""
-    from .zoo import segmentation as segzoo
+    from ..zoo import segmentation as segzoo
 
     cfg = segzoo.model_config(base)
     size = int(cfg["input_size"][-1])
