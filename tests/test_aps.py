@@ -235,3 +235,65 @@ def test_bad_arguments(circular):
         aps(model, x, units=["nope"])
     with pytest.raises(PhaseError):
         aps(model, x, units=[0, 0])
+
+
+# --- criterion="aps": the selection as a search under the budget ------------------------------------------
+
+
+def _aps_model(net: nn.Module, budget: int, x: torch.Tensor):
+    model = wrap(net, budget=budget, criterion="aps", aggregate="mean")
+    model.prepare(x)
+    return model
+
+
+def test_aps_criterion_budget_one_is_the_network(circular):
+    circular = circular[0]
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    model = _aps_model(circular, 1, x)
+    assert torch.equal(model(x), circular(x))
+
+
+def test_aps_criterion_searches_the_first_unit_and_its_second_state_is_the_selection(circular):
+    circular = circular[0]
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    model = _aps_model(circular, 2, x)
+    assert [u.name for u in model.search_units] == [model.all_units[0].name]
+    with torch.no_grad():
+        cands = model.candidates(x)
+        selected = aps(wrap(circular, budget=1, units=[0]), x)  # the same rule, as a single pass
+    assert [per[1].state for per in cands] == selected.states
+    torch.testing.assert_close(torch.stack([per[1].logits for per in cands]), selected.logits)
+
+
+def test_aps_criterion_then_follows_the_grid_order_without_repeating_the_selection(circular):
+    circular = circular[0]
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    model = _aps_model(circular, 4, x)
+    with torch.no_grad():
+        found = model.search(x)
+        smaller = _aps_model(circular, 3, x).search(x)
+    grid = [s for s in wrap(circular, budget=4, criterion="grid", units=[0]).search(x)[0]][1:]
+    for per, small in zip(found, smaller):
+        assert len(per) == 4 and per[0] == (0,) and per[1] not in per[2:]  # the selection may be the root's state
+        assert (0,) not in per[2:] and len(set(per[2:])) == 2
+        assert per[2:] == [s for s in grid if s != per[1]][:2]
+        assert small == per[:3]  # the prefix property: one search prices every smaller budget
+
+
+def test_aps_criterion_cost_is_the_counted_work_and_within_the_budget(circular):
+    circular = circular[0]
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:
+        circular(x)
+    for budget in (2, 3, 4):
+        model = _aps_model(circular, budget, x)
+        with torch.no_grad():
+            model(x)
+            with FlopCounterMode(display=False) as counter:
+                model(x)
+            cands = model.candidates(x)
+        spent = counter.get_total_flops() / plain.get_total_flops()
+        assert model.last_cost == pytest.approx(spent, rel=1e-9)
+        assert model.candidates_cost(cands, budget)[0] == pytest.approx(model.last_cost, rel=1e-9)
+        # a dense first layer is the one extra: at most what the selected unit's R² phases cost
+        assert budget - 1 < model.last_cost <= budget + 0.5

@@ -74,6 +74,8 @@ class Candidate:
     logits: Tensor
     segment: int | None = None
     score_flops: float = 0.0
+    extra_flops: float = 0.0  # what its evaluation ran beyond the network from ``segment`` on (an APS pass's dense layers)
+    adaptive: bool = False  # selected during its own pass (``criterion="aps"``): its phases were not known before
 
 
 # evaluate(segment, inputs (M, ...), states (M, L) long, capture) -> (features (M, ...), logits (M, ...),

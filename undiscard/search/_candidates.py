@@ -29,6 +29,7 @@ from ..analysis.geometry import state_offsets
 from ..errors import PhaseError
 from ._best_first import Candidate, lazy_best_first
 from ._engine import Engine
+from .aps import aps_plan
 from .criteria import Criterion, SearchContext
 
 __all__ = ["Candidates", "engine_of", "find_candidates", "stack_candidates"]
@@ -77,7 +78,9 @@ def find_candidates(engine: Engine, x: Tensor, budget: int, criterion: Criterion
     of the head per image for aggregating the states (none when every image has only its root).
     """
     engine.reset_cost()
-    if criterion.static:
+    if criterion.adaptive:
+        cands = Candidates(_adaptive(engine, x, budget, criterion, ctx, chunk_size))
+    elif criterion.static:
         cands = Candidates(_listed(engine, x, criterion.static_order(ctx, budget), budget, chunk_size))
     else:
         cands = Candidates(_searched(engine, x, budget, criterion, ctx, attention, chunk_size))
@@ -106,6 +109,43 @@ def _searched(engine: Engine, x: Tensor, budget: int, criterion: Criterion, ctx:
 
     return lazy_best_first(feats, logits, caches, engine.cut, engine.rates(), budget, engine.evaluate, score,
                            lambda states: criterion.prior(ctx, states), chunk_size)
+
+
+def _adaptive(engine: Engine, x: Tensor, budget: int, criterion: Criterion, ctx: SearchContext,
+              chunk_size: int) -> list[list[Candidate]]:
+    """The root, then per image the state adaptive polyphase selection chooses at every searched unit (one
+    pass from the first searched unit's cut, in blocks of at most ``chunk_size`` images), then the first
+    states of ``criterion``'s static order that differ from it (each from its first non-zero unit's cut)."""
+    n = x.shape[0]
+    feats, logits, caches = engine.root_caches(x)
+    zero = tuple([0] * len(engine.searched))
+    cands = [[Candidate(zero, feats[i], logits[i])] for i in range(n)]
+    if budget < 2 or not engine.searched:
+        return cands
+    segment, positions = engine.cut[0], list(range(len(engine.searched)))
+    for lo in range(0, n, chunk_size):
+        hi = min(n, lo + chunk_size)
+        plan = aps_plan(engine, positions, criterion.rule)  # a fresh plan per pass: it records the choices
+        f, lg, extra = engine.evaluate_adaptive(segment, caches[segment][lo:hi], dict(plan))
+        chosen = torch.stack([plan[u].phases for u in engine.searched], 1).tolist()  # type: ignore[misc]
+        for i in range(lo, hi):
+            cands[i].append(Candidate(tuple(chosen[i - lo]), f[i - lo], lg[i - lo], segment, extra_flops=extra, adaptive=True))
+    order = list(criterion.static_order(ctx, budget + 1))[1:]
+    rows = [(i, s) for i in range(n) for s in [s for s in order if s != cands[i][1].state][:budget - 2]]
+    first = {s: engine.cut[next(d for d, p in enumerate(s) if p)] for _, s in rows}
+    found: dict[tuple[int, tuple[int, ...]], tuple[Tensor, Tensor]] = {}
+    for seg in sorted(set(first.values())):
+        part = [(i, s) for i, s in rows if first[s] == seg]
+        for start in range(0, len(part), chunk_size):
+            block = part[start:start + chunk_size]
+            index = torch.tensor([i for i, _ in block], dtype=torch.long, device=x.device)
+            table = torch.tensor([s for _, s in block], dtype=torch.long, device=x.device)
+            f, lg, _ = engine.evaluate(seg, caches[seg][index], table)
+            found.update({key: (f[r], lg[r]) for r, key in enumerate(block)})
+    for i, s in rows:
+        f, lg = found.pop((i, s))
+        cands[i].append(Candidate(s, f, lg, first[s]))
+    return cands
 
 
 def _listed(engine: Engine, x: Tensor, order: Sequence[tuple[int, ...]], budget: int,

@@ -183,8 +183,9 @@ class Engine:
             ideal += self.flops.baseline + self.flops.head + scored
             for c in per[1:]:
                 assert c.segment is not None
-                spent += self.row_flops(c.segment)
-                ideal += self.flops.tail[state_depth(c.state) - 1]
+                spent += self.row_flops(c.segment) + c.extra_flops
+                depth = 1 if c.adaptive else state_depth(c.state)  # an adaptive pass runs from the first unit on
+                ideal += self.flops.tail[depth - 1] + c.extra_flops
         n = len(searches) * self.flops.baseline
         return (spent / n, ideal / n) if n else (0.0, 0.0)
 
@@ -248,6 +249,25 @@ class Engine:
         ideal = sum(self.flops.tail[state_depth(s) - 1] for s in listed)
         self._charge(self.cut.index(segment), rows, rows * self.row_flops(segment), ideal)
         return a, logits, at
+
+    def evaluate_adaptive(self, segment: int, inputs: Tensor, plan: dict[int, PhaseSpec]) -> tuple[Tensor, Tensor, float]:
+        """Features and logits (M, ...) of one pass from chain segment ``segment`` on ``inputs`` (M, ...) with a
+        phase ``plan`` decided during the pass (:class:`~undiscard.layers.plans.Adaptive` specs: the phases are
+        read from the plan afterwards), and the FLOPs it ran beyond :meth:`row_flops` per row (counted on the
+        pass itself: an adaptive unit computes its first layer densely). Charged as counted."""
+        assert self.flops is not None
+        with FlopCounterMode(display=False) as counter:
+            with phase_plan(plan):
+                a = inputs
+                for k in range(segment, len(self.chain.segments)):
+                    a = self.chain.segments[k](a)
+            with phase_plan(None):
+                logits = self.split.head(a)
+        rows = int(inputs.shape[0])
+        flops = float(counter.get_total_flops())
+        extra = max(0.0, flops / rows - self.row_flops(segment)) if rows else 0.0
+        self._charge(self.cut.index(segment), rows, flops, rows * (self.flops.tail[self.cut.index(segment)] + extra))
+        return a, logits, extra
 
     def state_phases(self, state: tuple[int, ...], n: int, device: torch.device) -> dict[int, Tensor]:
         """The phase plan {unit index: (n,) long} of one state (one phase per searched unit) for n images;

@@ -43,6 +43,7 @@ from .._registry import NamedRegistry
 from ..analysis.geometry import grid_rank, state_offset
 from ..errors import UndiscardError
 from ._best_first import static_order
+from .aps import APSRule
 from .orders import StateOrder, as_order
 
 if TYPE_CHECKING:  # type hints only
@@ -102,6 +103,8 @@ class Criterion:
     needs_aggregator: ClassVar[bool] = False
     static: ClassVar[bool] = False
     needs_order: ClassVar[bool] = False  # reads SearchContext.order (wrap(order=...))
+    adaptive: ClassVar[bool] = False  # its second state is selected per image in one pass (``aps``)
+    default_units: ClassVar[list[int] | None] = None  # the units it searches when wrap(units=...) is not given
 
     def static_order(self, ctx: SearchContext, budget: int) -> Sequence[tuple[int, ...]]:
         """A static criterion's first ``budget`` states (the first is the all-zero state; fewer when the
@@ -132,10 +135,15 @@ NO_ORDER = ("criterion='calibrated' needs a ranked list of states: wrap(..., ord
 
 
 def order_units(criterion: str, order: StateOrder | None, units: object) -> object:
-    """``wrap(units=...)``: as given; when not given with ``criterion="calibrated"``, the units ``order`` names."""
-    if units is None and criterion == "calibrated" and order is not None and order.units is not None:
+    """``wrap(units=...)``: as given; when not given, with ``criterion="calibrated"`` the units ``order``
+    names, else the criterion's own :attr:`Criterion.default_units` (``aps``: the first unit), else None
+    (the model's default)."""
+    if units is not None:
+        return units
+    if criterion == "calibrated" and order is not None and order.units is not None:
         return list(order.units)
-    return units
+    own = get_criterion(criterion).default_units
+    return None if own is None else list(own)
 
 
 def resolve_order(criterion: Criterion, order: object) -> StateOrder | None:
@@ -223,6 +231,25 @@ class Calibrated(Criterion):
     def score(self, ctx, images, features, logits, states, depth):
         rank = {s: r for r, s in enumerate(self.static_order(ctx, len(ctx.order.searched) if ctx.order else 0))}
         return [float(rank.get(tuple(s), len(rank))) for s in states]
+
+
+@register_criterion("aps")
+class AdaptiveSelection(Criterion):
+    """Adaptive polyphase selection as a search: budget 1 is the original model; the second state is, per
+    image, the phase of largest L2 norm at every searched unit (interior cells scored, in one pass:
+    :mod:`undiscard.search.aps`); further states follow the coarse-to-fine ``grid`` order, skipping the
+    selected one. By default it searches the model's first unit, where it was measured to help (deeper
+    units cost accuracy on every model measured)."""
+
+    adaptive = True
+    default_units = [0]
+    rule = APSRule()
+
+    def static_order(self, ctx, budget):
+        return static_order(lambda states, depth: grid_score(ctx, states), ctx.rates, budget)
+
+    def score(self, ctx, images, features, logits, states, depth):
+        return grid_score(ctx, states)
 
 
 class _Custom(Criterion):
