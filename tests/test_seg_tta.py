@@ -1,10 +1,13 @@
-"""Dense image-space TTA (undiscard.tta.dense): de-augmentation, aggregation spaces, cost, composition with wrap.
+"""Image-space TTA of a segmenter (``undiscard.TTA(..., task="segmentation")``): de-augmentation, aggregation
+spaces, cost, composition with wrap.
 
 Invariants in the style of qubvel/ttach: the identity view is the network itself, bit for bit; flips are
 undone exactly; flip TTA of a flip-equivariant network is the network; costs are FLOP ratios."""
 from __future__ import annotations
 
+import functools
 import importlib.util
+import math
 
 import pytest
 import torch
@@ -13,17 +16,24 @@ from torch import nn
 import undiscard
 from undiscard.errors import UndiscardError
 from undiscard.tasks.base import TASKS
+from undiscard.data.shift import translate
 from undiscard.tta import (
     DENSE_POLICIES,
-    DenseTTA,
+    TTA,
     DenseView,
-    combine_dense,
     dense_policy_views,
+    make_aggregator,
     parse_dense_view,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K = 5
+SegTTA = functools.partial(TTA, task="segmentation")
+
+
+def combine_dense(logits: torch.Tensor, aggregate: str) -> torch.Tensor:
+    """The dense aggregate ``aggregate`` of (N, V, K, H, W) view logits."""
+    return make_aggregator(aggregate, logits.shape[1], task="segmentation")(logits)
 
 
 def conv_net(seed: int = 0, symmetric: bool = False) -> nn.Module:
@@ -129,7 +139,7 @@ def test_parsing_and_policies():
         with pytest.raises(UndiscardError, match=msg):
             dense_policy_views(bad)
     with pytest.raises(UndiscardError, match="aggregate"):
-        DenseTTA(conv_net(), aggregate="median")
+        SegTTA(conv_net(), aggregate="median")
 
 
 # --- the module ------------------------------------------------------------------------------------
@@ -137,26 +147,26 @@ def test_parsing_and_policies():
 def test_identity_view_is_the_network_bit_for_bit():
     net = conv_net()
     y = net(X)
-    assert torch.equal(DenseTTA(net, ["identity"], "logits")(X), y)
-    tta = DenseTTA(net, "flip,multiscale")
+    assert torch.equal(SegTTA(net, ["identity"], "logits")(X), y)
+    tta = SegTTA(net, "flip,multiscale")
     views = tta.view_logits(X)
     assert views.shape == (3, 6, K, 20, 24)
     assert torch.equal(views[:, [v.name for v in tta.views].index("identity")], y)
-    assert torch.equal(DenseTTA(DictNet(net), ["identity"], "logits")(X), y)  # {"out": ...} outputs
+    assert torch.equal(SegTTA(DictNet(net), ["identity"], "logits")(X), y)  # {"out": ...} outputs
 
 
 @torch.no_grad()
 def test_flip_tta_of_a_flip_equivariant_network_is_the_network():
     pix = PixelNet()
     for policy in ("flip", "flips"):
-        views = DenseTTA(pix, policy).view_logits(X)
+        views = SegTTA(pix, policy).view_logits(X)
         assert all(torch.equal(views[:, v], pix(X)) for v in range(views.shape[1]))  # exactly, per view
-        assert torch.equal(DenseTTA(pix, policy, "logits")(X), pix(X))
+        assert torch.equal(SegTTA(pix, policy, "logits")(X), pix(X))
     sym = conv_net(symmetric=True)
-    assert torch.allclose(DenseTTA(sym, "flip", "logits")(X), sym(X), atol=1e-5)
-    assert torch.allclose(DenseTTA(sym, "flip", "mean")(X), torch.log_softmax(sym(X), 1), atol=1e-5)
+    assert torch.allclose(SegTTA(sym, "flip", "logits")(X), sym(X), atol=1e-5)
+    assert torch.allclose(SegTTA(sym, "flip", "mean")(X), torch.log_softmax(sym(X), 1), atol=1e-5)
     plain = conv_net()  # not equivariant: its flip view differs
-    assert not torch.allclose(DenseTTA(plain, "flip", "logits")(X), plain(X), atol=1e-3)
+    assert not torch.allclose(SegTTA(plain, "flip", "logits")(X), plain(X), atol=1e-3)
 
 
 @torch.no_grad()
@@ -183,17 +193,17 @@ def test_aggregation_spaces():
 def test_cost_is_counted_in_plain_forwards():
     net = conv_net()
     x = torch.randn(2, 3, 96, 96)
-    tta = DenseTTA(net, "flip")
+    tta = SegTTA(net, "flip")
     tta(x)
     assert tta.last_cost == 2.0
-    ms = DenseTTA(net, "multiscale")
+    ms = SegTTA(net, "multiscale")
     ms(x)  # a stride-1 conv net: FLOPs follow pixels, 72² + 96² + 120² over 96²
     assert ms.last_cost == pytest.approx(0.75 ** 2 + 1 + 1.25 ** 2, rel=1e-6)
-    padded = DenseTTA(net, "multiscale", size_divisor=32)
+    padded = SegTTA(net, "multiscale", size_divisor=32)
     out = padded(x)  # 72 -> padded to 96, 120 -> 128: padding is paid for
     assert out.shape == (2, K, 96, 96)
     assert padded.last_cost == pytest.approx(1 + 1 + (128 / 96) ** 2, rel=1e-6)
-    both = DenseTTA(net, "flip,multiscale", size_divisor=32)
+    both = SegTTA(net, "flip,multiscale", size_divisor=32)
     both(x)
     assert both.last_cost == pytest.approx(2 * padded.last_cost, rel=1e-6)
     with pytest.raises(UndiscardError, match="wrap"):
@@ -204,7 +214,7 @@ def test_cost_is_counted_in_plain_forwards():
 def test_around_a_wrapped_model():
     net = conv_net()
     wrapped = undiscard.wrap(net, budget=1)
-    plain, around = DenseTTA(net, "flip,multiscale"), DenseTTA(wrapped, "flip,multiscale")
+    plain, around = SegTTA(net, "flip,multiscale"), SegTTA(wrapped, "flip,multiscale")
     assert torch.equal(around(X), plain(X))  # budget 1 is net(x) bit for bit, in every view
     assert around.last_cost == pytest.approx(plain.last_cost)
 
@@ -231,7 +241,7 @@ def test_flip_times_ours_counts_every_search():
     net = StridedSeg().eval()
     x = torch.randn(2, 3, 32, 32)
     model = undiscard.wrap(net, budget=2, task="segmentation")
-    tta = DenseTTA(model, "flip")
+    tta = SegTTA(model, "flip")
     out = tta(x)
     assert out.shape == (2, K, 32, 32) and out.isfinite().all()
     assert tta.last_cost > 2.0  # two views, each a search of 2 states
@@ -239,7 +249,7 @@ def test_flip_times_ours_counts_every_search():
     one = model.last_cost
     tta(x[:1])
     assert tta.last_cost >= one - 1e-9
-    assert torch.equal(DenseTTA(model, "flip")(x, phase_budget=1), DenseTTA(net, "flip")(x))
+    assert torch.equal(SegTTA(model, "flip")(x, phase_budget=1), SegTTA(net, "flip")(x))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("segmentation_models_pytorch") is None,
@@ -253,7 +263,7 @@ def test_zoo_segmenter_multiscale_with_padding():
     x = segdata.to_input(images[:2])
     net = segzoo.create_model("seg_fpn")
     black = -segdata.MEAN / segdata.STD
-    tta = DenseTTA(net, "flip,multiscale", size_divisor=32, pad_value=black)
+    tta = SegTTA(net, "flip,multiscale", size_divisor=32, pad_value=black)
     out = tta(x)  # 72 and 120 px are not multiples of smp's 32: padded to 96 and 128
     assert out.shape == (2, segdata.NUM_CLASSES, 96, 96)
     assert 2 * (1 + 1) < tta.last_cost < 2 * (1 + 1 + 2)
