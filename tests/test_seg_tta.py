@@ -268,3 +268,57 @@ def test_zoo_segmenter_multiscale_with_padding():
     assert out.shape == (2, segdata.NUM_CLASSES, 96, 96)
     assert 2 * (1 + 1) < tta.last_cost < 2 * (1 + 1 + 2)
     assert torch.equal(tta.view_logits(x)[:, 2], net(x))  # the identity view (policy: scale, then flip)
+
+
+def _by_hand(net: nn.Module, x: torch.Tensor, views: list[tuple[bool, float, tuple[int, int]]]) -> torch.Tensor:
+    """De-augmented view logits (N, V, K, H, W) composed by hand: each view (hflip, scale, shift) resizes
+    the input bilinearly, flips it, translates it with edge fill; the output is translated back, flipped
+    back and resized to the input's size. Views of one input shape run as one batch, as the TTA does."""
+    h, w = x.shape[-2:]
+    inputs = []
+    for flip, scale, (dy, dx) in views:
+        v = x if scale == 1 else nn.functional.interpolate(x, size=(int(h * scale + 0.5), int(w * scale + 0.5)),
+                                                           mode="bilinear", align_corners=False)
+        v = v.flip(-1) if flip else v
+        inputs.append(translate(v, dy, dx, fill="edge") if (dy, dx) != (0, 0) else v)
+    outs: list[torch.Tensor | None] = [None] * len(views)
+    for shape in dict.fromkeys(tuple(v.shape) for v in inputs):
+        idx = [i for i, v in enumerate(inputs) if tuple(v.shape) == shape]
+        y = net(torch.cat([inputs[i] for i in idx]))
+        for j, i in enumerate(idx):
+            flip, scale, (dy, dx) = views[i]
+            o = y[j * len(x):(j + 1) * len(x)]
+            o = translate(o, -dy, -dx, fill="edge") if (dy, dx) != (0, 0) else o
+            o = o.flip(-1) if flip else o
+            outs[i] = o if scale == 1 else nn.functional.interpolate(o, size=(h, w), mode="bilinear",
+                                                                     align_corners=False)
+    return torch.stack(outs, 1)
+
+
+@torch.no_grad()
+def test_tta_on_a_segmenter_equals_the_views_composed_by_hand():
+    """``TTA(net, policy, aggregate, task="segmentation")``: the views' de-augmented logits are the flips,
+    shifts and scales composed by hand, bit for bit, and every dense aggregate is its formula on them — for
+    a plain segmenter and around a wrapped one (whose task the TTA takes: no task= needed)."""
+    net = conv_net()
+    policies = {"flip": [(False, 1.0, (0, 0)), (True, 1.0, (0, 0))],
+                "flip,shift": [(False, 1.0, (0, 0)), (True, 1.0, (0, 0)), (False, 1.0, (2, 2)), (True, 1.0, (2, 2))],
+                "multiscale": [(False, 0.75, (0, 0)), (False, 1.0, (0, 0)), (False, 1.25, (0, 0))]}
+    for policy, views in policies.items():
+        want = _by_hand(net, X, views)
+        assert torch.equal(SegTTA(net, policy).view_logits(X), want)
+        logp = torch.log_softmax(want, 2)
+        formulas = {"mean": torch.logsumexp(logp, 1) - math.log(len(views)), "logits": want.mean(1),
+                    "gmean": torch.log_softmax(logp.mean(1), 1), "max": torch.log_softmax(logp.amax(1), 1)}
+        for aggregate, formula in formulas.items():
+            tta = SegTTA(net, policy, aggregate)
+            assert torch.equal(tta(X), formula), (policy, aggregate)
+            assert tta.task == "segmentation" and tta.last_cost == pytest.approx(
+                sum((1 if s == 1 else round(20 * s) * round(24 * s) / (20 * 24)) for _, s, _ in views), rel=0.05)
+    assert torch.allclose(formulas["mean"].exp(), want.softmax(2).mean(1), atol=1e-6)  # probabilities averaged
+    wrapped = undiscard.wrap(net, budget=1, task="segmentation")
+    around = TTA(wrapped, "flip")  # the wrapped model's task
+    assert around.task == "segmentation" and torch.equal(around(X), SegTTA(net, "flip")(X))
+    assert TTA(undiscard.wrap(net, budget=1), "flip").task == "classification"  # task=None: classification
+    with pytest.raises(UndiscardError, match="size_divisor and pad_value are for task='segmentation'"):
+        TTA(net, "flip", size_divisor=32)
