@@ -257,12 +257,12 @@ def photo_pairs_figure(rows: Sequence[Row]):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 120) -> Path:
     import matplotlib.pyplot as plt
 
     try:
         with atomic_write(path) as f:
-            fig.savefig(f, dpi=120, bbox_inches="tight", format="png")
+            fig.savefig(f, dpi=dpi, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
     return path
@@ -325,13 +325,4 @@ def segmentation_figure(rows: Sequence[Row]):
 
 def write_segmentation_plot(rows: Sequence[Row], out_dir: str | Path) -> Path:
     """:func:`segmentation_figure` saved (atomically) as :data:`SEGMENTATION_PLOT` in ``out_dir``, and closed."""
-    import matplotlib.pyplot as plt
-
-    fig = segmentation_figure(rows)
-    path = Path(out_dir) / SEGMENTATION_PLOT
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, dpi=100, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return _save(segmentation_figure(rows), Path(out_dir) / SEGMENTATION_PLOT, dpi=100)
