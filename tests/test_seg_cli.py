@@ -85,7 +85,7 @@ def test_commands_dispatch_on_task(folder, tmp_path, capsys, monkeypatch):
 
     root, _, _ = folder
     calls = []
-    monkeypatch.setattr(eval_cmd, "_run_segmentation", lambda args: calls.append(args.task) or 0)
+    monkeypatch.setattr(eval_cmd, "_run_segmentation", lambda args, *_: calls.append(args.task) or 0)
     assert main(["eval", "--task", "segmentation", "--model", "zoo:seg_fpn", "--data", str(root), "--quiet"]) == 0
     assert calls == ["segmentation"]
     monkeypatch.undo()

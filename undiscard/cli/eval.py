@@ -133,20 +133,20 @@ def run(args: argparse.Namespace) -> int:
         args.criterion = "calibrated" if args.order is not None else "entropy"
     elif args.order is not None and args.criterion != "calibrated":
         raise CLIError(f"--order is the state order of --criterion calibrated, not of --criterion {args.criterion}")
-    if args.task == "segmentation":
-        return _run_segmentation(args)
     budgets = parse_budgets(args.budget)
-    device = resolve_device(args.device)
-    if args.criterion not in CRITERIA:
-        raise CLIError(f"unknown criterion {args.criterion!r}: expected one of {', '.join(CRITERIA)}")
     args.aggregates = parse_aggregates(args.aggregate)
+    device = resolve_device(args.device)
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value <= 0:
             raise CLIError(f"{flag} must be positive, got {value}")
-    if args.workers < 0:
-        raise CLIError(f"--workers must be >= 0, got {args.workers}")
     if args.shift < 0:
         raise CLIError(f"--shift must be >= 0, got {args.shift}")
+    if args.task == "segmentation":
+        return _run_segmentation(args, budgets, device)
+    if args.criterion not in CRITERIA:
+        raise CLIError(f"unknown criterion {args.criterion!r}: expected one of {', '.join(CRITERIA)}")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be >= 0, got {args.workers}")
     outputs = check_out_dir(args.out, ["results.json", "results.csv", *PLOT_FILES])
     rank, world = distributed.setup(device)
     try:
@@ -258,16 +258,9 @@ def _device_batches(loader, device: torch.device, unreadable: list[str]) -> Iter
 SIZE_DIVISOR = 32  # what a segmenter's multi-scale TTA views are padded to
 
 
-def _run_segmentation(args: argparse.Namespace) -> int:
+def _run_segmentation(args: argparse.Namespace, budgets: list[int], device: torch.device) -> int:
     """``--task segmentation`` (see the module docstring): the folder is read into memory."""
-    budgets = parse_budgets(args.budget)
-    aggregates = parse_aggregates(args.aggregate)
-    device = resolve_device(args.device)
-    if args.shift < 0:
-        raise CLIError(f"--shift must be >= 0, got {args.shift}")
-    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
-        if value is not None and value <= 0:
-            raise CLIError(f"{flag} must be positive, got {value}")
+    aggregates = args.aggregates
     tta_aggregate = getattr(args, "tta_aggregate", "mean")
     if args.tta is not None and tta_aggregate not in DENSE_AGGREGATES:
         raise CLIError(f"--tta-aggregate {tta_aggregate!r} is not a dense aggregate: expected one of "
