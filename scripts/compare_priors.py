@@ -168,10 +168,8 @@ def high_rate(limit: int, seg_limit: int, log: Callable[[str], None]) -> list[di
 def _segformer(limit: int, crits: tuple[str, ...], log: Callable[[str], None]) -> list[dict]:
     from undiscard.data import segmentation as segdata
     from undiscard.data.shift import shift_images as shift_u8
-    from undiscard.evaluation._segmentation import (
-        run_seg_pairs,
-        search_predictions_dense,
-    )
+    from undiscard.evaluation.runner import run_pairs, search_predictions
+    from undiscard.tasks.segmentation import SegmentationTask
     from undiscard.zoo import segmentation as segzoo
 
     images, masks = segdata.load_seg_test()
@@ -180,13 +178,16 @@ def _segformer(limit: int, crits: tuple[str, ...], log: Callable[[str], None]) -
     x, xs, y = segdata.to_input(raw), segdata.to_input(shifted), torch.from_numpy(masks[:limit]).long()
     net = segzoo.create_model("seg_segformer")
     units = [HIGH_RATE["seg_segformer"]]
-    common = dict(ignore_index=segdata.IGNORE_INDEX, shifted=xs, offsets=offsets, batch_size=50)
+    task = SegmentationTask()
+    common = dict(shifted=xs, offsets=offsets, batch_size=50,
+                  tally=lambda: task.tally(segdata.NUM_CLASSES, segdata.IGNORE_INDEX))
     rows = []
     for crit in crits[:-1] + ("calibrated",):
         kw = {"order": zoo_order_path("seg_segformer")} if crit == "calibrated" else {}
         model = undiscard.wrap(net, budget=1, task="segmentation", criterion=crit, units=units, **kw)
-        tallies, _ = run_seg_pairs(x, y, search_predictions_dense(model, BUDGETS, ["entropy"]),
-                                   [(b, "entropy") for b in BUDGETS], segdata.NUM_CLASSES, **common)
+        variant = ("entropy", model.align)
+        tallies, _ = run_pairs(x, y, search_predictions(model, BUDGETS, [variant]), [(b, variant) for b in BUDGETS],
+                               **common)
         rows += _seg_rows(tallies, crit, units)
         log(f"seg_segformer {crit}: B=8 mIoU {rows[-1]['miou']:.2f}")
     full = undiscard.wrap(net, budget=16, task="segmentation", criterion="offset", units=units)
@@ -195,7 +196,7 @@ def _segformer(limit: int, crits: tuple[str, ...], log: Callable[[str], None]) -
         cands = _reordered(full, full.candidates(batch), "refine")
         return {(b, "entropy"): (full.aggregate_candidates(cands, b), *full.candidates_cost(cands, b)) for b in BUDGETS}
 
-    tallies, _ = run_seg_pairs(x, y, predict, [(b, "entropy") for b in BUDGETS], segdata.NUM_CLASSES, **common)
+    tallies, _ = run_pairs(x, y, predict, [(b, "entropy") for b in BUDGETS], **common)
     rows += _seg_rows(tallies, crits[-1], units)
     return rows
 
@@ -203,7 +204,7 @@ def _segformer(limit: int, crits: tuple[str, ...], log: Callable[[str], None]) -
 def _seg_rows(tallies, crit: str, units: list[str]) -> list[dict]:
     out = []
     for (b, _), tally in tallies.items():
-        s = tally.summary()
+        s = tally.row()
         out.append({"part": "rate 4", "model": "seg_segformer", "unit": units[0], "criterion": crit, "budget": b,
                     "miou": s["miou"], "miou_shifted": s["miou_shifted"], "consistency": s["consistency"],
                     "cost": s["cost"]})

@@ -12,7 +12,7 @@ in): mIoU clean / shifted, pixel shift consistency, pixel accuracy, boundary F1,
 - image-space TTA of the plain network (mean of softmax probabilities, as mmseg): ``flip`` (2 views),
   ``multiscale`` (0.75, 1, 1.25; inputs padded with black to multiples of 32, which the FLOP-counted
   cost includes), ``flip,shift`` (identity, hflip, both shifted by 2 px: 4 views), ``flip,multiscale``;
-- ``flip x ours``: ``DenseTTA(wrap(net, ...), "flip")`` at 2 and 4 states per view (entropy);
+- ``flip x ours``: ``TTA(wrap(net, ..., task="segmentation"), "flip")`` at 2 and 4 states per view (entropy);
 - ``--criterion offset``: ours and flip x ours with the offset order instead (its children are chosen
   before they are computed, so B states cost about B forwards); rows named ``ours (offset)``, written
   to ``seg_measure[_N]_offset.*``. ``--criterion calibrated``: each model's shipped order
@@ -40,16 +40,17 @@ import torch
 import undiscard
 from undiscard.data import segmentation as segdata
 from undiscard.data.shift import shift_images
-from undiscard.evaluation._segmentation import (
+from undiscard.evaluation.report import format_table, write_json, write_text
+from undiscard.evaluation.runner import (
+    describe_rows,
     plain_predictions,
-    run_seg_pairs,
-    search_predictions_dense,
-    seg_rows,
+    run_pairs,
+    search_predictions,
     tta_predictions,
 )
-from undiscard.evaluation.report import format_table, write_json, write_text
 from undiscard.search.orders import zoo_order_path
-from undiscard.tta import DenseTTA
+from undiscard.tasks.segmentation import SegmentationTask
+from undiscard.tta import TTA
 from undiscard.zoo import segmentation as segzoo
 
 BUDGETS = (1, 2, 4, 8)
@@ -67,14 +68,15 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
             reused: list[dict] | None = None, criterion: str = "entropy") -> tuple[list[dict], list[str]]:
     """Every row of one zoo model, and notes on what failed."""
     net = segzoo.create_model(name)
-    k = segdata.NUM_CLASSES
-    common = dict(ignore_index=segdata.IGNORE_INDEX, shifted=xs, offsets=offsets, batch_size=batch_size)
+    task = SegmentationTask()
+    common = dict(shifted=xs, offsets=offsets, batch_size=batch_size,
+                  tally=lambda: task.tally(segdata.NUM_CLASSES, segdata.IGNORE_INDEX))
     rows, notes = [], []
     black = -segdata.MEAN / segdata.STD
 
     def go(predict, keys, describe):
-        tallies, seconds = run_seg_pairs(x, y, predict, keys, k, **common)
-        new = seg_rows(tallies, describe, seconds)
+        tallies, seconds = run_pairs(x, y, predict, keys, **common)
+        new = describe_rows(tallies, describe, seconds)
         for r in new:
             print(f"  {r['method']:<22} B={r['budget']} {r.get('aggregate', '-'):<8} mIoU {r['miou']:.2f} "
                   f"shifted {r['miou_shifted']:.2f} consistency {r['consistency']:.2f} cost {r['cost']:.2f}",
@@ -86,17 +88,18 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
     ours = "ours" if criterion == "entropy" else f"ours ({criterion})"
     if "ours" not in skip:
         try:
-            keys = [(1, AGGREGATES[0])] + [(b, a) for b in BUDGETS if b > 1 for a in AGGREGATES]
-            go(search_predictions_dense(model, BUDGETS, AGGREGATES), keys,
+            variants = [(a, model.align) for a in AGGREGATES]
+            keys = [(1, variants[0])] + [(b, v) for b in BUDGETS if b > 1 for v in variants]
+            go(search_predictions(model, BUDGETS, variants), keys,
                lambda key: dict(model=f"zoo:{name}", method=ours if key[0] > 1 else "network", budget=key[0],
-                                views=1, aggregate=key[1] if key[0] > 1 else "-"))
+                                views=1, aggregate=key[1][0] if key[0] > 1 else "-"))
         except Exception as err:  # noqa: BLE001 - a measurement script: record what failed and go on
             notes.append(f"zoo:{name} ours: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
             traceback.print_exc()
             go(plain_predictions(net), [1], lambda key: dict(model=f"zoo:{name}", method="network", budget=1,
                                                               views=1, aggregate="-"))
     if "tta" not in skip:
-        ttas = {p: DenseTTA(net, p, "mean", size_divisor=32, pad_value=black) for p in TTA_POLICIES}
+        ttas = {p: TTA(net, p, "mean", task="segmentation", size_divisor=32, pad_value=black) for p in TTA_POLICIES}
 
         def predict_tta(batch: torch.Tensor) -> dict:
             out = {}
@@ -110,7 +113,7 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
     else:
         rows.extend(r for r in reused or [] if r["model"] == f"zoo:{name}" and r["method"].startswith("TTA "))
     if "flip_ours" not in skip:
-        tta = DenseTTA(model, "flip", "mean")
+        tta = TTA(model, "flip", "mean", task="segmentation")
         try:
             go(tta_predictions(tta, FLIP_OURS), list(FLIP_OURS),
                lambda b: dict(model=f"zoo:{name}", method=f"flip x {ours}", budget=b, views=2,

@@ -1,6 +1,6 @@
 """Aggregation (docs/semantics.md, "Aggregation"): weights, alignment and the end-to-end forward against explicit references.
 
-- ``state_weights``/``normalized_entropy``: hand-computed numbers, extreme logits, fallbacks.
+- ``uniform_weights``/``entropy_weights`` of ``normalized_entropy``: hand-computed numbers, extreme logits, fallbacks.
 - ``align_maps`` against the definition: upsample by S (nearest), shift by the offset with zero fill,
   average-pool by S.
 - ``wrap(...)(x)`` with ``align=False`` on a model whose head is global-average-pool + Linear (a linear
@@ -19,9 +19,10 @@ from torch import Tensor, nn
 import undiscard
 from undiscard.tasks.aggregation import (
     align_maps,
+    entropy_weights,
     normalized_entropy,
     shift_axis,
-    state_weights,
+    uniform_weights,
     weighted_sum,
 )
 
@@ -48,36 +49,31 @@ def test_normalized_entropy_hand() -> None:
     assert torch.equal(normalized_entropy(torch.randn(2, 3, 1)), torch.zeros(2, 3))
 
 
-def test_state_weights_mean_hand() -> None:
+def test_uniform_weights_hand() -> None:
     logits = torch.randn(2, 3, 5)
-    w = state_weights(logits, "mean")
+    w = uniform_weights(2, 3, logits.dtype, logits.device)
     torch.testing.assert_close(w, torch.full((2, 3), 1.0 / 3.0))
 
 
-def test_state_weights_entropy_hand() -> None:
+def test_entropy_weights_hand() -> None:
     logits = torch.tensor([[
         [0.0, 0.0, 0.0, 0.0],  # w = 0
         [LN(0.5), LN(0.25), LN(0.125), LN(0.125)],  # w = 0.125
         [30.0, 0.0, 0.0, 0.0],  # w = 1 - 6.3e-12
     ]], dtype=torch.float64)
-    w = state_weights(logits, "entropy")
+    w = entropy_weights(normalized_entropy(logits))
     torch.testing.assert_close(w, torch.tensor([[0.0, 1.0 / 9.0, 8.0 / 9.0]], dtype=torch.float64),
                                rtol=1e-9, atol=1e-12)
     # K = 2: w = 1 - 0.8112781244591328 for p = (1/4, 3/4), 0 for uniform -> (1, 0) after normalising;
     # second image: two equal confident states -> (1/2, 1/2)
     logits2 = torch.tensor([[[0.0, LN(3.0)], [1.0, 1.0]],
                             [[0.0, LN(3.0)], [LN(3.0), 0.0]]], dtype=torch.float64)
-    torch.testing.assert_close(state_weights(logits2, "entropy"),
+    torch.testing.assert_close(entropy_weights(normalized_entropy(logits2)),
                                torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64))
     # float32 version of the first case
-    w32 = state_weights(logits.float(), "entropy")
+    w32 = entropy_weights(normalized_entropy(logits.float()))
     assert w32.dtype == torch.float32
     torch.testing.assert_close(w32, torch.tensor([[0.0, 1.0 / 9.0, 8.0 / 9.0]]), rtol=1e-5, atol=1e-6)
-
-
-def test_state_weights_unknown_mode() -> None:
-    with pytest.raises(ValueError, match="weighting"):
-        state_weights(torch.zeros(1, 2, 3), "max")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -87,7 +83,7 @@ def test_entropy_weights_extreme_logits(dtype: torch.dtype) -> None:
     h = normalized_entropy(logits)
     assert not torch.isnan(h).any()
     assert ((h >= 0) & (h <= 1)).all()
-    w = state_weights(logits, "entropy")
+    w = entropy_weights(normalized_entropy(logits))
     assert w.dtype == dtype
     assert not torch.isnan(w).any() and (w >= 0).all()
     torch.testing.assert_close(w.float().sum(1), torch.ones(2), rtol=1e-2 if dtype in (torch.float16, torch.bfloat16)
@@ -103,7 +99,7 @@ def test_entropy_with_minus_inf_logits() -> None:
     logits = torch.tensor([[0.0, float("-inf"), LN(3.0)], [0.0, float("-inf"), 0.0]], dtype=torch.float64)
     torch.testing.assert_close(normalized_entropy(logits),
                                torch.tensor([0.8112781244591328 * LN(2) / LN(3), LN(2) / LN(3)], dtype=torch.float64))
-    w = state_weights(torch.stack([logits, torch.zeros(2, 3, dtype=torch.float64)], 1), "entropy")
+    w = entropy_weights(normalized_entropy(torch.stack([logits, torch.zeros(2, 3, dtype=torch.float64)], 1)))
     torch.testing.assert_close(w, torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64))
 
 
@@ -112,7 +108,7 @@ def test_all_uniform_falls_back_to_uniform_weights(dtype: torch.dtype) -> None:
     logits = torch.zeros(3, 4, 7, dtype=dtype)
     logits[1] += 5.0  # constant shift: still uniform
     logits[2] = -3e4
-    w = state_weights(logits, "entropy")
+    w = entropy_weights(normalized_entropy(logits))
     assert not torch.isnan(w).any()
     torch.testing.assert_close(w, torch.full((3, 4), 0.25, dtype=dtype))
 
@@ -338,7 +334,7 @@ def test_no_nan_with_huge_logits(aggregate: str, criterion: str) -> None:
     # weights are not NaN even though softmax probabilities underflow
     cands = model.candidates(x)
     logits = torch.stack([torch.stack([c.logits for c in per]) for per in cands])
-    w = state_weights(logits, "entropy")
+    w = entropy_weights(normalized_entropy(logits))
     assert torch.isfinite(w).all()
     torch.testing.assert_close(w.sum(1), torch.ones(3))
 

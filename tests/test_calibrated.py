@@ -10,7 +10,11 @@ from torch import nn
 import undiscard
 from undiscard import zoo
 from undiscard.errors import UndiscardError
-from undiscard.fitting.calibration import calibrate, greedy_order
+from undiscard.data.store import StateStore
+from undiscard.fitting._state_ranking import rank_states
+from undiscard.fitting.calibration import calibrate
+from undiscard.fitting.objectives import get_objective
+from undiscard.tasks.base import ClassificationTask
 from undiscard.search.orders import StateOrder, load_order, save_order
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,8 +107,12 @@ def test_greedy_by_hand() -> None:
     labels = torch.tensor([0, 0, 1, 1])
     single = torch.tensor([[[5., 0], [5, 0], [5, 0]], [[5, 0], [5, 0], [5, 0]],
                            [[1, 0], [0, 1], [0, 9]], [[1, 0], [1, 0], [0, 9]]])
-    ranking, curve = greedy_order(lambda idx: single[:, idx].mean(1), single, labels, greedy=1)
-    assert ranking == [0, 2, 1] and curve == [0.5, 1.0]
+    with StateStore(4) as store:
+        store.write(0, {"logits": single}, {})
+        ranked = rank_states(store, lambda rows: (None, store.read("logits", rows), None),
+                             lambda maps, logits, offsets, idx: logits[:, idx].mean(1), get_objective("accuracy"),
+                             ClassificationTask(), labels, 3, greedy=1, rows=3)
+    assert ranked.positions == [0, 2, 1] and ranked.curve == [0.5, 1.0]
 
 
 def test_calibrate_ranks_every_state_deterministically() -> None:
@@ -158,10 +166,10 @@ def test_shipped_zoo_orders_fit_their_models(name: str) -> None:
 
 
 def test_calibrate_runs_without_autograd(monkeypatch) -> None:
-    import undiscard.fitting._state_ranking as ranking
+    import undiscard.fitting.calibration as calibration
 
     seen = []
-    real = ranking.rank_states
+    real = calibration.rank_states
 
     def spy(store, chunk, combine, objective, task, targets, states, greedy, rows, progress=None):
         maps, logits, offsets = chunk(slice(0, 2))
@@ -169,6 +177,6 @@ def test_calibrate_runs_without_autograd(monkeypatch) -> None:
                      maps.maps.requires_grad))
         return real(store, chunk, combine, objective, task, targets, states, greedy, rows, progress)
 
-    monkeypatch.setattr(ranking, "rank_states", spy)
+    monkeypatch.setattr(calibration, "rank_states", spy)  # what calibrate calls
     calibrate(undiscard.wrap(net(), budget=1, units=[0, 1]), X, torch.tensor([0, 3, 7]), greedy=2)
     assert seen == [(False, False, False)]

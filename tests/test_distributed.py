@@ -47,7 +47,7 @@ def torchrun(script: str, nproc: int, tmp_path) -> subprocess.CompletedProcess:
 
 def test_shard_is_a_partition():
     items = list(range(11))
-    parts = [distributed.shard(items, r, 3) for r in range(3)]
+    parts = [list(distributed.ShardSampler(len(items), r, 3)) for r in range(3)]
     assert sorted(x for p in parts for x in p) == items
     assert parts[1] == [1, 4, 7, 10]
 

@@ -1,6 +1,8 @@
 """The evaluation runner: counts from known logits, rows against an independent count, no side effects.
 
-- ``run_pairs`` on hand-made logits gives the hand-counted sums (top-1, top-5, shifted, agreement, cost);
+- ``run_pairs`` on hand-made logits gives the hand-counted sums (top-1, top-5, shifted, agreement, cost), for
+  a classifier and, with the segmentation task's tally, for a segmenter (confusion matrices, pixel
+  consistency, cost of every image run); tallies of shards merge into the tally of the whole;
 - ``evaluate`` rows equal counts made independently from ``model(x, budget=b)`` per batch (budget 1:
   ``net(x)`` itself), for every budget, from one search per batch at the largest budget;
 - ``evaluate``, ``evaluate_tta`` and ``evaluate_tta_grid`` leave the given model's settings (budget,
@@ -14,12 +16,16 @@ from torch import nn
 
 import undiscard
 from undiscard.evaluation.runner import (
+    describe_rows,
     evaluate,
     evaluate_tta,
     evaluate_tta_grid,
+    run_batches,
     run_pairs,
+    tensor_batches,
 )
-from undiscard.metrics import Tally, row_from_counts, topk_correct
+from undiscard.metrics import ClassificationTally, SegmentationTally, row_from_counts, topk_correct
+from undiscard.tasks.base import AutoTask, get_task
 from undiscard.tta import TTA, policy_views
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,13 +69,94 @@ def test_run_pairs_counts_hand_made_logits() -> None:
     tallies, seconds = run_pairs(images, labels, predict, ["k"], shifted=-images - 1, batch_size=2,
                                  progress=seen.append)
     assert seen == [2, 2, 1] and seconds >= 0
-    assert tallies["k"].counts(5, True) == {"correct1": 3.0, "correct5": 5.0, "correct_shifted": 1.0, "agree": 1.0,
+    assert tallies["k"].counts() == {"correct1": 3.0, "correct5": 5.0, "correct_shifted": 1.0, "agree": 1.0,
                                             "cost_sum": 10.0, "ideal_sum": 7.5, "n": 5.0, "shifted": 1.0}
 
 
 def test_tally_needs_the_clean_batch_first() -> None:
     with pytest.raises(RuntimeError, match="must follow its clean batch"):
-        Tally().add(onehot([0]), torch.tensor([0]), clean=False, cost=1.0, ideal=1.0)
+        ClassificationTally().update(onehot([0]), torch.tensor([0]), clean=False, cost=1.0, ideal=1.0)
+    with pytest.raises(RuntimeError, match="must follow its clean batch"):
+        SegmentationTally(2).update(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2), clean=False,
+                                    offsets=torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="need their offsets"):
+        tally = SegmentationTally(2)
+        tally.update(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2))
+        tally.update(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2), clean=False)
+
+
+def label_logits(maps: list[list[list[int]]], k: int = 2) -> torch.Tensor:
+    """(N, K, H, W) logits whose argmax is the given label maps."""
+    return torch.nn.functional.one_hot(torch.tensor(maps), k).permute(0, 3, 1, 2).float()
+
+
+def test_the_runner_counts_a_segmenter_with_the_tasks_tally() -> None:
+    """One 2x3 image, K = 2, shifted right by one pixel. Target [[0 0 1] [0 1 1]], clean prediction
+    [[0 1 1] [0 1 1]]: cm[0] = (2, 1), cm[1] = (0, 3), IoU 2/3 and 3/4, mIoU 17/24, accuracy 5/6. The shifted
+    target is [[255 0 0] [255 0 1]] (nothing moved into column 0); the shifted prediction [[0 0 0] [0 0 1]]
+    hits all 4 counted pixels. Consistency compares clean (i, j) with shifted (i, j + 1): 1 + 2 of 4 agree.
+    Cost is counted for every image run: (2 + 4) / 2."""
+    target = torch.tensor([[[0, 0, 1], [0, 1, 1]]])
+    clean, shifted = label_logits([[[0, 1, 1], [0, 1, 1]]]), label_logits([[[0, 0, 0], [0, 0, 1]]])
+
+    def predict(x: torch.Tensor):
+        return {"k": (clean, 2.0, 1.0) if x.sum() > 0 else (shifted, 4.0, 3.0)}
+
+    task = get_task("segmentation")
+    batch = (torch.ones(1, 1, 2, 3), target, -torch.ones(1, 1, 2, 3), torch.tensor([[0, 1]]))
+    counted = run_batches([batch], predict, ["k"], tally=lambda: task.tally(2, 255))
+    row = counted.tallies["k"].row()
+    assert isinstance(counted.tallies["k"], SegmentationTally) and counted.n == 1 and counted.shifted
+    assert row["miou"] == pytest.approx(100 * 17 / 24) and row["pixel_acc"] == pytest.approx(100 * 5 / 6)
+    assert row["miou_shifted"] == 100.0 and row["pixel_acc_shifted"] == 100.0 and row["consistency"] == 75.0
+    assert row["cost"] == 3.0 and row["cost_ideal"] == 2.0 and row["n"] == 1
+    (described,) = describe_rows(counted.tallies, lambda k: {"method": k}, 1.234)
+    assert described == {"method": "k", **row, "seconds": 1.23}
+    plain = run_batches([batch[:2]], predict, ["k"], tally=lambda: task.tally(2, 255)).tallies["k"].row()
+    assert plain["miou"] == row["miou"] and plain["miou_shifted"] is None and plain["consistency"] is None
+    assert plain["cost"] == 2.0
+
+
+def test_every_task_names_its_tally() -> None:
+    assert isinstance(get_task("classification").tally(5), ClassificationTally)
+    seg = get_task("segmentation").tally(3, 7)
+    assert isinstance(seg, SegmentationTally) and (seg.num_classes, seg.ignore_index) == (3, 7)
+    auto = AutoTask()
+    assert isinstance(auto.tally(3), ClassificationTally)
+    with pytest.warns(UserWarning, match="segmentation"):
+        auto.state_uncertainty(torch.zeros(2, 3, 4, 4))  # a dense output: the task resolves to segmentation
+    assert isinstance(auto.tally(3), SegmentationTally)
+
+
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_tallies_of_shards_merge_into_the_tally_of_the_whole(kind: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    n = 6
+    if kind == "classification":
+        logits, targets = torch.randn(n, K, generator=g), torch.randint(0, K, (n,), generator=g)
+        new = ClassificationTally
+    else:
+        logits, targets = torch.randn(n, 3, 5, 6, generator=g), torch.randint(0, 3, (n, 5, 6), generator=g)
+        targets[0, 0, :2] = 255
+        new = lambda: SegmentationTally(3, 255)  # noqa: E731
+    offsets = torch.randint(-2, 3, (n, 2), generator=g)
+
+    def predict(x: torch.Tensor):
+        clean = bool((x >= 0).all())
+        rows = (x[:, 0] if clean else -x[:, 0] - 1).long()
+        return {"k": (logits[rows] * (1 if clean else -1), 1.5 if clean else 2.5, 1.0)}
+
+    images = torch.arange(n, dtype=torch.float)[:, None]
+    shifted = -images - 1
+    whole = run_pairs(images, targets, predict, ["k"], shifted=shifted, offsets=offsets, batch_size=4,
+                      tally=new)[0]["k"]
+    parts = [run_batches(tensor_batches(images[s], targets[s], shifted[s], 4, offsets[s]), predict, ["k"],
+                         tally=new).tallies["k"] for s in (slice(0, 2), slice(2, n))]
+    merged = parts[0].merge(parts[1])
+    assert merged.counts() == whole.counts() and merged.row() == whole.row()
+    loaded = new()
+    loaded.load_counts(whole.counts())
+    assert loaded.row() == whole.row()
 
 
 def _independent_counts(model, x, y, xs, b: int, batch_size: int) -> dict[str, float]:

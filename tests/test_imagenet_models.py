@@ -36,7 +36,6 @@ from undiscard.data.imagenet import (
     imagenet_class_map,
     imagenet_class_names,
     imagenet_wnids,
-    is_imagenet_folder,
 )
 from undiscard.data.photos import PHOTO_DIR
 from undiscard.models.loading import LITE_MODELS, load_model
@@ -192,7 +191,7 @@ def test_detect_imagenet_classes():
     assert detect_imagenet_classes(subset, 1000) == [imagenet_class_map()[c] for c in subset] == [281, 967, 665]
     assert detect_imagenet_classes(subset, 10) is None  # not an ImageNet model
     assert detect_imagenet_classes(subset + ["cats"], 1000) is None  # not all folders are wnids
-    assert detect_imagenet_classes(["n99999999"], 1000) is None and not is_imagenet_folder([])
+    assert detect_imagenet_classes(["n99999999"], 1000) is None and detect_imagenet_classes([], 1000) is None
 
 
 def test_class_map_imagenet_word_and_the_shipped_file_as_a_map():

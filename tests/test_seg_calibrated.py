@@ -91,11 +91,10 @@ def test_half_storage_ranks_alike() -> None:
 @needs_smp
 @pytest.mark.parametrize("name", ["seg_deeplabv3plus", "seg_fpn", "seg_segformer"])
 def test_shipped_seg_orders_fit_their_models(name: str) -> None:
-    from undiscard.cli.seg_models import load_seg_model
     from undiscard.data import segmentation as segdata
 
-    seg = load_seg_model(f"zoo:{name}")
-    assert seg.order == str(zoo_order_path(name))
+    seg = undiscard.load_model(f"zoo:{name}")
+    assert seg.task == "segmentation" and seg.order == str(zoo_order_path(name))
     order = load_order(seg.order)
     # wrap(criterion="calibrated") searches the units the order names
     m = undiscard.wrap(seg.model, budget=1, task="segmentation", criterion="calibrated", order=order)
@@ -143,7 +142,7 @@ def test_demo_segmentation_rows_follow_the_demo_criterion(tmp_path, monkeypatch)
 
     from undiscard.cli import common
     from undiscard.cli.common import CLIError
-    from undiscard.cli.demo_segmentation import _search_options
+    from undiscard.cli.demo import _search_options
 
     args = argparse.Namespace(criterion="calibrated")
     if zoo_order_path("seg_fpn").is_file():

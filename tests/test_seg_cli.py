@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from undiscard.cli import main
+from undiscard.cli import build_parser, main
 from undiscard.data import segmentation as segdata
 from undiscard.data.seg_folder import (
     SegFolderError,
@@ -74,3 +74,33 @@ def test_predict_mask(folder, tmp_path):
         assert im.mode == "P" and im.size == (96, 96)
         assert np.asarray(im).max() < segdata.NUM_CLASSES
     assert (tmp_path / "mask.overlay.png").is_file()
+
+
+def test_commands_dispatch_on_task(folder, tmp_path, capsys, monkeypatch):
+    """One module per command, dispatching on ``--task``: eval's segmentation branch runs for --task
+    segmentation; predict writes masks for a segmenter by default (``zoo:seg_*`` or --mask-out), top-k
+    classes otherwise or with --task classification, and refuses --mask-out with --task classification."""
+    from undiscard.cli import eval as eval_cmd
+    from undiscard.cli import predict
+
+    root, _, _ = folder
+    calls = []
+    monkeypatch.setattr(eval_cmd, "_run_segmentation", lambda args, *_: calls.append(args.task) or 0)
+    assert main(["eval", "--task", "segmentation", "--model", "zoo:seg_fpn", "--data", str(root), "--quiet"]) == 0
+    assert calls == ["segmentation"]
+    monkeypatch.undo()
+    image = str(root / "images" / "0000.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "--model", "zoo:seg_fpn", image, "--budget", "1", "--json"]) == 0  # default: masks
+    out = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert out["mask"] == "0000.mask.png" and (tmp_path / "0000.mask.png").is_file() and "classes" in out
+    assert main(["predict", "--model", "zoo:resnet_basic", image, "--budget", "1", "--json", "--top-k", "2"]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert len(top["baseline"]) == 2 and "mask" not in top
+    assert main(["predict", "--task", "classification", "--model", "zoo:resnet_basic", image,
+                 "--mask-out", str(tmp_path / "m.png")]) == 2
+    assert "--mask-out writes label maps" in capsys.readouterr().err
+    for argv in (["--task", "segmentation", "--mask-out", "x.png"], ["--mask-out", "x.png"], ["--task", "segmentation"],
+                 ["--task", "classification"], []):
+        args = build_parser().parse_args(["predict", "--model", "zoo:resnet_basic", image, *argv])
+        assert predict.task_of(args) == ("classification" if "classification" in argv or not argv else "segmentation")

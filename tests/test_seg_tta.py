@@ -1,10 +1,13 @@
-"""Dense image-space TTA (undiscard.tta.dense): de-augmentation, aggregation spaces, cost, composition with wrap.
+"""Image-space TTA of a segmenter (``undiscard.TTA(..., task="segmentation")``): de-augmentation, aggregation
+spaces, cost, composition with wrap.
 
 Invariants in the style of qubvel/ttach: the identity view is the network itself, bit for bit; flips are
 undone exactly; flip TTA of a flip-equivariant network is the network; costs are FLOP ratios."""
 from __future__ import annotations
 
+import functools
 import importlib.util
+import math
 
 import pytest
 import torch
@@ -13,17 +16,24 @@ from torch import nn
 import undiscard
 from undiscard.errors import UndiscardError
 from undiscard.tasks.base import TASKS
+from undiscard.data.shift import translate
 from undiscard.tta import (
     DENSE_POLICIES,
-    DenseTTA,
+    TTA,
     DenseView,
-    combine_dense,
     dense_policy_views,
+    make_aggregator,
     parse_dense_view,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K = 5
+SegTTA = functools.partial(TTA, task="segmentation")
+
+
+def combine_dense(logits: torch.Tensor, aggregate: str) -> torch.Tensor:
+    """The dense aggregate ``aggregate`` of (N, V, K, H, W) view logits."""
+    return make_aggregator(aggregate, logits.shape[1], task="segmentation")(logits)
 
 
 def conv_net(seed: int = 0, symmetric: bool = False) -> nn.Module:
@@ -129,7 +139,7 @@ def test_parsing_and_policies():
         with pytest.raises(UndiscardError, match=msg):
             dense_policy_views(bad)
     with pytest.raises(UndiscardError, match="aggregate"):
-        DenseTTA(conv_net(), aggregate="median")
+        SegTTA(conv_net(), aggregate="median")
 
 
 # --- the module ------------------------------------------------------------------------------------
@@ -137,26 +147,26 @@ def test_parsing_and_policies():
 def test_identity_view_is_the_network_bit_for_bit():
     net = conv_net()
     y = net(X)
-    assert torch.equal(DenseTTA(net, ["identity"], "logits")(X), y)
-    tta = DenseTTA(net, "flip,multiscale")
+    assert torch.equal(SegTTA(net, ["identity"], "logits")(X), y)
+    tta = SegTTA(net, "flip,multiscale")
     views = tta.view_logits(X)
     assert views.shape == (3, 6, K, 20, 24)
     assert torch.equal(views[:, [v.name for v in tta.views].index("identity")], y)
-    assert torch.equal(DenseTTA(DictNet(net), ["identity"], "logits")(X), y)  # {"out": ...} outputs
+    assert torch.equal(SegTTA(DictNet(net), ["identity"], "logits")(X), y)  # {"out": ...} outputs
 
 
 @torch.no_grad()
 def test_flip_tta_of_a_flip_equivariant_network_is_the_network():
     pix = PixelNet()
     for policy in ("flip", "flips"):
-        views = DenseTTA(pix, policy).view_logits(X)
+        views = SegTTA(pix, policy).view_logits(X)
         assert all(torch.equal(views[:, v], pix(X)) for v in range(views.shape[1]))  # exactly, per view
-        assert torch.equal(DenseTTA(pix, policy, "logits")(X), pix(X))
+        assert torch.equal(SegTTA(pix, policy, "logits")(X), pix(X))
     sym = conv_net(symmetric=True)
-    assert torch.allclose(DenseTTA(sym, "flip", "logits")(X), sym(X), atol=1e-5)
-    assert torch.allclose(DenseTTA(sym, "flip", "mean")(X), torch.log_softmax(sym(X), 1), atol=1e-5)
+    assert torch.allclose(SegTTA(sym, "flip", "logits")(X), sym(X), atol=1e-5)
+    assert torch.allclose(SegTTA(sym, "flip", "mean")(X), torch.log_softmax(sym(X), 1), atol=1e-5)
     plain = conv_net()  # not equivariant: its flip view differs
-    assert not torch.allclose(DenseTTA(plain, "flip", "logits")(X), plain(X), atol=1e-3)
+    assert not torch.allclose(SegTTA(plain, "flip", "logits")(X), plain(X), atol=1e-3)
 
 
 @torch.no_grad()
@@ -183,17 +193,17 @@ def test_aggregation_spaces():
 def test_cost_is_counted_in_plain_forwards():
     net = conv_net()
     x = torch.randn(2, 3, 96, 96)
-    tta = DenseTTA(net, "flip")
+    tta = SegTTA(net, "flip")
     tta(x)
     assert tta.last_cost == 2.0
-    ms = DenseTTA(net, "multiscale")
+    ms = SegTTA(net, "multiscale")
     ms(x)  # a stride-1 conv net: FLOPs follow pixels, 72² + 96² + 120² over 96²
     assert ms.last_cost == pytest.approx(0.75 ** 2 + 1 + 1.25 ** 2, rel=1e-6)
-    padded = DenseTTA(net, "multiscale", size_divisor=32)
+    padded = SegTTA(net, "multiscale", size_divisor=32)
     out = padded(x)  # 72 -> padded to 96, 120 -> 128: padding is paid for
     assert out.shape == (2, K, 96, 96)
     assert padded.last_cost == pytest.approx(1 + 1 + (128 / 96) ** 2, rel=1e-6)
-    both = DenseTTA(net, "flip,multiscale", size_divisor=32)
+    both = SegTTA(net, "flip,multiscale", size_divisor=32)
     both(x)
     assert both.last_cost == pytest.approx(2 * padded.last_cost, rel=1e-6)
     with pytest.raises(UndiscardError, match="wrap"):
@@ -204,7 +214,7 @@ def test_cost_is_counted_in_plain_forwards():
 def test_around_a_wrapped_model():
     net = conv_net()
     wrapped = undiscard.wrap(net, budget=1)
-    plain, around = DenseTTA(net, "flip,multiscale"), DenseTTA(wrapped, "flip,multiscale")
+    plain, around = SegTTA(net, "flip,multiscale"), SegTTA(wrapped, "flip,multiscale")
     assert torch.equal(around(X), plain(X))  # budget 1 is net(x) bit for bit, in every view
     assert around.last_cost == pytest.approx(plain.last_cost)
 
@@ -231,7 +241,7 @@ def test_flip_times_ours_counts_every_search():
     net = StridedSeg().eval()
     x = torch.randn(2, 3, 32, 32)
     model = undiscard.wrap(net, budget=2, task="segmentation")
-    tta = DenseTTA(model, "flip")
+    tta = SegTTA(model, "flip")
     out = tta(x)
     assert out.shape == (2, K, 32, 32) and out.isfinite().all()
     assert tta.last_cost > 2.0  # two views, each a search of 2 states
@@ -239,7 +249,7 @@ def test_flip_times_ours_counts_every_search():
     one = model.last_cost
     tta(x[:1])
     assert tta.last_cost >= one - 1e-9
-    assert torch.equal(DenseTTA(model, "flip")(x, phase_budget=1), DenseTTA(net, "flip")(x))
+    assert torch.equal(SegTTA(model, "flip")(x, phase_budget=1), SegTTA(net, "flip")(x))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("segmentation_models_pytorch") is None,
@@ -253,8 +263,62 @@ def test_zoo_segmenter_multiscale_with_padding():
     x = segdata.to_input(images[:2])
     net = segzoo.create_model("seg_fpn")
     black = -segdata.MEAN / segdata.STD
-    tta = DenseTTA(net, "flip,multiscale", size_divisor=32, pad_value=black)
+    tta = SegTTA(net, "flip,multiscale", size_divisor=32, pad_value=black)
     out = tta(x)  # 72 and 120 px are not multiples of smp's 32: padded to 96 and 128
     assert out.shape == (2, segdata.NUM_CLASSES, 96, 96)
     assert 2 * (1 + 1) < tta.last_cost < 2 * (1 + 1 + 2)
     assert torch.equal(tta.view_logits(x)[:, 2], net(x))  # the identity view (policy: scale, then flip)
+
+
+def _by_hand(net: nn.Module, x: torch.Tensor, views: list[tuple[bool, float, tuple[int, int]]]) -> torch.Tensor:
+    """De-augmented view logits (N, V, K, H, W) composed by hand: each view (hflip, scale, shift) resizes
+    the input bilinearly, flips it, translates it with edge fill; the output is translated back, flipped
+    back and resized to the input's size. Views of one input shape run as one batch, as the TTA does."""
+    h, w = x.shape[-2:]
+    inputs = []
+    for flip, scale, (dy, dx) in views:
+        v = x if scale == 1 else nn.functional.interpolate(x, size=(int(h * scale + 0.5), int(w * scale + 0.5)),
+                                                           mode="bilinear", align_corners=False)
+        v = v.flip(-1) if flip else v
+        inputs.append(translate(v, dy, dx, fill="edge") if (dy, dx) != (0, 0) else v)
+    outs: list[torch.Tensor | None] = [None] * len(views)
+    for shape in dict.fromkeys(tuple(v.shape) for v in inputs):
+        idx = [i for i, v in enumerate(inputs) if tuple(v.shape) == shape]
+        y = net(torch.cat([inputs[i] for i in idx]))
+        for j, i in enumerate(idx):
+            flip, scale, (dy, dx) = views[i]
+            o = y[j * len(x):(j + 1) * len(x)]
+            o = translate(o, -dy, -dx, fill="edge") if (dy, dx) != (0, 0) else o
+            o = o.flip(-1) if flip else o
+            outs[i] = o if scale == 1 else nn.functional.interpolate(o, size=(h, w), mode="bilinear",
+                                                                     align_corners=False)
+    return torch.stack(outs, 1)
+
+
+@torch.no_grad()
+def test_tta_on_a_segmenter_equals_the_views_composed_by_hand():
+    """``TTA(net, policy, aggregate, task="segmentation")``: the views' de-augmented logits are the flips,
+    shifts and scales composed by hand, bit for bit, and every dense aggregate is its formula on them — for
+    a plain segmenter and around a wrapped one (whose task the TTA takes: no task= needed)."""
+    net = conv_net()
+    policies = {"flip": [(False, 1.0, (0, 0)), (True, 1.0, (0, 0))],
+                "flip,shift": [(False, 1.0, (0, 0)), (True, 1.0, (0, 0)), (False, 1.0, (2, 2)), (True, 1.0, (2, 2))],
+                "multiscale": [(False, 0.75, (0, 0)), (False, 1.0, (0, 0)), (False, 1.25, (0, 0))]}
+    for policy, views in policies.items():
+        want = _by_hand(net, X, views)
+        assert torch.equal(SegTTA(net, policy).view_logits(X), want)
+        logp = torch.log_softmax(want, 2)
+        formulas = {"mean": torch.logsumexp(logp, 1) - math.log(len(views)), "logits": want.mean(1),
+                    "gmean": torch.log_softmax(logp.mean(1), 1), "max": torch.log_softmax(logp.amax(1), 1)}
+        for aggregate, formula in formulas.items():
+            tta = SegTTA(net, policy, aggregate)
+            assert torch.equal(tta(X), formula), (policy, aggregate)
+            assert tta.task == "segmentation" and tta.last_cost == pytest.approx(
+                sum((1 if s == 1 else round(20 * s) * round(24 * s) / (20 * 24)) for _, s, _ in views), rel=0.05)
+    assert torch.allclose(formulas["mean"].exp(), want.softmax(2).mean(1), atol=1e-6)  # probabilities averaged
+    wrapped = undiscard.wrap(net, budget=1, task="segmentation")
+    around = TTA(wrapped, "flip")  # the wrapped model's task
+    assert around.task == "segmentation" and torch.equal(around(X), SegTTA(net, "flip")(X))
+    assert TTA(undiscard.wrap(net, budget=1), "flip").task == "classification"  # task=None: classification
+    with pytest.raises(UndiscardError, match="size_divisor and pad_value are for task='segmentation'"):
+        TTA(net, "flip", size_divisor=32)

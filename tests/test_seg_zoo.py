@@ -38,23 +38,38 @@ def test_registry_and_errors(tmp_path, monkeypatch):
         segzoo.create_model("seg_fpn")
 
 
-def test_load_model_loads_the_segmentation_zoo():
-    """``undiscard.load_model("zoo:seg_NAME")``: the zoo's weights, its normalisation and input size, its class
-    names and its shipped calibrated order; a class count other than 11 is one line."""
+def test_load_model_knows_the_segmentation_zoo(one_thread):
+    """``undiscard.load_model("zoo:seg_*")`` from plain Python: the shipped weights in eval mode, the canvases'
+    preprocessing, the class names, the shipped order, ``task="segmentation"`` — one LoadedModel type for
+    both zoos (the classifiers' stay ``task="classification"``)."""
+    import subprocess
+    import sys
+
     import undiscard
     from undiscard.errors import UndiscardError
+    from undiscard.models import LoadedModel
     from undiscard.search.orders import zoo_order_path
 
-    loaded = undiscard.load_model("zoo:seg_fpn")
-    cfg = segzoo.model_config("seg_fpn")
-    x = seg.to_input(seg.load_seg_test()[0][:2])
-    with torch.no_grad():
-        assert torch.equal(loaded.model(x), segzoo.create_model("seg_fpn")(x))
-    assert (loaded.preprocess.in_chans, loaded.preprocess.input_size, loaded.preprocess.input_size) == cfg["input_size"]
-    assert loaded.preprocess.mean == cfg["mean"] and loaded.class_names == cfg["class_names"]
-    assert loaded.order == str(zoo_order_path("seg_fpn")) and not loaded.model.training
+    for name in MODELS:
+        loaded = undiscard.load_model(f"zoo:{name}")
+        assert isinstance(loaded, LoadedModel) and loaded.task == "segmentation" and loaded.name == f"zoo:{name}"
+        pre = loaded.preprocess
+        assert (pre.input_size, pre.in_chans, pre.mean, pre.std) == (96, 1, (seg.MEAN,), (seg.STD,))
+        assert loaded.classes == list(seg.CLASS_NAMES) and not loaded.model.training
+        order = zoo_order_path(name)
+        assert loaded.order == (str(order) if order.exists() else None)
+        x = seg.to_input(seg.load_seg_test()[0][:2])
+        with torch.no_grad():
+            assert torch.equal(loaded.model(x), segzoo.create_model(name)(x))
+    assert undiscard.load_model("zoo:resnet_basic").task == "classification"
+    with pytest.raises(UndiscardError, match="seg_fpn"):  # an unknown zoo name lists both catalogs
+        undiscard.load_model("zoo:nope")
     with pytest.raises(UndiscardError, match="11 classes"):
         undiscard.load_model("zoo:seg_fpn", num_classes=3)
+    script = ("import undiscard; m = undiscard.load_model('zoo:seg_fpn'); "
+              "print(m.task, m.preprocess.input_size, len(m.classes))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["segmentation", "96", "11"]
 
 
 def test_missing_smp_is_one_clear_line(monkeypatch):

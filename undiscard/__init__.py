@@ -6,7 +6,7 @@ Public API::
     undiscard.find_units(model, example_input)  # the model's subsampling units
     undiscard.wrap(net, budget=8, ...)          # a classifier that searches and aggregates phases
     undiscard.TTA(model, policy="flip")         # image-space test-time augmentation (composes with wrap)
-    undiscard.load_model("zoo:resnet_basic")    # a named model with its preprocessing (a LoadedModel)
+    undiscard.load_model("zoo:seg_fpn")         # a model by name (zoo, timm, torchvision, hf, EfficientNet-Lite)
 
 Extension points: ``register_adapter`` (a layer type), ``register_aggregate`` (an aggregation),
 ``register_criterion`` (a search criterion), ``register_task`` (a kind of prediction);
@@ -28,6 +28,6 @@ from .tasks.segmentation import SegmentationTask  # registers task="segmentation
 from .tta import TTA
 from .wrapper import Undiscard, wrap
 
-__all__ = ["polyphase", "find_units", "wrap", "TTA", "load_model", "LoadedModel", "Unit", "Undiscard", "Task",
-           "SegmentationTask", "register_adapter", "register_aggregate", "register_criterion", "register_task", "UndiscardError",
+__all__ = ["polyphase", "find_units", "wrap", "TTA", "load_model", "LoadedModel", "Unit", "Undiscard", "Task", "SegmentationTask",
+           "register_adapter", "register_aggregate", "register_criterion", "register_task", "UndiscardError",
            "PhaseError", "UnsupportedLayerError", "__version__"]

@@ -41,6 +41,7 @@ from ..fitting.objectives import OBJECTIVES, get_objective
 from ..search.orders import save_order
 from ..wrapper import wrap
 from .common import (
+    TASKS,
     CLIError,
     add_fit_output_args,
     add_labelled_data_args,
@@ -52,9 +53,9 @@ from .common import (
     parse_units,
     progress_bar,
     resolve_device,
+    segmentation_input_size,
     set_threads,
 )
-from .seg_models import load_seg_model
 
 DEFAULT_GREEDY = 16
 
@@ -64,7 +65,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_labelled_data_args(p, "labelled images (--task segmentation: a folder DIR/images, DIR/masks)")
-    p.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+    p.add_argument("--task", choices=TASKS, default="classification",
                    help="what the model predicts (default: classification)")
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation: unlabelled mask value (default: 255)")
     p.add_argument("--out", type=Path, required=True, help="state order file to write (JSON; a missing "
@@ -111,11 +112,12 @@ def _segmentation_inputs(args: argparse.Namespace, device: torch.device):
     """As :func:`_classification_inputs`, from a segmentation folder; ``--ignore-index`` pixels become -1
     (the segmentation score counts only labels that are classes)."""
     folder = scan_seg_folder(args.data)
-    seg = load_seg_model(args.model, args.weights)
-    x01, y, names = read_seg_folder(folder, seg.in_chans, seg.input_size, args.limit)
+    loaded = load_cli_model(args)
+    pre = loaded.preprocess
+    x01, y, names = read_seg_folder(folder, pre.in_chans, segmentation_input_size(loaded, args), args.limit)
     y = torch.where(y == args.ignore_index, -1, y)
-    units = parse_units(args.units) if args.units is not None else None
-    return seg.name, seg.model, units, normalize_batch(x01, seg.mean, seg.std).to(device), y, \
+    units = parse_units(args.units) if args.units is not None else loaded.units
+    return loaded.name, loaded.model, units, normalize_batch(x01, pre.mean, pre.std).to(device), y, \
         f"{args.data} ({len(names)} image/mask pairs)", None
 
 

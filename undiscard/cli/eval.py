@@ -1,6 +1,6 @@
 """``undiscard eval``: baseline vs. undiscard on your own model and image folder.
 
-Reports top-1, top-5 and cost per budget; with ``--shift PIXELS`` also top-1 on seeded randomly shifted
+``--task classification`` (the default) reads a folder of class folders ``DIR/CLASS/IMAGE`` and reports top-1, top-5 and cost per budget; with ``--shift PIXELS`` also top-1 on seeded randomly shifted
 copies (each image translated by an offset with 1 <= max(|dy|, |dx|) <= PIXELS, zero fill, before
 normalisation) and shift consistency. Files that are not images are skipped and counted; unreadable
 images likewise; entries that are not read at all (hidden names, broken or looping links, FIFOs, files
@@ -22,6 +22,17 @@ index must be an integer from 0 to the model's classes - 1.
 same searches. ``attention`` and ``--criterion learned`` use ``--aggregator FILE`` (zoo models: the
 shipped one). ``--tta POLICY`` adds image-space test-time augmentation around the model: each view gets
 its own phase search at each ``--budget``, and cost counts every view.
+
+``--task segmentation`` reads ``DIR/images/NAME.png`` with ``DIR/masks/NAME.png`` (palette or grayscale
+PNGs of class indices; ``--ignore-index``, default 255, marks unlabelled pixels). Reports per budget (and
+aggregation) mIoU, pixel accuracy, boundary F1 and cost in plain forwards; with ``--shift PIXELS`` also
+mIoU on seeded shifted copies (black fill, targets shifted alike) and pixel shift consistency. ``--tta
+flip``, ``multiscale``, ``flip,multiscale``, ``flip,shift`` (or a list of dense views) adds dense
+image-space TTA (views de-augmented, combined by ``--tta-aggregate``: ``mean`` of probabilities as mmseg,
+``logits``, ``gmean``, ``max``) around the phase search: each view gets its own search at each ``--budget``.
+
+    python scripts/export_seg_folder.py /tmp/fmnist_seg --limit 200
+    undiscard eval --task segmentation --model zoo:seg_fpn --data /tmp/fmnist_seg --budget 1,4 --shift 4
 """
 from __future__ import annotations
 
@@ -31,28 +42,35 @@ from typing import Iterator
 
 import torch
 
-from ..data.folder import scan_folder
+from ..data.folder import normalize_batch, scan_folder
 from ..data.labels import folder_labels, output_classes
-from ..data.shift import random_offsets
+from ..data.seg_folder import read_seg_folder, scan_seg_folder
+from ..data.shift import random_offsets, shift_images
 from ..data.walk import describe_skipped
 from ..errors import UndiscardError
 from ..evaluation import distributed
 from ..evaluation.plots import PLOT_FILES, write_plots
-from ..evaluation.report import COLUMNS, format_table, stamp, write_csv, write_json
+from ..evaluation.report import COLUMNS, SEGMENTATION_COLUMNS, format_table, stamp, write_csv, write_json
 from ..evaluation.runner import (
     Batch,
+    describe_rows,
     evaluate_stream,
     evaluate_tta_stream,
     row_from_counts,
+    run_pairs,
+    search_predictions,
+    tta_predictions,
 )
 from ..evaluation.summary import family, method_label
 from ..layers.extension import EXTEND_MODES
 from ..search.criteria import CRITERIA
 from ..tasks.aggregation import AGGREGATES
+from ..tta import DENSE_AGGREGATES, TTA
 from ..wrapper import wrap
 from ._data import DEFAULT_WORKERS, folder_loader
 from .common import (
     CLASS_MAP_HELP,
+    TASKS,
     CLIError,
     add_model_args,
     add_output_args,
@@ -66,6 +84,7 @@ from .common import (
     parse_units,
     progress_bar,
     resolve_device,
+    segmentation_input_size,
     wrap_options,
 )
 from .tta_options import add_tta_args, build_tta
@@ -100,8 +119,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     p.add_argument("--shift", type=int, default=0, help="also evaluate copies shifted by up to PIXELS")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task", choices=("classification", "segmentation"), default="classification",
-                   help="segmentation: --data holds images/ and masks/ (undiscard.cli.eval_segmentation)")
+    p.add_argument("--task", choices=TASKS, default="classification",
+                   help="what the model predicts (default: classification); segmentation: --data holds images/ and "
+                        "masks/")
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation: unlabelled mask value (default: 255)")
     add_tta_args(p)
     add_output_args(p)
@@ -113,22 +133,20 @@ def run(args: argparse.Namespace) -> int:
         args.criterion = "calibrated" if args.order is not None else "entropy"
     elif args.order is not None and args.criterion != "calibrated":
         raise CLIError(f"--order is the state order of --criterion calibrated, not of --criterion {args.criterion}")
-    if args.task == "segmentation":
-        from .eval_segmentation import run_segmentation
-
-        return run_segmentation(args)
     budgets = parse_budgets(args.budget)
-    device = resolve_device(args.device)
-    if args.criterion not in CRITERIA:
-        raise CLIError(f"unknown criterion {args.criterion!r}: expected one of {', '.join(CRITERIA)}")
     args.aggregates = parse_aggregates(args.aggregate)
+    device = resolve_device(args.device)
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value <= 0:
             raise CLIError(f"{flag} must be positive, got {value}")
-    if args.workers < 0:
-        raise CLIError(f"--workers must be >= 0, got {args.workers}")
     if args.shift < 0:
         raise CLIError(f"--shift must be >= 0, got {args.shift}")
+    if args.task == "segmentation":
+        return _run_segmentation(args, budgets, device)
+    if args.criterion not in CRITERIA:
+        raise CLIError(f"unknown criterion {args.criterion!r}: expected one of {', '.join(CRITERIA)}")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be >= 0, got {args.workers}")
     outputs = check_out_dir(args.out, ["results.json", "results.csv", *PLOT_FILES])
     rank, world = distributed.setup(device)
     try:
@@ -236,3 +254,78 @@ def _device_batches(loader, device: torch.device, unreadable: list[str]) -> Iter
                    None if batch.shifted is None else batch.shifted.to(device))
     if seen == len(unreadable):
         raise UndiscardError(f"none of the {seen} image files given could be read")
+
+
+SIZE_DIVISOR = 32  # what a segmenter's multi-scale TTA views are padded to
+
+
+def _run_segmentation(args: argparse.Namespace, budgets: list[int], device: torch.device) -> int:
+    """``--task segmentation`` (see the module docstring): the folder is read into memory."""
+    aggregates = args.aggregates
+    tta_aggregate = getattr(args, "tta_aggregate", "mean")
+    if args.tta is not None and tta_aggregate not in DENSE_AGGREGATES:
+        raise CLIError(f"--tta-aggregate {tta_aggregate!r} is not a dense aggregate: expected one of "
+                       f"{', '.join(DENSE_AGGREGATES)}")
+    outputs = check_out_dir(args.out, ["results.json", "results.csv"])
+    folder = scan_seg_folder(args.data)
+    loaded = load_cli_model(args)
+    pre = loaded.preprocess
+    x01, y, names = read_seg_folder(folder, pre.in_chans, segmentation_input_size(loaded, args), args.limit)
+    if args.shift >= min(x01.shape[-2:]):
+        raise CLIError(f"--shift {args.shift} is not smaller than the {min(x01.shape[-2:])}-pixel images")
+    net = loaded.model.to(device)
+    x = normalize_batch(x01, pre.mean, pre.std).to(device)
+    with torch.no_grad():
+        k = wrap(net, budget=1)(x[:1]).shape[1]
+    bad = (y != args.ignore_index) & ((y < 0) | (y >= k))
+    if bad.any():
+        raise CLIError(f"masks hold labels up to {int(y[y != args.ignore_index].max())} but {loaded.name} has {k} "
+                       f"classes (pixels of --ignore-index {args.ignore_index} are not counted)")
+    xs = offsets = None
+    if args.shift:
+        shifted01, offsets = shift_images(x01, args.shift, args.seed)
+        xs = normalize_batch(shifted01, pre.mean, pre.std).to(device)
+    if args.criterion == "calibrated" and args.order is None:
+        args.order = loaded.order  # a zoo segmenter's shipped order (None: wrap says what is missing)
+    model = wrap(net, budget=1, task="segmentation", criterion=args.criterion, aggregate=aggregates[0],
+                 align=args.align, seed=args.seed, **wrap_options(args))
+    if args.tta is not None:
+        if len(aggregates) > 1:
+            raise CLIError(f"--tta takes one --aggregate (each view's phase aggregation), got {', '.join(aggregates)}")
+        pad = tuple(-m / s for m, s in zip(pre.mean, pre.std)) if len(pre.mean) > 1 else -pre.mean[0] / pre.std[0]
+        tta = TTA(model, args.tta, tta_aggregate, task="segmentation", size_divisor=SIZE_DIVISOR, pad_value=pad)
+        predict, keys = tta_predictions(tta, budgets), list(budgets)
+
+        def describe(b):
+            return dict(model=loaded.name, method=f"TTA {tta.policy_name}" + (" x ours" if b > 1 else ""), budget=b,
+                        views=len(tta.views), aggregate=f"{aggregates[0]}+{tta_aggregate}" if b > 1 else tta_aggregate)
+    else:
+        predict = search_predictions(model, budgets, [(a, model.align) for a in aggregates])
+        keys = [(b, (a, model.align)) for b in budgets for a in (aggregates if b > 1 else aggregates[:1])]
+
+        def describe(key):
+            return dict(model=loaded.name, method="ours" if key[0] > 1 else "network", budget=key[0], views=1,
+                        aggregate=key[1][0] if key[0] > 1 else "-")
+    quiet = args.quiet
+    with progress_bar(len(y), loaded.name, enabled=not quiet) as bar:
+        tallies, seconds = run_pairs(x, y.to(device), predict, keys, shifted=xs, offsets=offsets,
+                                     batch_size=args.batch_size, tally=lambda: model.task.tally(k, args.ignore_index),
+                                     progress=bar.update)
+    rows = describe_rows(tallies, describe, seconds)
+    payload = {"task": "segmentation", "results": rows, "data": str(args.data), "images": len(names),
+               "unmatched": folder.unmatched, "not_read": [{"path": s.path, "reason": s.reason} for s in folder.skipped],
+               "ignore_index": args.ignore_index, "shift": args.shift, "seed": args.seed}
+    payload = stamp(payload)  # commit, date, version: on stdout as in results.json
+    if outputs is not None:  # both files replace the old ones together (undiscard._atomic.OutputSet)
+        with outputs as staging:
+            write_json(staging / "results.json", payload)
+            write_csv(staging / "results.csv", rows)
+    if args.json:
+        emit_json(payload)
+    else:
+        print(format_table(rows, SEGMENTATION_COLUMNS))
+    if folder.unmatched:
+        print(f"skipped {len(folder.unmatched)} names with an image or a mask but not both", file=sys.stderr)
+    if folder.skipped:
+        print(f"not read: {describe_skipped(folder.skipped)}", file=sys.stderr)
+    return 0

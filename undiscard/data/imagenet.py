@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["IMAGENET_CLASSES_FILE", "NUM_IMAGENET_CLASSES", "imagenet_wnids", "imagenet_class_names",
-           "imagenet_class_map", "is_wnid", "is_imagenet_folder", "imagenet_classes_named", "normalise_name"]
+           "imagenet_class_map", "is_wnid", "imagenet_classes_named", "normalise_name"]
 
 IMAGENET_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
 NUM_IMAGENET_CLASSES = 1000
@@ -48,12 +48,6 @@ def imagenet_class_map() -> dict[str, int]:
 def is_wnid(name: str) -> bool:
     """``name`` has the form of a WordNet noun id (``n`` and 8 digits)."""
     return _WNID.fullmatch(name) is not None
-
-
-def is_imagenet_folder(class_folders: list[str]) -> bool:
-    """All folder names are WordNet ids of ImageNet-1k classes (and there is at least one)."""
-    known = imagenet_class_map()
-    return bool(class_folders) and all(c in known for c in class_folders)
 
 
 def normalise_name(name: str) -> str:

@@ -15,7 +15,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["setup", "teardown", "shard", "ShardSampler", "sum_counts", "gather_lists", "is_main"]
+from ..metrics.tally import FLAGS
+
+__all__ = ["setup", "teardown", "ShardSampler", "sum_counts", "gather_lists", "is_main"]
 
 
 def setup(device: torch.device) -> tuple[int, int]:
@@ -51,11 +53,6 @@ def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
-    """Every ``world``-th item starting at ``rank``."""
-    return list(items[rank::world])
-
-
 class ShardSampler(Sampler[int]):
     """Dataset indices ``rank, rank + world, ...`` below ``n``: the split of ``torch.utils.data.
     DistributedSampler(shuffle=False)``, without its padding to equal shard sizes (a padded image would
@@ -82,9 +79,10 @@ def sum_counts(counts: list[dict[str, float]]) -> list[dict[str, float]]:
     t = torch.tensor([[c[k] for k in keys] for c in counts], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     summed = [dict(zip(keys, row.tolist())) for row in t]
-    for c in summed:  # a flag, not a count
-        if "shifted" in c:
-            c["shifted"] = float(c["shifted"] > 0)
+    for c in summed:  # flags, not counts (undiscard.metrics.tally.FLAGS)
+        for flag in FLAGS:
+            if flag in c:
+                c[flag] = float(c[flag] > 0)
     return summed
 
 

@@ -1,5 +1,5 @@
 """The PNG plots of ``demo`` and ``eval``: metrics against budget and cost, methods at equal total budget,
-Pareto fronts per family, photo pairs on their own.
+Pareto fronts per family, photo pairs on their own; the segmentation rows' mIoU against cost.
 
 Rules every figure follows: every line has its own style — colour by model (or family),
 line style and marker by setting, so no two lines look alike however many there are; every line has a
@@ -27,8 +27,11 @@ from .summary import (
 PLOT_FILES = ("metrics_vs_budget.png", "accuracy_vs_cost.png", "tta_comparison.png", "pareto.png",
               "pareto_per_model.png", "photo_pairs.png")  # every file write_plots may write
 
-__all__ = ["PLOT_FILES", "write_plots", "budget_figure", "method_figure", "pareto_figure", "pareto_grid_figure",
-           "photo_pairs_figure", "line_style", "series_name", "METRIC_LABELS", "FAMILY_STYLE"]
+__all__ = ["PLOT_FILES", "SEGMENTATION_PLOT", "write_plots", "write_segmentation_plot", "budget_figure", "method_figure",
+           "pareto_figure", "pareto_grid_figure", "photo_pairs_figure", "segmentation_figure", "line_style",
+           "series_name", "METRIC_LABELS", "FAMILY_STYLE"]
+
+SEGMENTATION_PLOT = "segmentation_miou_vs_cost.png"  # what write_segmentation_plot writes
 
 Row = dict[str, Any]
 METRIC_LABELS = {"top1": "clean top-1 (%)", "top1_shifted": "shifted top-1 (%)", "consistency": "shift consistency (%)"}
@@ -254,12 +257,12 @@ def photo_pairs_figure(rows: Sequence[Row]):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 120) -> Path:
     import matplotlib.pyplot as plt
 
     try:
         with atomic_write(path) as f:
-            fig.savefig(f, dpi=120, bbox_inches="tight", format="png")
+            fig.savefig(f, dpi=dpi, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
     return path
@@ -287,3 +290,39 @@ def write_plots(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
     if any(r.get("top1") is None and r.get("consistency") is not None for r in rows):
         todo.append((lambda: photo_pairs_figure(rows), "photo_pairs.png"))
     return [_save(build(), out / name) for build, name in todo]
+
+
+_SEGMENTATION_MARKERS = {"network": "o", "ours": "s", "TTA flip": "^", "flip x ours": "D"}
+
+
+def segmentation_figure(rows: Sequence[Row]):
+    """Segmentation rows' clean and shifted mIoU against cost, one colour per model (a line through its
+    network and search rows), one marker per method; the legend names every model and marker."""
+    from matplotlib.lines import Line2D
+
+    fig, axes = _figure(2, width=5.0, height=4.0)
+    axes = axes[0]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    markers = _SEGMENTATION_MARKERS
+    for ax, key, title in ((axes[0], "miou", "clean mIoU (%)"), (axes[1], "miou_shifted", "shifted mIoU (%)")):
+        for i, m in enumerate(models):
+            mine = [r for r in rows if r["model"] == m and r.get(key) is not None]
+            ours = sorted((r for r in mine if r["method"] in ("network", "ours")), key=lambda r: r["cost"])
+            ax.plot([r["cost"] for r in ours], [r[key] for r in ours], color=f"C{i}", label=m)
+            for r in mine:
+                ax.scatter(r["cost"], r[key], color=f"C{i}", marker=markers.get(r["method"], "x"))
+        ax.set_xlabel("cost (plain forwards per image)")
+        ax.set_title(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    used = [m for m in markers if any(r["method"] == m for r in rows)]
+    handles += [Line2D([], [], color="grey", marker=markers[m], linestyle="none") for m in used]
+    n = len({r["n"] for r in rows}) == 1 and rows[0].get("n")
+    fig.legend(handles, labels + used, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(f"segmentation zoo ({len(models)} models{f', {n} test canvases each' if n else ''})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_segmentation_plot(rows: Sequence[Row], out_dir: str | Path) -> Path:
+    """:func:`segmentation_figure` saved (atomically) as :data:`SEGMENTATION_PLOT` in ``out_dir``, and closed."""
+    return _save(segmentation_figure(rows), Path(out_dir) / SEGMENTATION_PLOT, dpi=100)

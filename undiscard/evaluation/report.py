@@ -26,7 +26,7 @@ from .._atomic import ResultWriteError, atomic_path, check_writable_dir, write_t
 from .._version import __version__
 
 __all__ = ["format_table", "write_json", "write_csv", "write_text", "atomic_path", "check_writable_dir",
-           "ResultWriteError", "provenance", "stamp"]
+           "ResultWriteError", "COLUMNS", "SEGMENTATION_COLUMNS", "provenance", "stamp"]
 
 Rows = Sequence[dict[str, Any]]
 
@@ -34,6 +34,10 @@ COLUMNS = [("model", "model"), ("budget", "B"), ("tta", "TTA"), ("total_budget",
            ("aggregate", "aggregate"), ("align", "align"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
            ("consistency", "consistency"), ("cost", "cost x")]
 
+SEGMENTATION_COLUMNS = [("model", "model"), ("method", "method"), ("budget", "B"), ("views", "views"),
+                        ("aggregate", "aggregate"), ("miou", "mIoU"), ("pixel_acc", "pixel acc"),
+                        ("miou_shifted", "mIoU shifted"), ("consistency", "pixel consistency"),
+                        ("boundary_f1", "boundary F1"), ("cost", "cost x")]
 
 _ONLY_IF_VARYING = {"criterion", "align", "total_budget"}  # shown only when rows differ in them
 

@@ -1,4 +1,4 @@
-"""Evaluating a classifier with and without the phase search: accuracy, robustness to shifts, cost.
+"""Evaluating a model with and without the phase search: the loop, its predictions, classifier rows.
 
 Every evaluation reports three numbers side by side (docs/semantics.md, "What an evaluation reports"):
 
@@ -15,14 +15,19 @@ One search per batch at the largest budget serves every budget and every aggrega
 search is incremental); budget 1 is the original model exactly. :func:`evaluate_states` scores every
 single state on its own: the diagnostic for a model on which the search loses.
 
-All runners share one loop, :func:`run_batches`: it takes any iterable of :data:`Batch` (clean images,
-labels, shifted copies or None), e.g. a ``torch.utils.data.DataLoader`` that reads and shifts each batch
-as it goes (``undiscard eval``), so memory stays flat in the data set size; each clean batch then its
-shifted copy is counted in one :class:`~undiscard.metrics.Tally` per row. :func:`run_pairs` is that loop
-over tensors held in memory, :func:`evaluate_stream`/:func:`evaluate_tta_stream` are :func:`evaluate`/
-:func:`evaluate_tta` over a stream. The runners differ only in the ``predict`` function they give the loop
-(:func:`search_predictions` for :func:`evaluate`). Counting lives in :mod:`undiscard.metrics`. No runner
-changes the settings of the model it is given: budgets are passed per call.
+All runners, of either task, share one loop, :func:`run_batches`: it takes any iterable of :class:`Batch`
+(clean images, targets, shifted copies or None, their offsets or None), e.g. a
+``torch.utils.data.DataLoader`` that reads and shifts each batch as it goes (``undiscard eval``), so memory
+stays flat in the data set size; each clean batch then its shifted copy is counted in one tally per row,
+the task's (:meth:`undiscard.tasks.base.Task.tally`: top-k hits for a classifier, confusion matrices for
+a segmenter, :mod:`undiscard.metrics`). :func:`run_pairs` is that loop over tensors held in memory,
+:func:`evaluate_stream`/:func:`evaluate_tta_stream` are :func:`evaluate`/:func:`evaluate_tta` over a
+stream. The runners differ only in the ``predict`` function they give the loop: :func:`search_predictions`
+(one search per batch at the largest budget serves every budget and aggregation),
+:func:`plain_predictions` (the network), :func:`tta_predictions` (a :class:`~undiscard.tta.TTA`, every
+phase budget per view). A segmenter's rows are dicts (:func:`describe_rows`); a classifier's are
+:class:`~undiscard.metrics.Row`. No runner changes the settings of the model it is given: budgets are
+passed per call.
 """
 from __future__ import annotations
 
@@ -43,18 +48,20 @@ from typing import (
 import torch
 from torch import Tensor, nn
 
+from .._testtime import TestTimeModule
 from ..analysis.outputs import select_output
 from ..errors import UndiscardError
-from ..metrics.classification import Row, Tally, row_from_counts, topk_correct
+from ..metrics.classification import ClassificationTally, Row, row_from_counts, topk_correct
+from ..metrics.tally import Tally
 from ..search._best_first import state_offset
 from ..wrapper import Undiscard, wrap
 
-__all__ = ["Batch", "Counted", "Prediction", "Row", "Tally", "batches", "evaluate", "evaluate_states",
-           "evaluate_stream", "evaluate_tta", "evaluate_tta_grid", "evaluate_tta_stream", "row_from_counts",
-           "run_batches", "run_pairs", "search_predictions", "tensor_batches", "topk_correct"]
+__all__ = ["Batch", "Counted", "Prediction", "Row", "Tally", "batches", "describe_rows", "evaluate",
+           "evaluate_states", "evaluate_stream", "evaluate_tta", "evaluate_tta_grid", "evaluate_tta_stream",
+           "plain_predictions", "row_from_counts", "run_batches", "run_pairs", "search_predictions", "tensor_batches",
+           "topk_correct", "tta_predictions"]
 
-Prediction = tuple[Tensor, float, float]  # logits (N, K), mean cost and mean ideal cost per image
-Batch = tuple[Tensor, Tensor, "Tensor | None"]  # clean images (N, C, H, W), labels (N,), shifted copies or None
+Prediction = tuple[Tensor, float, float]  # logits (N, *output), mean cost and mean ideal cost per image
 Key = TypeVar("Key", bound=Hashable)
 Variant = tuple[str, bool]  # (aggregate, align)
 
@@ -65,11 +72,24 @@ def batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def tensor_batches(images: Tensor, labels: Tensor, shifted: Tensor | None = None,
-                   batch_size: int = 128) -> Iterator[Batch]:
-    """Batches (:data:`Batch`) of at most ``batch_size`` rows of tensors held in memory, in order."""
+class Batch(NamedTuple):
+    """One batch of an evaluation: clean ``images`` (N, C, H, W), their ``targets`` (labels (N,) or label
+    maps (N, H, W)), their ``shifted`` copies or None, and the ``offsets`` (N, 2) = (dy, dx) they were
+    shifted by (down/right positive; what a segmentation tally moves the label maps by) or None. A plain
+    ``(images, targets, shifted)`` tuple is a batch without offsets."""
+
+    images: Tensor
+    targets: Tensor
+    shifted: Tensor | None = None
+    offsets: Tensor | None = None
+
+
+def tensor_batches(images: Tensor, targets: Tensor, shifted: Tensor | None = None, batch_size: int = 128,
+                   offsets: Tensor | None = None) -> Iterator[Batch]:
+    """Batches (:class:`Batch`) of at most ``batch_size`` rows of tensors held in memory, in order."""
     for sl in batches(images.shape[0], batch_size):
-        yield images[sl], labels[sl], (shifted[sl] if shifted is not None else None)
+        yield Batch(images[sl], targets[sl], shifted[sl] if shifted is not None else None,
+                    offsets[sl] if offsets is not None else None)
 
 
 class Counted(NamedTuple):
@@ -82,47 +102,59 @@ class Counted(NamedTuple):
     shifted: bool
 
     def counts(self, key: Hashable) -> dict[str, float]:
-        return self.tallies[key].counts(self.n, self.shifted)
+        return self.tallies[key].counts()
 
 
-def run_batches(stream: Iterable[Batch], predict: Callable[[Tensor], Mapping[Key, Prediction]],
-                keys: Sequence[Key], *, progress: Callable[[int], None] | None = None) -> Counted:
-    """The evaluation loop every runner here shares: for each :data:`Batch` ``(x, y, xs)`` of ``stream``,
-    ``predict`` is called on the clean batch ``x``, then on its shifted copy ``xs`` (if not None), and
-    returns one :data:`Prediction` per key of ``keys`` (a budget, a variant, a TTA config); each is
-    counted in that key's :class:`~undiscard.metrics.Tally`.
+def run_batches(stream: Iterable[Batch | tuple], predict: Callable[[Tensor], Mapping[Key, Prediction]],
+                keys: Sequence[Key], *, tally: Callable[[], Tally] = ClassificationTally,
+                progress: Callable[[int], None] | None = None) -> Counted:
+    """The evaluation loop every runner here shares, for either task: for each :class:`Batch` ``(x, y, xs,
+    offsets)`` of ``stream``, ``predict`` is called on the clean batch ``x``, then on its shifted copy ``xs``
+    (if not None), and returns one :data:`Prediction` per key of ``keys`` (a budget, a variant, a TTA
+    config); each is counted in that key's tally, made by ``tally`` (the task's:
+    ``lambda: task.tally(num_classes, ignore_index)``; default: a classifier's top-k hits).
 
     ``stream`` is consumed once, one batch at a time, and no batch is kept: a ``DataLoader`` that reads
     images as it goes evaluates a data set of any size in the memory of a few batches. Either every
     batch has shifted copies or none has. ``progress`` is called with the number of images of each
     finished batch (for a progress bar).
     """
-    tallies = {k: Tally() for k in keys}
+    tallies = {k: tally() for k in keys}
     t0 = time.perf_counter()
     n, with_shifted = 0, None
-    for x, y, xs in stream:
+    for batch in stream:
+        x, y, xs, offsets = Batch(*batch)
         if with_shifted is None:
             with_shifted = xs is not None
         elif with_shifted != (xs is not None):
             raise ValueError("run_batches: either every batch has shifted copies or none has")
         for images, clean in [(x, True)] + ([(xs, False)] if xs is not None else []):
             out = predict(images)
-            for k, tally in tallies.items():
+            for k, counter in tallies.items():
                 logits, cost, ideal = out[k]
-                tally.add(logits, y, clean, cost, ideal)
+                counter.update(logits, y, clean=clean, cost=cost, ideal=ideal, offsets=None if clean else offsets)
         n += len(y)
         if progress is not None:
             progress(len(y))
     return Counted(tallies, time.perf_counter() - t0, n, bool(with_shifted))
 
 
-def run_pairs(images: Tensor, labels: Tensor, predict: Callable[[Tensor], Mapping[Key, Prediction]],
-              keys: Sequence[Key], *, shifted: Tensor | None = None, batch_size: int = 128,
+def run_pairs(images: Tensor, targets: Tensor, predict: Callable[[Tensor], Mapping[Key, Prediction]],
+              keys: Sequence[Key], *, shifted: Tensor | None = None, offsets: Tensor | None = None,
+              batch_size: int = 128, tally: Callable[[], Tally] = ClassificationTally,
               progress: Callable[[int], None] | None = None) -> tuple[dict[Key, Tally], float]:
-    """:func:`run_batches` over tensors in memory: batches of ``images`` (N, C, H, W) with ``labels``
-    (N,) and the same rows of ``shifted`` (if given). Returns the tallies and the wall time in seconds."""
-    counted = run_batches(tensor_batches(images, labels, shifted, batch_size), predict, keys, progress=progress)
+    """:func:`run_batches` over tensors in memory: batches of ``images`` (N, C, H, W) with ``targets``
+    and the same rows of ``shifted`` and ``offsets`` (if given). Returns the tallies and the wall time in
+    seconds."""
+    counted = run_batches(tensor_batches(images, targets, shifted, batch_size, offsets), predict, keys, tally=tally,
+                          progress=progress)
     return counted.tallies, counted.seconds
+
+
+def describe_rows(tallies: Mapping[Key, Tally], describe: Callable[[Key], dict], seconds: float) -> list[dict]:
+    """One result row (a dict) per key: ``describe(key)`` (model, method, budget, ...), then the tally's
+    :meth:`~undiscard.metrics.tally.Tally.row` and the wall ``seconds`` (rounded to 0.01)."""
+    return [{**describe(k), **t.row(), "seconds": round(seconds, 2)} for k, t in tallies.items()]
 
 
 def _peeked(stream: Iterable[Batch]) -> tuple[Batch, Iterator[Batch]]:
@@ -149,13 +181,17 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 def search_predictions(model: Undiscard, budgets: Sequence[int],
                        variants: Sequence[Variant]) -> Callable[[Tensor], dict[tuple[int, Variant], Prediction]]:
-    """A ``predict`` for :func:`run_pairs`: one search per batch at the largest budget, and for every
+    """A ``predict`` for :func:`run_batches`: one search per batch at the largest budget, and for every
     budget b and (aggregate, align) variant the logits of its first b candidates with the cost of a
     search at b (the search is incremental, so each prefix is exactly a run at that budget). Keys are
-    ``(b, variant)``; ``model``'s own settings are left alone."""
+    ``(b, variant)``; ``model``'s own settings are left alone. When every budget is 1, the network runs
+    itself (``model(x, budget=1)``, cost 1): no search, no setup."""
     top = max(budgets)
 
     def predict(x: Tensor) -> dict[tuple[int, Variant], Prediction]:
+        if top == 1:
+            y = select_output(model(x, budget=1))
+            return {(1, v): (y, 1.0, 1.0) for v in variants}
         cands = model.candidates(x, top)
         out: dict[tuple[int, Variant], Prediction] = {}
         for b in budgets:
@@ -163,6 +199,58 @@ def search_predictions(model: Undiscard, budgets: Sequence[int],
             for agg, align in variants:
                 out[(b, (agg, align))] = (model.aggregate_candidates(cands, b, aggregate=agg, align=align), cost,
                                           ideal)
+        return out
+
+    return predict
+
+
+def plain_predictions(net: nn.Module, key: Hashable = 1) -> Callable[[Tensor], dict[Hashable, Prediction]]:
+    """A ``predict`` for :func:`run_batches`: the plain network (one forward per image, cost 1), under ``key``."""
+
+    def predict(x: Tensor) -> dict[Hashable, Prediction]:
+        return {key: (select_output(net(x)), 1.0, 1.0)}
+
+    return predict
+
+
+def tta_predictions(tta, budgets: Sequence[int] = (1,), *,
+                    baseline: bool = False) -> Callable[[Tensor], dict[int | str, Prediction]]:
+    """A ``predict`` for a :class:`~undiscard.tta.TTA`: keys are phase budgets per view (around a plain
+    model: only 1), each given per call (the wrapped model's own budget is left alone); costs count every
+    view's forwards and searches. ``baseline``: also the plain network under key ``"plain"`` (budget 1,
+    no TTA, cost 1). A classification TTA runs its views as one batch per budget; a segmentation TTA
+    searches each view once at the largest budget, and every budget aggregates its first candidates,
+    de-augmented and combined by the TTA's aggregator (the search is incremental)."""
+    inner = tta.model
+    wrapped = isinstance(inner, TestTimeModule)
+    if not wrapped and any(b != 1 for b in budgets):
+        raise ValueError("phase budgets other than 1 need TTA around a wrap()-ed model")
+    top = max(budgets)
+
+    def per_view_searches(x: Tensor) -> dict[int | str, Prediction]:
+        size = (x.shape[-2], x.shape[-1])
+        per_view: dict[int, list[Tensor]] = {b: [] for b in budgets}
+        cost = {b: [0.0, 0.0] for b in budgets}
+        for view in tta.views:
+            ratio = tta.view_cost(x, view)
+            cands = inner.candidates(tta.augment(x, view), top)
+            for b in budgets:
+                per_view[b].append(tta.deaugment(inner.aggregate_candidates(cands, b), view, size))
+                c, i = inner.candidates_cost(cands, b)
+                cost[b][0] += ratio * c
+                cost[b][1] += ratio * i
+        return {b: (tta.aggregator(torch.stack(per_view[b], 1)), *cost[b]) for b in budgets}
+
+    def predict(x: Tensor) -> dict[int | str, Prediction]:
+        out: dict[int | str, Prediction] = {}
+        if baseline:
+            out["plain"] = (select_output(inner(x, budget=1) if wrapped else inner(x)), 1.0, 1.0)
+        if tta.dense and top > 1:
+            out.update(per_view_searches(x))
+            return out
+        for b in budgets:
+            logits = tta(x, phase_budget=b if wrapped else None)
+            out[b] = (logits, tta.last_cost, tta.last_cost_ideal)
         return out
 
     return predict
@@ -255,17 +343,8 @@ def evaluate_tta_stream(name: str, tta, stream: Iterable[Batch], budgets: Sequen
         for b in budgets:
             inner.check_budget(b)
 
-    def predict(x: Tensor) -> dict[int | str, Prediction]:
-        out: dict[int | str, Prediction] = {}
-        if baseline:
-            out["plain"] = (select_output(inner(x, budget=1) if wrapped else inner(x)), 1.0, 1.0)
-        for b in budgets:
-            logits = tta(x, phase_budget=b if wrapped else None)
-            out[b] = (logits, tta.last_cost, tta.last_cost_ideal)
-        return out
-
     keys: list[int | str] = (["plain"] if baseline else []) + list(budgets)
-    counted = run_batches(stream, predict, keys, progress=progress)
+    counted = run_batches(stream, tta_predictions(tta, budgets, baseline=baseline), keys, progress=progress)
     model = inner if wrapped else None
     plain = [row_from_counts(_template(name, model, 1, counted.n, counted.seconds), counted.counts("plain"))] \
         if baseline else []
@@ -310,7 +389,7 @@ def evaluate_tta_grid(name: str, model: Undiscard, views: Sequence, images: Tens
                                      batch_size=batch_size, progress=progress)
     n = images.shape[0]
     return [row_from_counts(_template(name, model, b, n, seconds, tta=label, tta_views=v_count),
-                            tallies[(v_count, b, label)].counts(n, shifted is not None))
+                            tallies[(v_count, b, label)].counts())
             for v_count, b, label in configs]
 
 

@@ -32,43 +32,14 @@ from ..search._candidates import find_candidates, stack_candidates
 from ..search.criteria import SearchContext, get_criterion
 from ..search.orders import StateOrder, all_states, model_fingerprint
 from ..tasks.aggregation import get_aggregate
-from ..tasks.base import ClassificationTask, StateMaps
+from ..tasks.base import StateMaps
 from ._state_ranking import rank_states, working_rows
 from .objectives import get_objective
 
 if TYPE_CHECKING:  # type hints only
     from ..wrapper import Undiscard
 
-__all__ = ["calibrate", "greedy_order", "best_prefix"]
-
-def _score(logits: Tensor, labels: Tensor) -> tuple[float, float]:
-    """(top-1 accuracy, mean NLL) of (N, K) logits: the classification task's calibration score."""
-
-    return ClassificationTask().calibration_score(logits, labels)
-
-
-def greedy_order(combine: Callable[[list[int]], Tensor], single: Tensor, labels: Tensor, greedy: int,
-                 progress: Callable[[int], None] | None = None,
-                 score: Callable[[Tensor, Tensor], tuple[float, float]] = _score) -> tuple[list[int], list[float]]:
-    """Positions 0..S-1 of S states ranked: 0 first, then ``greedy`` greedy steps, each adding the state whose
-    addition makes ``combine(positions)`` (aggregated logits (N, *output)) score best (``score(logits,
-    labels)`` -> (quality, NLL), default top-1 accuracy; ties: lower NLL, then the position); the rest by
-    their own logits ``single`` (N, S, *output) (quality, then NLL, then position).
-    Returns the ranking and the aggregate's quality after each greedy step (the first: state 0 alone)."""
-    s = single.shape[1]
-    chosen = [0]
-    curve = [score(single[:, 0], labels)[0]]
-    left = list(range(1, s))
-    for _ in range(min(greedy, s - 1)):
-        best = min(left, key=lambda r: (-(sc := score(combine(chosen + [r]), labels))[0], sc[1], r))
-        chosen.append(best)
-        left.remove(best)
-        curve.append(score(combine(chosen), labels)[0])
-        if progress is not None:
-            progress(1)
-    own = {r: score(single[:, r], labels) for r in left}
-    chosen += sorted(left, key=lambda r: (-own[r][0], own[r][1], r))
-    return chosen, curve
+__all__ = ["calibrate", "best_prefix"]
 
 
 def best_prefix(curve: Sequence[float]) -> int:

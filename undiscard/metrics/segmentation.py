@@ -8,20 +8,26 @@ Conventions: label maps are integer tensors (N, H, W) (or (H, W)); predictions a
 (``logits.argmax(1)``). The confusion matrix ``cm[t, p]`` counts pixels of true class ``t`` predicted as
 ``p``; pixels whose target is ``ignore_index`` are not counted anywhere.
 
+:class:`SegmentationTally` is what ``task="segmentation"`` counts one result row with: both confusion
+matrices (clean, shifted), boundary counts, pixel agreement between clean and shifted predictions, cost.
+
 mIoU: IoU_c = TP / (TP + FP + FN) per class; **classes absent from both the targets and the predictions
 (TP + FP + FN = 0) have no IoU (NaN) and are excluded from the mean**, which is what mmsegmentation
 and torchmetrics' ``MulticlassJaccardIndex(average="macro")`` do (torchmetrics tests assert the match).
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.shift import overlap, translate
+from .tally import Tally
 
 __all__ = [
-    "ConfusionMatrix", "boundary_counts", "boundary_f1", "boundary_map", "confusion_matrix", "iou_per_class",
+    "ConfusionMatrix", "SegmentationTally", "boundary_counts", "boundary_f1", "boundary_map", "confusion_matrix", "iou_per_class",
     "mean_iou", "pixel_accuracy", "shift_consistency_counts", "shift_labels",
 ]
 
@@ -187,3 +193,85 @@ def shift_consistency_counts(pred: Tensor, pred_shifted: Tensor, offsets: Tensor
         agree += int(same.sum())
         total += count
     return torch.tensor([agree, total], dtype=torch.int64)
+
+
+# ------------------------------------------------------------------------------------------- the tally
+
+
+class SegmentationTally(Tally):
+    """Exact sums of one row (:class:`~undiscard.metrics.tally.Tally`): confusion matrices of the clean
+    images and of their shifted copies, boundary counts, pixel agreement, cost (every image run counted,
+    clean and shifted). Targets are label maps (N, H, W); ``ignore_index`` pixels are not counted, and
+    are what a shifted target is filled with where nothing moved in (255 when None)."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.clean = ConfusionMatrix(num_classes, ignore_index)
+        self.shifted = ConfusionMatrix(num_classes, ignore_index)
+        self.boundary = torch.zeros(4, dtype=torch.int64)
+        self.agree = torch.zeros(2, dtype=torch.int64)
+        self.cost = self.cost_ideal = 0.0
+        self.images = 0  # clean images counted
+        self.calls = 0  # images run (clean and shifted)
+        self._clean: tuple[Tensor, Tensor] | None = None  # the last clean batch's (predictions, targets)
+
+    def _valid(self, target: Tensor) -> Tensor | None:
+        return None if self.ignore_index is None else target != self.ignore_index
+
+    def update(self, logits: Tensor, target: Tensor, *, clean: bool = True, cost: float = 1.0, ideal: float = 1.0,
+               offsets: Tensor | None = None) -> None:
+        """Count one batch of logits (N, K, H, W) against the clean images' label maps ``target`` (N, H, W):
+        the clean images' (``clean``), or then their shifted copies', translated by ``offsets`` (N, 2) =
+        (dy, dx) (down/right positive): their target is ``target`` translated alike, and each pixel is
+        compared with the clean prediction it came from (consistency)."""
+        pred, target = logits.argmax(1).cpu(), target.long().cpu()
+        if clean:
+            self.clean.update(pred, target)
+            self.boundary += boundary_counts(pred, target, valid=self._valid(target))
+            self.images += pred.shape[0]
+            self._clean = (pred, target)
+        else:
+            if offsets is None:
+                raise ValueError("shifted images need their offsets")
+            if self._clean is None:
+                raise RuntimeError("SegmentationTally.update: a shifted batch must follow its clean batch")
+            pred_clean, target_clean = self._clean
+            fill = 255 if self.ignore_index is None else self.ignore_index
+            off = offsets.cpu()
+            shifted = torch.stack([shift_labels(target_clean[i], int(dy), int(dx), fill)
+                                   for i, (dy, dx) in enumerate(off.tolist())])
+            self.shifted.update(pred, shifted)
+            self.agree += shift_consistency_counts(pred_clean, pred, off, valid=self._valid(target_clean))
+        self.cost += cost * pred.shape[0]
+        self.cost_ideal += ideal * pred.shape[0]
+        self.calls += pred.shape[0]
+
+    def counts(self) -> dict[str, float]:
+        k = self.num_classes
+        cells = [(t, p) for t in range(k) for p in range(k)]
+        return {**{f"clean_{t}_{p}": float(self.clean.cm[t, p]) for t, p in cells},
+                **{f"shifted_{t}_{p}": float(self.shifted.cm[t, p]) for t, p in cells},
+                **{f"boundary_{i}": float(v) for i, v in enumerate(self.boundary.tolist())},
+                "agree": float(self.agree[0]), "compared": float(self.agree[1]), "cost_sum": self.cost,
+                "ideal_sum": self.cost_ideal, "n": float(self.images), "calls": float(self.calls)}
+
+    def load_counts(self, counts: Mapping[str, float]) -> None:
+        k = self.num_classes
+        for name, cm in (("clean", self.clean), ("shifted", self.shifted)):
+            cm.cm = torch.tensor([[counts[f"{name}_{t}_{p}"] for p in range(k)] for t in range(k)]).round().long()
+        self.boundary = torch.tensor([counts[f"boundary_{i}"] for i in range(4)]).round().long()
+        self.agree = torch.tensor([counts["agree"], counts["compared"]]).round().long()
+        self.cost, self.cost_ideal = float(counts["cost_sum"]), float(counts["ideal_sum"])
+        self.images, self.calls = int(counts["n"]), int(counts["calls"])
+
+    def row(self) -> dict[str, Any]:
+        """Percentages (mIoU, pixel accuracy, boundary F1, shifted mIoU/accuracy, consistency) and the mean
+        cost per image run; shifted values are None when no shifted copy was counted."""
+        shifted = self.shifted.cm.sum() > 0
+        return {"miou": 100 * self.clean.miou, "pixel_acc": 100 * self.clean.acc,
+                "boundary_f1": 100 * boundary_f1(self.boundary),
+                "miou_shifted": 100 * self.shifted.miou if shifted else None,
+                "pixel_acc_shifted": 100 * self.shifted.acc if shifted else None,
+                "consistency": 100 * float(self.agree[0]) / float(self.agree[1]) if self.agree[1] > 0 else None,
+                "cost": self.cost / max(self.calls, 1), "cost_ideal": self.cost_ideal / max(self.calls, 1),
+                "n": self.images}

@@ -1,4 +1,5 @@
-"""Loading models by name: ``zoo:NAME``, ``timm:NAME``, ``torchvision:NAME``, ``efficientnet-lite0/1/2``,
+"""Loading models by name, :func:`load_model`: ``zoo:NAME`` (both zoos: the classifiers and the ``zoo:seg_*``
+segmenters), ``timm:NAME``, ``torchvision:NAME``, ``efficientnet-lite0/1/2``,
 ``hf:ORG/NAME`` or ``hf:/path/to/save_pretrained/dir`` (Hugging Face ``transformers``: :mod:`undiscard.models._hf`).
 
 A registry of *sources*, keyed by prefix; each source turns a name into ``(model, preprocessing)``.
@@ -10,7 +11,10 @@ EfficientNet-Lite (tensorflow/tpu ``models/official/efficientnet``): native reso
 centre crop of ``size / (size + 32)`` of the short side resized to ``size`` with bicubic interpolation,
 and ``(pixel - 127) / 128`` on 0-255 pixels (the "inception-style" mean/std of ``efficientnet_lite_builder``).
 Models with 1000 ImageNet classes (the Lite models; timm and torchvision ImageNet architectures) get
-the shipped ImageNet class names (:mod:`undiscard.data.imagenet`). The Lite models' ``order`` is the shipped
+the shipped ImageNet class names (:mod:`undiscard.data.imagenet`). Every source returns one
+:class:`LoadedModel`, whose ``task`` says what the model predicts (``"segmentation"`` for the segmentation
+zoo; ``"classification"`` otherwise, though any model whose output is (N, K, H, W) logits, e.g.
+``torchvision:fcn_resnet50``, may be evaluated as a segmenter). The Lite models' ``order`` is the shipped
 label-free state order (``scripts/calibrate_lite.py``: ranked by shift consistency on the bundled calibration
 photos, no labels), as zoo models ship theirs.
 """
@@ -37,8 +41,11 @@ __all__ = ["Preprocess", "LoadedModel", "load_model", "override_preprocess", "ch
            "available_sources", "LITE_MODELS",
            "lite_preprocess"]
 
+
 @dataclass
 class LoadedModel:
+    """A model by name (:func:`load_model`), in eval mode, with what using it needs."""
+
     name: str
     model: nn.Module
     preprocess: Preprocess
@@ -47,6 +54,12 @@ class LoadedModel:
     aggregator: str | None = None  # a shipped attention aggregator file, if any
     order: str | None = None  # a shipped calibrated state order file (criterion="calibrated"), if any
     random_weights: bool = False  # built untrained (nothing is downloaded): load_model warns without weights=
+    task: str = "classification"  # what it predicts: "classification" (N, K) or "segmentation" (N, K, H, W)
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names (index order; empty when the model has none)."""
+        return self.class_names
 
 
 Source = Callable[[str], LoadedModel]
@@ -83,6 +96,8 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     loaded = source(name if name else spec)
     if weights is not None:
         load_weights(loaded.model, weights)
+        if loaded.task == "segmentation":  # a zoo segmenter's shipped order was ranked for its shipped weights
+            loaded.order = None
     elif loaded.random_weights:
         warnings.warn(f"{loaded.name} has random weights (nothing is downloaded here): pass --weights FILE "
                       "(or weights=) for a trained model", UserWarning, stacklevel=2)
@@ -237,30 +252,13 @@ def _hf(name: str) -> LoadedModel:
     return LoadedModel(f"hf:{base}", model, Preprocess(**pre), names)
 
 
-def _seg_zoo(base: str) -> LoadedModel:
-    """A segmentation zoo model (``zoo:seg_*``): (N, 1, 96, 96) canvases to (N, 11, 96, 96) logits."""
-    from ..zoo import segmentation as segzoo
-
-    cfg = segzoo.model_config(base)
-    size = int(cfg["input_size"][-1])
-    pre = Preprocess(input_size=size, in_chans=int(cfg["in_chans"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                     crop_pct=1.0)
-    order = zoo_order_path(base)
-    return LoadedModel(f"zoo:{base}", segzoo.create_model(base, pretrained=True), pre, list(cfg["class_names"]),
-                       order=str(order) if order.is_file() else None)
-
-
-@register_source("zoo")
 def _zoo(name: str) -> LoadedModel:
     from .. import zoo
     from ..zoo import segmentation as segzoo
 
     base, kw = _split_classes(name)
     if base in segzoo.list_models():
-        if kw.get("num_classes", segzoo.segdata.NUM_CLASSES) != segzoo.segdata.NUM_CLASSES:
-            raise UndiscardError(f"segmentation zoo models have {segzoo.segdata.NUM_CLASSES} classes; "
-                                 f"--num-classes {kw['num_classes']} does not fit")
-        return _seg_zoo(base)
+        return _segmentation_zoo(base, kw.get("num_classes"))
     if kw.get("num_classes", 10) != 10:
         raise UndiscardError(f"zoo models have 10 classes; --num-classes {kw['num_classes']} does not fit")
     if base not in zoo.list_models():
@@ -274,3 +272,19 @@ def _zoo(name: str) -> LoadedModel:
     agg, order = zoo.aggregator_path(base), zoo_order_path(base)
     return LoadedModel(f"zoo:{base}", model, pre, list(cfg.get("class_names", [])), units=zoo.search_units(base),
                        aggregator=str(agg) if agg.is_file() else None, order=str(order) if order.is_file() else None)
+
+
+def _segmentation_zoo(base: str, num_classes: int | None) -> LoadedModel:
+    """A segmentation zoo model (``zoo:seg_*``): its shipped weights, canvas normalisation, native size and
+    shipped state order."""
+    from ..zoo import segmentation as segzoo
+
+    cfg = segzoo.model_config(base)
+    if num_classes not in (None, cfg["num_classes"]):
+        raise UndiscardError(f"zoo:{base} has {cfg['num_classes']} classes; --num-classes {num_classes} does not fit")
+    size = int(cfg["input_size"][-1])
+    pre = Preprocess(input_size=size, in_chans=int(cfg["in_chans"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                     crop_pct=1.0)
+    order = zoo_order_path(base)
+    return LoadedModel(f"zoo:{base}", segzoo.create_model(base, pretrained=True), pre, list(cfg["class_names"]),
+                       order=str(order) if order.exists() else None, task="segmentation")

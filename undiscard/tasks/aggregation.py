@@ -14,8 +14,9 @@ Shapes: N images, B states per image, C channels, an h x w feature grid, K class
 - :func:`align_filled`: the same, with the cells a shifted state does not cover (the first rows and
   columns, moved out of its view by its offset) filled from the first state's map (the original model's)
   instead of zeros — what dense outputs (logits, where 0 is not "nothing") are aligned with.
-- :func:`state_weights`: ``mean`` (uniform) or ``entropy`` (``w_s ∝ 1 - H(softmax(logits_s)) / log K``,
-  H from ``log_softmax`` so no NaN when probabilities underflow; uniform when every weight is 0).
+- :func:`uniform_weights` (``mean``) and :func:`entropy_weights` of :func:`normalized_entropy` (``entropy``:
+  ``w_s ∝ 1 - H(softmax(logits_s)) / log K``, H from ``log_softmax`` so no NaN when probabilities underflow;
+  uniform when every weight is 0).
 - :func:`weighted_sum` combines aligned maps with the weights.
 
 The aggregations a wrapped model can use (``wrap(..., aggregate=NAME)``) are a registry of small
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 from .._registry import NamedRegistry
 from ..errors import UndiscardError
 
-__all__ = ["normalized_entropy", "uniform_weights", "entropy_weights", "state_weights", "shift_axis", "align_maps",
+__all__ = ["normalized_entropy", "uniform_weights", "entropy_weights", "shift_axis", "align_maps",
            "align_filled", "weighted_sum", "Aggregation", "register_aggregate", "get_aggregate", "AGGREGATES"]
 
 
@@ -63,16 +64,6 @@ def entropy_weights(entropy: Tensor) -> Tensor:
     total = w.sum(1, keepdim=True)
     uniform = torch.full_like(w, 1.0 / w.shape[1])
     return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), uniform)
-
-
-def state_weights(logits: Tensor, mode: str) -> Tensor:
-    """Aggregation weights (N, B) summing to 1 over B, from per-state classification logits (N, B, K)."""
-    n, b = logits.shape[:2]
-    if mode == "mean":
-        return uniform_weights(n, b, logits.dtype, logits.device)
-    if mode == "entropy":
-        return entropy_weights(normalized_entropy(logits))
-    raise ValueError(f"unknown weighting {mode!r}: expected 'mean' or 'entropy'")
 
 
 def shift_axis(m: Tensor, offset: Tensor, stride: int, dim: int) -> Tensor:

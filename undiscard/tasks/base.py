@@ -11,7 +11,8 @@ what the network predicts. Everything that does lives here:
 - **combining and aligning** — :meth:`Task.combine`: :meth:`Task.state_maps` says *what* is combined
   (the features' maps, then the head: :meth:`Task.finish`; a dense task may instead combine its output
   logits) and at which stride its maps are aligned by the states' offsets;
-- **counting results** — :meth:`Task.tally`, from :mod:`undiscard.metrics`;
+- **counting results** — :meth:`Task.tally`: the counter of one result row (:mod:`undiscard.metrics`)
+  that an evaluation (:func:`undiscard.evaluation.runner.run_batches`) feeds;
 - **where the model is split** — :attr:`Task.at_output`: a dense task combines the output logits
   themselves, so the features are the model's output and the head is the identity
   (:func:`undiscard.analysis.split.output_split`).
@@ -24,6 +25,7 @@ A new task is one subclass registered with :func:`register_task`.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -34,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._registry import NamedRegistry
-from ..metrics.classification import Tally
+from ..metrics.classification import ClassificationTally
+from ..metrics.tally import Tally
 from .aggregation import Aggregation, align_maps, entropy_weights, normalized_entropy
 
 if TYPE_CHECKING:  # type hints only: the engine is built by the wrapper and handed in
@@ -151,8 +154,10 @@ class Task:
         """The output from combined maps (N, C, h, w) and extra parts (N, P, C) or None."""
         raise NotImplementedError
 
-    def tally(self):
-        """A fresh counter of this task's results (:mod:`undiscard.metrics`)."""
+    def tally(self, num_classes: int, ignore_index: int | None = None) -> Tally:
+        """A fresh counter of one result row of this task (:class:`~undiscard.metrics.tally.Tally`), for a
+        model with ``num_classes`` classes; targets equal to ``ignore_index`` are not counted (where a task
+        has such targets: a segmentation mask's unlabelled pixels)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -187,8 +192,9 @@ class ClassificationTask(Task):
     def finish(self, engine: "Engine", maps: Tensor, extra: Tensor | None) -> Tensor:
         return engine.split.head(engine.split.from_maps(maps, extra))
 
-    def tally(self) -> Tally:
-        return Tally()
+    def tally(self, num_classes: int, ignore_index: int | None = None) -> Tally:
+        """Top-k hits of (N, K) logits against (N,) labels (every label counts: ``ignore_index`` is unused)."""
+        return ClassificationTally()
 
 
 _TASKS: NamedRegistry[Task] = NamedRegistry("task")
@@ -201,8 +207,9 @@ class AutoTask(ClassificationTask):
     """``wrap(task=None)``, the default: classification, unless the network's logits are (N, K, H, W) —
     then every call goes to the registered ``"segmentation"`` task (:class:`~undiscard.tasks.segmentation.SegmentationTask`),
     and a ``UserWarning`` says so once per model (pass ``task=`` to choose and silence it). Which one
-    applies is read from the logits each call gets ((M, K) or (M, K, H, W) per state); the model is split
-    at its output when that is (N, K, H, W) (:attr:`Task.at_output` None)."""
+    applies is read from the logits each call gets ((M, K) or (M, K, H, W) per state; :meth:`resolve`);
+    the model is split at its output when that is (N, K, H, W) (:attr:`Task.at_output` None). The methods
+    that read logits are dispatched by :data:`_BY_OUTPUT`, not forwarded one by one."""
 
     name = "auto"
     at_output = None
@@ -214,58 +221,46 @@ class AutoTask(ClassificationTask):
     def resolved_name(self) -> str:
         return ClassificationTask.name if self.dense is None else self.dense.resolved_name
 
-    def _task(self, output_dims: int) -> Task | None:
-        """The dense task for logits with ``output_dims`` dims per prediction (K, H, W); None: classification."""
-        if output_dims != 3:
-            return None
+    def resolve(self, logits: Tensor | None, lead: int) -> Task | None:
+        """The dense task for ``logits`` whose predictions are (K, H, W) after ``lead`` leading dims (created,
+        and the warning given, the first time); None for classification. ``logits`` None: the task already
+        resolved (the dense one once a dense output was seen)."""
+        if logits is None or logits.dim() - lead != 3:
+            return self.dense if logits is None else None
         if self.dense is None:
             self.dense = _TASKS.create("segmentation")
             warnings.warn("the network's output is (N, K, H, W): its states are searched and aggregated per pixel "
                           "as task='segmentation' (pass task= to choose)", UserWarning, stacklevel=3)
         return self.dense
 
-    def state_uncertainty(self, logits: Tensor) -> Tensor:
-        dense = self._task(logits.dim() - 1)
-        return super().state_uncertainty(logits) if dense is None else dense.state_uncertainty(logits)
-
-    def entropy_weights(self, logits: Tensor) -> Tensor:
-        dense = self._task(logits.dim() - 2)
-        return super().entropy_weights(logits) if dense is None else dense.entropy_weights(logits)
-
-    def combine(self, engine: "Engine", aggregation: "Aggregation", features: Tensor, logits: Tensor,
-                offsets: Tensor, align: bool, aggregator: nn.Module | None) -> Tensor:
-        dense = self._task(logits.dim() - 2)
-        if dense is None:
-            return super().combine(engine, aggregation, features, logits, offsets, align, aggregator)
-        return dense.combine(engine, aggregation, features, logits, offsets, align, aggregator)
-
-    def combine_aligned(self, engine: "Engine", aggregation: "Aggregation", states: StateMaps, logits: Tensor,
-                        offsets: Tensor, aggregator: nn.Module | None) -> Tensor:
-        dense = self._task(logits.dim() - 2)
-        if dense is None:
-            return super().combine_aligned(engine, aggregation, states, logits, offsets, aggregator)
-        return dense.combine_aligned(engine, aggregation, states, logits, offsets, aggregator)
-
-    def aligned_states(self, engine: "Engine", features: Tensor, logits: Tensor, offsets: Tensor,
-                       align: object) -> StateMaps:
-        dense = self._task(logits.dim() - 2)
-        if dense is None:
-            return super().aligned_states(engine, features, logits, offsets, align)
-        return dense.aligned_states(engine, features, logits, offsets, align)
-
-    def with_entropy(self, states: StateMaps, logits: Tensor) -> StateMaps:
-        dense = self._task(logits.dim() - 2)
-        return super().with_entropy(states, logits) if dense is None else dense.with_entropy(states, logits)
-
-    def calibration_score(self, logits: Tensor, labels: Tensor) -> tuple[float, float]:
-        dense = self._task(logits.dim() - 1)
-        return super().calibration_score(logits, labels) if dense is None else dense.calibration_score(logits, labels)
-
-    def tally(self):
-        return super().tally() if self.dense is None else self.dense.tally()
-
     def __repr__(self) -> str:
         return f"AutoTask({self.dense!r})" if self.dense is not None else "AutoTask()"
+
+
+# AutoTask's methods that depend on the output: method -> the leading dims of its ``logits`` argument before
+# each prediction ((M, *output): 1; (N, B, *output): 2); None: a method without logits, for the task resolved so far
+_BY_OUTPUT: dict[str, int | None] = {"state_uncertainty": 1, "calibration_score": 1, "entropy_weights": 2,
+                                     "with_entropy": 2, "combine": 2, "combine_aligned": 2, "aligned_states": 2,
+                                     "tally": None}
+
+
+def _dispatched(name: str, lead: int | None):
+    """``AutoTask.name``: the dense task's method when :meth:`AutoTask.resolve` finds one for the call's
+    ``logits``, classification's otherwise."""
+    signature = inspect.signature(getattr(Task, name))
+    own = getattr(ClassificationTask, name)
+
+    def method(self: AutoTask, *args, **kwargs):
+        logits = signature.bind(self, *args, **kwargs).arguments["logits"] if lead is not None else None
+        task = self.resolve(logits, lead or 0)
+        return own(self, *args, **kwargs) if task is None else getattr(task, name)(*args, **kwargs)
+
+    method.__name__, method.__qualname__, method.__doc__ = name, f"AutoTask.{name}", own.__doc__
+    return method
+
+
+for _name, _lead in _BY_OUTPUT.items():
+    setattr(AutoTask, _name, _dispatched(_name, _lead))
 
 
 def get_task(task: str | Task | None) -> Task:

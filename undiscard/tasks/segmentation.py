@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from ..analysis.geometry import moved_offsets, output_stride
 from ..errors import UndiscardError
-from ..metrics.segmentation import confusion_matrix, mean_iou
+from ..metrics.segmentation import SegmentationTally, confusion_matrix, mean_iou
 from ._dense_alignment import align_mode, probe_for, units_moving_output
 from .aggregation import Aggregation, align_filled, normalized_entropy
 from .base import StateMaps, Task, register_task
@@ -119,6 +119,11 @@ class SegmentationTask(Task):
         cm = confusion_matrix(logits.max(1).indices[valid], labels[valid], k)  # = argmax(1), 6x faster on CPU
         nll = F.cross_entropy(logits.float(), torch.where(valid, labels, -100).long(), ignore_index=-100)
         return mean_iou(cm), float(nll)
+
+    def tally(self, num_classes: int, ignore_index: int | None = 255) -> SegmentationTally:
+        """Confusion matrices, boundary and pixel-consistency counts of (N, K, H, W) logits against (N, H, W)
+        label maps (:class:`~undiscard.metrics.segmentation.SegmentationTally`)."""
+        return SegmentationTally(num_classes, ignore_index)
 
     def units_moving_output(self, engine: "Engine", logits: Tensor) -> tuple[bool, ...]:
         """Per searched unit of ``engine``, whether its phase moves the output (traced once per engine, see

@@ -2,10 +2,11 @@
 
     >>> tta = undiscard.TTA(undiscard.wrap(net, budget=4), policy="flip", aggregate="mean")
     >>> logits = tta(x)          # 2 views, each with its own phase search; tta.last_cost ~ 2 x 4 states
-    >>> seg = undiscard.tta.DenseTTA(seg_net, policy="flip,multiscale", aggregate="mean")   # segmentation
+    >>> seg = undiscard.TTA(seg_net, "flip,multiscale", "mean", task="segmentation")
     >>> logp = seg(x)            # (N, K, H, W): views de-augmented, probabilities averaged (mmseg)
 """
 from .aggregators import (
+           DENSE_AGGREGATES,
            FITTED,
            TTA_AGGREGATES,
            TTAAggregator,
@@ -14,12 +15,10 @@ from .aggregators import (
            make_aggregator,
            save_tta,
 )
-from .dense import DENSE_AGGREGATES, DenseTTA, combine_dense
 from .dense_views import DENSE_POLICIES, DenseView, dense_policy_views, parse_dense_view
-from .module import TTA
+from .module import TTA, TTA_TASKS
 from .views import OPS, POLICIES, View, parse_view, policy_views
 
-__all__ = ["TTA", "TTAAggregator", "TTAFileError", "TTA_AGGREGATES", "FITTED", "make_aggregator", "save_tta",
-           "load_tta", "View", "parse_view", "policy_views", "POLICIES", "OPS",
-           "DenseTTA", "DENSE_AGGREGATES", "combine_dense", "DenseView", "DENSE_POLICIES", "dense_policy_views",
-           "parse_dense_view"]
+__all__ = ["TTA", "TTA_TASKS", "TTAAggregator", "TTAFileError", "TTA_AGGREGATES", "DENSE_AGGREGATES", "FITTED",
+           "make_aggregator", "save_tta", "load_tta", "View", "parse_view", "policy_views", "POLICIES", "OPS",
+           "DenseView", "DENSE_POLICIES", "dense_policy_views", "parse_dense_view"]

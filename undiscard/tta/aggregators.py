@@ -1,4 +1,7 @@
-"""Combining the logits of a policy's views (N, V, K) into one prediction (N, K).
+"""Combining the logits of a policy's views into one prediction: (N, V, K) -> (N, K) for a classifier,
+(N, V, K, H, W) -> (N, K, H, W) for a segmenter (``task="segmentation"``, views already de-augmented).
+
+Classification (:data:`TTA_AGGREGATES`):
 
 - ``mean``: mean of the views' logits; ``max``: per-class maximum.
 - ``gps``: greedy policy search (Molchanov et al., 2020). Each view's logits are temperature-scaled
@@ -12,11 +15,29 @@ The last three are fitted on cached view logits of a labelled split (never the t
 start at the mean (1/V), and are fitted by cross-entropy with L-BFGS. ``budget`` limits the views used:
 the first ``budget`` views of the policy (mean, max, classtta, augtta) or the greedy steps of gps.
 Every aggregator says which views it needs (:meth:`TTAAggregator.views`), so only those are run.
+
+Segmentation (:data:`DENSE_AGGREGATES`), per pixel, never fitted:
+
+============  ===================================================  =======================================
+aggregate     averages                                             returns (N, K, H, W)
+============  ===================================================  =======================================
+``mean``      softmax **probabilities** (mmsegmentation's          log of the mean probability
+              ``SegTTAModel``: ``seg_logit.softmax`` summed / V)   (log-probabilities; ``exp`` sums to 1)
+``logits``    raw **logits** (qubvel/ttach's ``merge_mode="mean"``) the mean logits (one view: the network's
+                                                                   output itself, bit for bit)
+``gmean``     **log-probabilities** (geometric mean of the         log-probabilities (renormalised)
+              probabilities)
+``max``       per-class maximum of the probabilities               log-probabilities (renormalised)
+============  ===================================================  =======================================
+
+Whatever the aggregator, ``argmax(1)`` of the result is the predicted label map and ``log_softmax(1)``
+of it the log-probabilities.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +46,8 @@ from torch import Tensor, nn
 from .._files import load_tagged, save_tagged
 from ..errors import UndiscardError
 
-__all__ = ["TTAAggregator", "TTA_AGGREGATES", "FITTED", "make_aggregator", "save_tta", "load_tta", "TTAFileError"]
+__all__ = ["TTAAggregator", "TTA_AGGREGATES", "DENSE_AGGREGATES", "FITTED", "make_aggregator", "save_tta", "load_tta",
+           "TTAFileError"]
 
 FORMAT = "undiscard-tta-aggregator/1"
 TTA_AGGREGATES = ("mean", "max", "gps", "classtta", "augtta")
@@ -58,9 +80,13 @@ class TTAAggregator(nn.Module):
     def combine(self, logits: Tensor) -> Tensor:  # pragma: no cover - overridden
         return logits.mean(1)
 
+    output_dims = 1  # dims of one prediction: (K,); a dense aggregator's (K, H, W)
+
     def forward(self, logits: Tensor) -> Tensor:
-        if logits.dim() != 3 or logits.shape[1] != len(self.views()):
-            raise UndiscardError(f"{self.name} expects (N, {len(self.views())}, K) view logits, got {tuple(logits.shape)}")
+        if logits.dim() != 2 + self.output_dims or logits.shape[1] != len(self.views()):
+            shape = "K" if self.output_dims == 1 else "K, H, W"
+            raise UndiscardError(f"{self.name} expects (N, {len(self.views())}, {shape}) view logits, got "
+                                 f"{tuple(logits.shape)}")
         return self.combine(logits)
 
     def fit(self, logits: Tensor, labels: Tensor) -> "TTAAggregator":
@@ -192,11 +218,51 @@ class GPS(TTAAggregator):
         return self
 
 
+def _mean_prob(logits: Tensor) -> Tensor:
+    v = logits.shape[1]
+    return torch.logsumexp(torch.log_softmax(logits, dim=2), dim=1) - math.log(v)
+
+
+def _mean_logits(logits: Tensor) -> Tensor:
+    return logits[:, 0] if logits.shape[1] == 1 else logits.mean(1)
+
+
+def _gmean(logits: Tensor) -> Tensor:
+    return torch.log_softmax(torch.log_softmax(logits, dim=2).mean(1), dim=1)
+
+
+def _max_prob(logits: Tensor) -> Tensor:
+    return torch.log_softmax(torch.log_softmax(logits, dim=2).amax(1), dim=1)
+
+
+DENSE_AGGREGATES: dict[str, Callable[[Tensor], Tensor]] = {
+    "mean": _mean_prob, "logits": _mean_logits, "gmean": _gmean, "max": _max_prob}
+
+
+class DenseTTAAggregator(TTAAggregator):
+    """A per-pixel aggregate of de-augmented (N, V, K, H, W) view logits (:data:`DENSE_AGGREGATES`)."""
+
+    output_dims = 3
+
+    def __init__(self, name: str, num_views: int, budget: int | None = None):
+        self.name = name
+        super().__init__(num_views, budget)
+
+    def combine(self, logits: Tensor) -> Tensor:
+        return DENSE_AGGREGATES[self.name](logits)
+
+
 _CLASSES: dict[str, type[TTAAggregator]] = {c.name: c for c in (MeanTTA, MaxTTA, GPS, ClassTTA, AugTTA)}
 
 
-def make_aggregator(name: str, num_views: int, budget: int | None = None, num_classes: int = 0) -> TTAAggregator:
-    """An (unfitted) TTA aggregator by name for a policy of ``num_views`` views."""
+def make_aggregator(name: str, num_views: int, budget: int | None = None, num_classes: int = 0,
+                    task: str = "classification") -> TTAAggregator:
+    """An (unfitted) TTA aggregator by name for a policy of ``num_views`` views: of :data:`TTA_AGGREGATES`,
+    or for ``task="segmentation"`` of :data:`DENSE_AGGREGATES`."""
+    if task == "segmentation":
+        if name not in DENSE_AGGREGATES:
+            raise UndiscardError(f"unknown dense TTA aggregate {name!r}: expected one of {', '.join(DENSE_AGGREGATES)}")
+        return DenseTTAAggregator(name, num_views, budget)
     if name not in _CLASSES:
         raise UndiscardError(f"unknown TTA aggregate {name!r}: expected one of {', '.join(TTA_AGGREGATES)}")
     cls = _CLASSES[name]
