@@ -19,6 +19,7 @@ import torch
 
 from ..analysis.outputs import select_output
 from ..data.folder import ImageReadError, load_image, normalize_batch
+from ..settings import DEFAULT_BUDGET
 from ..wrapper import wrap
 from .common import CLIError, add_model_args, emit_json, load_cli_model, resolve_device
 
@@ -27,7 +28,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes of images by name, baseline vs. undiscard")
     add_model_args(p)
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--budget", type=int, default=8, help="states per image for undiscard (default: 8)")
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                   help=f"states per image for undiscard (default: {DEFAULT_BUDGET})")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--device", default="cpu")

@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # type hints only
     from ._engine import Engine
 
 __all__ = ["Criterion", "SearchContext", "resolve_order", "StateScorer", "register_criterion", "get_criterion",
-           "custom_criterion", "random_score", "grid_score", "order_units", "CRITERIA"]
+           "custom_criterion", "random_score", "grid_score", "CRITERIA"]
 
 States = list[tuple[int, ...]]
 
@@ -129,13 +129,6 @@ __getattr__ = _CRITERIA.module_getattr("CRITERIA", __name__)  # CRITERIA: names
 NO_ORDER = ("criterion='calibrated' needs a ranked list of states: wrap(..., order=FILE) with a file from "
             "'undiscard calibrate' (zoo models ship one: undiscard.search.orders.zoo_order_path(name)), or "
             "order=[state, ...]")
-
-
-def order_units(criterion: str, order: StateOrder | None, units: object) -> object:
-    """``wrap(units=...)``: as given; when not given with ``criterion="calibrated"``, the units ``order`` names."""
-    if units is None and criterion == "calibrated" and order is not None and order.units is not None:
-        return list(order.units)
-    return units
 
 
 def resolve_order(criterion: Criterion, order: object) -> StateOrder | None:

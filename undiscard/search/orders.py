@@ -34,11 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from torch import Tensor
+
 from .._atomic import write_text
 from ..errors import UndiscardError
 
 if TYPE_CHECKING:  # type hints only
-    from torch import Tensor, nn
+    from torch import nn
 
     from ..analysis.discovery import Unit
 
