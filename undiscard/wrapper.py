@@ -165,7 +165,8 @@ class Undiscard(TestTimeModule):
         self._units = choose_units(self.net, found, self._units, self.unit_selector, self.budget)
         attach_extensions(self.net, [n for u in self._units.search_units for n in u.layers], x, self.extend)
         engine = build_engine(self.net, x, self._units, self._split_args)
-        if self.order is not None: self.order.check_model(self.net, self._units.search_units)  # noqa: E701 - warns
+        if self.order is not None:  # an order ranked on another model: a warning saying what differs
+            self.order.check_model(self.net, self._units.search_units)
         needs = get_aggregate(self.aggregate).needs_aggregator or get_criterion(self.criterion).needs_aggregator
         if needs or self.aggregator is not None:  # check the aggregator against this setup, or make one
             self.aggregator = fit_aggregator(self.aggregator, self._aggregator_units, engine, x, self.seed)

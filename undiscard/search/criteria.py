@@ -1,7 +1,7 @@
 """Search criteria: which states a search evaluates, and in which order. Lower scores first.
 
-A criterion is a small :class:`Criterion` class registered by name (:func:`register_criterion`;
-``wrap(..., criterion=NAME)``). Whatever the criterion, a budget of B evaluates at most B states per image
+A criterion is a small :class:`Criterion` class registered by name (:func:`register_criterion`, refusing a
+taken name unless ``replace=True``; ``wrap(..., criterion=NAME)``; :func:`list_criteria`). Whatever the criterion, a budget of B evaluates at most B states per image
 (the root included), so a search costs at most B plain forwards (:mod:`undiscard.search._best_first`). There are two
 kinds:
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # type hints only
     from ._engine import Engine
 
 __all__ = ["Criterion", "SearchContext", "resolve_order", "StateScorer", "register_criterion", "get_criterion",
-           "custom_criterion", "random_score", "grid_score", "CRITERIA"]
+           "custom_criterion", "random_score", "grid_score", "list_criteria", "CRITERIA"]
 
 States = list[tuple[int, ...]]
 
@@ -124,6 +124,11 @@ _CRITERIA: NamedRegistry[Criterion] = NamedRegistry("criterion")
 register_criterion = _CRITERIA.register  # @register_criterion(name): wrap(criterion=name)
 get_criterion = _CRITERIA.create  # unknown names: one UndiscardError
 __getattr__ = _CRITERIA.module_getattr("CRITERIA", __name__)  # CRITERIA: names
+
+
+def list_criteria() -> list[str]:
+    """The registered criterion names, in registration order (``wrap(criterion=...)``)."""
+    return list(_CRITERIA.names())
 
 
 NO_ORDER = ("criterion='calibrated' needs a ranked list of states: wrap(..., order=FILE) with a file from "

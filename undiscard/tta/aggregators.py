@@ -12,6 +12,7 @@ The last three are fitted on cached view logits of a labelled split (never the t
 start at the mean (1/V), and are fitted by cross-entropy with L-BFGS. ``budget`` limits the views used:
 the first ``budget`` views of the policy (mean, max, classtta, augtta) or the greedy steps of gps.
 Every aggregator says which views it needs (:meth:`TTAAggregator.views`), so only those are run.
+They are a registry (:func:`register_tta_aggregate`; ``TTA_AGGREGATES`` is the tuple of registered names).
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._files import load_tagged, save_tagged
+from .._registry import Registry
 from ..errors import UndiscardError
 
-__all__ = ["TTAAggregator", "TTA_AGGREGATES", "FITTED", "make_aggregator", "save_tta", "load_tta", "TTAFileError"]
+__all__ = ["TTAAggregator", "TTA_AGGREGATES", "FITTED", "make_aggregator", "register_tta_aggregate", "list_tta_aggregates", "save_tta", "load_tta", "TTAFileError"]
 
 FORMAT = "undiscard-tta-aggregator/1"
-TTA_AGGREGATES = ("mean", "max", "gps", "classtta", "augtta")
 FITTED = ("gps", "classtta", "augtta")
 
 
@@ -192,14 +193,21 @@ class GPS(TTAAggregator):
         return self
 
 
-_CLASSES: dict[str, type[TTAAggregator]] = {c.name: c for c in (MeanTTA, MaxTTA, GPS, ClassTTA, AugTTA)}
+_CLASSES: Registry[type[TTAAggregator]] = Registry("TTA aggregate")
+for _cls in (MeanTTA, MaxTTA, GPS, ClassTTA, AugTTA):
+    _CLASSES.add(_cls.name, _cls)
+register_tta_aggregate = _CLASSES.register  # @register_tta_aggregate(name): TTA(..., aggregate=name)
+__getattr__ = _CLASSES.module_getattr("TTA_AGGREGATES", __name__)  # TTA_AGGREGATES: names
+
+
+def list_tta_aggregates() -> list[str]:
+    """The registered TTA aggregate names, in registration order (``TTA(..., aggregate=...)``)."""
+    return list(_CLASSES.names())
 
 
 def make_aggregator(name: str, num_views: int, budget: int | None = None, num_classes: int = 0) -> TTAAggregator:
     """An (unfitted) TTA aggregator by name for a policy of ``num_views`` views."""
-    if name not in _CLASSES:
-        raise UndiscardError(f"unknown TTA aggregate {name!r}: expected one of {', '.join(TTA_AGGREGATES)}")
-    cls = _CLASSES[name]
+    cls = _CLASSES.get(name)  # unknown names: one UndiscardError listing them
     if issubclass(cls, WeightedTTA):
         return cls(num_views, budget, num_classes)
     return cls(num_views, budget)
