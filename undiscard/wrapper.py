@@ -77,7 +77,8 @@ __all__ = ["Undiscard", "Candidates", "wrap"]
 
 
 class Undiscard(TestTimeModule):
-    """A model that searches discarded phases at test time (see :func:`wrap`)."""
+    """A model that searches discarded phases at test time (see :func:`wrap`, which builds it from its
+    keyword arguments as one :class:`~undiscard.settings.Settings`, kept as ``model.settings``)."""
 
     def __init__(self, net: nn.Module, budget: int = DEFAULT_BUDGET, settings: Settings = DEFAULTS, *,
                  example_input: Tensor | None = None):
