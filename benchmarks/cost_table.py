@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 import undiscard
 from undiscard.errors import UndiscardError
-from undiscard.models.loading import load_model
 from undiscard.evaluation.report import stamp
+from undiscard.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 0.25  # every model within B + 0.25 plain forwards at B = 2, 4, 8

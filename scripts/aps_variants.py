@@ -42,9 +42,9 @@ import torch
 from torch import Tensor
 
 import undiscard
+from undiscard.evaluation.report import stamp
 from undiscard.search.aps import APSRule
 from undiscard.selection import aggregate_states, aps
-from undiscard.evaluation.report import stamp
 
 Predict = Callable[[Tensor], tuple[Tensor, float, float]]  # images -> (logits, cost per image, share moved)
 

@@ -42,11 +42,11 @@ import undiscard
 from undiscard import zoo
 from undiscard.analysis.geometry import phase_level
 from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
+from undiscard.evaluation.report import stamp
 from undiscard.evaluation.runner import evaluate
 from undiscard.models.loading import load_model
 from undiscard.search.criteria import get_criterion
 from undiscard.search.orders import zoo_order_path
-from undiscard.evaluation.report import stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (1, 2, 4, 8)

@@ -9,13 +9,13 @@ from torch import nn
 
 import undiscard
 from undiscard import zoo
-from undiscard.errors import UndiscardError
 from undiscard.data.store import StateStore
+from undiscard.errors import UndiscardError
 from undiscard.fitting._state_ranking import rank_states
 from undiscard.fitting.calibration import calibrate
 from undiscard.fitting.objectives import get_objective
-from undiscard.tasks.base import ClassificationTask
 from undiscard.search.orders import StateOrder, load_order, save_order
+from undiscard.tasks.base import ClassificationTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,6 +177,6 @@ def test_calibrate_runs_without_autograd(monkeypatch) -> None:
                      maps.maps.requires_grad))
         return real(store, chunk, combine, objective, task, targets, states, greedy, rows, progress)
 
-    monkeypatch.setattr(calibration, "rank_states", spy)  # what calibrate calls
+    monkeypatch.setattr("undiscard.fitting.calibration.rank_states", spy)  # calibration imports it by name
     calibrate(undiscard.wrap(net(), budget=1, units=[0, 1]), X, torch.tensor([0, 3, 7]), greedy=2)
     assert seen == [(False, False, False)]

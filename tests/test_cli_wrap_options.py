@@ -74,13 +74,16 @@ def test_eval_passes_extend_and_order_to_wrap(capsys, monkeypatch, folder, order
     assert all(isinstance(r["cost"], float) and r["family"] in ("plain", "ours alone") for r in rows)
 
 
-def test_eval_without_the_options_leaves_wrap_defaults(capsys, monkeypatch, folder):
+def test_eval_without_the_options_gives_wrap_defaults(capsys, monkeypatch, folder):
     spy = Spy()
     monkeypatch.setattr("undiscard.cli.eval.wrap", spy)
     assert main(["eval", "--model", f"zoo:{MODEL}", "--data", str(folder), "--budget", "1", "--workers", "0",
                  "--quiet", "--json"]) == 0
     [(kwargs, _)] = spy.calls
-    assert "extend" not in kwargs and "order" not in kwargs and kwargs["criterion"] == "entropy"
+    from undiscard.settings import DEFAULTS
+
+    assert kwargs["extend"] == DEFAULTS.extend and kwargs["order"] is None and kwargs["criterion"] == DEFAULTS.criterion
+    assert kwargs["chunk_size"] == DEFAULTS.chunk_size and kwargs["align"] == DEFAULTS.align
 
 
 def test_eval_order_with_another_criterion_is_one_line(capsys, folder, order_file):

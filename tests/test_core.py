@@ -78,6 +78,7 @@ def test_builtin_names_are_registry_entries():
     from undiscard.cli import eval as eval_command
 
     assert eval_command.CRITERIA == criteria_module.CRITERIA  # what the CLI offers is the registry's
+    assert list(criteria_module.CRITERIA) == undiscard.list_criteria()
     needs = {n: aggregate_module.get_aggregate(n).needs_aggregator for n in aggregate_module.AGGREGATES}
     assert needs == {"mean": False, "entropy": False, "attention": True}
     assert [n for n in criteria_module.CRITERIA if criteria_module.get_criterion(n).needs_aggregator] == ["learned"]

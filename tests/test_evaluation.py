@@ -24,7 +24,12 @@ from undiscard.evaluation.runner import (
     run_pairs,
     tensor_batches,
 )
-from undiscard.metrics import ClassificationTally, SegmentationTally, row_from_counts, topk_correct
+from undiscard.metrics import (
+    ClassificationTally,
+    SegmentationTally,
+    row_from_counts,
+    topk_correct,
+)
 from undiscard.tasks.base import AutoTask, get_task
 from undiscard.tta import TTA, policy_views
 

@@ -149,16 +149,16 @@ def test_wrap_extend_keeps_budget_one_and_state_zero_exact(mode):
 
 
 def test_the_default_is_the_measured_replicate():
-    """``extend`` defaults to ``DEFAULT_EXTEND`` = "replicate" (results/extend/README.md): the default
+    """``extend`` defaults to "replicate" (``Settings``; results/extend/README.md): the default
     wrap is the replicate mode, state by state, and not the pad value."""
-    from undiscard.layers.extension import DEFAULT_EXTEND
+    from undiscard.settings import DEFAULTS
 
     torch.manual_seed(4)
     net = nn.Sequential(nn.Conv2d(1, 8, 4, 4), nn.ReLU(), nn.Conv2d(8, 8, 2, 2), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(8, 3)).eval()
     x = torch.randn(2, 1, 28, 28) + 2.0  # a non-zero border: its edge differs from the pad value 0
     default = undiscard.wrap(net, budget=4, units=[0, 1])
-    assert DEFAULT_EXTEND == "replicate" and default.extend == DEFAULT_EXTEND
+    assert DEFAULTS.extend == "replicate" and default.extend == DEFAULTS.extend
     explicit = undiscard.wrap(net, budget=4, units=[0, 1], extend="replicate")
     zero = undiscard.wrap(net, budget=4, units=[0, 1], extend="zero")
     for state in [(3, 1), (15, 3)]:  # these reach column/row 28 of the input, past its edge

@@ -14,7 +14,6 @@ no other definition — the heap replay is still independent.
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 from typing import Callable, Sequence

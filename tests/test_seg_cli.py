@@ -80,8 +80,7 @@ def test_commands_dispatch_on_task(folder, tmp_path, capsys, monkeypatch):
     """One module per command, dispatching on ``--task``: eval's segmentation branch runs for --task
     segmentation; predict writes masks for a segmenter by default (``zoo:seg_*`` or --mask-out), top-k
     classes otherwise or with --task classification, and refuses --mask-out with --task classification."""
-    from undiscard.cli import eval as eval_cmd
-    from undiscard.cli import predict
+    from undiscard.cli import eval as eval_cmd, predict
 
     root, _, _ = folder
     calls = []

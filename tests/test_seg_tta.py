@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import undiscard
+from undiscard.data.shift import translate
 from undiscard.errors import UndiscardError
 from undiscard.tasks.base import TASKS
-from undiscard.data.shift import translate
 from undiscard.tta import (
     DENSE_POLICIES,
     TTA,

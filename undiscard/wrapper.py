@@ -9,8 +9,7 @@ mode, per-thread cost); :mod:`undiscard._inputs` checks inputs; ``torch.compile`
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +40,7 @@ from .analysis.discovery import Unit
 from .analysis.geometry import UnitSelector, num_states
 from .analysis.outputs import OutputSelector, check_selector, in_form, select_output
 from .errors import UndiscardError
-from .layers.extension import DEFAULT_EXTEND, attach_extensions, check_extend
+from .layers.extension import ExtendMode, attach_extensions, check_extend
 from .search._candidates import Candidates, engine_of, find_candidates, stack_candidates
 from .search._engine import Engine
 from .search.criteria import (
@@ -49,12 +48,25 @@ from .search.criteria import (
     StateScorer,
     custom_criterion,
     get_criterion,
-    order_units,
     resolve_order,
+)
+from .search.orders import StateOrder
+from .settings import (
+    DEFAULT_BUDGET,
+    DEFAULTS,
+    AggregateName,
+    AggregatorSource,
+    Align,
+    CriterionName,
+    FeatureFn,
+    HeadFn,
+    Layout,
+    OrderSource,
+    Settings,
+    TaskName,
 )
 from .tasks.aggregation import get_aggregate
 from .tasks.attention import (
-    AttentionAggregator,
     AttentionScorer,
     fit_aggregator,
     resolve_aggregator,
@@ -65,26 +77,34 @@ __all__ = ["Undiscard", "Candidates", "wrap"]
 
 
 class Undiscard(TestTimeModule):
-    """A model that searches discarded phases at test time (see :func:`wrap`)."""
+    """A model that searches discarded phases at test time (see :func:`wrap`, which builds it from its
+    keyword arguments as one :class:`~undiscard.settings.Settings`, kept as ``model.settings``)."""
 
-    def __init__(self, net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate: str = "entropy",
-                 align: bool | str = True, units: UnitSelector = None, *,
-                 features: Callable[[nn.Module, Tensor], Tensor] | None = None,
-                 head: Callable[[nn.Module, Tensor], Tensor] | None = None,
-                 layout: str = "nchw", strict: bool = False, chunk_size: int = 256, seed: int = 0, order: object = None,
-                 aggregator: AttentionAggregator | str | Path | None = None, example_input: Tensor | None = None,
-                 output: OutputSelector = None, task: str | Task | None = None, extend: str = DEFAULT_EXTEND):
-        check_net(net), check_budget(budget, None), check_chunk_size(chunk_size)
-        order, _ = resolve_order(get_criterion(criterion), order), get_aggregate(aggregate)  # unknown names: one line
+    def __init__(self, net: nn.Module, budget: int = DEFAULT_BUDGET, settings: Settings = DEFAULTS, *,
+                 example_input: Tensor | None = None):
+        check_net(net)
+        check_budget(budget, None)
+        check_chunk_size(settings.chunk_size)
+        order = resolve_order(get_criterion(settings.criterion), settings.order)  # unknown names: one line each
+        get_aggregate(settings.aggregate)
         super().__init__(net)
+        self.settings = settings  # as given; the attributes below are what the model runs with
         self._units: Units | None = None
-        self.budget, self.task = budget, (task := get_task(task))
-        self.aggregator, self._aggregator_units = resolve_aggregator(aggregator, align)
-        self.criterion, self.aggregate, self.align, self.unit_selector = criterion, aggregate, align, order_units(
-            criterion, order, units)
-        self.strict, self.chunk_size, self.seed, self.order = strict, chunk_size, seed, order
-        self.output, self.extend = check_selector(output), check_extend(extend)  # the logits; layers.extension
-        self._split_args = SplitArgs(features, head, layout, self.output, task.at_output)
+        self.budget = budget
+        self.task = get_task(settings.task)
+        self.aggregator, self._aggregator_units = resolve_aggregator(settings.aggregator, settings.align)
+        self.criterion = settings.criterion
+        self.aggregate = settings.aggregate
+        self.align = settings.align
+        self.unit_selector = search_units_of(settings.criterion, order, settings.units)
+        self.strict = settings.strict
+        self.chunk_size = settings.chunk_size
+        self.seed = settings.seed
+        self.order = order
+        self.output = check_selector(settings.output)  # the logits: undiscard.analysis.outputs
+        self.extend = check_extend(settings.extend)  # undiscard.layers.extension
+        self._split_args = SplitArgs(settings.features, settings.head, settings.layout, self.output,
+                                     self.task.at_output)
         self.train(False)  # inference: the aggregator's dropout is off unless train() is called
         if example_input is not None:
             self.prepare(example_input)
@@ -146,7 +166,8 @@ class Undiscard(TestTimeModule):
         self._units = choose_units(self.net, found, self._units, self.unit_selector, self.budget)
         attach_extensions(self.net, [n for u in self._units.search_units for n in u.layers], x, self.extend)
         engine = build_engine(self.net, x, self._units, self._split_args)
-        if self.order is not None: self.order.check_model(self.net, self._units.search_units)  # noqa: E701 - warns
+        if self.order is not None:  # an order ranked on another model: a warning saying what differs
+            self.order.check_model(self.net, self._units.search_units)
         needs = get_aggregate(self.aggregate).needs_aggregator or get_criterion(self.criterion).needs_aggregator
         if needs or self.aggregator is not None:  # check the aggregator against this setup, or make one
             self.aggregator = fit_aggregator(self.aggregator, self._aggregator_units, engine, x, self.seed)
@@ -231,28 +252,81 @@ class Undiscard(TestTimeModule):
         return select_output(engine.run_state(x, engine.state_phases(tuple(state), x.shape[0], x.device)), self.output)
 
     def extra_repr(self) -> str:
-        return f"budget={self.budget}, criterion={self.criterion!r}, aggregate={self.aggregate!r}, align={self.align}"
+        return (f"budget={self.budget}, criterion={self.criterion!r}, aggregate={self.aggregate!r}, "
+                f"align={self.align}")
 
 
-def wrap(net: nn.Module, budget: int = 8, criterion: str = "entropy", aggregate: str = "entropy",
-         align: bool = True, units: UnitSelector = None, **kwargs) -> Undiscard:
-    """Wrap a classifier so that it searches ``budget`` states of its subsampling units per image.
+def search_units_of(criterion: str, order: StateOrder | None, units: UnitSelector) -> UnitSelector:
+    """``wrap(units=...)``: as given; when not given, with ``criterion="calibrated"`` the units ``order``
+    names, else the criterion's own :attr:`~undiscard.search.criteria.Criterion.default_units` (``aps``: the
+    first unit), else None (the model's default)."""
+    if units is not None:
+        return units
+    if criterion == "calibrated" and order is not None and order.units is not None:
+        return list(order.units)
+    own = get_criterion(criterion).default_units
+    return None if own is None else list(own)
+
+
+def wrap(net: nn.Module, budget: int = DEFAULT_BUDGET, *,
+         criterion: CriterionName = DEFAULTS.criterion,
+         aggregate: AggregateName = DEFAULTS.aggregate,
+         align: Align = DEFAULTS.align,
+         units: UnitSelector = DEFAULTS.units,
+         task: TaskName | Task | None = DEFAULTS.task,
+         extend: ExtendMode = DEFAULTS.extend,
+         order: OrderSource = DEFAULTS.order,
+         aggregator: AggregatorSource = DEFAULTS.aggregator,
+         features: FeatureFn | None = DEFAULTS.features,
+         head: HeadFn | None = DEFAULTS.head,
+         layout: Layout = DEFAULTS.layout,
+         output: OutputSelector = DEFAULTS.output,
+         strict: bool = DEFAULTS.strict,
+         chunk_size: int = DEFAULTS.chunk_size,
+         seed: int = DEFAULTS.seed,
+         example_input: Tensor | None = None) -> Undiscard:
+    """Wrap a network so that it searches ``budget`` states of its subsampling units per image.
+
+    Every argument after ``budget`` is keyword-only; the defaults are those of
+    :class:`undiscard.settings.Settings`.
 
     Args:
-        net: any classifier mapping (N, C, H, W) images to (N, K) logits. Not modified.
-        budget: states evaluated per image, the original included, so at most that many plain forwards; 1: net(x).
-        criterion: search order (:mod:`undiscard.search.criteria`): ``entropy``, ``learned`` (most attention first),
-            ``offset``, ``grid`` (coarse to fine), ``random`` (seeded), ``calibrated`` (``order=``'s first B).
-        aggregate: how states combine (:mod:`undiscard.tasks.aggregation`): ``mean`` or ``entropy`` weighting of
-            their feature maps, or ``attention`` (the learned aggregator; untrained it equals ``mean``).
-        align: shift each state's map by its offset before aggregating (dense: :mod:`undiscard.tasks._dense_alignment`).
-        units: indices or names of the units to search (default: all spatial units but the first and
+        net: a classifier mapping (N, C, H, W) images to (N, K) logits, or a segmenter to (N, K, H, W).
+            Not modified.
+        budget: states evaluated per image, the original included, so at most that many plain forwards;
+            1: ``net(x)`` exactly (default 8).
+        criterion: search order (:mod:`undiscard.search.criteria`; default ``entropy``): ``entropy``,
+            ``learned`` (most attention first), ``offset``, ``grid`` (coarse to fine), ``random`` (seeded),
+            ``calibrated`` (``order=``'s first B), or a name registered with ``register_criterion``.
+        aggregate: how states combine (:mod:`undiscard.tasks.aggregation`; default ``entropy``): ``mean`` or
+            ``entropy`` weighting of their feature maps, ``attention`` (the learned aggregator; untrained it
+            equals ``mean``), or a name registered with ``register_aggregate``.
+        align: shift each state's map by its offset before aggregating (default True; dense outputs also
+            take ``"lineage"`` (= True) or ``"offset"``: :mod:`undiscard.tasks.segmentation`).
+        units: indices or names of the units to search (default None: all spatial units but the first and
             the last; all when there are fewer than three; ``criterion="calibrated"``: its order's).
-        **kwargs (Any): ``aggregator`` (AttentionAggregator or ``undiscard train-aggregator`` file), ``features``/``head``
-            (callables ``(model, x)``) to split an unknown model, ``layout``, ``strict`` (raise on unsupported strided
-            layers), ``chunk_size`` (most images x states rows per pass after the root: the memory knob),
-            ``seed``, ``order`` (``undiscard calibrate`` file or states), ``extend`` (read past the edge: ``replicate``
-            (default), ``zero``, ``background``; :mod:`undiscard.layers.extension`), ``example_input``, ``output`` (logits
-            in a dict/tuple output: :mod:`undiscard.analysis.outputs`), ``task`` (classification/segmentation; None: detect).
+        task: ``classification``, ``segmentation``, a registered name or a :class:`~undiscard.tasks.base.Task`
+            (default None: detected from the output's shape).
+        extend: what phases read past the bottom/right edge (:mod:`undiscard.layers.extension`; default
+            ``replicate``): ``replicate`` (the edge repeated), ``zero`` (the pad value) or ``background``.
+        order: the ranked states of ``criterion="calibrated"``: an ``undiscard calibrate`` file, a
+            :class:`~undiscard.search.orders.StateOrder` or a list of states (default None).
+        aggregator: the attention aggregator of ``aggregate="attention"``/``criterion="learned"``: an
+            ``AttentionAggregator`` or an ``undiscard train-aggregator`` file (default None: a fresh one where
+            needed).
+        features: ``features(model, x)``, with ``head``, to split a model no rule splits (default None).
+        head: ``head(model, features)``: the logits from ``features`` (default None).
+        layout: how ``features`` lie (:mod:`undiscard.analysis.split`; default ``nchw``): ``nchw``, ``nhwc``,
+            ``vector`` or ``tokens``.
+        output: the logits in a dict or tuple output: a key, an index or a callable
+            (:mod:`undiscard.analysis.outputs`; default None: ``"logits"`` or element 0).
+        strict: raise on unsupported strided layers instead of warning (default False).
+        chunk_size: most images x states rows per pass after the root: the memory knob (default 256).
+        seed: seed of ``criterion="random"`` and of an untrained aggregator (default 0).
+        example_input: an input to set the model up on now, so that its units are known before the first
+            call (default None: on the first call above budget 1).
     """
-    return Undiscard(net, budget, criterion, aggregate, align, units, **kwargs)
+    settings = Settings(criterion=criterion, aggregate=aggregate, align=align, units=units, task=task, extend=extend,
+                        order=order, aggregator=aggregator, features=features, head=head, layout=layout,
+                        output=output, strict=strict, chunk_size=chunk_size, seed=seed)
+    return Undiscard(net, budget, settings, example_input=example_input)

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from .._compat import class_path
+from .._registry import Registry
 from ..errors import UndiscardError
 from ..layers.plans import phase_plan
 from ._graph_split import GraphSplitError, graph_split
@@ -60,29 +61,38 @@ from ._hook_split import HookSplitError, hook_split
 from ._split import Split, SplitError, Stage, from_map, to_map
 from .outputs import OutputError, OutputSelector, output_form, select_output
 
-__all__ = ["Split", "SplitError", "get_split", "output_split", "register_split", "to_map", "from_map"]
+__all__ = ["Split", "SplitError", "get_split", "output_split", "register_split", "registered_splits", "list_splits", "to_map",
+           "from_map"]
 
 SplitFactory = Callable[..., Split]  # (model) -> Split, or (model, example input) -> Split (with_input=True)
-_SPLITS: dict[str, tuple[SplitFactory, bool]] = {}
-_OUTPUT_SPLITS: dict[str, SplitFactory] = {}
+_SPLITS: Registry[tuple[SplitFactory, bool]] = Registry("split")  # class path -> (factory, with_input)
+_OUTPUT_SPLITS: Registry[SplitFactory] = Registry("output split")  # class path -> factory
 
 
-def register_split(*classes: str, with_input: bool = False, at_output: bool = False
+def register_split(*classes: str | type, with_input: bool = False, at_output: bool = False, replace: bool = False
                    ) -> Callable[[SplitFactory], SplitFactory]:
-    """Register a split factory for model classes given by fully qualified name. ``with_input``: the
-    factory also takes the example input batch (for splits whose stages depend on the input size).
+    """Register a split factory for model classes (classes, or their fully qualified names). ``with_input``:
+    the factory also takes the example input batch (for splits whose stages depend on the input size).
     ``at_output``: a dense task's split (identity head, :func:`output_split`) for those classes, taking
-    ``(model, example input, output selector)``, used instead of the model's forward as one stage."""
+    ``(model, example input, output selector)``, used instead of the model's forward as one stage. A class
+    that has one already is refused unless ``replace``."""
 
     def deco(fn: SplitFactory) -> SplitFactory:
-        for c in classes:
-            if at_output:
-                _OUTPUT_SPLITS[c] = fn
-            else:
-                _SPLITS[c] = (fn, with_input)
+        if at_output:
+            _OUTPUT_SPLITS.add(classes, fn, replace)
+        else:
+            _SPLITS.add(classes, (fn, with_input), replace)
         return fn
 
     return deco
+
+
+def registered_splits() -> list[str]:
+    """Fully qualified names of the model classes with a registered split (either kind), sorted."""
+    return sorted({*_SPLITS.names(), *_OUTPUT_SPLITS.names()})
+
+
+list_splits = registered_splits  # undiscard.list_splits()
 
 
 def _children(model: nn.Module, names: Sequence[str]) -> list[Stage]:
@@ -233,7 +243,7 @@ def _checked(split: Split, model: nn.Module, x: Tensor, expected: Tensor, output
 def _factories(model: nn.Module) -> list[tuple[str, Callable[[nn.Module, Tensor, OutputSelector], Split]]]:
     """The automatic splits to try for ``model``, in order (see module docstring)."""
     found: list[tuple[str, Callable[[nn.Module, Tensor, OutputSelector], Split]]] = []
-    registered = _SPLITS.get(class_path(model))
+    registered = _SPLITS.find(type(model))
     if registered is not None:
         factory, with_input = registered
         found.append(("registry", lambda m, x, o: factory(m, x) if with_input else factory(m)))
@@ -287,7 +297,7 @@ def _get_split(model: nn.Module, x: Tensor, features: Callable[[nn.Module, Tenso
         return split
     reasons: list[str] = []
     if at_output or (at_output is None and expected.dim() == 4):
-        registered_output = _OUTPUT_SPLITS.get(class_path(model))
+        registered_output = _OUTPUT_SPLITS.find(type(model))
         candidates = [("registry", lambda: registered_output(model, x, output))] if registered_output else []
         for method, make in candidates + [("output", lambda: output_split(model, output))]:
             split = make()

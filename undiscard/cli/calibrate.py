@@ -39,6 +39,7 @@ from ..data.seg_folder import read_seg_folder, scan_seg_folder
 from ..fitting.calibration import calibrate
 from ..fitting.objectives import OBJECTIVES, get_objective
 from ..search.orders import save_order
+from ..settings import Settings
 from ..wrapper import wrap
 from .common import (
     TASKS,
@@ -46,11 +47,11 @@ from .common import (
     add_fit_output_args,
     add_labelled_data_args,
     add_model_args,
+    add_wrap_args,
     check_out_file,
     emit_json,
     load_cli_model,
     load_labelled,
-    parse_units,
     progress_bar,
     resolve_device,
     segmentation_input_size,
@@ -70,15 +71,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation: unlabelled mask value (default: 255)")
     p.add_argument("--out", type=Path, required=True, help="state order file to write (JSON; a missing "
                                                            "directory is created)")
-    p.add_argument("--aggregate", default="entropy", help="aggregation the order is ranked for (default: entropy)")
-    p.add_argument("--no-align", dest="align", action="store_false", help="rank for unaligned aggregation")
+    add_wrap_args(p, "aggregate", "align", notes={"aggregate": "the one the order is ranked for",
+                                                  "align": "--no-align ranks for unaligned aggregation"})
     p.add_argument("--greedy", type=int, default=DEFAULT_GREEDY,
                    help=f"greedy steps; later states follow by their own accuracy (default: {DEFAULT_GREEDY})")
     p.add_argument("--stop", action=argparse.BooleanOptionalAction, default=True,
                    help="limit searches to the most accurate greedy prefix (default: on)")
-    p.add_argument("--aggregator", default=None, help="attention aggregator file for --aggregate attention "
-                                                       "(default: a zoo model's shipped one)")
-    p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
+    add_wrap_args(p, "aggregator", "units", notes={"aggregator": "for --aggregate attention (zoo models: the "
+                                                                 "shipped one when not given)"})
     p.add_argument("--batch-size", type=int, default=None, help="images per search (default: 256; segmentation 16)")
     p.add_argument("--limit", type=int, default=None,
                    help="use a seeded random subset of N labelled images (segmentation: the folder's first N pairs; "
@@ -90,7 +90,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-shift", type=int, default=16, help="label-free: largest displacement in pixels (default: 16)")
     p.add_argument("--memory-mb", type=float, default=1024,
                    help="working memory for the states, besides the model (default: 1024)")
-    p.add_argument("--seed", type=int, default=0)
+    add_wrap_args(p, "seed", notes={"seed": "also of --limit's subset and of the label-free pairs"})
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_fit_output_args(p)  # --json, --device, --quiet
     return p
@@ -103,7 +103,7 @@ def _classification_inputs(args: argparse.Namespace, device: torch.device):
     loaded = load_cli_model(args)
     x01, y, described = load_labelled(args, loaded, args.quiet)
     pre = loaded.preprocess
-    units = parse_units(args.units) if args.units is not None else loaded.units
+    units = args.units if args.units is not None else loaded.units
     return loaded.name, loaded.model, units, normalize_batch(x01, pre.mean, pre.std).to(device), y, described, \
         loaded.aggregator
 
@@ -116,7 +116,7 @@ def _segmentation_inputs(args: argparse.Namespace, device: torch.device):
     pre = loaded.preprocess
     x01, y, names = read_seg_folder(folder, pre.in_chans, segmentation_input_size(loaded, args), args.limit)
     y = torch.where(y == args.ignore_index, -1, y)
-    units = parse_units(args.units) if args.units is not None else loaded.units
+    units = args.units if args.units is not None else loaded.units
     return loaded.name, loaded.model, units, normalize_batch(x01, pre.mean, pre.std).to(device), y, \
         f"{args.data} ({len(names)} image/mask pairs)", None
 
@@ -131,7 +131,7 @@ def _unlabelled_inputs(args: argparse.Namespace, directory: str):
     loaded = load_cli_model(args)
     files = image_files(args.data)[:args.limit]
     a, b = folder_pairs(files, loaded.preprocess, args.pairs_per_image, args.max_shift, args.seed, directory)
-    units = parse_units(args.units) if args.units is not None else loaded.units
+    units = args.units if args.units is not None else loaded.units
     return loaded.name, loaded.model, units, a, b, (f"{args.data} ({len(files)} unlabelled images, "
                                                      f"{len(a)} pairs displaced by 1-{args.max_shift} px)"), \
         loaded.aggregator
@@ -171,8 +171,9 @@ def _run(args: argparse.Namespace, directory: str | None) -> int:
     aggregator = (args.aggregator or shipped) if args.aggregate == "attention" else None
     if args.aggregate == "attention" and aggregator is None:
         raise CLIError("--aggregate attention needs --aggregator FILE (train one with: undiscard train-aggregator)")
-    model = wrap(net.to(device), budget=1, aggregate=args.aggregate, align=args.align, units=units,
-                 aggregator=aggregator, seed=args.seed, task="segmentation" if segmentation else None)
+    settings = Settings.from_args(args, units=units, aggregator=aggregator,
+                                  task="segmentation" if segmentation else None)
+    model = wrap(net.to(device), budget=1, **settings.as_kwargs())
     states = num_states(model.prepare(x[:1].to(device)).search_units)
     t0 = time.perf_counter()
     meta = {"model": name, "data": described, "seed": args.seed, "limit": args.limit,

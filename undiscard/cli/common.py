@@ -13,14 +13,15 @@ import torch
 
 from .._progress import progress_bar
 from ..errors import UndiscardError
+from ..settings import DEFAULTS, Settings
 
 if TYPE_CHECKING:
     from .._atomic import OutputSet
 
 __all__ = ["CLASS_MAP_HELP", "CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
-           "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads", "wrap_options",
-           "segmentation_input_size", "TASKS"]
+           "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads", "add_wrap_args",
+           "wrap_options", "segmentation_input_size", "TASKS"]
 
 TASKS = ("classification", "segmentation")  # what --task chooses between
 
@@ -242,6 +243,43 @@ def load_labelled(args: argparse.Namespace, loaded, quiet: bool):
     from ._data import load_labelled as load
 
     return load(args.data, loaded, args.limit, args.seed, getattr(args, "class_map", None), quiet)
+
+
+def _wrap_flags() -> dict[str, dict[str, Any]]:
+    """Settings field -> the argparse keywords of its option besides ``default`` and ``help``."""
+    from ..layers.extension import EXTEND_MODES
+    from ..search.criteria import CRITERIA
+    from ..tasks.aggregation import AGGREGATES
+
+    return {"criterion": {"metavar": "NAME", "choices_text": f"one of {', '.join(CRITERIA)}"},
+            "aggregate": {"metavar": "NAME", "choices_text": f"one of {', '.join(AGGREGATES)}"},
+            "align": {"action": argparse.BooleanOptionalAction},
+            "units": {"type": parse_units},
+            "extend": {"choices": EXTEND_MODES},
+            "order": {"metavar": "FILE"},
+            "aggregator": {"metavar": "FILE"},
+            "strict": {"action": argparse.BooleanOptionalAction},
+            "chunk_size": {"type": int},
+            "seed": {"type": int}}
+
+
+def add_wrap_args(p: argparse.ArgumentParser, *names: str, notes: dict[str, str] | None = None,
+                  derived: Sequence[str] = ()) -> None:
+    """Options for the ``wrap()`` settings ``names`` (fields of :class:`~undiscard.settings.Settings`, as
+    ``--chunk-size`` for ``chunk_size``), each with the default and the help of its field; ``notes`` adds a
+    command's own words to an option's help. An option in ``derived`` defaults to None: the command works
+    its value out (``eval``: ``--criterion`` is calibrated with ``--order``), and its note says how.
+    :meth:`Settings.from_args <undiscard.settings.Settings.from_args>` reads them back."""
+    flags, notes = _wrap_flags(), notes or {}
+    for name in names:
+        spec = dict(flags[name])
+        lead = spec.pop("choices_text", None)
+        text = Settings.help(name)
+        if name in notes:
+            text = text[:-1] + f", or {notes[name]})" if name in derived else f"{text}; {notes[name]}"
+        p.add_argument("--" + name.replace("_", "-"), default=None if name in derived else getattr(DEFAULTS, name),
+                       help=f"{lead}: {text}" if lead else text, **spec)
+    p.set_defaults(settings_options=(*(p.get_default("settings_options") or ()), *names))
 
 
 def wrap_options(args: argparse.Namespace) -> dict[str, str]:

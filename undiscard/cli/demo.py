@@ -46,8 +46,20 @@ import time
 
 import torch
 
-from ..evaluation.plots import PLOT_FILES, SEGMENTATION_PLOT, write_plots, write_segmentation_plot
-from ..evaluation.report import SEGMENTATION_COLUMNS, format_table, stamp, write_csv, write_json, write_text
+from ..evaluation.plots import (
+    PLOT_FILES,
+    SEGMENTATION_PLOT,
+    write_plots,
+    write_segmentation_plot,
+)
+from ..evaluation.report import (
+    SEGMENTATION_COLUMNS,
+    format_table,
+    stamp,
+    write_csv,
+    write_json,
+    write_text,
+)
 from ..evaluation.runner import (
     Row,
     describe_rows,
@@ -64,11 +76,11 @@ from ..evaluation.summary import (
     summarise,
     summary_markdown,
 )
-from ..layers.extension import EXTEND_MODES
 from ..wrapper import wrap
 from .common import (
     CLIError,
     add_output_args,
+    add_wrap_args,
     aggregator_needers,
     check_out_dir,
     emit_json,
@@ -104,13 +116,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--aggregator", default=None, help="attention aggregator file (with a single --models)")
     p.add_argument("--align", choices=("on", "off", "both"), default="on",
                    help="offset alignment of the maps before aggregating (default: on)")
-    p.add_argument("--criterion", default="entropy", choices=("entropy", "learned", "random", "offset", "calibrated"),
-                   help="search order (default: entropy; learned uses the shipped aggregator, calibrated the "
-                        "shipped state order, both for zoo models only)")
-    p.add_argument("--extend", choices=EXTEND_MODES, default=None,
-                   help="what phases read past the bottom/right edge, for every searched model (zoo, "
-                        "EfficientNet-Lite0, segmentation): wrap(extend=...); default: wrap's own. There is no "
-                        "--order: a calibrated order belongs to one model (use `undiscard eval --order FILE`)")
+    add_wrap_args(p, "criterion", "extend",
+                  notes={"criterion": "learned uses the shipped aggregator, calibrated the shipped state order, both "
+                                      "for zoo models only",
+                         "extend": "for every searched model (zoo, EfficientNet-Lite0, segmentation). There is no "
+                                   "--order: a calibrated order belongs to one model (use `undiscard eval --order FILE`)"})
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="also compare image-space TTA and TTA + phase search at equal total budgets (default: on)")

@@ -50,7 +50,14 @@ from ..data.walk import describe_skipped
 from ..errors import UndiscardError
 from ..evaluation import distributed
 from ..evaluation.plots import PLOT_FILES, write_plots
-from ..evaluation.report import COLUMNS, SEGMENTATION_COLUMNS, format_table, stamp, write_csv, write_json
+from ..evaluation.report import (
+    COLUMNS,
+    SEGMENTATION_COLUMNS,
+    format_table,
+    stamp,
+    write_csv,
+    write_json,
+)
 from ..evaluation.runner import (
     Batch,
     describe_rows,
@@ -62,9 +69,8 @@ from ..evaluation.runner import (
     tta_predictions,
 )
 from ..evaluation.summary import family, method_label
-from ..layers.extension import EXTEND_MODES
 from ..search.criteria import CRITERIA
-from ..tasks.aggregation import AGGREGATES
+from ..settings import Settings
 from ..tta import DENSE_AGGREGATES, TTA
 from ..wrapper import wrap
 from ._data import DEFAULT_WORKERS, folder_loader
@@ -74,6 +80,7 @@ from .common import (
     CLIError,
     add_model_args,
     add_output_args,
+    add_wrap_args,
     aggregator_needers,
     check_out_dir,
     emit_json,
@@ -81,7 +88,6 @@ from .common import (
     load_cli_model,
     parse_aggregates,
     parse_budgets,
-    parse_units,
     progress_bar,
     resolve_device,
     segmentation_input_size,
@@ -97,28 +103,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="image folder: DIR/CLASS/IMAGE")
     p.add_argument("--class-map", default=None, help=CLASS_MAP_HELP)
     p.add_argument("--budget", default="1,4,8,16", help="comma-separated budgets (default: 1,4,8,16)")
-    p.add_argument("--criterion", default=None,
-                   help=f"one of {', '.join(CRITERIA)} (default: entropy, or calibrated with --order; learned: needs "
-                        "an aggregator)")
-    p.add_argument("--order", default=None,
-                   help="state order file from `undiscard calibrate` (for this model and its units): "
-                        "wrap(criterion='calibrated', order=FILE); implies --criterion calibrated (zoo models: "
-                        "their shipped order when not given)")
-    p.add_argument("--extend", choices=EXTEND_MODES, default=None,
-                   help="what phases read past the bottom/right edge: wrap(extend=...) (default: wrap's own)")
-    p.add_argument("--aggregate", default="entropy",
-                   help=f"one of {', '.join(AGGREGATES)}, or several comma-separated (evaluated on the same searches)")
-    p.add_argument("--aggregator", default=None,
-                   help="attention aggregator file (undiscard train-aggregator; zoo models: the shipped one)")
-    p.add_argument("--align", action=argparse.BooleanOptionalAction, default=True, help="align maps by offset")
-    p.add_argument("--units", default=None, help="comma-separated unit names or indices to search")
+    add_wrap_args(p, "criterion", "order", "extend", "aggregate", "aggregator", "align", "units", "chunk_size",
+                  derived=("criterion",),
+                  notes={"criterion": "calibrated with --order; learned needs an aggregator",
+                         "order": "implies --criterion calibrated (zoo models: their shipped order when not given)",
+                         "aggregate": "or several comma-separated, evaluated on the same searches",
+                         "aggregator": "zoo models: the shipped one",
+                         "units": "zoo models: their shipped units"})
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", "-j", type=int, default=DEFAULT_WORKERS,
                    help=f"processes reading images (default: {DEFAULT_WORKERS}, as timm's validate.py; "
                         "0 reads in the main process)")
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N images")
     p.add_argument("--shift", type=int, default=0, help="also evaluate copies shifted by up to PIXELS")
-    p.add_argument("--seed", type=int, default=0)
+    add_wrap_args(p, "seed", notes={"seed": "also of --limit's subset and --shift's offsets"})
     p.add_argument("--task", choices=TASKS, default="classification",
                    help="what the model predicts (default: classification); segmentation: --data holds images/ and "
                         "masks/")
@@ -193,9 +191,9 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                        "(train one with: undiscard train-aggregator)")
     if args.criterion == "calibrated" and args.order is None:
         args.order = loaded.order  # a zoo model's shipped order (None: wrap says what is missing)
-    model = wrap(loaded.model.to(device), budget=1, criterion=args.criterion, aggregate=args.aggregates[0],
-                 align=args.align, units=parse_units(args.units) if args.units is not None else loaded.units,
-                 aggregator=aggregator if needers else None, seed=args.seed, **wrap_options(args))
+    settings = Settings.from_args(args, aggregate=args.aggregates[0], aggregator=aggregator if needers else None,
+                                  units=args.units if args.units is not None else loaded.units)
+    model = wrap(loaded.model.to(device), budget=1, **settings.as_kwargs())
     shard_size = len(loader.sampler)
     stream = _device_batches(loader, device, unreadable)
     if args.tta is not None:

@@ -23,11 +23,11 @@ from .common import (
     CLIError,
     add_fit_output_args,
     add_model_args,
+    add_wrap_args,
     check_out_file,
     emit_json,
     load_cli_model,
     load_labelled,
-    parse_units,
     progress_bar,
     resolve_device,
 )
@@ -43,7 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--aggregate", default="gps", help=f"one of {', '.join(FITTED)} (default: gps)")
     p.add_argument("--tta-budget", type=int, default=None, help="views to use (gps: greedy steps); default all")
     p.add_argument("--budget", type=int, default=1, help="phase states per view (default: 1, the plain model)")
-    p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
+    add_wrap_args(p, "units")
     p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True,
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     x, y = normalize_batch(x01, pre.mean, pre.std).to(device), y.to(device)
     net = loaded.model.to(device)
     model = net if args.budget == 1 else wrap(net, budget=args.budget,
-                                              units=parse_units(args.units) if args.units else loaded.units)
+                                              units=args.units if args.units is not None else loaded.units)
     t0 = time.perf_counter()
     tta = TTA(model, args.policy, args.aggregate, budget=args.tta_budget)
     mean = TTA(model, args.policy, "mean", budget=len(tta.policy))

@@ -42,6 +42,7 @@ from .._atomic import OutputSet
 from ..analysis.outputs import select_output
 from ..data.folder import ImageReadError, load_image, normalize_batch
 from ..data.seg_folder import is_marked_png, overlay, palette_image, save_marked_png
+from ..settings import DEFAULT_BUDGET
 from ..wrapper import wrap
 from .common import (
     TASKS,
@@ -62,7 +63,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, default=None,
                    help="classification (top-k classes) or segmentation (masks and overlays); default: segmentation "
                         "with --mask-out or a zoo:seg_* model, else classification")
-    p.add_argument("--budget", type=int, default=8, help="states per image for undiscard (default: 8)")
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                   help=f"states per image for undiscard (default: {DEFAULT_BUDGET})")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--device", default="cpu")

@@ -20,6 +20,7 @@ import torch
 from ..data.folder import normalize_batch
 from ..evaluation.report import write_json
 from ..fitting.aggregator import TrainConfig, train_aggregator
+from ..settings import Settings
 from ..tasks.attention import save_aggregator
 from ..wrapper import wrap
 from .common import (
@@ -27,11 +28,11 @@ from .common import (
     add_fit_output_args,
     add_labelled_data_args,
     add_model_args,
+    add_wrap_args,
     check_out_file,
     emit_json,
     load_cli_model,
     load_labelled,
-    parse_units,
     progress_bar,
     resolve_device,
     set_threads,
@@ -52,14 +53,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--limit", type=int, default=None, help="use a seeded random subset of N labelled images")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation (default: 0.2)")
-    p.add_argument("--units", default=None, help="comma-separated unit names or indices (default: the model's)")
-    p.add_argument("--no-align", dest="align", action="store_false", help="train without offset alignment")
+    add_wrap_args(p, "units", "align", notes={"align": "--no-align trains without offset alignment"})
     p.add_argument("--rank-weight", type=float, default=d.rank_weight,
                    help="weight of the listwise loss that teaches criterion='learned' to rank states "
                         f"(default: {d.rank_weight}; results/rank: no gain measured on zoo:resnet_basic)")
     p.add_argument("--rank-temperature", type=float, default=d.rank_temperature,
                    help=f"temperature of the ranking target softmax(-per-state CE / T) (default: {d.rank_temperature})")
-    p.add_argument("--seed", type=int, default=0)
+    add_wrap_args(p, "seed", notes={"seed": "also of the validation split and of training"})
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_fit_output_args(p)
     return p
@@ -91,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
     tr, va = perm[n_val:], perm[:n_val]
     if len(tr) == 0:
         raise CLIError("no training images left after the validation split")
-    units = parse_units(args.units) if args.units is not None else loaded.units
-    model = wrap(loaded.model.to(device), budget=1, aggregate="attention", align=args.align, units=units,
-                 seed=args.seed)
+    units = args.units if args.units is not None else loaded.units
+    model = wrap(loaded.model.to(device), budget=1,
+                 **Settings.from_args(args, aggregate="attention", units=units).as_kwargs())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "untrained aggregator": that is the point here
         model.prepare(x[:1])

@@ -9,7 +9,7 @@ writes files. Backend: gloo on CPU, nccl on CUDA.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -51,7 +51,12 @@ from torch import Tensor, nn
 from .._testtime import TestTimeModule
 from ..analysis.outputs import select_output
 from ..errors import UndiscardError
-from ..metrics.classification import ClassificationTally, Row, row_from_counts, topk_correct
+from ..metrics.classification import (
+    ClassificationTally,
+    Row,
+    row_from_counts,
+    topk_correct,
+)
 from ..metrics.tally import Tally
 from ..search._best_first import state_offset
 from ..wrapper import Undiscard, wrap

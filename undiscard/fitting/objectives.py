@@ -36,7 +36,7 @@ from ..metrics.segmentation import confusion_matrix, mean_iou
 if TYPE_CHECKING:  # type hints only
     from ..tasks.base import Task
 
-__all__ = ["Objective", "Accumulator", "register_objective", "get_objective", "pair_stats", "OBJECTIVES"]
+__all__ = ["Objective", "Accumulator", "register_objective", "get_objective", "pair_stats", "list_objectives", "OBJECTIVES"]
 
 
 class Accumulator:
@@ -65,6 +65,11 @@ _OBJECTIVES: NamedRegistry[Objective] = NamedRegistry("objective")
 register_objective = _OBJECTIVES.register
 get_objective = _OBJECTIVES.create  # unknown names: one UndiscardError listing the objectives
 __getattr__ = _OBJECTIVES.module_getattr("OBJECTIVES", __name__)
+
+
+def list_objectives() -> list[str]:
+    """The registered calibration objective names, in registration order (``undiscard calibrate --objective``)."""
+    return list(_OBJECTIVES.names())
 
 
 class _TopOne(Accumulator):

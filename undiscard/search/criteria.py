@@ -1,7 +1,7 @@
 """Search criteria: which states a search evaluates, and in which order (docs/semantics.md, "Search"). Lower scores first.
 
-A criterion is a small :class:`Criterion` class registered by name (:func:`register_criterion`;
-``wrap(..., criterion=NAME)``). Whatever the criterion, a budget of B evaluates at most B states per image
+A criterion is a small :class:`Criterion` class registered by name (:func:`register_criterion`, refusing a
+taken name unless ``replace=True``; ``wrap(..., criterion=NAME)``; :func:`list_criteria`). Whatever the criterion, a budget of B evaluates at most B states per image
 (the root included), so a search costs at most B plain forwards (:mod:`undiscard.search._best_first`). There are two
 kinds:
 
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # type hints only
     from ._engine import Engine
 
 __all__ = ["Criterion", "SearchContext", "resolve_order", "StateScorer", "register_criterion", "get_criterion",
-           "custom_criterion", "random_score", "grid_score", "order_units", "CRITERIA"]
+           "custom_criterion", "random_score", "grid_score", "list_criteria", "CRITERIA"]
 
 States = list[tuple[int, ...]]
 
@@ -129,21 +129,14 @@ get_criterion = _CRITERIA.create  # unknown names: one UndiscardError
 __getattr__ = _CRITERIA.module_getattr("CRITERIA", __name__)  # CRITERIA: names
 
 
+def list_criteria() -> list[str]:
+    """The registered criterion names, in registration order (``wrap(criterion=...)``)."""
+    return list(_CRITERIA.names())
+
+
 NO_ORDER = ("criterion='calibrated' needs a ranked list of states: wrap(..., order=FILE) with a file from "
             "'undiscard calibrate' (zoo models ship one: undiscard.search.orders.zoo_order_path(name)), or "
             "order=[state, ...]")
-
-
-def order_units(criterion: str, order: StateOrder | None, units: object) -> object:
-    """``wrap(units=...)``: as given; when not given, with ``criterion="calibrated"`` the units ``order``
-    names, else the criterion's own :attr:`Criterion.default_units` (``aps``: the first unit), else None
-    (the model's default)."""
-    if units is not None:
-        return units
-    if criterion == "calibrated" and order is not None and order.units is not None:
-        return list(order.units)
-    own = get_criterion(criterion).default_units
-    return None if own is None else list(own)
 
 
 def resolve_order(criterion: Criterion, order: object) -> StateOrder | None:

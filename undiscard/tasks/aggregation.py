@@ -20,7 +20,8 @@ Shapes: N images, B states per image, C channels, an h x w feature grid, K class
 - :func:`weighted_sum` combines aligned maps with the weights.
 
 The aggregations a wrapped model can use (``wrap(..., aggregate=NAME)``) are a registry of small
-:class:`Aggregation` classes, :func:`register_aggregate`: ``mean``, ``entropy`` and ``attention`` (the
+:class:`Aggregation` classes, :func:`register_aggregate` (a taken name is refused unless ``replace=True``;
+:func:`list_aggregates`): ``mean``, ``entropy`` and ``attention`` (the
 learned aggregator of :mod:`undiscard.tasks.attention`) below; a new one is one class. Each says whether it
 needs a trained aggregator (``needs_aggregator``) and combines the aligned maps of N images' B states.
 ``AGGREGATES`` is the tuple of registered names.
@@ -38,7 +39,8 @@ from .._registry import NamedRegistry
 from ..errors import UndiscardError
 
 __all__ = ["normalized_entropy", "uniform_weights", "entropy_weights", "shift_axis", "align_maps",
-           "align_filled", "weighted_sum", "Aggregation", "register_aggregate", "get_aggregate", "AGGREGATES"]
+           "align_filled", "weighted_sum", "Aggregation", "register_aggregate", "get_aggregate", "list_aggregates",
+           "AGGREGATES"]
 
 
 def normalized_entropy(logits: Tensor) -> Tensor:
@@ -175,6 +177,11 @@ _AGGREGATES: NamedRegistry[Aggregation] = NamedRegistry("aggregate")
 register_aggregate = _AGGREGATES.register  # @register_aggregate(name): wrap(aggregate=name)
 get_aggregate = _AGGREGATES.create  # unknown names: one UndiscardError
 __getattr__ = _AGGREGATES.module_getattr("AGGREGATES", __name__)  # AGGREGATES: names
+
+
+def list_aggregates() -> list[str]:
+    """The registered aggregation names, in registration order (``wrap(aggregate=...)``)."""
+    return list(_AGGREGATES.names())
 
 
 @register_aggregate("mean")

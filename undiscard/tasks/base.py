@@ -21,7 +21,8 @@ what the network predicts. Everything that does lives here:
 :class:`~undiscard.tasks.segmentation.SegmentationTask` (``task="segmentation"``, (N, K, H, W) outputs) the second. The
 default of :func:`~undiscard.wrap` (``task=None``) is :class:`AutoTask`: classification, unless the
 network's output is (N, K, H, W), which is then treated as segmentation, with a warning saying so once.
-A new task is one subclass registered with :func:`register_task`.
+A new task is one subclass registered with :func:`register_task` (a taken name is refused unless
+``replace=True``; :func:`list_tasks`).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from .aggregation import Aggregation, align_maps, entropy_weights, normalized_en
 if TYPE_CHECKING:  # type hints only: the engine is built by the wrapper and handed in
     from ..search._engine import Engine
 
-__all__ = ["Task", "StateMaps", "ClassificationTask", "AutoTask", "register_task", "get_task", "TASKS"]
+__all__ = ["Task", "StateMaps", "ClassificationTask", "AutoTask", "register_task", "get_task", "list_tasks", "TASKS"]
 
 
 @dataclass
@@ -201,6 +202,11 @@ _TASKS: NamedRegistry[Task] = NamedRegistry("task")
 register_task = _TASKS.register  # @register_task(name): wrap(task=name)
 __getattr__ = _TASKS.module_getattr("TASKS", __name__)  # TASKS: names
 register_task("classification")(ClassificationTask)
+
+
+def list_tasks() -> list[str]:
+    """The registered task names, in registration order (``wrap(task=...)``)."""
+    return list(_TASKS.names())
 
 
 class AutoTask(ClassificationTask):

@@ -18,7 +18,7 @@ Every aggregator says which views it needs (:meth:`TTAAggregator.views`), so onl
 
 Segmentation (:data:`DENSE_AGGREGATES`), per pixel, never fitted:
 
-============  ===================================================  =======================================
+============  ===================================================  ================================
 aggregate     averages                                             returns (N, K, H, W)
 ============  ===================================================  =======================================
 ``mean``      softmax **probabilities** (mmsegmentation's          log of the mean probability
@@ -32,6 +32,8 @@ aggregate     averages                                             returns (N, K
 
 Whatever the aggregator, ``argmax(1)`` of the result is the predicted label map and ``log_softmax(1)``
 of it the log-probabilities.
+=======
+They are a registry (:func:`register_tta_aggregate`; ``TTA_AGGREGATES`` is the tuple of registered names).
 """
 from __future__ import annotations
 
@@ -44,13 +46,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._files import load_tagged, save_tagged
+from .._registry import Registry
 from ..errors import UndiscardError
 
-__all__ = ["TTAAggregator", "TTA_AGGREGATES", "DENSE_AGGREGATES", "FITTED", "make_aggregator", "save_tta", "load_tta",
-           "TTAFileError"]
+__all__ = ["TTAAggregator", "TTA_AGGREGATES", "DENSE_AGGREGATES", "FITTED", "make_aggregator", "register_tta_aggregate",
+           "list_tta_aggregates", "save_tta", "load_tta", "TTAFileError"]
 
 FORMAT = "undiscard-tta-aggregator/1"
-TTA_AGGREGATES = ("mean", "max", "gps", "classtta", "augtta")
 FITTED = ("gps", "classtta", "augtta")
 
 
@@ -252,7 +254,16 @@ class DenseTTAAggregator(TTAAggregator):
         return DENSE_AGGREGATES[self.name](logits)
 
 
-_CLASSES: dict[str, type[TTAAggregator]] = {c.name: c for c in (MeanTTA, MaxTTA, GPS, ClassTTA, AugTTA)}
+_CLASSES: Registry[type[TTAAggregator]] = Registry("TTA aggregate")
+for _cls in (MeanTTA, MaxTTA, GPS, ClassTTA, AugTTA):
+    _CLASSES.add(_cls.name, _cls)
+register_tta_aggregate = _CLASSES.register  # @register_tta_aggregate(name): TTA(..., aggregate=name)
+__getattr__ = _CLASSES.module_getattr("TTA_AGGREGATES", __name__)  # TTA_AGGREGATES: names
+
+
+def list_tta_aggregates() -> list[str]:
+    """The registered TTA aggregate names, in registration order (``TTA(..., aggregate=...)``)."""
+    return list(_CLASSES.names())
 
 
 def make_aggregator(name: str, num_views: int, budget: int | None = None, num_classes: int = 0,
@@ -263,9 +274,7 @@ def make_aggregator(name: str, num_views: int, budget: int | None = None, num_cl
         if name not in DENSE_AGGREGATES:
             raise UndiscardError(f"unknown dense TTA aggregate {name!r}: expected one of {', '.join(DENSE_AGGREGATES)}")
         return DenseTTAAggregator(name, num_views, budget)
-    if name not in _CLASSES:
-        raise UndiscardError(f"unknown TTA aggregate {name!r}: expected one of {', '.join(TTA_AGGREGATES)}")
-    cls = _CLASSES[name]
+    cls = _CLASSES.get(name)  # unknown names: one UndiscardError listing them
     if issubclass(cls, WeightedTTA):
         return cls(num_views, budget, num_classes)
     return cls(num_views, budget)

@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._registry import Registry
 from ..data.shift import translate
 from ..errors import UndiscardError
 
-__all__ = ["View", "parse_view", "policy_views", "POLICIES", "OPS", "STANDARD_ORDER", "standard_pool", "crop_box"]
+__all__ = ["View", "parse_view", "policy_views", "POLICIES", "OPS", "register_view_op", "list_view_ops", "STANDARD_ORDER", "standard_pool", "crop_box"]
 
 Op = Callable[[Tensor, tuple[float, ...]], Tensor]
 
@@ -96,17 +97,33 @@ def _op_contrast(x: Tensor, a: tuple[float, ...]) -> Tensor:
     return (x - mean) * float(a[0]) + mean
 
 
-OPS: dict[str, tuple[int, Op]] = {  # name -> (number of arguments, op)
-    "identity": (0, lambda x, a: x),
-    "hflip": (0, lambda x, a: x.flip(-1)),
-    "vflip": (0, lambda x, a: x.flip(-2)),
-    "shift": (2, _op_shift),
-    "crop": (2, _op_crop),
-    "scale": (1, _op_scale),
-    "rotate": (1, _op_rotate),
-    "brightness": (1, lambda x, a: x + float(a[0])),
-    "contrast": (1, _op_contrast),
-}
+OPS: Registry[tuple[int, Op]] = Registry("view op")  # name -> (number of arguments, op)
+for _name, _entry in {"identity": (0, lambda x, a: x),
+                      "hflip": (0, lambda x, a: x.flip(-1)),
+                      "vflip": (0, lambda x, a: x.flip(-2)),
+                      "shift": (2, _op_shift),
+                      "crop": (2, _op_crop),
+                      "scale": (1, _op_scale),
+                      "rotate": (1, _op_rotate),
+                      "brightness": (1, lambda x, a: x + float(a[0])),
+                      "contrast": (1, _op_contrast)}.items():
+    OPS.add(_name, _entry)
+
+
+def list_view_ops() -> list[str]:
+    """The registered view op names, in registration order (``TTA(policy="hflip+scale:1.1")``)."""
+    return list(OPS.names())
+
+
+def register_view_op(name: str, nargs: int, replace: bool = False) -> Callable[[Op], Op]:
+    """Decorator: ``op(x, args)`` becomes the view op ``name`` taking ``nargs`` arguments (``name:a,b``); a
+    name that is taken is refused unless ``replace``."""
+
+    def deco(op: Op) -> Op:
+        OPS.add(name, (nargs, op), replace)
+        return op
+
+    return deco
 
 
 @dataclass(frozen=True)
@@ -118,7 +135,7 @@ class View:
 
     def __call__(self, x: Tensor) -> Tensor:
         for op, args in self.steps:
-            x = OPS[op][1](x, args)
+            x = OPS.get(op)[1](x, args)
         return x
 
 
@@ -129,7 +146,7 @@ def parse_view(text: str) -> View:
         op, _, rest = part.strip().partition(":")
         if op not in OPS:
             raise ViewError(f"unknown view op {op!r} in {text!r}: expected one of {', '.join(OPS)}")
-        nargs = OPS[op][0]
+        nargs = OPS.get(op)[0]
         raw = [a.strip() for a in rest.split(",")] if rest else []
         if op == "crop":
             args: tuple = _crop_args(raw, text)
