@@ -255,6 +255,7 @@ def _hf(name: str) -> LoadedModel:
     return LoadedModel(f"hf:{base}", model, Preprocess(**pre), names)
 
 
+@register_source("zoo")
 def _zoo(name: str) -> LoadedModel:
     from .. import zoo
     from ..zoo import segmentation as segzoo
