@@ -74,7 +74,8 @@ def test_eval_passes_extend_and_order_to_wrap(capsys, monkeypatch, folder, order
     assert all(isinstance(r["cost"], float) and r["family"] in ("plain", "ours alone") for r in rows)
 
 
-def test_eval_without_the_options_gives_wrap_defaults(capsys, monkeypatch, folder):
+def test_eval_without_the_options_gives_wrap_defaults_and_the_shipped_order(capsys, monkeypatch, folder):
+    """Unset options are wrap's defaults, except the search: a model's shipped state order is its default."""
     spy = Spy()
     monkeypatch.setattr("undiscard.cli.eval.wrap", spy)
     assert main(["eval", "--model", f"zoo:{MODEL}", "--data", str(folder), "--budget", "1", "--workers", "0",
@@ -82,7 +83,10 @@ def test_eval_without_the_options_gives_wrap_defaults(capsys, monkeypatch, folde
     [(kwargs, _)] = spy.calls
     from undiscard.settings import DEFAULTS
 
-    assert kwargs["extend"] == DEFAULTS.extend and kwargs["order"] is None and kwargs["criterion"] == DEFAULTS.criterion
+    from undiscard.search.orders import zoo_order_path
+
+    assert kwargs["extend"] == DEFAULTS.extend
+    assert kwargs["criterion"] == "calibrated" and kwargs["order"] == str(zoo_order_path(MODEL))
     assert kwargs["chunk_size"] == DEFAULTS.chunk_size and kwargs["align"] == DEFAULTS.align
 
 

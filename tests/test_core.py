@@ -74,7 +74,7 @@ def test_classification_weights_and_uncertainty():
 # --------------------------------------------------------------------------------------- registries
 def test_builtin_names_are_registry_entries():
     assert aggregate_module.AGGREGATES == ("mean", "entropy", "attention")
-    assert criteria_module.CRITERIA == ("entropy", "random", "offset", "grid", "learned", "calibrated")
+    assert criteria_module.CRITERIA == ("entropy", "random", "offset", "grid", "learned", "calibrated", "aps")
     from undiscard.cli import eval as eval_command
 
     assert eval_command.CRITERIA == criteria_module.CRITERIA  # what the CLI offers is the registry's

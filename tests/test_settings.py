@@ -34,6 +34,7 @@ COMMAND_OWN = {
     ("fit-tta", "budget"): "phase states per view",
     ("eval", "task"): "the data's format (an image folder or images/ and masks/)",
     ("calibrate", "task"): "the data's format and the objective",
+    ("predict", "task"): "what to write: top-k classes, or masks and overlays",
 }
 
 

@@ -34,7 +34,7 @@ __all__ = ["Settings", "DEFAULTS", "DEFAULT_BUDGET", "CriterionName", "Aggregate
 
 DEFAULT_BUDGET = 8  # wrap(net)'s states per image (budget is not a Settings field: a model's budget may change)
 
-CriterionName = Union[Literal["entropy", "learned", "offset", "grid", "random", "calibrated"], str]
+CriterionName = Union[Literal["entropy", "learned", "offset", "grid", "random", "calibrated", "aps"], str]
 AggregateName = Union[Literal["entropy", "mean", "attention"], str]
 TaskName = Union[Literal["classification", "segmentation"], str]
 Align = Union[bool, Literal["lineage", "offset"]]  # dense outputs: True is "lineage"

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["CLASS_MAP_HELP", "CLIError", "help_text", "add_output_args", "add_fit_output_args", "add_model_args", "parse_budgets", "parse_aggregates",
            "parse_units", "aggregator_needers", "progress_bar", "emit_json", "resolve_device", "check_out_dir", "check_out_file",
            "load_cli_model", "load_labelled", "add_labelled_data_args", "set_threads", "add_wrap_args",
-           "wrap_options", "segmentation_input_size", "TASKS"]
+           "wrap_options", "segmentation_input_size", "TASKS", "default_search"]
 
 TASKS = ("classification", "segmentation")  # what --task chooses between
 
@@ -286,6 +286,17 @@ def wrap_options(args: argparse.Namespace) -> dict[str, str]:
     """``--order FILE`` and ``--extend MODE`` as ``wrap()`` keyword arguments; those not given (or that a
     command lacks, as ``demo`` lacks ``--order``) are left to wrap's defaults."""
     return {k: getattr(args, k) for k in ("order", "extend") if getattr(args, k, None) is not None}
+
+
+def default_search(criterion: str | None, order: str | None) -> dict[str, object]:
+    """``criterion=``/``order=`` for a model: ``criterion`` as given (``order`` with it when calibrated); when not
+    given, the model's shipped state order (``criterion="calibrated"``) where it has one — the measured best
+    at equal cost on every model that ships one — else :data:`~undiscard.settings.DEFAULTS`' criterion."""
+    from ..settings import DEFAULTS
+
+    if criterion is None:
+        criterion = "calibrated" if order is not None else DEFAULTS.criterion
+    return {"criterion": criterion, **({"order": order} if criterion == "calibrated" and order is not None else {})}
 
 
 def shipped_order(name: str, criterion: str) -> dict[str, str]:

@@ -1,6 +1,8 @@
 """``undiscard demo``: the embedded default — bundled models on bundled data, baseline vs. ours.
 
-For every zoo model, at budgets 1 (the original model) to 16 with the entropy criterion, aggregated
+For every zoo model, at budgets 1 (the original model) to 16 with its shipped state order (``--criterion``:
+default ``calibrated`` where the model ships an order, every zoo model and EfficientNet-Lite0 do; else
+``entropy``; a row's ``states`` says when the order's stop evaluates fewer than B), aggregated
 by entropy weights and by the model's shipped attention aggregator (both on the same searches): clean
 top-1, top-1 on shifted copies, shift consistency, and cost — on a fixed subset of the bundled
 Fashion-MNIST test set (``--full``: all 10,000). Beside them, at the same total budgets t: image-space
@@ -25,7 +27,7 @@ clean top-1, shifted top-1 and consistency (:mod:`undiscard.evaluation.summary`)
 The segmentation rows (``--segmentation``, default on without ``--models``): every segmentation zoo model
 (``zoo:seg_*``), on the first ``--seg-limit`` bundled test canvases (default 200; ``--full``: all 2,000)
 and copies shifted by 1..``--max-shift`` px: the network (budget 1), the phase search at the demo's
-budgets up to 4 (``wrap(net, task="segmentation")``, the demo's ``--criterion`` — ``calibrated``: each
+budgets up to 4 (``wrap(net, task="segmentation")``, the demo's ``--criterion`` — by default each
 model's shipped order, ranked by mIoU on validation canvases — except ``learned``, for which the
 segmentation zoo has no aggregators and these rows use ``entropy``; entropy aggregation), flip TTA (2
 views, mean of probabilities) and flip x ours at 2 states per view — mIoU, shifted mIoU, pixel shift
@@ -76,6 +78,7 @@ from ..evaluation.summary import (
     summarise,
     summary_markdown,
 )
+from ..search.orders import zoo_order_path
 from ..wrapper import wrap
 from .common import (
     CLIError,
@@ -83,6 +86,7 @@ from .common import (
     add_wrap_args,
     aggregator_needers,
     check_out_dir,
+    default_search,
     emit_json,
     help_text,
     parse_aggregates,
@@ -116,9 +120,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--aggregator", default=None, help="attention aggregator file (with a single --models)")
     p.add_argument("--align", choices=("on", "off", "both"), default="on",
                    help="offset alignment of the maps before aggregating (default: on)")
-    add_wrap_args(p, "criterion", "extend",
-                  notes={"criterion": "learned uses the shipped aggregator, calibrated the shipped state order, both "
-                                      "for zoo models only",
+    add_wrap_args(p, "criterion", "extend", derived=("criterion",),
+                  notes={"criterion": "each model's shipped state order (calibrated) where it has one; learned uses the "
+                                      "shipped aggregator, calibrated the shipped state order, both for zoo models only",
                          "extend": "for every searched model (zoo, EfficientNet-Lite0, segmentation). There is no "
                                    "--order: a calibrated order belongs to one model (use `undiscard eval --order FILE`)"})
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -177,14 +181,15 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
             if len(wanted) < len(aggregates):
                 print(f"undiscard demo: zoo:{name} has no attention aggregator (undiscard train-aggregator); "
                       f"skipping its {', '.join(a for a in aggregates if a not in wanted)} rows", file=sys.stderr)
-            if aggregator is None and aggregator_needers([], args.criterion):
+            search = _search(args.criterion, name)
+            if aggregator is None and aggregator_needers([], search["criterion"]):
                 raise CLIError(f"--criterion {args.criterion}: zoo:{name} has no attention aggregator")
             if not wanted:
                 continue
-            learned = bool(aggregator_needers(wanted, args.criterion))
-            model = wrap(net, budget=1, criterion=args.criterion, aggregate=wanted[0], align=aligns[0],
+            learned = bool(aggregator_needers(wanted, search["criterion"]))
+            model = wrap(net, budget=1, aggregate=wanted[0], align=aligns[0],
                          units=zoo.search_units(name), aggregator=aggregator if learned else None,
-                         **shipped_order(name, args.criterion), **wrap_options(args))
+                         **search, **wrap_options(args))
             rows += evaluate(f"zoo:{name}", model, x, y.to(device), budgets, shifted=xs,
                              variants=[(a, al) for a in wanted for al in aligns], batch_size=args.batch_size,
                              progress=bar.update)
@@ -221,7 +226,9 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     c, s = ((centres - mean) / std).to(device), ((shifted - mean) / std).to(device)
-    model = wrap(loaded.model.to(device), budget=1, example_input=c[:1], **wrap_options(args))  # units known for every row
+    model = wrap(loaded.model.to(device), budget=1, example_input=c[:1],  # units known for every row
+                 **default_search(args.criterion if args.criterion != "learned" else "entropy", loaded.order),
+                 **wrap_options(args))
     flip = TTA(model, "flip")
     configs: list[tuple[int, str | None]] = [(b, None) for b in budgets]
     if args.tta:
@@ -259,11 +266,20 @@ def segmentation_available() -> bool:
     return importlib.util.find_spec("segmentation_models_pytorch") is not None
 
 
+def _search(criterion: str | None, name: str) -> dict:
+    """``criterion=`` and ``order=`` of zoo model ``name`` for the demo's ``--criterion``: as given
+    (``calibrated``: the shipped order, one line if there is none), by default the shipped order where
+    there is one (:func:`~undiscard.cli.common.default_search`)."""
+    if criterion is not None:
+        return {"criterion": criterion, **shipped_order(name, criterion)}
+    path = zoo_order_path(name)
+    return default_search(None, str(path) if path.is_file() else None)
+
+
 def _search_options(args: argparse.Namespace, name: str) -> dict:
     """``criterion=`` (and ``order=``) of the segmentation rows for the demo's ``--criterion``."""
-    criterion = getattr(args, "criterion", "entropy")
-    criterion = "entropy" if criterion == "learned" else criterion  # no segmentation aggregators
-    return {"criterion": criterion, **shipped_order(name, criterion)}
+    criterion = getattr(args, "criterion", None)
+    return _search("entropy" if criterion == "learned" else criterion, name)  # no segmentation aggregators
 
 
 def segmentation_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[dict]:
@@ -385,6 +401,6 @@ def _summary_intro(args: argparse.Namespace, budgets: list[int]) -> str:
     """What ``summary.md`` summarises: the command's settings in one paragraph."""
     return (f"`undiscard demo` with budgets {','.join(map(str, budgets))}, "
             f"{'all 10,000' if args.full else f'the first {args.limit}'} Fashion-MNIST test images per zoo model, "
-            f"shifts of 1-{args.max_shift} px (seed {args.seed}), criterion {args.criterion}, aggregate "
+            f"shifts of 1-{args.max_shift} px (seed {args.seed}), criterion {args.criterion or 'shipped orders'}, aggregate "
             f"{args.aggregate}, align {args.align}, extend {args.extend or 'default'}, TTA "
             f"{'on' if args.tta else 'off'}.")

@@ -83,6 +83,7 @@ from .common import (
     add_wrap_args,
     aggregator_needers,
     check_out_dir,
+    default_search,
     emit_json,
     help_text,
     load_cli_model,
@@ -127,8 +128,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.criterion is None:
-        args.criterion = "calibrated" if args.order is not None else "entropy"
+    if args.criterion is None and args.order is not None:
+        args.criterion = "calibrated"
     elif args.order is not None and args.criterion != "calibrated":
         raise CLIError(f"--order is the state order of --criterion calibrated, not of --criterion {args.criterion}")
     budgets = parse_budgets(args.budget)
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--shift must be >= 0, got {args.shift}")
     if args.task == "segmentation":
         return _run_segmentation(args, budgets, device)
-    if args.criterion not in CRITERIA:
+    if args.criterion is not None and args.criterion not in CRITERIA:
         raise CLIError(f"unknown criterion {args.criterion!r}: expected one of {', '.join(CRITERIA)}")
     if args.workers < 0:
         raise CLIError(f"--workers must be >= 0, got {args.workers}")
@@ -185,12 +186,13 @@ def _run(args: argparse.Namespace, budgets: list[int], device: torch.device, ran
                            pin_memory=device.type == "cuda")
     unreadable: list[str] = []
     aggregator = args.aggregator or loaded.aggregator
+    if args.criterion is None or (args.criterion == "calibrated" and args.order is None):  # the shipped order
+        args.criterion = default_search(args.criterion, args.order or loaded.order)["criterion"]
+        args.order = args.order or (loaded.order if args.criterion == "calibrated" else None)
     needers = aggregator_needers(args.aggregates, args.criterion)
     if needers and aggregator is None:
         raise CLIError(f"{' / '.join(needers)} need{'s' * (len(needers) == 1)} --aggregator FILE "
                        "(train one with: undiscard train-aggregator)")
-    if args.criterion == "calibrated" and args.order is None:
-        args.order = loaded.order  # a zoo model's shipped order (None: wrap says what is missing)
     settings = Settings.from_args(args, aggregate=args.aggregates[0], aggregator=aggregator if needers else None,
                                   units=args.units if args.units is not None else loaded.units)
     model = wrap(loaded.model.to(device), budget=1, **settings.as_kwargs())
@@ -283,8 +285,9 @@ def _run_segmentation(args: argparse.Namespace, budgets: list[int], device: torc
     if args.shift:
         shifted01, offsets = shift_images(x01, args.shift, args.seed)
         xs = normalize_batch(shifted01, pre.mean, pre.std).to(device)
-    if args.criterion == "calibrated" and args.order is None:
-        args.order = loaded.order  # a zoo segmenter's shipped order (None: wrap says what is missing)
+    if args.criterion is None or (args.criterion == "calibrated" and args.order is None):  # the shipped order
+        args.criterion = default_search(args.criterion, args.order or loaded.order)["criterion"]
+        args.order = args.order or (loaded.order if args.criterion == "calibrated" else None)
     model = wrap(net, budget=1, task="segmentation", criterion=args.criterion, aggregate=aggregates[0],
                  align=args.align, seed=args.seed, **wrap_options(args))
     if args.tta is not None:

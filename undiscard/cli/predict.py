@@ -48,6 +48,7 @@ from .common import (
     TASKS,
     CLIError,
     add_model_args,
+    default_search,
     emit_json,
     load_cli_model,
     resolve_device,
@@ -125,7 +126,8 @@ def _predict_classes(args: argparse.Namespace) -> int:
     x01 = torch.stack(images)
     x = normalize_batch(x01, pre.mean, pre.std).to(device)
     net = loaded.model.to(device)
-    model = wrap(net, budget=args.budget, units=loaded.units)  # the model's default units, as eval and demo
+    model = wrap(net, budget=args.budget, units=loaded.units,  # the model's default units, as eval and demo
+                 **default_search(None, loaded.order))  # its shipped state order where it has one
     with torch.no_grad():
         base = select_output(net(x)).softmax(-1)
         ours = select_output(model(x)).softmax(-1)
@@ -194,7 +196,8 @@ def _predict_masks(args: argparse.Namespace) -> int:
     loaded = load_cli_model(args)
     pre, names = loaded.preprocess, loaded.class_names
     size = segmentation_input_size(loaded, args)
-    model = wrap(loaded.model.to(device), budget=args.budget, task="segmentation")
+    model = wrap(loaded.model.to(device), budget=args.budget, task="segmentation",
+                 **default_search(None, loaded.order))  # its shipped state order where it has one
     records, written = [], []
     for path, (mask_path, overlay_path) in zip(paths, targets):
         arr, x01 = _read(path, pre.in_chans, size)

@@ -30,7 +30,7 @@ __all__ = ["format_table", "write_json", "write_csv", "write_text", "atomic_path
 
 Rows = Sequence[dict[str, Any]]
 
-COLUMNS = [("model", "model"), ("budget", "B"), ("tta", "TTA"), ("total_budget", "total"), ("criterion", "criterion"),
+COLUMNS = [("model", "model"), ("budget", "B"), ("states", "states"), ("tta", "TTA"), ("total_budget", "total"), ("criterion", "criterion"),
            ("aggregate", "aggregate"), ("align", "align"), ("top1", "top-1"), ("top1_shifted", "top-1 shifted"),
            ("consistency", "consistency"), ("cost", "cost x")]
 
@@ -55,7 +55,8 @@ def _fmt(v: Any) -> str:
 def format_table(rows: Rows, columns: Sequence[tuple[str, str]] = COLUMNS, markdown: bool = False) -> str:
     """A fixed-width (or markdown) table of ``rows``, one column per (key, header)."""
     cols = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)
-            and (k not in _ONLY_IF_VARYING or len({str(r.get(k)) for r in rows}) > 1)]
+            and (k not in _ONLY_IF_VARYING or len({str(r.get(k)) for r in rows}) > 1)
+            and (k != "states" or any(r.get(k) not in (None, r.get("budget")) for r in rows))]  # a stop capped B
     cells = [[_fmt(r.get(k)) for k, _ in cols] for r in rows]
     heads = [h for _, h in cols]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]

@@ -270,7 +270,9 @@ def _template(name: str, model: Undiscard | None, budget: int, n: int, seconds: 
             units = [u.name for u in model.search_units]
         except UndiscardError:  # only run at budget 1, which needs no setup: no units were looked for
             units = []
-        settings = dict(criterion=model.criterion, aggregate=model.aggregate, align=model.align, units=units)
+        settings = dict(criterion=model.criterion, aggregate=model.aggregate, align=model.align, units=units,
+                        states=budget if model.order is None or model.criterion != "calibrated"
+                        else min(budget, len(model.order.searched)))
     return Row(model=name, budget=budget, top1=0.0, top5=None, top1_shifted=None, consistency=None, cost=0.0,
                cost_ideal=0.0, n=n, seconds=seconds, **{**settings, **kw})
 

@@ -97,6 +97,7 @@ class Row:
     tta: str | None = None  # image-space TTA: "policy/aggregate", None without
     tta_views: int = 1  # views run per image
     total_budget: int | None = None  # views x budget: states evaluated per image
+    states: int | None = None  # states a search evaluates per view: below ``budget`` where an order's stop caps it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -117,4 +118,5 @@ def row_from_counts(template: Row, counts: dict[str, float]) -> Row:
     correct_shifted, agree, cost_sum, ideal_sum, shifted (0/1). Everything else comes from ``template``."""
     return Row(model=template.model, budget=template.budget, **_metrics(counts), criterion=template.criterion,
                aggregate=template.aggregate, align=template.align, units=template.units, seconds=template.seconds,
-               tta=template.tta, tta_views=template.tta_views, total_budget=template.tta_views * template.budget)
+               tta=template.tta, tta_views=template.tta_views, total_budget=template.tta_views * template.budget,
+               states=template.states)
