@@ -130,6 +130,32 @@ for _name in ("seg_fpn", "seg_deeplabv3plus", "seg_segformer"):
     row(f"zoo:{_name}")(_segzoo(_name))
 
 
+def _hf(model_class: str, config: Callable[[Any], Any], size: int, task: str | None = None) -> Callable[[], Case]:
+    """A Hugging Face ``transformers`` model from a config (the named architecture's, random weights)."""
+    def build() -> Case:
+        torch.manual_seed(0)
+        import transformers
+
+        net = getattr(transformers, model_class)(config(transformers)).eval()
+        return Case(net, _images(2, 3, size), {"task": task} if task else {},
+                    note=f"Hugging Face {model_class}, random weights, {size} px")
+    return build
+
+
+# the architectures of microsoft/resnet-50, a ViT-Tiny/16, microsoft/swin-tiny, facebook/convnext-tiny and
+# nvidia/mit-b0 (each config's defaults, or the widths that make it one)
+row("hf:resnet-50")(_hf("ResNetForImageClassification", lambda t: t.ResNetConfig(num_labels=1000), 128))
+row("hf:vit-tiny-patch16")(_hf(
+    "ViTForImageClassification", lambda t: t.ViTConfig(image_size=64, hidden_size=192, num_attention_heads=3,
+                                                       intermediate_size=768, num_labels=1000), 64))
+row("hf:swin-tiny")(_hf(
+    "SwinForImageClassification", lambda t: t.SwinConfig(image_size=128, window_size=4, num_labels=1000), 128))
+row("hf:convnext-tiny")(_hf("ConvNextForImageClassification",
+                                         lambda t: t.ConvNextConfig(num_labels=1000), 128))
+row("hf:segformer-b0")(_hf("SegformerForSemanticSegmentation",
+                                         lambda t: t.SegformerConfig(num_labels=19), 128, "segmentation"))
+
+
 # --- measuring ---------------------------------------------------------------------------------
 def _wall(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
@@ -178,7 +204,7 @@ def measure(name: str, budgets: list[int], criteria: list[str], repeats: int, lo
 
 def markdown(report: dict) -> str:
     budgets, criteria = report["config"]["budgets"], report["config"]["criteria"]
-    lines = [f"# Cost per image of `wrap(net, budget=B)`, in plain forwards", "",
+    lines = ["# Cost per image of `wrap(net, budget=B)`, in plain forwards", "",
              f"Command: `{report['command']}`  ", f"Date: {report['date']}; commit {report['commit']}; "
              f"torch {report['torch']}, {report['threads']} thread(s), {report['platform']}"
              + (f"; load average {report['loadavg'][0]:.1f} before, {report['loadavg'][1]:.1f} after (wall times on a "

@@ -43,34 +43,13 @@ from undiscard.data import (
     to_float,
 )
 from undiscard.evaluation.report import format_table, stamp
-from undiscard.evaluation.runner import batches, search_predictions
+from undiscard.evaluation.runner import search_logits, view_logits
 from undiscard.metrics import topk_correct
 from undiscard.models.loading import load_model
-from undiscard.tta import TTA, make_aggregator, policy_views
+from undiscard.tta import make_aggregator, policy_views
 from undiscard.wrapper import wrap
 
 FITTED = ("gps", "classtta", "augtta")
-
-
-def view_logits(net, views, x: torch.Tensor, size: int) -> torch.Tensor:
-    """Logits (N, V, K) of every view of ``x``, ``size`` images at a time."""
-    tta = TTA(net, views, "mean")
-    with torch.no_grad():
-        return torch.cat([tta.view_logits(x[s]) for s in batches(len(x), size)])
-
-
-def search_logits(model, x: torch.Tensor, budgets: list[int], aggregates: list[str], size: int):
-    """{(budget, aggregate): logits (N, K)} and {budget: mean cost} from one search per batch."""
-    predict = search_predictions(model, budgets, [(a, model.align) for a in aggregates])
-    out: dict[tuple[int, str], list[torch.Tensor]] = {}
-    cost: dict[int, float] = dict.fromkeys(budgets, 0.0)
-    with torch.no_grad():
-        for s in batches(len(x), size):
-            for (b, (a, _)), (logits, c, _) in predict(x[s]).items():
-                out.setdefault((b, a), []).append(logits)
-                if a == aggregates[0]:  # the cost of a search does not depend on the aggregation
-                    cost[b] += c * (s.stop - s.start)
-    return {k: torch.cat(v) for k, v in out.items()}, {b: c / len(x) for b, c in cost.items()}
 
 
 def row(model: str, method: str, total: int, clean: torch.Tensor, shifted: torch.Tensor, y: torch.Tensor,

@@ -29,13 +29,11 @@ import warnings
 from collections import defaultdict
 
 import torch
-from compare_tta import (  # scripts/ is sys.path[0] when run as a script
-    search_logits,
-    view_logits,
-)
-from order_tta_views import old_standard
 
 from undiscard import zoo
+from undiscard.evaluation.runner import search_logits, view_logits
+from undiscard.evaluation.summary import best_per_cost
+from undiscard.tta.views import translation_policy
 from undiscard.data import (
     load_fashion_mnist,
     load_train_val,
@@ -78,7 +76,7 @@ def run_model(name: str, args) -> list[dict]:
     rows.append(_row(m, "TTA", "flip/mean", *(flip_logits[w].mean(1) for w in data), y, 2.0))
     (_, _), (xv, yv) = load_train_val()
     xf = normalize(resize(to_float(xv[:args.fit_images]), size), chans)
-    for tag, views in (("", policy_views("standard")[:8]), ("translation-", old_standard(size)[:8])):
+    for tag, views in (("", policy_views("standard")[:8]), ("translation-", translation_policy(size)[:8])):
         logits = {w: view_logits(net, views, d, args.batch_size) for w, d in data.items()}
         fit = view_logits(net, views, xf, args.batch_size)
         for t in (4, 8):
@@ -117,26 +115,27 @@ def run_model(name: str, args) -> list[dict]:
     return rows
 
 
+FAMILY = {"plain": "plain", "TTA": "TTA alone", "ours": "ours alone", "both": "both"}
+
+
 def summary(rows: list[dict], caps=CAPS) -> list[dict]:
-    """Per cap and family, the best zoo-average of each measure over the methods that fit the cap on
-    every model (cost <= cap), with the method that gives it."""
+    """Per cap and family, the best zoo average of each measure with the method that gives it: each
+    method's measures and cost averaged over the models (only methods every model has), then
+    :func:`undiscard.evaluation.summary.best_per_cost`, the rule of ``undiscard demo`` and the README."""
     by_method = defaultdict(list)
     for r in rows:
         by_method[(r["family"], r["method"])].append(r)
     models = {r["model"] for r in rows}
+    points = [{"family": FAMILY[fam], "method": method, "cost": sum(r["cost"] for r in rs) / len(rs),
+               **{m: sum(r[m] for r in rs) / len(rs) for m in MEASURES}}
+              for (fam, method), rs in by_method.items() if {r["model"] for r in rs} == models]
     out = []
     for cap in caps:
-        for family in ("plain", "TTA", "ours", "both"):
-            entry = {"cap": cap, "family": family}
+        for fam, family in FAMILY.items():
+            entry = {"cap": cap, "family": fam}
             for measure in MEASURES:
-                best = None
-                for (fam, method), rs in by_method.items():
-                    if fam != family or {r["model"] for r in rs} != models or max(r["cost"] for r in rs) > cap:
-                        continue
-                    mean = sum(r[measure] for r in rs) / len(rs)
-                    if best is None or mean > best[0]:
-                        best = (mean, method, sum(r["cost"] for r in rs) / len(rs))
-                entry[measure] = None if best is None else f"{best[0]:.2f} ({best[1]}, {best[2]:.2f}x)"
+                best = best_per_cost(points, measure, cap)[1][family]
+                entry[measure] = None if best is None else f"{best[measure]:.2f} ({best['method']}, {best['cost']:.2f}x)"
             out.append(entry)
     return out
 
@@ -151,7 +150,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--resummarise", metavar="JSON", help="recompute the summary of a results JSON's rows (no run)")
     args = ap.parse_args()
+    if args.resummarise:
+        with open(args.resummarise) as f:
+            rows = json.load(f)["rows"]
+        print(format_table(summary(rows), [("cap", "cost <="), ("family", "family")] + [(k, k) for k in MEASURES]))
+        return
     torch.set_num_threads(args.threads)
     rows = []
     for name in (args.models.split(",") if args.models else zoo.list_models()):

@@ -32,7 +32,6 @@ not an ImageNet accuracy.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
@@ -56,8 +55,8 @@ from undiscard.data.imagenet import imagenet_wnids
 from undiscard.data.photos import PHOTO_DIR
 from undiscard.evaluation.report import format_table, stamp
 from undiscard.models.loading import load_model
-from undiscard.tta import TTA, policy_views
-from undiscard.tta.views import POLICIES, standard_pool
+from undiscard.evaluation.runner import view_logits
+from undiscard.tta.views import POLICIES, standard_pool, translation_policy
 
 FIXED = ("identity", "hflip")
 PHOTO_CLASSES = {  # WordNet ids that fit each photo (tests/test_imagenet_models.py)
@@ -67,21 +66,6 @@ PHOTO_CLASSES = {  # WordNet ids that fit each photo (tests/test_imagenet_models
     "rocket": {"n03773504", "n04008634", "n04266014"},
 }
 LITE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
-
-
-def old_standard(size: int) -> list[str]:
-    """The ``standard`` policy before real crops, its corner "crops" written as the translations they were."""
-    d = max(1, round(size / 16))
-    crops = ["", f"shift:{d},{d}", f"shift:{d},{-d}", f"shift:{-d},{d}", f"shift:{-d},{-d}"]  # tl, tr, bl, br
-    return ["+".join(p for p in (flip, scale, crop) if p) or "identity"
-            for scale, crop, flip in itertools.product(("", "scale:0.9", "scale:1.1"), crops, ("", "hflip"))]
-
-
-def view_logits(net, views: list[str], x: torch.Tensor, batch: int) -> torch.Tensor:
-    """Logits (N, V, K) of ``views`` of ``x``."""
-    tta = TTA(net, views, "mean")
-    with torch.no_grad():
-        return torch.cat([tta.view_logits(x[s:s + batch]) for s in range(0, len(x), batch)])
 
 
 def zoo_inputs(name: str, split: str, n: int):
@@ -169,7 +153,7 @@ def cmd_order(args: argparse.Namespace) -> int:
     for name in args.models:
         t0 = time.perf_counter()
         net, x, _, mask = zoo_inputs(name, "val", args.val_images)
-        refs = old_standard(x.shape[-1])[2:10:2]  # the old corner "crops" (translations), for reference
+        refs = translation_policy(x.shape[-1])[2:10:2]  # the old corner "crops" (translations), for reference
         lg = view_logits(net, names + refs, x, args.batch_size)
         domains["zoo"].append((lg[:, :len(names)], mask))
         alone += [{"domain": "zoo", "model": f"zoo:{name}", "view": v, "top1": top1(lg[:, i], mask)}
@@ -178,7 +162,7 @@ def cmd_order(args: argparse.Namespace) -> int:
     if args.photo_crops:
         t0 = time.perf_counter()
         net, x, mask = photo_inputs(LITE[0], args.photo_crops, args.photo_seed)
-        refs = old_standard(x.shape[-1])[2:10:2]
+        refs = translation_policy(x.shape[-1])[2:10:2]
         lg = view_logits(net, names + refs, x, args.photo_batch)
         domains["photos"].append((lg[:, :len(names)], mask))
         alone += [{"domain": "photos", "model": LITE[0], "view": v, "top1": top1(lg[:, i], mask)}
@@ -237,7 +221,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name in args.models:
         t0 = time.perf_counter()
         net, x, xs, mask = zoo_inputs(name, "test", args.limit)
-        policies = {"before": old_standard(x.shape[-1]), "now": new}
+        policies = {"before": translation_policy(x.shape[-1]), "now": new}
         if zoo_order:
             policies["zoo order"] = [s["view"] for s in zoo_order]
         add(f"zoo:{name}", policies, x, xs, mask, args.batch_size)
@@ -247,7 +231,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name in args.lite if args.photo_crops else []:
         t0 = time.perf_counter()
         net, x, mask = photo_inputs(name, args.photo_crops, args.photo_seed)
-        add(f"{name} (photos)", {"before": old_standard(x.shape[-1]), "now": new}, x, None, mask, args.photo_batch)
+        add(f"{name} (photos)", {"before": translation_policy(x.shape[-1]), "now": new}, x, None, mask, args.photo_batch)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "compare.json").write_text(json.dumps(stamp({"results": rows}), indent=1) + "\n")  # partial

@@ -13,6 +13,8 @@
 - The public surface is ``undiscard.__all__``: every name in it exists, and ``from undiscard import *``
   gives exactly those names.
 - The product of rates is computed in one place, :mod:`undiscard.analysis.geometry`.
+- Scripts and benchmarks import only the package (and third-party code): never ``tests``, another
+  script, or the checkout through ``sys.path``.
 """
 from __future__ import annotations
 
@@ -273,3 +275,35 @@ def test_the_product_of_rates_is_computed_only_in_geometry():
             if products and any(w in ast.unparse(node) for w in ("rate", "num_phases")):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert found == [], "use undiscard.analysis.geometry"
+
+
+def _local_imports(path: Path) -> list[str]:
+    """What a script imports from the checkout other than the package, and any ``sys.path`` edit."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else \
+            ["." * node.level + (node.module or "")] if isinstance(node, ast.ImportFrom) else []
+        found += [f"{path.relative_to(ROOT)}:{node.lineno}: import {n}" for n in names
+                  if n.startswith(".") or n.split(".")[0] in ("tests", "scripts", "benchmarks")
+                  or (ROOT / "scripts" / f"{n.split('.')[0]}.py").exists()
+                  or (ROOT / "benchmarks" / f"{n.split('.')[0]}.py").exists()]
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.path.insert", "sys.path.append"):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_scripts_and_benchmarks_import_only_the_package():
+    assert [f for path in _files(ROOT / "scripts", ROOT / "benchmarks") for f in _local_imports(path)] == []
+
+
+def test_the_script_import_rule_catches_a_test_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys\nsys.path.insert(0, '..')\nfrom tests.hf_archs import build\n")
+    path = ROOT / "scripts" / "_probe_rule.py"
+    try:
+        path.write_text(bad.read_text())
+        assert sorted(f.split(": ", 1)[1] for f in _local_imports(path)) == ["import tests.hf_archs",
+                                                                               "sys.path.insert(0, '..')"]
+    finally:
+        path.unlink()

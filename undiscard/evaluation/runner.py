@@ -64,7 +64,7 @@ from ..wrapper import Undiscard, wrap
 __all__ = ["Batch", "Counted", "Prediction", "Row", "Tally", "batches", "describe_rows", "evaluate",
            "evaluate_states", "evaluate_stream", "evaluate_tta", "evaluate_tta_grid", "evaluate_tta_stream",
            "plain_predictions", "row_from_counts", "run_batches", "run_pairs", "search_predictions", "tensor_batches",
-           "topk_correct", "tta_predictions"]
+           "search_logits", "topk_correct", "tta_predictions", "view_logits"]
 
 Prediction = tuple[Tensor, float, float]  # logits (N, *output), mean cost and mean ideal cost per image
 Key = TypeVar("Key", bound=Hashable)
@@ -182,6 +182,33 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def view_logits(net: nn.Module, views: Sequence[str], x: Tensor, batch_size: int) -> Tensor:
+    """Logits (N, V, K) of every view of ``x`` (a list of view names, :mod:`undiscard.tta.views`), run
+    ``batch_size`` images at a time: what a measurement combines into any TTA aggregate without rerunning."""
+    from ..tta import TTA
+
+    tta = TTA(net, list(views), "mean")
+    with torch.no_grad():
+        return torch.cat([tta.view_logits(x[s]) for s in batches(len(x), batch_size)])
+
+
+def search_logits(model: Undiscard, x: Tensor, budgets: Sequence[int], aggregates: Sequence[str],
+                  batch_size: int) -> tuple[dict[tuple[int, str], Tensor], dict[int, float]]:
+    """``{(budget, aggregate): logits (N, K)}`` and ``{budget: mean cost per image}`` of ``x`` from one
+    search per batch of ``batch_size`` at the largest budget (:func:`search_predictions`, the model's own
+    ``align``)."""
+    predict = search_predictions(model, budgets, [(a, model.align) for a in aggregates])
+    out: dict[tuple[int, str], list[Tensor]] = {}
+    cost: dict[int, float] = dict.fromkeys(budgets, 0.0)
+    with torch.no_grad():
+        for s in batches(len(x), batch_size):
+            for (b, (a, _)), (logits, c, _) in predict(x[s]).items():
+                out.setdefault((b, a), []).append(logits)
+                if a == aggregates[0]:  # the cost of a search does not depend on the aggregation
+                    cost[b] += c * (s.stop - s.start)
+    return {k: torch.cat(v) for k, v in out.items()}, {b: c / len(x) for b, c in cost.items()}
 
 
 def search_predictions(model: Undiscard, budgets: Sequence[int],

@@ -40,7 +40,8 @@ from .._registry import Registry
 from ..data.shift import translate
 from ..errors import UndiscardError
 
-__all__ = ["View", "parse_view", "policy_views", "POLICIES", "OPS", "register_view_op", "list_view_ops", "STANDARD_ORDER", "standard_pool", "crop_box"]
+__all__ = ["View", "parse_view", "policy_views", "POLICIES", "OPS", "register_view_op", "list_view_ops", "STANDARD_ORDER", "standard_pool", "crop_box",
+           "translation_policy"]
 
 Op = Callable[[Tensor, tuple[float, ...]], Tensor]
 
@@ -228,6 +229,17 @@ def check_unique(names: list[str], error: type[Exception], what: str) -> None:
     """``error`` naming the repeated view names of a ``what``, if any."""
     if len(set(names)) != len(names):
         raise error(f"repeated views in {what}: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+
+
+def translation_policy(size: int) -> list[str]:
+    """The 30 views flips x scales (1, 0.9, 1.1) x {none, the four diagonal translations by ``size/16`` px},
+    in that nesting (flip fastest): the ``standard`` policy with translations where it has corner crops,
+    for ``size``-pixel images. The first 8 are identity, hflip and the four translations with and without
+    flip: an 8-view translation TTA."""
+    d = max(1, round(size / 16))
+    crops = ["", f"shift:{d},{d}", f"shift:{d},{-d}", f"shift:{-d},{d}", f"shift:{-d},{-d}"]
+    return ["+".join(p for p in (flip, scale, crop) if p) or "identity"
+            for scale, crop, flip in itertools.product(("", "scale:0.9", "scale:1.1"), crops, ("", "hflip"))]
 
 
 def policy_views(policy: str | Sequence[str | View]) -> list[View]:
