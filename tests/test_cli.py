@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import undiscard
 from undiscard import zoo
 from undiscard.cli import main
 from undiscard.data import load_fashion_mnist, normalize, resize, to_float
@@ -66,6 +67,31 @@ def test_demo_json_rows_and_files(capsys, tmp_path):
     for f in ("results.json", "results.csv", "metrics_vs_budget.png", "accuracy_vs_cost.png", "tta_comparison.png"):
         assert (tmp_path / f).stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["results"] == rows
+
+
+def test_demo_aps_rows_are_the_aps_search_at_budget_two(capsys):
+    name = TRAINED[0]
+    assert main(["demo", "--models", name, "--limit", "24", "--budget", "1,2", "--no-lite0", "--quiet",
+                 "--aggregate", "entropy", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    aps = [r for r in rows if r["criterion"] == "aps"]
+    assert [(r["budget"], r["tta"], r["tta_views"]) for r in aps] == [(2, None, 1), (2, "flip/mean", 2)]
+    # the row is what wrap(criterion="aps") at budget 2 predicts, at what it costs
+    images, labels = load_fashion_mnist("test")
+    cfg = zoo.model_config(name)
+    x = normalize(resize(to_float(images[:24]), cfg["input_size"][-1]), cfg["in_chans"])
+    model = undiscard.wrap(zoo.create_model(name), budget=2, criterion="aps", units=zoo.search_units(name))
+    with torch.no_grad():
+        pred = model(x).argmax(-1)
+    assert aps[0]["top1"] == pytest.approx(100.0 * (pred == torch.as_tensor(labels[:24])).float().mean().item())
+    assert aps[0]["cost"] == pytest.approx(model.last_cost) and 2.0 <= aps[0]["cost"] < 2.5
+    assert not any(r["criterion"] == "aps" for r in json.loads(_demo_json(capsys, name, "--no-aps"))["results"])
+
+
+def _demo_json(capsys, name: str, *extra: str) -> str:
+    assert main(["demo", "--models", name, "--limit", "8", "--budget", "1,2", "--no-lite0", "--quiet",
+                 "--aggregate", "entropy", "--json", *extra]) == 0
+    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

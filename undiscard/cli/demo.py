@@ -7,14 +7,16 @@ by entropy weights and by the model's shipped attention aggregator (both on the 
 top-1, top-1 on shifted copies, shift consistency, and cost — on a fixed subset of the bundled
 Fashion-MNIST test set (``--full``: all 10,000). Beside them, at the same total budgets t: image-space
 TTA alone (the first t views of the ``standard`` policy, mean of logits; rows with ``tta`` set and
-budget 1) and TTA + phase search (``flip`` x t/2 states per view). Zoo models search the leading units whose
+budget 1) and TTA + phase search (``flip`` x t/2 states per view); with ``--aps`` (default on) adaptive
+polyphase selection, ``criterion="aps"`` at budget 2 (the network's state and, per image, the phase of
+largest norm at the first searched unit), alone and with flip TTA. Zoo models search the leading units whose
 phases move the input by at most the ±4 px of their training crops (measured with
 scripts/unit_sweep.py: deeper units, whose phases are translations the models never saw, lower
 accuracy). Shifted copies: each image translated by a
 seeded random offset with 1 <= max(|dy|, |dx|) <= ``--max-shift`` (default 4) pixels, zero fill.
 When the ``lite0`` extra is installed, EfficientNet-Lite0 (real ImageNet weights) is measured for shift
 consistency on pairs of crops of the bundled natural photos, displaced by 1-32 px: the search alone,
-flip TTA and flip x search (photo pairs have no labels, so it is never averaged with the zoo).
+flip TTA, flip x search and the APS rows (photo pairs have no labels, so it is never averaged with the zoo).
 
 Every row carries its ``cost`` in plain forwards per image (all views and searches counted) and its
 ``family``: plain, TTA alone, ours alone or both. After the table, a summary states per model and
@@ -128,6 +130,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="also compare image-space TTA and TTA + phase search at equal total budgets (default: on)")
+    p.add_argument("--aps", action=argparse.BooleanOptionalAction, default=True,
+                   help="also adaptive polyphase selection: criterion aps at budget 2 (the network and the "
+                        "largest-norm phase at the first searched unit), alone and with flip TTA (default: on)")
     p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
     p.add_argument("--segmentation", action=argparse.BooleanOptionalAction, default=None,
                    help="also the segmentation zoo rows (default: on without --models)")
@@ -161,7 +166,8 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
         raise CLIError("--aggregator FILE fits one model: pass --models NAME too")
     aligns = {"on": [True], "off": [False], "both": [True, False]}[args.align]
     tta_budgets = [t for t in budgets if t > 1] if args.tta else []
-    work = n * (2 if tta_budgets else 1)  # per image: one search, then the TTA views
+    aps = args.aps and 2 in budgets
+    work = n * ((2 if tta_budgets else 1) + (2 if aps else 0))  # per image: one search, the TTA views, APS
     rows: list[Row] = []
     with progress_bar(work * len(names), "demo", enabled=not args.quiet) as bar:
         for name in names:
@@ -194,6 +200,22 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
                              variants=[(a, al) for a in wanted for al in aligns], batch_size=args.batch_size,
                              progress=bar.update)
             rows += _tta_rows(f"zoo:{name}", model, x, xs, y.to(device), tta_budgets, args, bar)
+            if aps:
+                rows += _aps_rows(f"zoo:{name}", wrap(net, budget=1, criterion="aps", units=zoo.search_units(name),
+                                                      **wrap_options(args)), x, xs, y.to(device), args, bar)
+    return rows
+
+
+def _aps_rows(name: str, model, x, xs, y, args: argparse.Namespace, bar) -> list[Row]:
+    """Adaptive polyphase selection (``criterion="aps"``) at budget 2, alone and with flip TTA (2 states
+    per view): the network's state and, per image, the largest-norm phase of the first searched unit."""
+    from ..evaluation.runner import evaluate, evaluate_tta_grid
+    from ..tta import policy_views
+
+    rows = evaluate(name, model, x, y, [2], shifted=xs, batch_size=args.batch_size, progress=bar.update)
+    if args.tta:
+        rows += evaluate_tta_grid(name, model, policy_views("flip"), x, y, [(2, 2, "flip/mean")], shifted=xs,
+                                  batch_size=args.batch_size, progress=bar.update)
     return rows
 
 
@@ -229,33 +251,38 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
     model = wrap(loaded.model.to(device), budget=1, example_input=c[:1],  # units known for every row
                  **default_search(args.criterion if args.criterion != "learned" else "entropy", loaded.order),
                  **wrap_options(args))
-    flip = TTA(model, "flip")
+    aps = wrap(loaded.model.to(device), budget=1, criterion="aps", example_input=c[:1], **wrap_options(args))
+    flip, flip_aps = TTA(model, "flip"), TTA(aps, "flip")
     configs: list[tuple[int, str | None]] = [(b, None) for b in budgets]
     if args.tta:
         configs += [(1, "flip")] + [(t // 2, "flip") for t in budgets
                                     if t >= 4 and t % 2 == 0 and t // 2 <= model.num_states]
+    if args.aps and 2 in budgets:
+        configs += [(2, "aps")] + ([(2, "flip x aps")] if args.tta else [])
     rows = []
     with progress_bar(len(configs) * (len(c) + len(s)), "efficientnet-lite0", enabled=not args.quiet) as bar, \
             torch.no_grad():
         for b, tta in configs:
-            net = model if tta is None else flip
+            net = {None: model, "flip": flip, "aps": aps, "flip x aps": flip_aps}[tta]
             t0 = time.perf_counter()
             cost, preds = 0.0, []
             for images in (c, s):
                 out = []
                 for start in range(0, len(images), 16):
                     chunk = images[start:start + 16]
-                    out.append((model(chunk, budget=b) if tta is None else flip(chunk, phase_budget=b)).argmax(-1))
+                    out.append((net(chunk, budget=b) if tta in (None, "aps")
+                                else net(chunk, phase_budget=b)).argmax(-1))
                     cost += net.last_cost * len(chunk)
                     bar.update(len(chunk))
                 preds.append(torch.cat(out))
             agree = (preds[1] == preds[0][owner.to(device)]).float().mean().item()
-            views = 1 if tta is None else 2
+            views = 1 if tta in (None, "aps") else 2
+            searched = aps if tta in ("aps", "flip x aps") else model
             rows.append({"model": "efficientnet-lite0", "budget": b, "top1": None, "top5": None,
                          "top1_shifted": None, "consistency": 100.0 * agree, "cost": cost / (len(c) + len(s)),
-                         "n": len(s), "criterion": model.criterion, "aggregate": model.aggregate,
-                         "align": model.align, "units": [u.name for u in model.search_units],
-                         "seconds": time.perf_counter() - t0, "tta": None if tta is None else "flip/mean",
+                         "n": len(s), "criterion": searched.criterion, "aggregate": searched.aggregate,
+                         "align": searched.align, "units": [u.name for u in searched.search_units],
+                         "seconds": time.perf_counter() - t0, "tta": "flip/mean" if views == 2 else None,
                          "tta_views": views, "total_budget": views * b,
                          "note": "shift consistency over photo crop pairs displaced by 1-32 px (real ImageNet weights)"})
     return rows

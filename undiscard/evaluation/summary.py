@@ -62,7 +62,9 @@ def method_label(row: Row) -> str:
     extra = [str(row.get("aggregate"))]
     if row.get("align") is False:
         extra.append("no align")
-    if row.get("criterion") not in (None, "entropy", "-"):
+    if row.get("criterion") == "aps":
+        extra.append("aps")
+    elif row.get("criterion") not in (None, "entropy", "-"):
         extra.append(f"{row['criterion']} order")
     ours = f"ours B={int(row['budget'])} ({', '.join(extra)})"
     return ours if fam == "ours alone" else f"{tta} + {ours}"
