@@ -9,7 +9,7 @@ Fashion-MNIST test set (``--full``: all 10,000). Beside them, at the same total 
 TTA alone (the first t views of the ``standard`` policy, mean of logits; rows with ``tta`` set and
 budget 1) and TTA + phase search (``flip`` x t/2 states per view); with ``--aps`` (default on) adaptive
 polyphase selection, ``criterion="aps"`` at budget 2 (the network's state and, per image, the phase of
-largest norm at the first searched unit), alone and with flip TTA. Zoo models search the leading units whose
+largest norm at the model's first unit, where it was measured to help), alone and with flip TTA. Zoo models search the leading units whose
 phases move the input by at most the ±4 px of their training crops (measured with
 scripts/unit_sweep.py: deeper units, whose phases are translations the models never saw, lower
 accuracy). Shifted copies: each image translated by a
@@ -201,14 +201,15 @@ def _zoo_rows(args: argparse.Namespace, budgets: list[int], device: torch.device
                              progress=bar.update)
             rows += _tta_rows(f"zoo:{name}", model, x, xs, y.to(device), tta_budgets, args, bar)
             if aps:
-                rows += _aps_rows(f"zoo:{name}", wrap(net, budget=1, criterion="aps", units=zoo.search_units(name),
-                                                      **wrap_options(args)), x, xs, y.to(device), args, bar)
+                aps_model = wrap(net, budget=1, criterion="aps", **wrap_options(args))
+                rows += _aps_rows(f"zoo:{name}", aps_model, x, xs, y.to(device), args, bar)
     return rows
 
 
 def _aps_rows(name: str, model, x, xs, y, args: argparse.Namespace, bar) -> list[Row]:
     """Adaptive polyphase selection (``criterion="aps"``) at budget 2, alone and with flip TTA (2 states
-    per view): the network's state and, per image, the largest-norm phase of the first searched unit."""
+    per view): the network's state and, per image, the largest-norm phase of the model's first unit (the
+    criterion's default units, not the zoo model's searched ones: deeper units cost accuracy)."""
     from ..evaluation.runner import evaluate, evaluate_tta_grid
     from ..tta import policy_views
 
