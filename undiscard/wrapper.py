@@ -293,18 +293,23 @@ def wrap(net: nn.Module, budget: int = DEFAULT_BUDGET, *,
     Args:
         net: a classifier mapping (N, C, H, W) images to (N, K) logits, or a segmenter to (N, K, H, W).
             Not modified.
-        budget: states evaluated per image, the original included, so at most that many plain forwards;
-            1: ``net(x)`` exactly (default 8).
+        budget: states evaluated per image, the original included, so at most that many plain forwards
+            for every criterion, split and task (setup excluded; ``aps`` adds one dense pass of the layer it
+            selects at): a criterion that scores states by their output evaluates only states inside the
+            budget, ranking the rest by the ``grid`` prior; 1: ``net(x)`` exactly (default 8).
         criterion: search order (:mod:`undiscard.search.criteria`; default ``entropy``): ``entropy``,
             ``learned`` (most attention first), ``offset``, ``grid`` (coarse to fine), ``random`` (seeded),
-            ``calibrated`` (``order=``'s first B), or a name registered with ``register_criterion``.
+            ``calibrated`` (``order=``'s first B), ``aps`` (the phase of largest norm at the model's first
+            unit, per image, then ``grid``: :mod:`undiscard.search.aps`), or a name registered with
+            ``register_criterion``.
         aggregate: how states combine (:mod:`undiscard.tasks.aggregation`; default ``entropy``): ``mean`` or
             ``entropy`` weighting of their feature maps, ``attention`` (the learned aggregator; untrained it
             equals ``mean``), or a name registered with ``register_aggregate``.
         align: shift each state's map by its offset before aggregating (default True; dense outputs also
             take ``"lineage"`` (= True) or ``"offset"``: :mod:`undiscard.tasks.segmentation`).
         units: indices or names of the units to search (default None: all spatial units but the first and
-            the last; all when there are fewer than three; ``criterion="calibrated"``: its order's).
+            the last; all when there are fewer than three; ``criterion="calibrated"``: its order's;
+            ``criterion="aps"``: the first unit).
         task: ``classification``, ``segmentation``, a registered name or a :class:`~undiscard.tasks.base.Task`
             (default None: detected from the output's shape).
         extend: what phases read past the bottom/right edge (:mod:`undiscard.layers.extension`; default

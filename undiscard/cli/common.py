@@ -188,7 +188,8 @@ def set_threads(threads: int | None) -> None:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model and what overrides its weights, classes and preprocessing."""
     p.add_argument("--model", required=True,
-                   help="zoo:NAME, timm:NAME, torchvision:NAME or efficientnet-lite0/1/2 (see `undiscard models`)")
+                   help="zoo:NAME, timm:NAME, torchvision:NAME, hf:ORG/NAME (or hf:/path/to/save_pretrained/dir) or "
+                        "efficientnet-lite0/1/2 (see `undiscard models`)")
     p.add_argument("--weights", default=None, help="a state_dict or checkpoint file to load into the model")
     p.add_argument("--num-classes", type=int, default=None, help="number of classes of the model's head")
     p.add_argument("--input-size", type=int, default=None, help="override the model's input size")

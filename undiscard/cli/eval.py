@@ -106,8 +106,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--budget", default="1,4,8,16", help="comma-separated budgets (default: 1,4,8,16)")
     add_wrap_args(p, "criterion", "order", "extend", "aggregate", "aggregator", "align", "units", "chunk_size",
                   derived=("criterion",),
-                  notes={"criterion": "calibrated with --order; learned needs an aggregator",
-                         "order": "implies --criterion calibrated (zoo models: their shipped order when not given)",
+                  notes={"criterion": "calibrated with --order, or with the model's shipped order (zoo models and "
+                                      "EfficientNet-Lite) when neither is given; learned needs an aggregator",
+                         "order": "implies --criterion calibrated (zoo and EfficientNet-Lite models: their shipped "
+                                  "order when not given)",
                          "aggregate": "or several comma-separated, evaluated on the same searches",
                          "aggregator": "zoo models: the shipped one",
                          "units": "zoo models: their shipped units"})
