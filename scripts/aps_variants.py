@@ -170,13 +170,7 @@ def measure(predict: Predict, x: Tensor, xs: Tensor, hits: Tensor, labelled: Ten
 
 def zoo_data(name: str, limit: int, seed: int):
     from undiscard import zoo
-    from undiscard.data import (
-        load_fashion_mnist,
-        normalize,
-        resize,
-        shift_images,
-        to_float,
-    )
+    from undiscard.data import load_fashion_mnist, normalize, resize, shift_images, to_float
 
     cfg = zoo.model_config(name)
     size, chans = int(cfg["input_size"][-1]), int(cfg["in_chans"])

@@ -34,14 +34,7 @@ from pathlib import Path
 import torch
 
 from undiscard import zoo
-from undiscard.data import (
-    load_fashion_mnist,
-    load_train_val,
-    normalize,
-    resize,
-    shift_images,
-    to_float,
-)
+from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
 from undiscard.evaluation.report import format_table, stamp
 from undiscard.evaluation.runner import search_logits, view_logits
 from undiscard.metrics import topk_correct

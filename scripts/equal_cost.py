@@ -31,21 +31,14 @@ from collections import defaultdict
 import torch
 
 from undiscard import zoo
+from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
+from undiscard.evaluation.report import format_table, stamp
 from undiscard.evaluation.runner import search_logits, view_logits
 from undiscard.evaluation.summary import best_per_cost
-from undiscard.tta.views import translation_policy
-from undiscard.data import (
-    load_fashion_mnist,
-    load_train_val,
-    normalize,
-    resize,
-    shift_images,
-    to_float,
-)
-from undiscard.evaluation.report import format_table, stamp
 from undiscard.metrics import topk_correct
 from undiscard.models.loading import load_model
 from undiscard.tta import make_aggregator, policy_views
+from undiscard.tta.views import translation_policy
 from undiscard.wrapper import wrap
 
 CAPS = (2, 4, 8)

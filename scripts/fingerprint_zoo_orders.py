@@ -17,12 +17,7 @@ import sys
 import torch
 
 import undiscard
-from undiscard.search.orders import (
-    ORDERS_DIR,
-    load_order,
-    model_fingerprint,
-    save_order,
-)
+from undiscard.search.orders import ORDERS_DIR, load_order, model_fingerprint, save_order
 
 
 def _model(name: str) -> tuple[torch.nn.Module, tuple[int, ...], str | None]:

@@ -42,20 +42,13 @@ import torch
 import torch.nn.functional as F
 
 from undiscard import zoo
-from undiscard.data import (
-    load_fashion_mnist,
-    load_train_val,
-    normalize,
-    resize,
-    shift_images,
-    to_float,
-)
+from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
 from undiscard.data.folder import normalize_batch, resize_and_crop
 from undiscard.data.imagenet import imagenet_wnids
 from undiscard.data.photos import PHOTO_DIR
 from undiscard.evaluation.report import format_table, stamp
-from undiscard.models.loading import load_model
 from undiscard.evaluation.runner import view_logits
+from undiscard.models.loading import load_model
 from undiscard.tta.views import POLICIES, standard_pool, translation_policy
 
 FIXED = ("identity", "hflip")

@@ -20,14 +20,7 @@ import warnings
 import torch
 
 from undiscard import wrap, zoo
-from undiscard.data import (
-    load_fashion_mnist,
-    load_train_val,
-    normalize,
-    resize,
-    shift_images,
-    to_float,
-)
+from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
 from undiscard.evaluation.report import format_table, stamp
 from undiscard.evaluation.runner import evaluate
 from undiscard.fitting.aggregator import TrainConfig, train_aggregator

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from undiscard import zoo
-from undiscard.data import load_fashion_mnist, preprocess, segmentation as segdata
+from undiscard.data import load_fashion_mnist, preprocess
+from undiscard.data import segmentation as segdata
 from undiscard.evaluation.report import stamp
 from undiscard.metrics.segmentation import confusion_matrix, iou_per_class
 from undiscard.zoo import segmentation as segzoo

@@ -41,13 +41,7 @@ import undiscard
 from undiscard.data import segmentation as segdata
 from undiscard.data.shift import shift_images
 from undiscard.evaluation.report import format_table, write_json, write_text
-from undiscard.evaluation.runner import (
-    describe_rows,
-    plain_predictions,
-    run_pairs,
-    search_predictions,
-    tta_predictions,
-)
+from undiscard.evaluation.runner import describe_rows, plain_predictions, run_pairs, search_predictions, tta_predictions
 from undiscard.search.orders import zoo_order_path
 from undiscard.tasks.segmentation import SegmentationTask
 from undiscard.tta import TTA

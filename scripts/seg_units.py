@@ -21,11 +21,7 @@ import undiscard
 from undiscard.data.segmentation import NUM_CLASSES, canvas_generator, to_input
 from undiscard.data.shift import random_offsets, shift_images
 from undiscard.evaluation.report import stamp
-from undiscard.metrics.segmentation import (
-    confusion_matrix,
-    mean_iou,
-    shift_consistency_counts,
-)
+from undiscard.metrics.segmentation import confusion_matrix, mean_iou, shift_consistency_counts
 
 MODELS = ("seg_deeplabv3plus", "seg_fpn", "seg_segformer")
 

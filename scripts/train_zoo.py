@@ -27,13 +27,7 @@ import torch.nn.functional as F
 
 from undiscard import zoo
 from undiscard._compat import import_timm
-from undiscard.data import (
-    load_fashion_mnist,
-    load_train_val,
-    normalize,
-    resize,
-    to_float,
-)
+from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, to_float
 from undiscard.evaluation.runner import batches
 from undiscard.metrics import topk_correct
 from undiscard.zoo.catalog import fp16_state, run_record

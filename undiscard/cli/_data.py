@@ -15,14 +15,7 @@ from torch.utils.data import DataLoader
 from .._progress import progress_bar
 from ..data import fashion_mnist
 from ..data.fashion_mnist import has_idx_files, load_val
-from ..data.folder import (
-    FolderData,
-    FolderImages,
-    FolderItem,
-    load_image,
-    normalize_batch,
-    scan_folder,
-)
+from ..data.folder import FolderData, FolderImages, FolderItem, load_image, normalize_batch, scan_folder
 from ..data.labels import check_labels, folder_labels, output_classes
 from ..data.preprocess import resize, to_float
 from ..data.shift import shift_images

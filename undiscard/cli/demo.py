@@ -50,20 +50,8 @@ import time
 
 import torch
 
-from ..evaluation.plots import (
-    PLOT_FILES,
-    SEGMENTATION_PLOT,
-    write_plots,
-    write_segmentation_plot,
-)
-from ..evaluation.report import (
-    SEGMENTATION_COLUMNS,
-    format_table,
-    stamp,
-    write_csv,
-    write_json,
-    write_text,
-)
+from ..evaluation.plots import PLOT_FILES, SEGMENTATION_PLOT, write_plots, write_segmentation_plot
+from ..evaluation.report import SEGMENTATION_COLUMNS, format_table, stamp, write_csv, write_json, write_text
 from ..evaluation.runner import (
     Row,
     describe_rows,
@@ -73,13 +61,7 @@ from ..evaluation.runner import (
     search_predictions,
     tta_predictions,
 )
-from ..evaluation.summary import (
-    family,
-    format_summary,
-    method_label,
-    summarise,
-    summary_markdown,
-)
+from ..evaluation.summary import family, format_summary, method_label, summarise, summary_markdown
 from ..search.orders import zoo_order_path
 from ..wrapper import wrap
 from .common import (

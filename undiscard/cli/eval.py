@@ -50,14 +50,7 @@ from ..data.walk import describe_skipped
 from ..errors import UndiscardError
 from ..evaluation import distributed
 from ..evaluation.plots import PLOT_FILES, write_plots
-from ..evaluation.report import (
-    COLUMNS,
-    SEGMENTATION_COLUMNS,
-    format_table,
-    stamp,
-    write_csv,
-    write_json,
-)
+from ..evaluation.report import COLUMNS, SEGMENTATION_COLUMNS, format_table, stamp, write_csv, write_json
 from ..evaluation.runner import (
     Batch,
     describe_rows,
