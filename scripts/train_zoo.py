@@ -28,25 +28,12 @@ import torch.nn.functional as F
 from undiscard import zoo
 from undiscard._compat import import_timm
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, to_float
+from undiscard.data.shift import random_crop_flip
 from undiscard.evaluation.runner import batches
 from undiscard.metrics import topk_correct
 from undiscard.zoo.catalog import fp16_state, run_record
 
 CROP_PAD = 4
-
-
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crops (pad CROP_PAD with zeros, crop back) and horizontal flips of a batch (B, 1, S, S)."""
-    b, _, s, _ = x.shape
-    p = F.pad(x, (CROP_PAD,) * 4)
-    oy = torch.randint(0, 2 * CROP_PAD + 1, (b,), generator=gen)
-    ox = torch.randint(0, 2 * CROP_PAD + 1, (b,), generator=gen)
-    ar = torch.arange(s)
-    rows = (oy[:, None] + ar)[:, :, None]  # (B, S, 1)
-    cols = (ox[:, None] + ar)[:, None, :]  # (B, 1, S)
-    flip = torch.rand(b, generator=gen) < 0.5
-    cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
-    return p[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
 
 
 @torch.no_grad()
@@ -124,7 +111,7 @@ def main() -> int:
         loss_sum, correct, seen = 0.0, 0, 0
         for i in range(steps_per_epoch):
             idx = perm[i * bs:(i + 1) * bs]
-            xb, yb = normalize(augment(xtr[idx], gen)), ytr[idx]
+            xb, yb = normalize(random_crop_flip(xtr[idx], CROP_PAD, gen)), ytr[idx]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, recipe["lr"], recipe["warmup"])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):

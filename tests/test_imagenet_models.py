@@ -293,3 +293,27 @@ def test_models_lists_the_installed_lite_models(capsys):
     assert main(["models"]) == 0
     listed = capsys.readouterr().out.split()
     assert [n for n in listed if not n.startswith("zoo:")] == [n for n in LITE_MODELS if _HAVE_LITE[n]]
+
+
+@needs_lite0
+def test_demo_lite0_rows_are_the_evaluation_photo_pairs(one_thread):
+    """The demo measures Lite0 on crop pairs of the evaluation photos (never the calibration photos its order
+    was ranked on): the plain row's consistency is the network's agreement on those pairs, recomputed here."""
+    import argparse
+
+    from undiscard.cli.demo import _lite0_rows
+    from undiscard.data.photos import crop_pairs, photo_set
+
+    args = argparse.Namespace(criterion=None, extend="replicate", tta=True, aps=True, seed=0, quiet=True)
+    rows = _lite0_rows(args, [1, 2], torch.device("cpu"), pairs_per_photo=1)
+    assert [(r["budget"], r["criterion"], r["tta"]) for r in rows] == [
+        (1, "calibrated", None), (2, "calibrated", None), (1, "calibrated", "flip/mean"), (2, "aps", None),
+        (2, "aps", "flip/mean")]
+    assert all(r["n"] == 26 and r["top1"] is None for r in rows)
+    loaded = load_model("efficientnet-lite0")
+    a, b, _, _ = crop_pairs([p.image for p in photo_set("evaluation")], 1, 224, max_shift=16, seed=0)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (loaded.preprocess.mean, loaded.preprocess.std))
+    with torch.no_grad():
+        pa, pb = (loaded.model((t - mean) / std).argmax(-1) for t in (a, b))
+    assert rows[0]["consistency"] == pytest.approx(100.0 * (pa == pb).float().mean().item())
+    assert 1.0 < rows[3]["cost"] < 2.5 and rows[4]["cost"] == pytest.approx(2 * rows[3]["cost"], rel=0.05)

@@ -15,7 +15,8 @@ scripts/unit_sweep.py: deeper units, whose phases are translations the models ne
 accuracy). Shifted copies: each image translated by a
 seeded random offset with 1 <= max(|dy|, |dx|) <= ``--max-shift`` (default 4) pixels, zero fill.
 When the ``lite0`` extra is installed, EfficientNet-Lite0 (real ImageNet weights) is measured for shift
-consistency on pairs of crops of the bundled natural photos, displaced by 1-32 px: the search alone,
+consistency on pairs of crops of the 26 bundled *evaluation* photos (never the calibration photos its
+shipped order was ranked on), each crop and the same scene displaced by 1-16 px: the search alone,
 flip TTA, flip x search and the APS rows (photo pairs have no labels, so it is never averaged with the zoo).
 
 Every row carries its ``cost`` in plain forwards per image (all views and searches counted) and its
@@ -94,7 +95,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--budget", default="1,2,4,8,16", help="comma-separated budgets (default: 1,2,4,8,16)")
     p.add_argument("--models", default=None, help="comma-separated zoo names (default: all; see `undiscard models`)")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"test images (default: {DEFAULT_LIMIT})")
-    p.add_argument("--full", action="store_true", help="use all 10,000 test images and 24 photo pairs per photo")
+    p.add_argument("--full", action="store_true", help="use all 10,000 test images (and 2,000 segmentation canvases)")
     p.add_argument("--max-shift", type=int, default=4, help="largest shift in pixels (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shifts (default: 0)")
     p.add_argument("--batch-size", type=int, default=250)
@@ -218,16 +219,20 @@ def _tta_rows(name: str, model, x, xs, y, totals: list[int], args: argparse.Name
                              progress=bar.update)
 
 
-def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.device) -> list[dict]:
-    """EfficientNet-Lite0 on photo crop pairs: shift consistency of the search alone at each budget and,
-    with ``--tta``, of flip TTA (2 views) and flip x search at t/2 states per view (t = each budget >= 4)."""
-    from ..data.photos import shifted_crops
+def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.device,
+                pairs_per_photo: int = 8) -> list[dict]:
+    """EfficientNet-Lite0 on crop pairs of the evaluation photos: shift consistency of the search alone at
+    each budget and, with ``--tta``, of flip TTA (2 views) and flip x search at t/2 states per view (t = each
+    budget >= 4); with ``--aps``, criterion aps at budget 2, alone and with flip."""
+    from ..data.photos import crop_pairs, photo_set
     from ..models.loading import load_model
     from ..tta import TTA
 
     loaded = load_model("efficientnet-lite0")
     pre = loaded.preprocess
-    centres, shifted, owner = shifted_crops(24 if args.full else 8, seed=args.seed)
+    centres, shifted, _, _ = crop_pairs([p.image for p in photo_set("evaluation")], pairs_per_photo, 224,
+                                        max_shift=16, seed=args.seed)  # 26 photos
+    owner = torch.arange(len(centres))
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     c, s = ((centres - mean) / std).to(device), ((shifted - mean) / std).to(device)
@@ -267,7 +272,7 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
                          "align": searched.align, "units": [u.name for u in searched.search_units],
                          "seconds": time.perf_counter() - t0, "tta": "flip/mean" if views == 2 else None,
                          "tta_views": views, "total_budget": views * b,
-                         "note": "shift consistency over photo crop pairs displaced by 1-32 px (real ImageNet weights)"})
+                         "note": "shift consistency over crop pairs of the evaluation photos displaced by 1-16 px (real ImageNet weights)"})
     return rows
 
 

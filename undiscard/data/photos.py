@@ -1,9 +1,8 @@
 """Natural photos bundled with the package, and shifted pairs of crops from them.
 
-The demo's photos (288x288 JPEGs made by ``scripts/bundle_photos.py`` from scikit-image's public-domain
-samples) let the demo measure the shift consistency of a real ImageNet model with no data set: a pair
-is the centre 224x224 crop and the crop displaced by (dy, dx) pixels — a real translation of the scene,
-no zero fill. Offsets are seeded, with 1 <= max(|dy|, |dx|) <= 32.
+Five labelled sanity-check photos (288x288 JPEGs made by ``scripts/bundle_photos.py`` from
+scikit-image's public-domain samples: :func:`photo_names`, :func:`load_photo`) are what the tests and
+``predict`` examples read.
 
 Two more sets of freely licensed photos (320x320, same script; sources and licenses in ``photos.tsv``
 beside them), never mixed: ``calibration`` (unlabelled: what label-free calibration ranks states on) and
@@ -24,7 +23,7 @@ from torch import Tensor
 
 from .shift import random_offsets
 
-__all__ = ["PHOTO_DIR", "PHOTO_SETS", "Photo", "photo_names", "load_photo", "shifted_crops", "photo_set",
+__all__ = ["PHOTO_DIR", "PHOTO_SETS", "Photo", "photo_names", "load_photo", "photo_set",
            "crop_pairs"]
 
 PHOTO_DIR = Path(__file__).with_name("photos")
@@ -93,19 +92,3 @@ def crop_pairs(images: Sequence[Tensor], pairs_per_photo: int, size: int, max_sh
             offsets.append((dy, dx))
             owner.append(p)
     return torch.stack(base), torch.stack(moved), torch.tensor(offsets), torch.tensor(owner)
-
-
-def shifted_crops(pairs_per_photo: int, seed: int = 0, size: int = 224, max_shift: int = 32) -> tuple[Tensor, Tensor, Tensor]:
-    """Centre crops (P, 3, size, size), shifted crops (P*k, 3, size, size) and the index of each shifted
-    crop's centre crop (P*k,), for every bundled photo with k = ``pairs_per_photo`` seeded offsets."""
-    centres, shifted, owner = [], [], []
-    for p, name in enumerate(photo_names()):
-        img = load_photo(name)
-        margin = (img.shape[-1] - size) // 2
-        if margin < max_shift:
-            raise ValueError(f"photo {name} is too small for shifts of {max_shift} px")
-        centres.append(img[:, margin:margin + size, margin:margin + size])
-        for dy, dx in random_offsets(pairs_per_photo, max_shift, seed + p).tolist():
-            shifted.append(img[:, margin + dy:margin + dy + size, margin + dx:margin + dx + size])
-            owner.append(p)
-    return torch.stack(centres), torch.stack(shifted), torch.tensor(owner)

@@ -80,3 +80,20 @@ def shift_images(x: Tensor, max_shift: int, seed: int, min_shift: int = 1,
         idx = (group == g).nonzero().squeeze(1)
         out[idx] = translate(x[idx], dy, dx)
     return out, offsets
+
+
+def random_crop_flip(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
+    """Training augmentation of a batch (B, 1, S, S): zero-pad ``pad`` px, crop a random S x S window back
+    (a translation of -pad..+pad px in each direction) and flip horizontally with probability 1/2, all
+    drawn from ``generator``."""
+    b, _, s, _ = x.shape
+    p = torch.nn.functional.pad(x, (pad,) * 4)
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ar = torch.arange(s)
+    rows = (oy[:, None] + ar)[:, :, None]  # (B, S, 1)
+    cols = (ox[:, None] + ar)[:, None, :]  # (B, 1, S)
+    flip = torch.rand(b, generator=generator) < 0.5
+    cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
+    return p[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+
