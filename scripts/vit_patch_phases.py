@@ -16,7 +16,6 @@ are not part of the zoo and are not committed: ``--weights FILE`` caches them (t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ import undiscard
 from undiscard._compat import import_timm
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
 from undiscard.data.shift import random_crop_flip
-from undiscard.evaluation.report import format_table, stamp
+from undiscard.evaluation.report import format_table, stamp, write_json
 from undiscard.evaluation.runner import batches, evaluate, evaluate_tta
 from undiscard.metrics import topk_correct
 
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                         "settings": vars(args), "training": training, "units": [u.name for u in model.search_units],
                         "rates": [u.rate for u in model.search_units], "rows": rows})
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps(report, indent=1))
+        write_json(Path(args.out + ".json"), report, indent=1)
         Path(args.out + ".md").write_text(f"# ViT, patch 4, on Fashion-MNIST\n\nCommand: `{report['command']}`  \n"
                                           f"Commit {report['commit']}, {report['date']}.\n\n```\n{table}\n```\n")
     return 0
