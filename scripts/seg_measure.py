@@ -83,8 +83,10 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, xs: torch.Tensor, offse
     if "ours" not in skip:
         try:
             variants = [(a, model.align) for a in AGGREGATES]
-            keys = [(1, variants[0])] + [(b, v) for b in BUDGETS if b > 1 for v in variants]
-            go(search_predictions(model, BUDGETS, variants), keys,
+            model.prepare(x[:1])
+            budgets = [b for b in BUDGETS if b <= model.num_states]  # aps searches one unit: 4 states at rate 2
+            keys = [(1, variants[0])] + [(b, v) for b in budgets if b > 1 for v in variants]
+            go(search_predictions(model, budgets, variants), keys,
                lambda key: dict(model=f"zoo:{name}", method=ours if key[0] > 1 else "network", budget=key[0],
                                 views=1, aggregate=key[1][0] if key[0] > 1 else "-"))
         except Exception as err:  # noqa: BLE001 - a measurement script: record what failed and go on
