@@ -16,7 +16,7 @@ from undiscard.evaluation import distributed
 CHILD = textwrap.dedent("""
     import json, os, sys
     import torch
-    from undiscard import distributed
+    from undiscard.evaluation import distributed
 
     rank, world = distributed.setup(torch.device("cpu"))
     import torch._dynamo  # what loading a timm/torchvision model imports, after the group exists
