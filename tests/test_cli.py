@@ -99,6 +99,7 @@ def _demo_json(capsys, name: str, *extra: str) -> str:
     (["demo", "--budget", "0"], "budgets must be positive"),
     (["demo", "--budget", "a,b"], "comma-separated integers"),
     (["demo", "--limit", "0", "--no-lite0"], "--limit must be positive"),
+    (["demo", "--photo-pairs", "0"], "--photo-pairs must be positive"),
     (["demo", "--max-shift", "0"], "--max-shift must be >= 1"),
     (["demo", "--aggregate", "median", "--no-lite0"], "--aggregate must list some of"),
     (["demo", "--aggregator", "x.pt", "--no-lite0"], "fits one model"),

