@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import undiscard
+from undiscard import TTA
 from undiscard._compat import import_timm
 from undiscard.data import load_fashion_mnist, load_train_val, normalize, resize, shift_images, to_float
 from undiscard.data.shift import random_crop_flip
@@ -114,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         found = evaluate("vit_patch4", model, x, y, list(BUDGETS), shifted=xs, batch_size=250)
         rows += [r.as_dict() | {"criterion": criterion} for r in found if r.budget > 1 or criterion == CRITERIA[0]]
         print(f"{criterion}: {time.time() - t0:.0f} s", flush=True)
-    from undiscard import TTA
-
     rows += [r.as_dict() | {"criterion": "-"} for r in evaluate_tta("vit_patch4", TTA(net, policy="flip"), x, y, [1],
                                                                     shifted=xs, batch_size=250)]
     cols = [("criterion", "criterion"), ("budget", "B"), ("tta", "tta"), ("top1", "top-1"),

@@ -116,7 +116,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="also compare image-space TTA and TTA + phase search at equal total budgets (default: on)")
     p.add_argument("--aps", action=argparse.BooleanOptionalAction, default=True,
                    help="also adaptive polyphase selection: criterion aps at budget 2 (the network and the "
-                        "largest-norm phase at the first searched unit), alone and with flip TTA (default: on)")
+                        "largest-norm phase at the model's first unit), alone and with flip TTA (default: on)")
     p.add_argument("--photo-pairs", type=int, default=None,
                    help="EfficientNet-Lite0: crop pairs per evaluation photo, 26 photos (default: 4; --full: 8)")
     p.add_argument("--no-lite0", action="store_true", help="skip EfficientNet-Lite0 even when installed")
@@ -223,7 +223,7 @@ def _tta_rows(name: str, model, x, xs, y, totals: list[int], args: argparse.Name
 
 
 def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.device,
-                pairs_per_photo: int = 8) -> list[dict]:
+                pairs_per_photo: int) -> list[dict]:
     """EfficientNet-Lite0 on crop pairs of the evaluation photos: shift consistency of the search alone at
     each budget and, with ``--tta``, of flip TTA (2 views) and flip x search at t/2 states per view (t = each
     budget >= 4); with ``--aps``, criterion aps at budget 2, alone and with flip."""
@@ -235,7 +235,6 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
     pre = loaded.preprocess
     centres, shifted, _, _ = crop_pairs([p.image for p in photo_set("evaluation")], pairs_per_photo, 224,
                                         max_shift=16, seed=args.seed)  # 26 photos
-    owner = torch.arange(len(centres))
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     c, s = ((centres - mean) / std).to(device), ((shifted - mean) / std).to(device)
@@ -266,7 +265,7 @@ def _lite0_rows(args: argparse.Namespace, budgets: list[int], device: torch.devi
                     cost += net.last_cost * len(chunk)
                     bar.update(len(chunk))
                 preds.append(torch.cat(out))
-            agree = (preds[1] == preds[0][owner.to(device)]).float().mean().item()
+            agree = (preds[1] == preds[0]).float().mean().item()  # pair i: centres[i], shifted[i]
             views = 1 if tta in (None, "aps") else 2
             searched = aps if tta in ("aps", "flip x aps") else model
             rows.append({"model": "efficientnet-lite0", "budget": b, "top1": None, "top5": None,

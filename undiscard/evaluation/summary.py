@@ -24,8 +24,8 @@ FAMILIES = ("plain", "TTA alone", "ours alone", "both")
 METRICS = {"top1": "clean top-1", "top1_shifted": "shifted top-1", "consistency": "consistency"}
 LIMITS = (2.0, 4.0, 8.0)
 ZOO_AVERAGE = "zoo average"
-HEAD_SLACK = 0.002  # a search at budget B costs B forwards plus one run of the head on the aggregated features:
-# under 0.2% of a forward on the zoo (0.07-0.11% at B=2); a cost within that share of the limit is within it
+HEAD_SLACK = 0.002  # a search at budget B costs B forwards plus one run of the head on the aggregated features
+# (0.07-0.11% of a forward on the zoo at B=2, in the demo's rows); a cost within that share of the limit is within it
 
 Row = dict[str, Any]
 
